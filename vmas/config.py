@@ -1,0 +1,318 @@
+"""Typed configuration for vmas.
+
+Every knob lives in a dataclass below; YAML presets under ``configs/`` mirror them 1:1. The loader is strict:
+an unknown key is an error that names the key and the file, so a typo never silently falls back to a default.
+
+Sections (one per role, owned by the code that reads them through :mod:`vmas.builders`):
+
+- ``model.encoder``  video encoder (Hiera), SPEC §3
+- ``model.codec``    EnCodec tokenizer, SPEC §2
+- ``model.lm``       MusicGen-style decoder, SPEC §4
+- ``model.tags``     tag branch / text encoder, SPEC §7
+- ``loss``           beat-weighted CE + contrastive, SPEC §5
+- ``data``           clips, shards and loader, SPEC §2 and §6
+- ``optim``          optimiser, schedule, EMA, SPEC §5
+- ``train``          solver, checkpoints, logging, DeepSpeed
+- ``generation``     sampling defaults, SPEC §4
+
+Values marked "default (ours)" in SPEC are our choices and stay configurable here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vmas.errors import ConfigError
+
+
+# --------------------------------------------------------------------------------------------------- sections
+@dataclass
+class EncoderConfig:
+    """Hiera video encoder. Defaults are the paper preset (`vmas_hiera_base`, SPEC §3)."""
+
+    arch: str = "vmas_hiera_base"
+    """Named factory in ``vmas.models.hiera`` (``vmas_hiera_base``, ``hiera_base_16x224``, ``hiera_debug``)."""
+    num_frames: int = 96
+    image_size: int = 224
+    embed_dim: int = 96
+    num_heads: int = 1
+    stages: tp.List[int] = field(default_factory=lambda: [2, 3, 16, 3])
+    q_strides: tp.List[tp.List[int]] = field(default_factory=lambda: [[1, 4, 4], [1, 7, 7], [1, 2, 2]])
+    """Q-pool stride (t, h, w) of each pooling stage (first block of stages 2, 3, 4)."""
+    mask_unit_size: tp.List[int] = field(default_factory=lambda: [1, 28, 28])
+    mask_unit_attn: tp.List[bool] = field(default_factory=lambda: [True, True, False, False])
+    patch_kernel: tp.List[int] = field(default_factory=lambda: [3, 7, 7])
+    patch_stride: tp.List[int] = field(default_factory=lambda: [2, 4, 4])
+    patch_padding: tp.List[int] = field(default_factory=lambda: [1, 3, 3])
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.0
+    grad_checkpointing: bool = False
+    pretrained: str = ""
+    """Hub name or local path of a Hiera checkpoint (facebookresearch/hiera or timm format); empty = random."""
+    freeze: bool = False
+
+
+@dataclass
+class CodecConfig:
+    """EnCodec tokenizer. Defaults are MusicGen's 32 kHz codec (SPEC §2)."""
+
+    pretrained: str = ""
+    """``facebook/encodec_32khz`` (HF), a local HF folder, an audiocraft ``compression_state_dict.bin``, or empty."""
+    sample_rate: int = 32000
+    channels: int = 1
+    n_filters: int = 64
+    ratios: tp.List[int] = field(default_factory=lambda: [8, 5, 4, 4])
+    dimension: int = 128
+    n_residual_layers: int = 1
+    lstm: int = 2
+    n_q: int = 4
+    bins: int = 2048
+
+
+@dataclass
+class LMConfig:
+    """MusicGen-style decoder. Defaults are MusicGen-medium (SPEC §4)."""
+
+    dim: int = 1536
+    num_layers: int = 48
+    num_heads: int = 24
+    ffn_dim: int = 6144
+    n_q: int = 4
+    card: int = 2048
+    dropout: float = 0.0
+    max_period: float = 10000.0
+    pretrained: str = ""
+    """MusicGen LM weights: audiocraft ``state_dict.bin`` or HF ``MusicgenForCausalLM`` folder/name; empty = random."""
+    cond_dropout: float = 0.3
+    """Probability of replacing the video condition by the learned null condition in training (CFG)."""
+    tag_dropout: float = 0.3
+    """Probability of dropping the tag condition, independently of the video (SPEC §7)."""
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class TagConfig:
+    """Tag branch (SONIQUE, SPEC §7)."""
+
+    enabled: bool = False
+    text_encoder: str = "clap:laion/clap-htsat-unfused"
+    """``clap:<name or path>`` (transformers ClapModel) or ``minilm:<path>`` / ``minilm`` (offline default)."""
+    text_dim: int = 512
+    max_tags: int = 16
+    captioner: str = ""
+    """Video/image-language model for ``--auto-tags`` (transformers name or path)."""
+    llm: str = "mistralai/Mistral-7B-Instruct-v0.2"
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    tags: TagConfig = field(default_factory=TagConfig)
+
+
+@dataclass
+class LossConfig:
+    """Training objective (SPEC §5)."""
+
+    beat_window: int = 5
+    """w: video beat = local max of motion within ±w music frames. default (ours)"""
+    beat_delta: int = 3
+    """δ: a music beat counts as aligned if a video beat is within ±δ frames. default (ours)"""
+    beat_lambda: float = 0.5
+    """λ: weight of non-aligned frames; 1.0 = plain cross-entropy. default (ours)"""
+    contrastive_weight: float = 0.1
+    """α in L = L_ar + α L_c. default (ours)"""
+    contrastive_dim: int = 512
+    contrastive_temperature: float = 0.07
+
+
+@dataclass
+class DataConfig:
+    """Clips, shards and the streaming loader (SPEC §2, §6)."""
+
+    train_shards: str = ""
+    """Glob or brace pattern of training shards."""
+    val_shards: str = ""
+    clip_seconds: float = 10.0
+    fps: float = 9.6
+    num_frames: int = 96
+    image_size: int = 224
+    sample_rate: int = 32000
+    frame_rate: int = 50
+    batch_size: int = 1
+    """Micro-batch per rank."""
+    num_workers: int = 0
+    shuffle_buffer: int = 256
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule (SPEC §5: MusicGen recipe)."""
+
+    optimizer: str = "adamw"
+    """``adamw`` or ``dadam`` (D-Adaptation Adam, lr 1)."""
+    lr: float = 1e-4
+    lr_pretrained: float = 1e-5
+    """Learning rate of parts loaded from a pretrained checkpoint (encoder, LM)."""
+    betas: tp.List[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    warmup_steps: int = 4000
+    max_steps: int = 100000
+    min_lr_ratio: float = 0.0
+    ema_decay: float = 0.99
+    ema_every: int = 10
+
+
+@dataclass
+class TrainConfig:
+    """Solver, checkpoints and logging."""
+
+    out_dir: str = "runs/default"
+    seed: int = 0
+    global_batch: int = 0
+    """Clips per optimiser step over all ranks; 0 = micro-batch × accumulation × world size."""
+    grad_accum: int = 1
+    precision: str = "bf16"
+    """``fp32`` or ``bf16``."""
+    zero_stage: int = 0
+    deepspeed_config: str = ""
+    """Optional DeepSpeed JSON under configs/deepspeed; its batch/precision fields are filled from this config."""
+    save_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 10
+    eval_every: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling defaults (MusicGen, SPEC §4)."""
+
+    cfg: float = 3.0
+    top_k: int = 250
+    top_p: float = 0.0
+    temperature: float = 1.0
+    duration: float = 10.0
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def _from_dict(cls: type, data: tp.Mapping[str, tp.Any], where: str, source: str) -> tp.Any:
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; unknown keys are errors."""
+    if not isinstance(data, tp.Mapping):
+        raise ConfigError(f"{source}: '{where or 'root'}' must be a mapping, got {type(data).__name__}")
+    hints = tp.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"{source}: unknown config key '{path}' (valid: {', '.join(sorted(names))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _from_dict(hint, value or {}, path, source)
+        else:
+            kwargs[key] = _coerce(value, hint, path, source)
+    return cls(**kwargs)
+
+
+def _coerce(value: tp.Any, hint: tp.Any, path: str, source: str) -> tp.Any:
+    """Check a leaf value against its annotation; ints are accepted for floats (YAML writes ``1`` for ``1.0``)."""
+    origin = tp.get_origin(hint)
+    if origin in (list, tp.List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{path}' must be a list, got {value!r}")
+        (inner,) = tp.get_args(hint) or (tp.Any,)
+        return [_coerce(v, inner, path, source) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: '{path}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _set_override(data: dict, dotted: str, raw: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) onto a nested dict."""
+    node = data
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{key}' is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: tp.Union[str, Path, None] = None, overrides: tp.Sequence[str] = ()) -> Config:
+    """Load a YAML preset (or the defaults when ``path`` is None) and apply ``key.sub=value`` overrides.
+
+    A preset may start with ``base: other.yaml`` (relative to itself) to inherit and override another preset.
+    """
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        data = _read_yaml(Path(path))
+        source = str(path)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_override(data, key.strip(), raw)
+        source = f"{source} (+overrides)"
+    return _from_dict(Config, data, "", source)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (presets live in configs/, e.g. configs/debug.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base:
+        merged = _read_yaml(path.parent / base)
+        _deep_update(merged, data)
+        data = merged
+    return data
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_update(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def config_to_dict(cfg: tp.Any) -> dict:
+    """Plain-dict view (for YAML dumps, checkpoints and logs)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: tp.Mapping[str, tp.Any], source: str = "<checkpoint>") -> Config:
+    return _from_dict(Config, data, "", source)
+
+
+def dump_config(cfg: Config, path: tp.Union[str, Path]) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
