@@ -1,0 +1,64 @@
+"""Condition fuser: projections, learned null tokens, independent video/tag dropout and their masks."""
+import torch
+
+from vmas.modules.conditioning import ConditionFuser, sinusoidal_embedding
+
+
+def _fuser(tag_dim=6):
+    torch.manual_seed(0)
+    return ConditionFuser(video_dim=5, dim=8, tag_dim=tag_dim)
+
+
+def test_sinusoidal_embedding_matches_formula():
+    emb = sinusoidal_embedding(torch.arange(3), 4)
+    # half = 2, freqs = [1, 1e-2]
+    expected = torch.tensor([[1, 1, 0, 0],
+                             [torch.cos(torch.tensor(1.)), torch.cos(torch.tensor(.01)), torch.sin(torch.tensor(1.)), torch.sin(torch.tensor(.01))],
+                             [torch.cos(torch.tensor(2.)), torch.cos(torch.tensor(.02)), torch.sin(torch.tensor(2.)), torch.sin(torch.tensor(.02))]])
+    torch.testing.assert_close(emb, expected)
+
+
+def test_kept_condition_is_projection_plus_positions():
+    f = _fuser(tag_dim=0)
+    video = torch.randn(2, 3, 5)
+    cond, mask = f(video)
+    expected = f.video_proj(video) + sinusoidal_embedding(torch.arange(3), 8)
+    torch.testing.assert_close(cond, expected)
+    assert mask.all() and cond.shape == (2, 3, 8)
+
+
+def test_all_four_drop_combinations_reach_decoder_with_right_masks():
+    f = _fuser()
+    video, tags = torch.randn(4, 3, 5), torch.randn(4, 2, 6)
+    tag_mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 1]], dtype=torch.bool)
+    drop_v = torch.tensor([False, True, False, True])
+    drop_t = torch.tensor([False, False, True, True])
+    cond, mask = f(video, tags, tag_mask, drop_video=drop_v, drop_tags=drop_t)
+    assert cond.shape == (4, 5, 8)
+    # sample 0: both kept
+    assert mask[0].tolist() == [True, True, True, True, True]
+    # sample 1: video dropped -> [null, -, -], tags kept with their own padding mask
+    assert mask[1].tolist() == [True, False, False, True, False]
+    torch.testing.assert_close(cond[1, 0], f.null_video)
+    torch.testing.assert_close(cond[1, 3], f.tag_proj(tags[1, 0]))
+    # sample 2: tags dropped -> [null, -]
+    assert mask[2].tolist() == [True, True, True, True, False]
+    torch.testing.assert_close(cond[2, 3], f.null_tags)
+    # sample 3: both dropped = the CFG unconditional branch
+    assert mask[3].tolist() == [True, False, False, True, False]
+    torch.testing.assert_close(cond[3, 0], f.null_video)
+    torch.testing.assert_close(cond[3, 3], f.null_tags)
+
+
+def test_missing_tags_use_null_token_and_null_is_learned():
+    f = _fuser()
+    video = torch.randn(2, 3, 5)
+    cond, mask = f(video, None)
+    torch.testing.assert_close(cond[:, 3], f.null_tags.expand(2, 8))
+    # an all-padding tag row also falls back to the null tag
+    cond2, mask2 = f(video, torch.randn(2, 2, 6), torch.zeros(2, 2, dtype=torch.bool))
+    torch.testing.assert_close(cond2[:, 3], f.null_tags.expand(2, 8))
+    assert mask2[:, 3].all() and not mask2[:, 4].any()
+    # gradients reach the null tokens: the unconditional branch is trained
+    cond[:, 3].sum().backward()
+    assert f.null_tags.grad is not None and f.null_tags.grad.abs().sum() > 0

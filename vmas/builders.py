@@ -1,0 +1,71 @@
+"""Config -> modules. The only place that reads :class:`vmas.config.Config`; modules take plain keyword arguments."""
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+
+from torch import nn
+
+from vmas.config import CodecConfig, Config, EncoderConfig, LMConfig
+
+
+def build_encoder(cfg: EncoderConfig, load_weights: bool = True) -> nn.Module:
+    from vmas.models import hiera
+
+    model = hiera.build_from_config(cfg)
+    if load_weights and cfg.pretrained:
+        hiera.load_hiera_weights(model, cfg.pretrained)
+    if cfg.freeze:
+        model.requires_grad_(False)
+    return model
+
+
+def build_codec(cfg: CodecConfig, load_weights: bool = True) -> nn.Module:
+    """The codec is always frozen: it tokenizes the data and decodes generations, it is never trained here."""
+    from vmas.models import codec
+
+    model = codec.build_codec(cfg if load_weights else dataclasses.replace(cfg, pretrained=""))
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def lm_kwargs(cfg: LMConfig) -> tp.Dict[str, tp.Any]:
+    skip = {"pretrained", "cond_dropout", "tag_dropout"}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
+
+
+def build_lm(cfg: LMConfig, load_weights: bool = True) -> nn.Module:
+    from vmas.models.lm import MusicLM, load_musicgen_lm_weights
+
+    model = MusicLM(**lm_kwargs(cfg))
+    if load_weights and cfg.pretrained:
+        load_musicgen_lm_weights(model, cfg.pretrained)
+    return model
+
+
+def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights: bool = True) -> nn.Module:
+    """Assemble :class:`vmas.models.vmas.VMAS`; ``codec`` supplies the codebooks for the contrastive heads."""
+    from vmas.models.vmas import VMAS
+    from vmas.modules.conditioning import ConditionFuser
+
+    m = cfg.model
+    encoder = build_encoder(m.encoder, load_weights)
+    lm = build_lm(m.lm, load_weights)
+    fuser = ConditionFuser(video_dim=encoder.out_dim, dim=m.lm.dim, tag_dim=m.tags.text_dim if m.tags.enabled else 0)
+    contrastive = None
+    codebooks = None
+    if codec is not None:
+        codebooks = codec.codebooks()  # [K, card, D]
+        if codebooks.shape[:2] != (m.lm.n_q, m.lm.card):
+            from vmas.errors import ConfigError
+
+            raise ConfigError(f"codec has {tuple(codebooks.shape[:2])} (n_q, bins) but model.lm expects "
+                              f"({m.lm.n_q}, {m.lm.card}): make model.codec.n_q/bins match model.lm.n_q/card")
+    if cfg.loss.contrastive_weight > 0:
+        from vmas.losses import ContrastiveLoss
+
+        music_dim = codebooks.shape[-1] if codebooks is not None else m.codec.dimension
+        contrastive = ContrastiveLoss(video_dim=encoder.out_dim, music_dim=music_dim, proj_dim=cfg.loss.contrastive_dim,
+                                      temperature_init=cfg.loss.contrastive_temperature)
+    return VMAS(encoder, lm, fuser, contrastive=contrastive, cond_dropout=m.lm.cond_dropout,
+                tag_dropout=m.lm.tag_dropout, codebooks=codebooks)

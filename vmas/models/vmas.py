@@ -1,0 +1,188 @@
+"""The assembled VMAs model: video encoder -> condition fuser -> MusicGen-style LM (+ contrastive heads).
+
+Training (``forward``) works on precomputed EnCodec codes; the codec itself stays outside this module (frozen,
+never in the optimiser). Its codebooks are copied in as a buffer because the contrastive loss maps predicted
+token distributions into codebook space (SPEC §5).
+
+Inference goes through :class:`VMASPipeline`, which bundles the model with its codec, config and (lazily) the tag
+text encoder, and is what :func:`vmas.load_model` returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vmas.data.media import normalize_frames
+from vmas.errors import CheckpointError
+from vmas.modules.conditioning import ConditionFuser
+from vmas.modules.patterns import DelayPattern
+
+
+@dataclasses.dataclass
+class VMASOutput:
+    logits: torch.Tensor  # [B, K, S, card]
+    valid: torch.Tensor  # [K, S] bool: pattern positions that hold a real code
+    seq: torch.Tensor  # [B, K, S] long: pattern sequence (targets; special token where not valid)
+    video_tokens: torch.Tensor  # [B, Tv, C] encoder output (before projection), for the contrastive loss
+    cond_mask: torch.Tensor  # [B, L] bool
+
+
+class VMAS(nn.Module):
+    """Video-to-music model.
+
+    Args:
+        encoder (nn.Module): video encoder, ``[B,3,T,H,W] -> [B,Tv,C]`` with attribute ``out_dim``.
+        lm (nn.Module): :class:`vmas.models.lm.MusicLM`.
+        fuser (ConditionFuser): projects video (and tag) tokens to the LM width, owns the learned null condition.
+        contrastive (nn.Module, optional): :class:`vmas.losses.ContrastiveLoss` (its heads live here so that they
+            are checkpointed with the model and reused by the retrieval metric).
+        cond_dropout (float): probability to drop the video condition per sample in training (CFG).
+        tag_dropout (float): probability to drop the tag condition per sample in training, independent of video.
+        codebooks (Tensor, optional): [K, card, D] EnCodec codebooks for the contrastive loss.
+    """
+
+    def __init__(self, encoder: nn.Module, lm: nn.Module, fuser: ConditionFuser,
+                 contrastive: tp.Optional[nn.Module] = None, cond_dropout: float = 0.3, tag_dropout: float = 0.3,
+                 codebooks: tp.Optional[torch.Tensor] = None):
+        super().__init__()
+        self.encoder = encoder
+        self.lm = lm
+        self.fuser = fuser
+        self.contrastive = contrastive
+        self.cond_dropout = cond_dropout
+        self.tag_dropout = tag_dropout
+        self.pattern = DelayPattern(lm.n_q)
+        self.register_buffer("codebooks", codebooks if codebooks is not None else torch.zeros(0), persistent=False)
+
+    @property
+    def n_q(self) -> int:
+        return self.lm.n_q
+
+    @property
+    def card(self) -> int:
+        return self.lm.card
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames uint8 [B,T,H,W,3] (or already-normalised float [B,3,T,H,W]) -> tokens [B,Tv,C]."""
+        if frames.dtype == torch.uint8:
+            frames = normalize_frames(frames)
+        param = next(self.encoder.parameters())
+        return self.encoder(frames.to(device=param.device, dtype=param.dtype))
+
+    def _drops(self, batch: int, p: float, device: torch.device) -> tp.Optional[torch.Tensor]:
+        if not self.training or p <= 0:
+            return None
+        return torch.rand(batch, device=device) < p
+
+    def forward(self, frames: torch.Tensor, codes: torch.Tensor, tag_emb: tp.Optional[torch.Tensor] = None,
+                tag_mask: tp.Optional[torch.Tensor] = None) -> VMASOutput:
+        """frames uint8 [B,T,H,W,3], codes long [B,K,T] -> logits over the delay pattern (condition dropout in training)."""
+        B, K, T = codes.shape
+        assert K == self.n_q, f"expected {self.n_q} codebooks, got {K}"
+        video_tokens = self.encode_video(frames)  # [B, Tv, C]
+        drop_video = self._drops(B, self.cond_dropout, codes.device)
+        drop_tags = self._drops(B, self.tag_dropout, codes.device)
+        cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=drop_video, drop_tags=drop_tags)
+        seq, valid = self.pattern.build(codes, self.card)  # [B, K, S], [K, S]
+        logits = self.lm(seq, cond, cond_mask)  # [B, K, S, card]
+        return VMASOutput(logits=logits, valid=valid, seq=seq, video_tokens=video_tokens, cond_mask=cond_mask)
+
+    @torch.no_grad()
+    def generate(self, frames: tp.Optional[torch.Tensor], num_frames: int, tag_emb: tp.Optional[torch.Tensor] = None,
+                 tag_mask: tp.Optional[torch.Tensor] = None, neg_emb: tp.Optional[torch.Tensor] = None,
+                 neg_mask: tp.Optional[torch.Tensor] = None, cfg: float = 3.0, top_k: int = 250, top_p: float = 0.0,
+                 temperature: float = 1.0, prompt: tp.Optional[torch.Tensor] = None,
+                 generator: tp.Optional[torch.Generator] = None, video_tokens: tp.Optional[torch.Tensor] = None,
+                 progress: bool = False) -> torch.Tensor:
+        """Sample codes [B,K,num_frames] for a video window.
+
+        The CFG branch is the learned null condition (video and tags dropped). With negative tags it is "no video +
+        negative tags", so guidance pushes away from them (SPEC §4, SONIQUE's negative prompt).
+        """
+        if video_tokens is None and frames is not None:
+            video_tokens = self.encode_video(frames)
+        B = video_tokens.shape[0] if video_tokens is not None else tag_emb.shape[0]
+        dev = self.fuser.null_video.device
+        cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, batch_size=B)
+        uncond = uncond_mask = None
+        if cfg != 1.0:
+            all_drop = torch.ones(B, dtype=torch.bool, device=dev)
+            if neg_emb is not None:
+                uncond, uncond_mask = self.fuser(video_tokens, neg_emb, neg_mask, drop_video=all_drop, batch_size=B)
+            else:
+                uncond, uncond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=all_drop,
+                                                 drop_tags=all_drop, batch_size=B)
+        return self.lm.generate(cond, cond_mask, uncond, uncond_mask, num_frames=num_frames, cfg=cfg, top_k=top_k,
+                                top_p=top_p, temperature=temperature, prompt=prompt, generator=generator,
+                                progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------- inference bundle
+@dataclasses.dataclass
+class VMASPipeline:
+    """Everything inference needs: model (EMA weights, eval mode), codec, config, and a note on provenance."""
+
+    model: VMAS
+    codec: nn.Module
+    config: tp.Any
+    note: str = ""
+    text_encoder: tp.Any = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def get_text_encoder(self):
+        """The tag text encoder named by the config (built on first use; None when the tag branch is off)."""
+        if self.text_encoder is None and self.config.model.tags.enabled:
+            from vmas.tags.text_encoder import build_text_encoder
+
+            self.text_encoder = build_text_encoder(self.config.model.tags.text_encoder, device=self.device)
+        return self.text_encoder
+
+
+def load_pretrained(path: tp.Union[str, Path, None], device: str = "cpu", config=None,
+                    random_note: str = "") -> VMASPipeline:
+    """Load an inference checkpoint ``{"config", "model", "codec", "meta"}`` (see docs/training.md).
+
+    ``path=None`` with a ``config`` builds a random-weight model of that config (debug / plumbing only) and says so.
+    """
+    from vmas.builders import build_codec, build_model
+    from vmas.config import config_from_dict
+
+    if path is None:
+        cfg = config
+        codec = build_codec(cfg.model.codec)
+        model = build_model(cfg, codec=codec)
+        note = f"WARNING: {random_note or 'random weights'}"
+    else:
+        path = Path(path)
+        if path.is_dir():
+            candidates = sorted(path.glob("*.pt"))
+            if not candidates:
+                raise CheckpointError(f"{path}: no .pt checkpoint inside (export one with tools/train.py --export)")
+            path = candidates[-1]
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad checkpoint for the user
+            raise CheckpointError(f"{path}: not a readable vmas checkpoint ({type(err).__name__}: {err})") from None
+        if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+            raise CheckpointError(f"{path}: not a vmas inference checkpoint (expected keys config/model/codec; "
+                                  "export one with tools/train.py --export)")
+        cfg = config_from_dict(ckpt["config"], source=str(path))
+        codec = build_codec(cfg.model.codec, load_weights=False)
+        if ckpt.get("codec") is not None:
+            codec.load_state_dict(ckpt["codec"])
+        model = build_model(cfg, codec=codec, load_weights=False)
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        if unexpected or missing:
+            raise CheckpointError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected "
+                                  f"{unexpected[:3]})")
+        note = ckpt.get("meta", {}).get("note", "")
+    model.to(device).eval()
+    codec.to(device).eval()
+    return VMASPipeline(model=model, codec=codec, config=cfg, note=note)
