@@ -1,0 +1,5 @@
+import sys
+
+from vmas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+"""The ``vmas`` command (also ``python -m vmas``): a thin wrapper over :mod:`vmas.generate`.
+
+    vmas generate clip.mp4 other.mp4 -o out/ --tags "piano, ambient" --tempo 96 --negative "drums"
+    vmas models
+    vmas demo
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import typing as tp
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _add_generate_args(p: argparse.ArgumentParser) -> None:
+    from vmas.hub import DEFAULT_MODEL
+
+    p.add_argument("video", nargs="+", help="input video file(s)")
+    p.add_argument("-o", "--output_dir", "--output-dir", dest="output_dir", default="outputs",
+                   help="folder for NAME.wav and NAME.mp4")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="registered model name (see `vmas models`) or checkpoint path")
+    p.add_argument("--tags", action="append", default=[], help='comma-separated tags, e.g. "piano, jazz"')
+    p.add_argument("--instruments", action="append", default=[], help='instruments to add, e.g. "cello, harp"')
+    p.add_argument("--genres", action="append", default=[], help='genres to add, e.g. "lo-fi"')
+    p.add_argument("--tempo", type=float, default=None, help="tempo in BPM (wins over automatic tags)")
+    p.add_argument("--negative", action="append", default=[], help='tags to steer away from, e.g. "drums, vocals"')
+    p.add_argument("--auto-tags", action="store_true", help="derive tags from the video (captioner + LLM)")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--top-k", type=int, default=250, help="top-k sampling (0 = off)")
+    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling (0 = off)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same audio)")
+    p.add_argument("--duration", type=float, default=None, help="generate at most this many seconds per video")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--batch-size", type=int, default=1, help="videos generated together")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmas", description="Generate background music for videos.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="music for one or more videos",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_generate_args(gen)
+    sub.add_parser("models", help="list registered models")
+    demo = sub.add_parser("demo", help="music for the bundled example video (what `make demo` runs)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo.add_argument("-o", "--output_dir", default="outputs/demo")
+    demo.add_argument("--model", default=None, help="defaults to the package's default model")
+    return parser
+
+
+def _auto_tagger(pipe, args) -> tp.Optional[tp.Callable]:
+    if not args.auto_tags:
+        return None
+    from vmas.errors import VmasError
+    from vmas.tags.autotag import build_auto_tagger
+
+    try:
+        return build_auto_tagger(pipe.config.model.tags.captioner, pipe.config.model.tags.llm, device=pipe.device)
+    except VmasError as err:
+        if not args.tags:
+            raise
+        print(f"warning: {err}; continuing with your --tags only", file=sys.stderr)
+        return None
+
+
+def run_generate(args) -> int:
+    from vmas.errors import VmasError
+    from vmas.generate import GenerationRequest, generate_for_videos
+    from vmas.hub import load_model
+    from vmas.tags.cleaner import split_tag_arg
+    from vmas.utils import resolve_device
+
+    pipe = load_model(args.model, device=str(resolve_device(args.device)))
+    if pipe.note:
+        print(pipe.note, file=sys.stderr)
+    request = GenerationRequest(
+        tags=split_tag_arg(args.tags), instruments=split_tag_arg(args.instruments), genres=split_tag_arg(args.genres),
+        tempo=args.tempo, negative=split_tag_arg(args.negative), auto_tags=args.auto_tags, cfg=args.cfg,
+        top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, seed=args.seed, duration=args.duration)
+    failed: tp.List[Path] = []
+
+    def on_error(path: Path, err: Exception) -> None:
+        failed.append(path)
+        print(f"skipping {path}: {err}", file=sys.stderr)
+
+    try:
+        tagger = _auto_tagger(pipe, args)
+    except VmasError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    results = generate_for_videos(args.video, pipe, args.output_dir, request, batch_size=args.batch_size,
+                                  auto_tagger=tagger, progress=not args.quiet, on_error=on_error)
+    for r in results:
+        tags = f"  tags: {', '.join(r.tags)}" if r.tags else ""
+        print(f"{r.mp4}  ({r.duration:.2f} s, {r.windows} window(s)){tags}")
+    if failed:
+        print(f"{len(failed)} of {len(args.video)} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_demo(args) -> int:
+    from vmas.hub import DEFAULT_MODEL, _MODELS
+
+    example = Path(__file__).parent / "assets" / "example.mp4"
+    name = args.model or DEFAULT_MODEL
+    entry = _MODELS.get(name)
+    print(f"vmas demo: model '{name}'" + (f" ({entry.description})" if entry else ""))
+    ns = build_parser().parse_args(["generate", str(example), "-o", args.output_dir, "--model", name])
+    return run_generate(ns)
+
+
+def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
+    from vmas.errors import VmasError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            from vmas.hub import DEFAULT_MODEL, _MODELS
+
+            for name in sorted(_MODELS):
+                mark = "*" if name == DEFAULT_MODEL else " "
+                print(f"{mark} {name:28s} {_MODELS[name].description}")
+            return 0
+        if args.command == "demo":
+            return run_demo(args)
+        return run_generate(args)
+    except VmasError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Video in, video with music out: the library function behind the ``vmas`` command.
+
+Any length: the model sees ``clip_seconds`` windows (10 s in the paper preset). The first window is generated from
+scratch; each later window is conditioned on its own video frames and *continues* from the last
+``clip_seconds - stride`` seconds of music already generated (MusicGen-style continuation), so there is no seam.
+A video shorter than a window gets exactly its length (the frame reader pads the window by repeating the last
+frame; the extra music is cut).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing as tp
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vmas.data import media
+from vmas.errors import MediaError, VmasError
+from vmas.tags.cleaner import merge_tags
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """User controls for one run (shared by all files)."""
+
+    tags: tp.Sequence[str] = ()
+    instruments: tp.Sequence[str] = ()
+    genres: tp.Sequence[str] = ()
+    tempo: tp.Optional[float] = None
+    negative: tp.Sequence[str] = ()
+    auto_tags: bool = False
+    cfg: float = 3.0
+    top_k: int = 250
+    top_p: float = 0.0
+    temperature: float = 1.0
+    seed: int = 0
+    duration: tp.Optional[float] = None
+    """Generate music for at most this many seconds of each video (the rest of the video stays silent)."""
+    stride: tp.Optional[float] = None
+    """Seconds of new music per continuation window (default: half a window)."""
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    video: Path
+    wav: Path
+    mp4: Path
+    duration: float
+    tags: tp.List[str]
+    windows: int
+
+
+@dataclasses.dataclass
+class _Job:
+    video: Path
+    info: tp.Any
+    seconds: float  # how much music to generate
+    num_frames: int  # code frames to generate
+    tags: tp.List[str]
+    codes: tp.Optional[torch.Tensor] = None  # [K, T] generated so far
+
+
+def _window_plan(total: int, window: int, stride: int) -> tp.List[tp.Tuple[int, int]]:
+    """[(start_frame, end_frame)] of each generation window over ``total`` code frames.
+
+    Window 0 covers [0, min(window, total)); window k starts ``stride`` frames after the previous one, so it
+    re-reads ``window - stride`` frames of context and adds up to ``stride`` new frames.
+    """
+    plan = [(0, min(window, total))]
+    while plan[-1][1] < total:
+        start = plan[-1][1] - (window - stride)
+        plan.append((start, min(start + window, total)))
+    return plan
+
+
+def _tag_tensors(pipe, tag_lists: tp.Sequence[tp.Sequence[str]]):
+    enc = pipe.get_text_encoder()
+    if enc is None:
+        return None, None
+    emb, mask = enc(tag_lists)
+    return emb.to(pipe.device), mask.to(pipe.device)
+
+
+def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe, out_dir: tp.Union[str, Path],
+                        request: tp.Optional[GenerationRequest] = None, batch_size: int = 1,
+                        auto_tagger: tp.Optional[tp.Callable] = None, progress: bool = True,
+                        on_error: tp.Optional[tp.Callable[[Path, Exception], None]] = None) -> tp.List[GenerationResult]:
+    """Generate music for each video and write ``NAME.wav`` and ``NAME.mp4`` (video stream copied) to ``out_dir``.
+
+    Each file runs inside its own error boundary: a :class:`VmasError` for one file is passed to ``on_error``
+    (default: re-raise) and the others still finish.
+    """
+    req = request or GenerationRequest()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = pipe.config
+    has_tags = cfg.model.tags.enabled
+    if not has_tags and (req.tags or req.instruments or req.genres or req.tempo or req.negative or req.auto_tags):
+        raise VmasError(f"this model has no tag branch (model.tags.enabled is false): drop --tags/--instruments/"
+                        f"--genres/--tempo/--negative/--auto-tags, or use a model trained with tags")
+    results: tp.List[GenerationResult] = []
+
+    def fail(path: Path, err: Exception):
+        if on_error is None:
+            raise err
+        on_error(path, err)
+
+    jobs: tp.List[_Job] = []
+    for video in map(Path, videos):
+        try:
+            jobs.append(_prepare(video, pipe, req, auto_tagger))
+        except VmasError as err:
+            fail(video, err)
+
+    bar = tqdm(total=len(jobs), desc="videos", unit="video", disable=not progress)
+    for i in range(0, len(jobs), batch_size):
+        chunk = jobs[i: i + batch_size]
+        try:
+            windows = _generate_chunk(chunk, pipe, req, progress)
+        except VmasError as err:
+            for job in chunk:
+                fail(job.video, err)
+            bar.update(len(chunk))
+            continue
+        for job in chunk:
+            try:
+                results.append(_write_outputs(job, pipe, out_dir, windows))
+            except VmasError as err:
+                fail(job.video, err)
+            bar.update(1)
+    bar.close()
+    return results
+
+
+def generate_for_video(video: tp.Union[str, Path], model: tp.Any = None, out_dir: tp.Union[str, Path] = "outputs",
+                       **controls) -> GenerationResult:
+    """One call from Python: ``generate_for_video("clip.mp4", tags=["piano"], tempo=96)``.
+
+    ``model`` is a loaded pipeline, a registered name or a checkpoint path (default: the package's default model).
+    """
+    from vmas.hub import load_model
+
+    pipe = model if hasattr(model, "codec") else load_model(model)
+    fields = {f.name for f in dataclasses.fields(GenerationRequest)}
+    unknown = set(controls) - fields
+    if unknown:
+        raise VmasError(f"unknown generation option(s) {sorted(unknown)}; valid: {sorted(fields)}")
+    return generate_for_videos([video], pipe, out_dir, GenerationRequest(**controls), progress=False)[0]
+
+
+# ------------------------------------------------------------------------------------------------------ internals
+def _prepare(video: Path, pipe, req: GenerationRequest, auto_tagger) -> _Job:
+    info = media.probe_video(video)
+    if not info.duration or info.duration <= 0 or not info.num_frames:
+        raise MediaError(f"{video}: video has no frames; pass a video with a readable video stream")
+    seconds = info.duration if req.duration is None else min(info.duration, req.duration)
+    fr = pipe.codec.frame_rate
+    tags: tp.List[str] = []
+    if pipe.config.model.tags.enabled:
+        auto: tp.List[str] = []
+        if req.auto_tags:
+            if auto_tagger is None:
+                if not req.tags:
+                    raise VmasError(f"{video}: --auto-tags needs a captioner and an LLM (model.tags.captioner / "
+                                    "model.tags.llm) which are not available; pass --tags instead")
+            else:
+                frames, _, _ = media.read_video_frames(video, fps=1.0, size=224, start=0.0, duration=min(10.0, seconds))
+                auto = auto_tagger(frames)
+        tags = merge_tags(auto, req.tags, req.instruments, req.genres, req.tempo, req.negative,
+                          max_tags=pipe.config.model.tags.max_tags)
+    return _Job(video=video, info=info, seconds=seconds, num_frames=max(1, math.ceil(seconds * fr)), tags=tags)
+
+
+def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress: bool) -> int:
+    """Generate codes for a batch of videos window by window; returns the number of windows."""
+    cfg = pipe.config
+    fr = pipe.codec.frame_rate
+    window = round(cfg.data.clip_seconds * fr)
+    stride = round((req.stride or cfg.data.clip_seconds / 2) * fr)
+    if not 0 < stride <= window:
+        raise VmasError(f"stride must be in (0, {cfg.data.clip_seconds}] seconds, got {req.stride}")
+    total = max(job.num_frames for job in chunk)
+    plan = _window_plan(total, window, stride)
+    device = pipe.device
+
+    tag_emb = tag_mask = neg_emb = neg_mask = None
+    if cfg.model.tags.enabled:
+        tag_emb, tag_mask = _tag_tensors(pipe, [job.tags for job in chunk])
+        if req.negative:
+            from vmas.tags.cleaner import clean_tags
+
+            neg = clean_tags(list(req.negative))
+            neg_emb, neg_mask = _tag_tensors(pipe, [neg] * len(chunk))
+
+    gen = torch.Generator(device="cpu").manual_seed(req.seed)
+    codes: tp.Optional[torch.Tensor] = None  # [B, K, T]
+    for start, end in tqdm(plan, desc="windows", unit="win", disable=not progress or len(plan) == 1, leave=False):
+        frames = torch.stack([
+            media.read_video_frames(job.video, fps=cfg.data.fps, size=cfg.data.image_size,
+                                    start=start / fr, duration=cfg.data.clip_seconds)[0]
+            for job in chunk]).to(device)  # [B, T, H, W, 3] uint8
+        prompt = None if codes is None else codes[:, :, start:]
+        out = pipe.model.generate(frames, num_frames=end - start, tag_emb=tag_emb, tag_mask=tag_mask,
+                                  neg_emb=neg_emb, neg_mask=neg_mask, cfg=req.cfg, top_k=req.top_k, top_p=req.top_p,
+                                  temperature=req.temperature, prompt=prompt, generator=gen)  # [B, K, end-start]
+        new = out if codes is None else out[:, :, codes.shape[-1] - start:]
+        codes = new if codes is None else torch.cat([codes, new], dim=-1)
+    for b, job in enumerate(chunk):
+        job.codes = codes[b, :, : job.num_frames].cpu()
+    return len(plan)
+
+
+def _write_outputs(job: _Job, pipe, out_dir: Path, windows: int) -> GenerationResult:
+    sr = pipe.codec.sample_rate
+    with torch.no_grad():
+        wav = pipe.codec.decode(job.codes[None].to(pipe.device))[0, 0].float().cpu()  # [N]
+    n = round(job.seconds * sr)
+    wav = torch.nn.functional.pad(wav, (0, max(0, n - wav.numel())))[:n]
+    peak = wav.abs().max()
+    if peak > 0.99:  # avoid clipping in the written file; keeps relative dynamics
+        wav = wav * (0.99 / peak)
+    stem = job.video.stem
+    wav_path, mp4_path = out_dir / f"{stem}.wav", out_dir / f"{stem}.mp4"
+    media.write_wav(wav_path, wav, sr)
+    media.mux_audio(job.video, wav_path, mp4_path)
+    return GenerationResult(video=job.video, wav=wav_path, mp4=mp4_path, duration=job.seconds, tags=job.tags,
+                            windows=windows)
