@@ -71,6 +71,17 @@ class CodecConfig:
     lstm: int = 2
     n_q: int = 4
     bins: int = 2048
+    causal: bool = False
+    pad_mode: str = "constant"
+    """SEANet padding (audiocraft's default); a pretrained checkpoint brings its own."""
+    true_skip: bool = True
+    """Identity skip in SEANet residual blocks (False = 1x1 conv shortcut)."""
+    ema_decay: float = 0.99
+    """RVQ codebook EMA decay (codec training only, ``tools/train_codec.py``)."""
+    dead_code_threshold: int = 2
+    """Codes whose EMA cluster size drops below this are replaced by random batch vectors (training only)."""
+    commitment_weight: float = 1.0
+    """Weight of the RVQ commitment loss in codec training."""
 
 
 @dataclass
