@@ -144,6 +144,35 @@ class LossConfig:
 
 
 @dataclass
+class CurationConfig:
+    """DISCO-MV-style curation (SPEC §6): which videos and clips make it into the manifest."""
+
+    variety_threshold: float = 0.7
+    """Keep a video when the mean pairwise cosine similarity of its frame embeddings is below this (paper: 0.7)."""
+    embedder: str = "pixels"
+    """Frame embedding for the variety filter: ``pixels`` (8x8 thumbnails, no weights), ``histogram`` (RGB colour
+    histogram, no weights), ``timm:<model name>`` or ``torchvision:<model name>`` (pretrained image model)."""
+    embedder_weights: str = ""
+    """Local weights file for a timm/torchvision embedder (empty = the library's own hub download/cache)."""
+    variety_frames: int = 16
+    """Frames sampled uniformly over the whole video for the variety filter."""
+    embed_size: int = 224
+    """Side of the frames fed to the embedder (pretrained models resize to their own input size)."""
+    vocal_removal: bool = True
+    """Demucs two-stem separation, keep the accompaniment (needs the ``demucs`` package and its weights)."""
+    demucs_model: str = "htdemucs"
+    """Demucs model name, or a ``name@/local/repo`` folder with the model's ``.th``/``.yaml`` files."""
+    silence_db: float = -50.0
+    """A clip whose audio RMS is below this (dBFS) is rejected as silent."""
+    max_clips_per_video: int = 0
+    """0 = every non-overlapping clip of the video."""
+    val_fraction: float = 0.02
+    test_fraction: float = 0.02
+    """Split by video (hash of the source id + split_seed); never by clip. A split file overrides this."""
+    split_seed: int = 0
+
+
+@dataclass
 class DataConfig:
     """Clips, shards and the streaming loader (SPEC §2, §6)."""
 
@@ -161,6 +190,13 @@ class DataConfig:
     num_workers: int = 0
     shuffle_buffer: int = 256
     seed: int = 0
+    clips_per_shard: int = 1000
+    """Clips per tar shard (~1000 keeps shards near 0.3-1 GB at 224² mp4 frames)."""
+    frame_format: str = "mp4"
+    """How frames are stored in shards: ``mp4`` (H.264, smallest) or ``jpg`` (one JPEG per frame, fastest decode)."""
+    frame_quality: int = 23
+    """x264 CRF for ``mp4`` (lower = better) or JPEG quality 1-100 for ``jpg``."""
+    curation: CurationConfig = field(default_factory=CurationConfig)
 
 
 @dataclass
