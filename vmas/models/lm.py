@@ -1,0 +1,443 @@
+"""MusicGen-style language model over delayed EnCodec tokens, with KV-cached sampling and CFG (SPEC §4).
+
+Input: the delay-pattern sequence ``seq [B, K, S]`` (:class:`vmas.modules.patterns.DelayPattern`). The model shifts it
+right by one step itself, with the special token (id = card) as the start column, exactly audiocraft's "empty first
+step", so ``logits[:, k, s]`` predicts ``seq[:, k, s]`` from ``seq[:, :, :s]`` and the loss compares logits with
+``seq`` directly. Condition tokens ``cond [B, L, dim]`` (video / tag tokens already projected to ``dim`` by
+:class:`vmas.modules.conditioning.ConditionFuser`) are the cross-attention keys/values.
+
+Pretrained MusicGen weights (audiocraft ``state_dict.bin`` or transformers ``MusicgenForCausalLM`` /
+``MusicgenForConditionalGeneration``) go through one key mapping, :func:`musicgen_to_vmas_state_dict`. MusicGen's
+text-condition projection (T5 -> dim) is dropped: our fuser's video/tag projections take its place.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import re
+import types
+import typing as tp
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from tqdm import tqdm
+
+from vmas.errors import CheckpointError
+from vmas.modules.patterns import DelayPattern
+from vmas.modules.transformer import CrossKV, StreamingTransformer, additive_mask, sin_embedding
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------- sampling
+def _exponential(shape: tp.Sequence[int], device: torch.device, generator: tp.Optional[torch.Generator]):
+    """Exp(1) noise drawn on the generator's device (so a CPU generator also drives a CUDA model), then moved."""
+    gen_device = generator.device if generator is not None else device
+    return torch.empty(shape, device=gen_device).exponential_(generator=generator).to(device)
+
+
+def sample_tokens(logits: torch.Tensor, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0,
+                  generator: tp.Optional[torch.Generator] = None) -> torch.Tensor:
+    """logits [..., card] -> token ids [...].
+
+    top_p > 0: nucleus sampling (top_k ignored, as audiocraft); else top_k > 0: the k most likely tokens; else the
+    full distribution. temperature <= 0 is greedy (argmax). Sampling uses the exponential race
+    ``argmax(p_i / E_i), E_i ~ Exp(1)``, which draws token i with probability p_i and needs one noise tensor of a
+    fixed shape per call, so a seeded generator gives the same stream whatever device runs the model.
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_p > 0:
+        probs, idx = logits.softmax(dim=-1).sort(dim=-1, descending=True)  # [..., card]
+        before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+        probs = probs.masked_fill(before > top_p, 0.0)
+    elif 0 < top_k < logits.shape[-1]:
+        vals, idx = logits.topk(top_k, dim=-1)  # [..., k]
+        probs = vals.softmax(dim=-1)
+    else:
+        probs, idx = logits.softmax(dim=-1), None
+    choice = (probs / _exponential(probs.shape, probs.device, generator)).argmax(dim=-1, keepdim=True)
+    return (choice if idx is None else idx.gather(-1, choice)).squeeze(-1)
+
+
+def _burn_noise(logits_shape: tp.Sequence[int], top_k: int, top_p: float, temperature: float, device: torch.device,
+                generator: tp.Optional[torch.Generator]) -> None:
+    """Consume exactly the noise :func:`sample_tokens` would (prompt steps keep the rng stream aligned)."""
+    if temperature <= 0:
+        return
+    card = logits_shape[-1]
+    width = top_k if (top_p <= 0 and 0 < top_k < card) else card
+    _exponential((*logits_shape[:-1], width), device, generator)
+
+
+# ----------------------------------------------------------------------------------------------------- the model
+@dataclasses.dataclass
+class LMState:
+    """Decoding state held by :meth:`MusicLM.streaming`: caches plus weights fused once per sequence."""
+
+    cache: torch.Tensor  # [num_layers, 2, B, H, S_max, Dh] self-attention keys/values
+    cross_kv: tp.List[CrossKV]  # per layer, [B, H, L, Dh] each
+    cross_mask: torch.Tensor  # [B, 1, 1, L] additive
+    positions: torch.Tensor  # [S_max, dim] sinusoidal table
+    emb_table: torch.Tensor  # [K * (card+1), dim] the K input embeddings stacked
+    emb_offsets: torch.Tensor  # [K] row offset of codebook k in emb_table
+    head_weight: torch.Tensor  # [K * card, dim] the K output heads stacked
+    offset: int = 0  # steps already in the cache
+
+    @property
+    def max_steps(self) -> int:
+        return self.cache.shape[4]
+
+
+class MusicLM(nn.Module):
+    """MusicGen decoder: K summed input embeddings -> pre-norm transformer with cross-attention -> K linear heads.
+
+    Args:
+        dim (int): model width (MusicGen-medium 1536).
+        num_layers (int): transformer layers (48).
+        num_heads (int): attention heads (24).
+        ffn_dim (int): FFN hidden width (6144).
+        n_q (int): codebooks K (4).
+        card (int): codebook size (2048); id ``card`` is the special (empty / start) token.
+        dropout (float): training dropout.
+        max_period (float): longest period of the sinusoidal positions.
+        grad_checkpointing (bool): activation checkpointing per layer in training.
+    """
+
+    def __init__(self, dim: int = 1536, num_layers: int = 48, num_heads: int = 24, ffn_dim: int = 6144, n_q: int = 4,
+                 card: int = 2048, dropout: float = 0.0, max_period: float = 10000.0, grad_checkpointing: bool = False):
+        super().__init__()
+        self.dim, self.n_q, self.card, self.max_period = dim, n_q, card, max_period
+        self.pattern = DelayPattern(n_q)
+        self.emb = nn.ModuleList(nn.Embedding(card + 1, dim) for _ in range(n_q))
+        self.transformer = StreamingTransformer(dim, num_layers, num_heads, ffn_dim, dropout, grad_checkpointing)
+        self.out_norm = nn.LayerNorm(dim)
+        self.linears = nn.ModuleList(nn.Linear(dim, card, bias=False) for _ in range(n_q))
+        self.dropout = nn.Dropout(dropout)
+        self._init_weights()
+
+    @property
+    def special_token(self) -> int:
+        return self.card
+
+    def _init_weights(self) -> None:
+        """Gaussian init with std 1/sqrt(fan_in), like audiocraft's ``gaussian`` LM init (meta tensors: a no-op)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, std=self.dim ** -0.5, a=-3 * self.dim ** -0.5,
+                                      b=3 * self.dim ** -0.5)
+            elif hasattr(module, "in_proj_weight"):
+                nn.init.trunc_normal_(module.in_proj_weight, std=self.dim ** -0.5, a=-3 * self.dim ** -0.5,
+                                      b=3 * self.dim ** -0.5)
+
+    # ------------------------------------------------------------------------------------------------ training
+    def shift_inputs(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq [B, K, S] -> model inputs [B, K, S]: the start column (special token) then seq[..., :-1]."""
+        start = seq.new_full((*seq.shape[:2], 1), self.special_token)
+        return torch.cat([start, seq[..., :-1]], dim=-1)
+
+    def embed(self, inputs: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """inputs [B, K, T] -> [B, T, dim]: sum of the K codebook embeddings + sinusoidal positions."""
+        x = sum(self.emb[k](inputs[:, k]) for k in range(self.n_q))  # [B, T, dim]
+        pos = torch.arange(offset, offset + inputs.shape[-1], device=inputs.device)
+        return x + sin_embedding(pos, self.dim, self.max_period).to(x.dtype)
+
+    def forward(self, seq: torch.Tensor, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor]) -> torch.Tensor:
+        """seq long [B, K, S] (delay pattern), cond [B, L, dim], cond_mask [B, L] bool -> logits [B, K, S, card]."""
+        B, K, S = seq.shape
+        assert K == self.n_q, f"expected {self.n_q} codebooks, got {K}"
+        x = self.dropout(self.embed(self.shift_inputs(seq)))  # [B, S, dim]
+        mask = None if cond_mask is None else additive_mask(cond_mask, x.dtype)  # [B, 1, 1, L]
+        x = self.transformer(x, self.transformer.cross_kv(cond), mask)  # [B, S, dim]
+        x = self.out_norm(x)
+        return torch.stack([head(x) for head in self.linears], dim=1)  # [B, K, S, card]
+
+    # ----------------------------------------------------------------------------------------------- streaming
+    @contextlib.contextmanager
+    def streaming(self, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor],
+                  max_steps: int) -> tp.Iterator[LMState]:
+        """Context for step-by-step decoding of up to ``max_steps`` input columns against ``cond [B, L, dim]``.
+
+        Everything that does not change per step is done here once: the KV cache is preallocated, cross-attention
+        keys/values are projected, the K embeddings / heads are stacked into one table / one matrix, and the
+        position table is built. Use inside ``torch.no_grad()`` / ``torch.inference_mode()``.
+        """
+        B = cond.shape[0]
+        param = self.out_norm.weight
+        if cond_mask is None:
+            cond_mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
+        state = LMState(
+            cache=self.transformer.new_cache(B, max_steps, param.device, param.dtype),
+            cross_kv=self.transformer.cross_kv(cond.to(param.dtype)),
+            cross_mask=additive_mask(cond_mask, param.dtype),
+            positions=sin_embedding(torch.arange(max_steps, device=param.device), self.dim,
+                                    self.max_period).to(param.dtype),
+            emb_table=torch.cat([e.weight for e in self.emb], dim=0),
+            emb_offsets=torch.arange(self.n_q, device=param.device) * (self.card + 1),
+            head_weight=torch.cat([h.weight for h in self.linears], dim=0),
+        )
+        try:
+            yield state
+        finally:
+            state.cache = state.emb_table = state.head_weight = None  # free the big buffers promptly
+
+    def forward_step(self, inputs: torch.Tensor, state: LMState) -> torch.Tensor:
+        """inputs [B, K, T] (shifted, as :meth:`shift_inputs`) continuing ``state`` -> logits [B, K, T, card]."""
+        B, K, T = inputs.shape
+        start, end = state.offset, state.offset + T
+        if end > state.max_steps:
+            raise ValueError(f"streaming state holds {state.max_steps} steps, asked for {end}")
+        rows = inputs + state.emb_offsets[:, None]  # [B, K, T] rows of the stacked table
+        x = F.embedding(rows, state.emb_table).sum(dim=1) + state.positions[start:end]  # [B, T, dim]
+        x = self.transformer(x, state.cross_kv, state.cross_mask, cache=state.cache, offset=start)
+        state.offset = end
+        logits = F.linear(self.out_norm(x), state.head_weight)  # [B, T, K*card]
+        return rearrange(logits, "b t (k c) -> b k t c", k=K)
+
+    # ---------------------------------------------------------------------------------------------- generation
+    @staticmethod
+    def _pair_conditions(cond, cond_mask, uncond, uncond_mask) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+        """Stack cond [B, L] and uncond [B, L'] into one batch [2B, max(L, L')], padding with masked slots."""
+        def full(c, m):
+            return torch.ones(c.shape[:2], dtype=torch.bool, device=c.device) if m is None else m
+
+        cond_mask, uncond_mask = full(cond, cond_mask), full(uncond, uncond_mask)
+        L = max(cond.shape[1], uncond.shape[1])
+        conds = [F.pad(c, (0, 0, 0, L - c.shape[1])) for c in (cond, uncond)]
+        masks = [F.pad(m, (0, L - m.shape[1]), value=False) for m in (cond_mask, uncond_mask)]
+        return torch.cat(conds, dim=0), torch.cat(masks, dim=0)  # [2B, L, dim], [2B, L]
+
+    @torch.inference_mode()
+    def generate(self, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor],
+                 uncond: tp.Optional[torch.Tensor] = None, uncond_mask: tp.Optional[torch.Tensor] = None,
+                 num_frames: int = 500, cfg: float = 3.0, top_k: int = 250, top_p: float = 0.0,
+                 temperature: float = 1.0, prompt: tp.Optional[torch.Tensor] = None,
+                 generator: tp.Optional[torch.Generator] = None, progress: bool = False,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Sample codes [B, K, num_frames] for cond [B, L, dim] (cond_mask [B, L] bool, True = attend).
+
+        With ``uncond`` ([B, L', dim], e.g. the learned null condition or a negative prompt) both branches run as
+        one batch of 2B and ``logits = uncond + cfg * (cond - uncond)``. ``prompt`` [B, K, T0] codes are kept as
+        the first T0 frames and continued; the rng still advances through the prompt steps, so continuing
+        ``generate(...)[..., :T0]`` with an identically seeded generator reproduces the one-go result.
+        ``use_cache=False`` recomputes the whole prefix every step (the benchmark's baseline; same samples).
+        """
+        B = cond.shape[0]
+        K, S = self.n_q, self.pattern.num_steps(num_frames)
+        device = self.out_norm.weight.device
+        guided = uncond is not None and cfg != 1.0
+        if guided:
+            cond, cond_mask = self._pair_conditions(cond, cond_mask, uncond, uncond_mask)
+
+        # Pattern template: special where invalid, prompt codes where known; `free` marks what gets sampled.
+        T0 = 0 if prompt is None else prompt.shape[-1]
+        if T0 > num_frames:
+            raise ValueError(f"prompt has {T0} frames, more than num_frames={num_frames}")
+        codes = torch.zeros(B, K, num_frames, dtype=torch.long, device=device)
+        if T0:
+            codes[..., :T0] = prompt.to(device)
+        seq, valid = self.pattern.build(codes, self.special_token)  # [B, K, S], [K, S]
+        frame = torch.arange(S, device=device)[None, :] - torch.arange(K, device=device)[:, None]  # [K, S]
+        free = valid & (frame >= T0)  # [K, S]
+        logits_shape = (B, K, self.card)
+        for _ in range(T0):  # steps 0..T0-1 are fully known (codebook k holds frame s-k < T0)
+            _burn_noise(logits_shape, top_k, top_p, temperature, device, generator)
+
+        def seq_upto(end: int) -> torch.Tensor:  # [B or 2B, K, end]: the same tokens feed both CFG branches
+            return seq[..., :end].repeat(2, 1, 1) if guided else seq[..., :end]
+
+        def guide(logits: torch.Tensor) -> torch.Tensor:  # [B or 2B, K, card] -> [B, K, card]
+            if not guided:
+                return logits
+            c, u = logits.chunk(2, dim=0)
+            return u + cfg * (c - u)
+
+        steps = tqdm(range(T0, S), desc="generate", unit="step", disable=not progress, leave=False)
+        with contextlib.ExitStack() as stack:
+            state = stack.enter_context(self.streaming(cond, cond_mask, S)) if use_cache else None
+            if use_cache and T0 > 0:
+                self.forward_step(self.shift_inputs(seq_upto(T0)), state)  # prefill the prompt steps in one chunk
+            for s in steps:
+                if use_cache:
+                    col = seq[:, :, s - 1: s] if s > 0 else seq.new_full((B, K, 1), self.special_token)
+                    logits = self.forward_step(col.repeat(2, 1, 1) if guided else col, state)[:, :, -1]
+                else:
+                    logits = self.forward(seq_upto(s + 1), cond, cond_mask)[:, :, -1]  # whole prefix, shifted inside
+                token = sample_tokens(guide(logits), top_k, top_p, temperature, generator)  # [B, K]
+                seq[:, :, s] = torch.where(free[:, s], token, seq[:, :, s])
+        return self.pattern.revert(seq)  # [B, K, num_frames]
+
+
+# ------------------------------------------------------------------------------------------ pretrained weights
+_DROPPED_PREFIXES = (
+    "condition_provider.",  # audiocraft's T5 conditioner and its output projection (replaced by our fuser)
+    "fuser.",  # audiocraft's condition fuser (no parameters in MusicGen, but some checkpoints list buffers)
+    "enc_to_dec_proj.", "text_encoder.", "audio_encoder.",  # transformers' MusicgenForConditionalGeneration parts
+    "encoder_projection.", "embed_positions.",  # sinusoidal table / text projection in other HF exports
+)
+_HF_RENAMES = (  # transformers name -> audiocraft / our name, applied in order on dotted keys
+    (r"^(decoder\.)?model\.decoder\.", ""),
+    (r"^(decoder\.)?lm_heads\.", "linears."),
+    (r"^embed_tokens\.", "emb."),
+    (r"^layer_norm\.", "out_norm."),
+    (r"^layers\.", "transformer.layers."),
+    (r"\.self_attn_layer_norm\.", ".norm1."),
+    (r"\.encoder_attn_layer_norm\.", ".norm_cross."),
+    (r"\.final_layer_norm\.", ".norm2."),
+    (r"\.encoder_attn\.", ".cross_attention."),
+    (r"\.fc1\.", ".linear1."),
+    (r"\.fc2\.", ".linear2."),
+    (r"\.mha\.", "."),  # audiocraft with custom=False wraps nn.MultiheadAttention as `.mha`
+)
+
+
+def musicgen_to_vmas_state_dict(state: tp.Mapping[str, torch.Tensor]) -> tp.Tuple[tp.Dict[str, torch.Tensor],
+                                                                                   tp.List[str]]:
+    """Map a MusicGen LM state dict (audiocraft or transformers layout) onto :class:`MusicLM` names.
+
+    The one place where checkpoint layouts are reconciled. audiocraft names already are ours; transformers names
+    are renamed and its separate ``q_proj/k_proj/v_proj`` are concatenated into ``in_proj_weight`` ([q; k; v]).
+    Returns ``(state, dropped_keys)``: the text-condition projection and other non-LM parts are dropped, because
+    our condition tokens come from the video/tag projections of the fuser instead.
+    """
+    out: tp.Dict[str, torch.Tensor] = {}
+    dropped: tp.List[str] = []
+    qkv: tp.Dict[str, tp.Dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        name = key
+        for pattern, repl in _HF_RENAMES:
+            name = re.sub(pattern, repl, name)
+        if name.startswith(_DROPPED_PREFIXES):
+            dropped.append(key)
+            continue
+        m = re.match(r"^(.*)\.([qkv])_proj\.weight$", name)
+        if m:
+            qkv.setdefault(m.group(1), {})[m.group(2)] = value
+            continue
+        out[name] = value
+    for prefix, parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CheckpointError(f"MusicGen checkpoint: {prefix} has only {sorted(parts)} of q/k/v projections")
+        out[f"{prefix}.in_proj_weight"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out, dropped
+
+
+class _Placeholder:
+    """Stands in for classes we do not have installed (audiocraft pickles an omegaconf config next to the weights)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return _Placeholder
+
+
+_lenient_pickle = types.SimpleNamespace(Unpickler=_LenientUnpickler, load=pickle.load, __name__="vmas_lenient")
+
+
+def _torch_load(path: Path) -> tp.Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - audiocraft's file holds an omegaconf config: retry without the safe loader
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_lenient_pickle)
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+
+
+def _load_file(path: Path) -> tp.Dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.name.endswith(".index.json"):  # sharded transformers checkpoint
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        state: tp.Dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(_load_file(path.parent / shard))
+        return state
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and "best_state" in obj:  # audiocraft package: {best_state, xp.cfg, version, ...}
+        obj = obj["best_state"]
+        obj = obj.get("model", obj) if isinstance(obj, dict) else obj
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors (audiocraft state_dict.bin or transformers "
+                              "pytorch_model.bin)")
+    return obj
+
+
+_FOLDER_FILES = ("state_dict.bin", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def _resolve(name_or_path: str) -> Path:
+    """Local file, local folder, or hub name -> the file to read (audiocraft's state_dict.bin preferred)."""
+    path = Path(os.path.expanduser(name_or_path))
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for fname in _FOLDER_FILES:
+            if (path / fname).is_file():
+                return path / fname
+        raise CheckpointError(f"{path}: no MusicGen weights inside (looked for {', '.join(_FOLDER_FILES)})")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        raise CheckpointError(f"model.lm.pretrained={name_or_path}: not a local path and huggingface_hub is missing")
+    errors = []
+    for fname in _FOLDER_FILES:
+        try:
+            found = Path(hf_hub_download(name_or_path, fname))
+        except Exception as err:  # noqa: BLE001 - try the next layout, report all at the end
+            errors.append(f"{fname}: {type(err).__name__}")
+            continue
+        if fname.endswith(".index.json"):
+            for shard in set(json.loads(found.read_text())["weight_map"].values()):
+                hf_hub_download(name_or_path, shard)
+        return found
+    raise CheckpointError(f"model.lm.pretrained={name_or_path}: not a local file/folder and not downloadable from the "
+                          f"hub ({'; '.join(errors[:2])}); download it once with network access or give a local path")
+
+
+def load_musicgen_lm_weights(model: MusicLM, name_or_path: tp.Union[str, Path]) -> tp.List[str]:
+    """Load MusicGen LM weights into ``model``; returns the checkpoint keys that were dropped.
+
+    Accepts an audiocraft ``state_dict.bin`` (or a folder holding one), a transformers ``MusicgenForCausalLM`` /
+    ``MusicgenForConditionalGeneration`` folder (safetensors or pytorch_model.bin, sharded or not), or a hub name
+    such as ``facebook/musicgen-medium``. Every LM parameter must be present with the right shape; the
+    text-condition projection is dropped (our fuser replaces it).
+    """
+    path = _resolve(str(name_or_path))
+    state, dropped = musicgen_to_vmas_state_dict(_load_file(path))
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)} but the model expects "
+                                  f"{tuple(own[key].shape)}; set model.lm (dim/num_layers/num_heads/ffn_dim/n_q/card) "
+                                  "to the checkpoint's sizes")
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: not a MusicGen LM of this size (missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}); check model.lm.num_layers / n_q against the checkpoint")
+    model.load_state_dict(state, strict=True)
+    if dropped:
+        logger.info("MusicGen weights from %s: dropped %d non-LM keys (text-condition projection etc.): %s",
+                    path, len(dropped), ", ".join(dropped[:4]))
+    return dropped

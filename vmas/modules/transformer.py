@@ -1,0 +1,175 @@
+"""Streaming pre-norm transformer decoder: causal self-attention -> cross-attention -> FFN (MusicGen, SPEC §4).
+
+Parameter names follow audiocraft's ``StreamingTransformerLayer`` (``self_attn.in_proj_weight``, ``norm_cross``,
+``linear1`` ...) so a MusicGen ``state_dict.bin`` maps onto it almost 1:1 (see :mod:`vmas.models.lm`).
+
+One code path serves training and decoding. ``forward`` takes an optional key/value cache: a preallocated
+``[2, B, H, S_max, Dh]`` tensor per layer that the new keys/values are written into at ``offset``, so a
+step costs no allocation beyond its activations. Generation on small models is bound by per-op overhead, not
+arithmetic, which is why q/k/v are one fused matmul, cross-attention keys/values are computed once per sequence
+(:meth:`TransformerLayer.cross_kv`), and attention is PyTorch's fused ``scaled_dot_product_attention``.
+"""
+from __future__ import annotations
+
+import math
+import typing as tp
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+CrossKV = tp.Tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, H, L, Dh] each
+
+
+def sin_embedding(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """positions [...] -> [..., dim]: MusicGen's sinusoidal table (cos half then sin half, period up to max_period).
+
+    Matches audiocraft's ``create_sin_embedding`` and transformers' ``MusicgenSinusoidalPositionalEmbedding``:
+    frequency i is ``max_period ** (-i / (half - 1))``.
+    """
+    half = dim // 2
+    freqs = torch.arange(half, device=positions.device, dtype=torch.float32)
+    freqs = torch.exp(-math.log(max_period) * freqs / max(half - 1, 1))  # [half]
+    phase = positions.to(torch.float32)[..., None] * freqs  # [..., half]
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """key mask [B, L] bool (True = attend) -> [B, 1, 1, L] additive float mask for SDPA.
+
+    A finite minimum (not -inf) keeps a fully masked row finite instead of NaN.
+    """
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    out.masked_fill_(~mask, torch.finfo(dtype).min)
+    return out[:, None, None, :]
+
+
+class MultiheadAttention(nn.Module):
+    """Bias-free multi-head attention with audiocraft's fused ``in_proj_weight`` ([q; k; v] rows, [3*dim, dim]).
+
+    Args:
+        dim (int): model width.
+        num_heads (int): heads; ``dim`` must divide evenly.
+        dropout (float): attention-probability dropout in training.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        assert dim % num_heads == 0, f"dim {dim} is not divisible by num_heads {num_heads}"
+        self.dim = dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """[B, T, n*dim] -> [n, B, H, T, Dh] (a view + permute; no copy)."""
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.num_heads, self.dim // self.num_heads).permute(2, 0, 3, 1, 4)
+
+    def project_kv(self, memory: torch.Tensor) -> CrossKV:
+        """memory [B, L, dim] -> keys, values [B, H, L, Dh] (cross-attention: computed once per sequence)."""
+        k, v = self._heads(F.linear(memory, self.in_proj_weight[self.dim:]), 2).unbind(0)
+        return k, v
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tp.Optional[torch.Tensor] = None,
+                is_causal: bool = False) -> torch.Tensor:
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)  # [B,H,T,Dh]
+        B, H, T, Dh = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, H * Dh))  # [B, T, dim]
+
+    def self_attend(self, x: torch.Tensor, cache: tp.Optional[torch.Tensor] = None, offset: int = 0) -> torch.Tensor:
+        """Causal self-attention. x [B, T, dim]; ``cache`` [2, B, H, S_max, Dh] receives k/v at [offset, offset+T)."""
+        T = x.shape[1]
+        q, k, v = self._heads(F.linear(x, self.in_proj_weight), 3).unbind(0)  # [B, H, T, Dh] each
+        if cache is not None:
+            end = offset + T
+            cache[0, :, :, offset:end] = k
+            cache[1, :, :, offset:end] = v
+            k, v = cache[0, :, :, :end], cache[1, :, :, :end]  # [B, H, end, Dh]
+        if T == 1:  # one new query sees every cached key: no mask at all
+            return self._attend(q, k, v)
+        if offset == 0 or cache is None:
+            return self._attend(q, k, v, is_causal=True)
+        # a chunk after a cached prefix: query i (absolute offset+i) sees keys 0..offset+i
+        allowed = torch.ones(T, offset + T, dtype=torch.bool, device=x.device).tril(diagonal=offset)
+        return self._attend(q, k, v, mask=allowed)
+
+    def cross_attend(self, x: torch.Tensor, kv: CrossKV, mask: tp.Optional[torch.Tensor]) -> torch.Tensor:
+        """x [B, T, dim] attends to precomputed ``kv`` ([B, H, L, Dh]) under additive ``mask`` [B, 1, 1, L]."""
+        q = self._heads(F.linear(x, self.in_proj_weight[: self.dim]), 1)[0]  # [B, H, T, Dh]
+        return self._attend(q, kv[0], kv[1], mask=mask)
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm decoder layer: ``x += SA(norm1 x); x += CA(norm_cross x, cond); x += FFN(norm2 x)``.
+
+    Args:
+        dim (int): model width.
+        num_heads (int): attention heads (self and cross).
+        ffn_dim (int): hidden width of the GELU feed-forward (no biases, as MusicGen).
+        dropout (float): dropout on attention probabilities and on each residual branch, training only.
+    """
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.self_attn = MultiheadAttention(dim, num_heads, dropout)
+        self.norm_cross = nn.LayerNorm(dim)
+        self.cross_attention = MultiheadAttention(dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.linear1 = nn.Linear(dim, ffn_dim, bias=False)
+        self.linear2 = nn.Linear(ffn_dim, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def cross_kv(self, cond: torch.Tensor) -> CrossKV:
+        return self.cross_attention.project_kv(cond)
+
+    def forward(self, x: torch.Tensor, cross_kv: CrossKV, cross_mask: tp.Optional[torch.Tensor],
+                cache: tp.Optional[torch.Tensor] = None, offset: int = 0) -> torch.Tensor:
+        """x [B, T, dim] -> [B, T, dim]."""
+        x = x + self.dropout(self.self_attn.self_attend(self.norm1(x), cache, offset))
+        x = x + self.dropout(self.cross_attention.cross_attend(self.norm_cross(x), cross_kv, cross_mask))
+        return x + self.dropout(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
+
+
+class StreamingTransformer(nn.Module):
+    """A stack of :class:`TransformerLayer` with optional activation checkpointing.
+
+    Args:
+        dim, num_heads, ffn_dim, dropout: see :class:`TransformerLayer`.
+        num_layers (int): depth.
+        grad_checkpointing (bool): recompute each layer in backward (training memory; paper preset).
+    """
+
+    def __init__(self, dim: int, num_layers: int, num_heads: int, ffn_dim: int, dropout: float = 0.0,
+                 grad_checkpointing: bool = False):
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.grad_checkpointing = grad_checkpointing
+        self.layers = nn.ModuleList(TransformerLayer(dim, num_heads, ffn_dim, dropout) for _ in range(num_layers))
+
+    def cross_kv(self, cond: torch.Tensor) -> tp.List[CrossKV]:
+        """cond [B, L, dim] -> per-layer cross-attention keys/values."""
+        return [layer.cross_kv(cond) for layer in self.layers]
+
+    def new_cache(self, batch: int, max_steps: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Preallocated self-attention cache [num_layers, 2, B, H, max_steps, Dh]."""
+        H = self.num_heads
+        return torch.zeros(len(self.layers), 2, batch, H, max_steps, self.dim // H, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, cross_kv: tp.List[CrossKV], cross_mask: tp.Optional[torch.Tensor],
+                cache: tp.Optional[torch.Tensor] = None, offset: int = 0) -> torch.Tensor:
+        """x [B, T, dim]; cache from :meth:`new_cache` (streaming) or None (whole sequence) -> [B, T, dim]."""
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled() and cache is None
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else cache[i]
+            if ckpt:
+                x = checkpoint(layer, x, cross_kv[i], cross_mask, use_reentrant=False)
+            else:
+                x = layer(x, cross_kv[i], cross_mask, layer_cache, offset)
+        return x
