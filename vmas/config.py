@@ -78,7 +78,7 @@ class CodecConfig:
     """Identity skip in SEANet residual blocks (False = 1x1 conv shortcut)."""
     ema_decay: float = 0.99
     """RVQ codebook EMA decay (codec training only, ``tools/train_codec.py``)."""
-    dead_code_threshold: int = 2
+    dead_code_threshold: float = 2.0
     """Codes whose EMA cluster size drops below this are replaced by random batch vectors (training only)."""
     commitment_weight: float = 1.0
     """Weight of the RVQ commitment loss in codec training."""
@@ -140,7 +140,17 @@ class LossConfig:
     contrastive_weight: float = 0.1
     """α in L = L_ar + α L_c. default (ours)"""
     contrastive_dim: int = 512
+    """Width of the shared video/music embedding space (linear heads). default (ours)"""
     contrastive_temperature: float = 0.07
+    """Initial InfoNCE temperature τ (learnable, log-parametrised). default (ours)"""
+    contrastive_min_temperature: float = 0.01
+    """Lower clamp of the learned τ (CLIP's logit-scale cap of 100). default (ours)"""
+    motion_flow: str = "raft_small"
+    """Optical flow for the video motion curve at preprocessing time: raft_small, raft_large or farneback."""
+    motion_weights: str = "DEFAULT"
+    """RAFT weights: torchvision name (DEFAULT, C_T_V2, ...) or a local checkpoint path; "random" only in tests."""
+    motion_batch: int = 8
+    """Frame pairs per RAFT call (bounds memory)."""
 
 
 @dataclass
