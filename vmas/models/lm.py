@@ -396,10 +396,8 @@ def _resolve(name_or_path: str) -> Path:
             if (path / fname).is_file():
                 return path / fname
         raise CheckpointError(f"{path}: no MusicGen weights inside (looked for {', '.join(_FOLDER_FILES)})")
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        raise CheckpointError(f"model.lm.pretrained={name_or_path}: not a local path and huggingface_hub is missing")
+    from huggingface_hub import hf_hub_download  # ships with transformers
+
     errors = []
     for fname in _FOLDER_FILES:
         try:
