@@ -1,0 +1,37 @@
+"""Benchmark metrics of the paper (SPEC §8), torchmetrics-style (``update`` / ``compute`` / ``reset``).
+
+See docs/metrics.md for each definition, backbone and how to reproduce the paper's setting.
+"""
+from vmas.metrics.clap_score import ClapScore
+from vmas.metrics.embeddings import (
+                                     AudioEmbedder,
+                                     ClapAudioEmbedder,
+                                     EncodecEmbedder,
+                                     MelStatsEmbedder,
+                                     VGGish,
+                                     VGGishEmbedder,
+                                     build_embedder,
+                                     load_audio,
+                                     load_vggish,
+)
+from vmas.metrics.fad import FrechetAudioDistance, frechet_distance
+from vmas.metrics.kl import (
+                                     ASTClassifier,
+                                     AudioClassifier,
+                                     KLDivergence,
+                                     MelBandClassifier,
+                                     PasstClassifier,
+                                     build_classifier,
+                                     kl_divergence,
+                                     label_distribution,
+)
+from vmas.metrics.mv_align import MVAlign, audio_peaks, av_align_iou, match_peaks, motion_curve, video_peaks
+from vmas.metrics.retrieval import VideoMusicRetrieval, recall_at_k, retrieval_ranks
+
+__all__ = [
+    "ClapScore", "AudioEmbedder", "ClapAudioEmbedder", "EncodecEmbedder", "MelStatsEmbedder", "VGGish",
+    "VGGishEmbedder", "build_embedder", "load_audio", "load_vggish", "FrechetAudioDistance", "frechet_distance",
+    "AudioClassifier", "ASTClassifier", "KLDivergence", "MelBandClassifier", "PasstClassifier", "build_classifier",
+    "kl_divergence", "label_distribution", "MVAlign", "audio_peaks", "av_align_iou", "match_peaks", "motion_curve",
+    "video_peaks", "VideoMusicRetrieval", "recall_at_k", "retrieval_ranks",
+]
