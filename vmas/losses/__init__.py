@@ -4,8 +4,7 @@
 :class:`ContrastiveLoss` gives ``L_c`` and owns the projection heads reused by the retrieval metric.
 """
 from vmas.losses.beat import beat_weighted_ce, frame_weights_to_pattern
-from vmas.losses.contrastive import (ContrastiveLoss, gather_with_grad, info_nce, music_feature,
-                                     music_feature_from_codes)
+from vmas.losses.contrastive import ContrastiveLoss, gather_with_grad, info_nce, music_feature, music_feature_from_codes
 
 __all__ = ["beat_weighted_ce", "frame_weights_to_pattern", "ContrastiveLoss", "gather_with_grad", "info_nce",
            "music_feature", "music_feature_from_codes"]
