@@ -1,0 +1,492 @@
+"""DISCO-MV-style curation (SPEC §6): which source videos and which 10 s clips go into the training manifest.
+
+The pieces are small and pluggable so a cluster run and a laptop run share the code:
+
+- frame embedders for the visual-variety filter (``pixels`` / ``histogram`` need no weights; ``timm:<name>`` and
+  ``torchvision:<name>`` load a pretrained image model by hub name or from a local weights file);
+- :func:`mean_pairwise_cosine`, the variety score (keep a video when it is below ``variety_threshold``, paper 0.7);
+- :class:`DemucsVocalRemover` (two stems, keep the accompaniment) when ``demucs`` and its weights are present;
+- clip planning, silence check and the train/val/test split *by video* (a hash of the source id, so every worker
+  and every re-run agrees, and clips of one video never straddle splits);
+- :func:`curate_video`, which never raises on bad data: it returns clips and rejects (each with a reason).
+
+The CLI that walks a folder / list and writes ``manifest.jsonl`` + ``rejects.jsonl`` is ``datasets/disco_mv.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+import time
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vmas.errors import ConfigError, DataError, VmasError
+
+if tp.TYPE_CHECKING:
+    from vmas.config import CurationConfig
+
+VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
+SPLITS = ("train", "val", "test")
+
+# frames uint8 [N, H, W, 3] -> embeddings float [N, D]
+Embedder = tp.Callable[[np.ndarray], torch.Tensor]
+# (mono wav float [N], sample rate) -> accompaniment float [N] at the same rate
+VocalRemover = tp.Callable[[np.ndarray, int], np.ndarray]
+
+
+# ------------------------------------------------------------------------------------------- frame embedders
+def _to_float(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1]."""
+    x = torch.as_tensor(frames) if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    assert x.dim() == 4 and x.shape[-1] == 3, f"expected frames [N, H, W, 3], got {tuple(x.shape)}"
+    return x.permute(0, 3, 1, 2).float() / 255.0
+
+
+def pixel_embedding(frames: np.ndarray, grid: int = 8) -> torch.Tensor:
+    """8x8 RGB thumbnails centred on mid-grey: [N, 3*grid*grid].
+
+    Centring on 0.5 (not on the video's mean) keeps colour information: two flat frames of different colours get a
+    low cosine, the same scene re-shot gets ~1. No weights needed, so it is the default.
+    """
+    thumbs = F.adaptive_avg_pool2d(_to_float(frames), grid)  # [N, 3, g, g]
+    return (thumbs - 0.5).flatten(1)
+
+
+def histogram_embedding(frames: np.ndarray, bins: int = 4) -> torch.Tensor:
+    """Square root of the joint RGB histogram (``bins``³ cells): [N, bins**3].
+
+    The cosine of square-rooted histograms is the Bhattacharyya coefficient: 1 for identical colour distributions,
+    0 for disjoint ones. Ignores layout, so it complements :func:`pixel_embedding`.
+    """
+    q = (_to_float(frames).permute(0, 2, 3, 1) * 255).round().long() * bins // 256  # [N, H, W, 3] in [0, bins)
+    cell = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]  # [N, H, W]
+    hist = torch.stack([torch.bincount(c.flatten(), minlength=bins**3) for c in cell]).float()  # [N, bins³]
+    return (hist / hist.sum(-1, keepdim=True)).sqrt()
+
+
+class PretrainedEmbedder:
+    """Global-pooled features of a pretrained image model (timm or torchvision), by hub name or local weights.
+
+    Args:
+        spec: ``timm:<model name>`` (e.g. ``timm:vit_base_patch16_clip_224.openai``) or ``torchvision:<name>``
+            (e.g. ``torchvision:resnet50``).
+        weights: optional local weights file (``.safetensors``/``.pth``/``.bin``); empty = the library's hub cache.
+        device: where the model runs.
+    """
+
+    def __init__(self, spec: str, weights: str = "", device: str = "cpu", batch_size: int = 32):
+        lib, _, name = spec.partition(":")
+        if lib not in ("timm", "torchvision") or not name:
+            raise ConfigError(f"data.curation.embedder '{spec}': use pixels, histogram, timm:<name> or torchvision:<name>")
+        if weights and not Path(weights).is_file():
+            raise ConfigError(f"data.curation.embedder_weights '{weights}' is not a file: point it at a local "
+                              f"{lib} weights file or leave it empty to use the hub cache")
+        self.spec, self.device, self.batch_size = spec, torch.device(device), batch_size
+        try:
+            model, self.size, self.mean, self.std = (_load_timm if lib == "timm" else _load_torchvision)(name, weights)
+        except VmasError:
+            raise
+        except Exception as err:  # hub miss offline, bad file, unknown name: one line with the fix
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"data.curation.embedder '{spec}' could not be loaded ({msg}): set "
+                              f"data.curation.embedder_weights to a local weights file, or use embedder=pixels") from None
+        self.model = model.eval().to(self.device).requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        x = _to_float(frames)  # [N, 3, H, W]
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
+        feats = [self.model(chunk.to(self.device)).flatten(1).float().cpu() for chunk in x.split(self.batch_size)]
+        return torch.cat(feats)  # [N, D]
+
+
+def _load_timm(name: str, weights: str) -> tp.Tuple[torch.nn.Module, int, tp.Sequence[float], tp.Sequence[float]]:
+    import timm
+
+    # pretrained_cfg_overlay(file=...) makes timm read a local file through its own key filtering.
+    kwargs = dict(pretrained_cfg_overlay=dict(file=weights)) if weights else {}
+    model = timm.create_model(name, pretrained=True, num_classes=0, **kwargs)  # num_classes=0: pooled features
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return model, int(cfg["input_size"][-1]), cfg["mean"], cfg["std"]
+
+
+def _load_torchvision(name: str, weights: str) -> tp.Tuple[torch.nn.Module, int, tp.Sequence[float], tp.Sequence[float]]:
+    import torchvision
+
+    if weights:
+        model = torchvision.models.get_model(name, weights=None)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    else:
+        model = torchvision.models.get_model(name, weights="DEFAULT")
+    # Drop the classifier so the output is the pooled feature (resnet: fc; vit/convnext/efficientnet: heads/classifier).
+    for head in ("fc", "heads", "head", "classifier"):
+        if hasattr(model, head):
+            module = getattr(model, head)
+            if isinstance(module, torch.nn.Sequential) and head == "classifier" and len(module) > 1:
+                module[-1] = torch.nn.Identity()  # keep norm/flatten layers of convnext/efficientnet heads
+            else:
+                setattr(model, head, torch.nn.Identity())
+            break
+    return model, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def build_embedder(spec: str = "pixels", weights: str = "", device: str = "cpu") -> Embedder:
+    """Frame embedder from ``data.curation.embedder`` / ``embedder_weights``."""
+    if spec == "pixels":
+        return pixel_embedding
+    if spec == "histogram":
+        return histogram_embedding
+    return PretrainedEmbedder(spec, weights, device)
+
+
+def mean_pairwise_cosine(emb: torch.Tensor) -> float:
+    """Mean cosine similarity over all pairs i != j of the rows of ``emb`` [N, D] (N >= 2).
+
+    Zero rows (e.g. a mid-grey frame under :func:`pixel_embedding`) have no direction and count as similarity 0.
+    """
+    N = emb.shape[0]
+    if N < 2:
+        raise DataError(f"visual variety needs at least 2 frames, got {N}")
+    e = F.normalize(emb.double(), dim=-1)  # [N, D]
+    sim = e @ e.T  # [N, N]
+    return float((sim.sum() - sim.diagonal().sum()) / (N * (N - 1)))
+
+
+# -------------------------------------------------------------------------------------------- vocal removal
+class DemucsVocalRemover:
+    """Demucs separation into vocals / accompaniment; returns the accompaniment (sum of the non-vocal stems).
+
+    Args:
+        model: Demucs model name (``htdemucs``), or ``name@/local/repo`` for a folder holding the model files
+            (what ``demucs.pretrained.get_model(name, repo=...)`` reads on machines without internet).
+        device: where separation runs.
+    """
+
+    def __init__(self, model: str = "htdemucs", device: str = "cpu"):
+        if importlib.util.find_spec("demucs") is None:
+            raise DataError("vocal removal needs the 'demucs' package (pip install demucs) and its weights; "
+                            "install it or pass --no-vocal-removal (data.curation.vocal_removal=false)")
+        from demucs.pretrained import get_model
+
+        name, _, repo = model.partition("@")
+        try:
+            self.model = get_model(name, repo=Path(repo) if repo else None).eval().to(device)
+        except Exception as err:
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(f"demucs model '{model}' could not be loaded ({msg}): put its weights in the torch hub "
+                            f"cache, use name@/local/repo, or pass --no-vocal-removal") from None
+        if "vocals" not in self.model.sources:
+            raise DataError(f"demucs model '{model}' has no 'vocals' stem (sources {self.model.sources})")
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, wav: np.ndarray, sr: int) -> np.ndarray:
+        import torchaudio.functional as AF
+        from demucs.apply import apply_model
+
+        x = torch.as_tensor(wav, dtype=torch.float32)[None]  # [1, N]
+        msr = int(self.model.samplerate)
+        x = AF.resample(x, sr, msr) if sr != msr else x
+        mix = x.expand(self.model.audio_channels, -1)[None]  # [1, C, N']
+        stems = apply_model(self.model, mix, device=self.device, progress=False)[0]  # [S, C, N']
+        keep = [i for i, s in enumerate(self.model.sources) if s != "vocals"]
+        acc = stems[keep].sum(0).mean(0, keepdim=True).cpu()  # [1, N'] mono accompaniment
+        acc = AF.resample(acc, msr, sr) if sr != msr else acc
+        out = acc[0, : len(wav)].numpy()
+        return np.pad(out, (0, len(wav) - len(out)))
+
+
+def build_vocal_remover(cfg: "CurationConfig", device: str = "cpu") -> tp.Optional[VocalRemover]:
+    return DemucsVocalRemover(cfg.demucs_model, device) if cfg.vocal_removal else None
+
+
+# -------------------------------------------------------------------------------------- clips, audio, splits
+def clip_starts(duration: float, clip_seconds: float, max_clips: int = 0) -> tp.List[float]:
+    """Start times of the non-overlapping clips of a video, from 0 s; the tail shorter than a clip is dropped."""
+    n = int(math.floor(duration / clip_seconds + 1e-6))
+    if max_clips > 0:
+        n = min(n, max_clips)
+    return [round(i * clip_seconds, 6) for i in range(n)]
+
+
+def rms_db(wav: np.ndarray) -> float:
+    """RMS level in dBFS (full scale = 1.0); -inf-safe (floored at -200 dB)."""
+    rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64)))) if len(wav) else 0.0
+    return 20.0 * math.log10(max(rms, 1e-10))
+
+
+def assign_split(source_id: str, val_fraction: float, test_fraction: float, seed: int = 0,
+                 overrides: tp.Optional[tp.Mapping[str, str]] = None) -> str:
+    """train / val / test for a whole video: hand-picked ``overrides`` first, else a stable hash of the id."""
+    if overrides and source_id in overrides:
+        return overrides[source_id]
+    h = hashlib.sha1(f"{seed}:{source_id}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64  # uniform in [0, 1)
+    if u < test_fraction:
+        return "test"
+    return "val" if u < test_fraction + val_fraction else "train"
+
+
+def load_split_file(path: tp.Union[str, Path]) -> tp.Dict[str, str]:
+    """Hand-picked splits: JSON ``{"val": [ids], "test": [ids]}`` -> ``{id: split}``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"split file {path}: cannot read JSON ({err}); expected {{\"val\": [ids], \"test\": [ids]}}") from None
+    out = {}
+    for split, ids in data.items():
+        if split not in SPLITS or not isinstance(ids, list):
+            raise DataError(f"split file {path}: key '{split}' must be one of {SPLITS} with a list of source ids")
+        out.update({str(i): split for i in ids})
+    return out
+
+
+def safe_id(text: str) -> str:
+    """Source ids become shard keys: webdataset splits a key at its first dot, so keep [A-Za-z0-9_-] only."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "video"
+
+
+def clip_key(source_id: str, start: float) -> str:
+    return f"{safe_id(source_id)}_{int(round(start * 1000)):09d}"
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+@dataclasses.dataclass
+class VideoItem:
+    """One source video. ``tags`` is a comma-separated string (may be empty)."""
+
+    path: str
+    source_id: str
+    tags: str = ""
+
+
+def _sidecar_tags(path: Path) -> str:
+    """Tags beside a video: ``<stem>.tags.txt`` (one line) or a ``<stem>.json`` with a ``tags`` field."""
+    txt = path.with_name(path.stem + ".tags.txt")
+    if txt.is_file():
+        return txt.read_text().strip()
+    meta = path.with_suffix(".json")
+    if meta.is_file():
+        try:
+            tags = json.loads(meta.read_text()).get("tags", "")
+        except (ValueError, AttributeError):
+            return ""
+        return ", ".join(tags) if isinstance(tags, list) else str(tags)
+    return ""
+
+
+def discover_inputs(inputs: tp.Sequence[tp.Union[str, Path]]) -> tp.List[VideoItem]:
+    """Folders (searched recursively for video files), ``.txt`` lists (one path a line) or ``.jsonl`` lists
+    (``{"video": path, "id": ..., "tags": ...}``). Paths in lists are relative to the list's folder.
+    Ids default to the file stem; duplicates get the parent folder prepended."""
+    items: tp.List[VideoItem] = []
+    for raw in inputs:
+        src = Path(raw)
+        if src.is_dir():
+            for p in sorted(q for q in src.rglob("*") if q.suffix.lower() in VIDEO_EXTS):
+                items.append(VideoItem(str(p), p.stem, _sidecar_tags(p)))
+        elif src.suffix == ".jsonl":
+            for n, line in enumerate(src.read_text().splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    p = (src.parent / row.get("video", row.get("path"))).resolve()
+                except (ValueError, TypeError, AttributeError):
+                    raise DataError(f"{src}:{n + 1}: not a JSON object with a 'video' field") from None
+                tags = row.get("tags", "")
+                tags = ", ".join(tags) if isinstance(tags, list) else str(tags or _sidecar_tags(p))
+                items.append(VideoItem(str(p), str(row.get("id", p.stem)), tags))
+        elif src.is_file() and src.suffix.lower() not in VIDEO_EXTS:
+            for line in src.read_text().splitlines():
+                if line.strip() and not line.startswith("#"):
+                    p = (src.parent / line.strip()).resolve()
+                    items.append(VideoItem(str(p), p.stem, _sidecar_tags(p)))
+        else:  # a single video file (or a missing one: it will land in rejects, not stop the run)
+            items.append(VideoItem(str(src), src.stem, _sidecar_tags(src)))
+    seen: tp.Dict[str, int] = {}
+    for it in items:
+        if it.source_id in seen:
+            it.source_id = f"{Path(it.path).parent.name}-{it.source_id}"
+        seen[it.source_id] = seen.get(it.source_id, 0) + 1
+    return items
+
+
+# ---------------------------------------------------------------------------------------- one video
+@dataclasses.dataclass
+class CurationResult:
+    clips: tp.List[dict]
+    rejects: tp.List[dict]
+    variety: tp.Optional[float] = None
+
+
+def _reject(item: VideoItem, reason: str, detail: str = "", start: tp.Optional[float] = None) -> dict:
+    row = {"video": item.path, "source_id": item.source_id, "reason": reason, "detail": detail}
+    if start is not None:
+        row["start"] = start
+    return row
+
+
+def curate_video(item: VideoItem, cfg: "CurationConfig", clip_seconds: float, sample_rate: int,
+                 embedder: Embedder, vocal_remover: tp.Optional[VocalRemover] = None,
+                 audio_dir: tp.Optional[Path] = None, split_overrides: tp.Optional[tp.Mapping[str, str]] = None
+                 ) -> CurationResult:
+    """Filter one video and cut it into clips. Never raises on bad data: problems become rejects with a reason.
+
+    Reasons: ``unreadable`` (missing/corrupt/no video stream), ``no_audio``, ``too_short`` (shorter than one clip),
+    ``low_visual_variety`` (score >= threshold), ``vocal_removal_failed``, ``silent_audio`` (per clip).
+    With a vocal remover the accompaniment of the whole video is written to ``audio_dir/<id>.wav`` and the clips
+    point at it (``audio``); without one ``audio`` is null and the video's own track is used.
+    """
+    from vmas.data import media
+
+    try:
+        info = media.probe_video(item.path)
+    except Exception as err:  # MediaError for known problems; anything else from a broken container too
+        return CurationResult([], [_reject(item, "unreadable", _one_line(err))])
+    duration = float(info.duration or 0.0)
+    if not info.num_frames or duration <= 0:
+        return CurationResult([], [_reject(item, "unreadable", "no decodable video frames")])
+    if not getattr(info, "has_audio", True):
+        return CurationResult([], [_reject(item, "no_audio", "no audio stream")])
+    if duration + 1e-3 < clip_seconds:
+        return CurationResult([], [_reject(item, "too_short", f"{duration:.2f} s < clip {clip_seconds:g} s")])
+
+    # Visual variety over frames sampled across the whole video (one decode at a low frame rate).
+    try:
+        n = max(2, cfg.variety_frames)
+        frames = media.read_video_frames(item.path, fps=n / duration, size=cfg.embed_size, start=0.0,
+                                         duration=duration)[0]  # [n', S, S, 3]
+        variety = mean_pairwise_cosine(embedder(frames[:n]))
+    except Exception as err:
+        return CurationResult([], [_reject(item, "unreadable", f"frames: {_one_line(err)}")])
+    if variety >= cfg.variety_threshold:
+        return CurationResult([], [_reject(item, "low_visual_variety",
+                                           f"{variety:.3f} >= {cfg.variety_threshold:g}")], variety)
+
+    try:
+        wav = _audio_of(media.read_audio(item.path, sr=sample_rate))  # [N]
+    except Exception as err:
+        return CurationResult([], [_reject(item, "no_audio", _one_line(err))], variety)
+    audio_path = None
+    if vocal_remover is not None:
+        try:
+            wav = np.asarray(vocal_remover(wav, sample_rate), dtype=np.float32)
+            assert audio_dir is not None, "audio_dir is needed with vocal removal"
+            audio_dir.mkdir(parents=True, exist_ok=True)
+            audio_path = str(audio_dir / f"{safe_id(item.source_id)}.wav")
+            media.write_wav(audio_path, torch.as_tensor(wav)[None], sample_rate)
+        except Exception as err:
+            return CurationResult([], [_reject(item, "vocal_removal_failed", _one_line(err))], variety)
+
+    split = assign_split(item.source_id, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, split_overrides)
+    clips, rejects = [], []
+    for start in clip_starts(duration, clip_seconds, cfg.max_clips_per_video):
+        seg = wav[int(round(start * sample_rate)): int(round((start + clip_seconds) * sample_rate))]
+        level = rms_db(seg)
+        if level < cfg.silence_db:
+            rejects.append(_reject(item, "silent_audio", f"{level:.1f} dBFS < {cfg.silence_db:g}", start))
+            continue
+        clips.append({"key": clip_key(item.source_id, start), "video": item.path, "audio": audio_path,
+                      "start": start, "duration": clip_seconds, "split": split, "tags": item.tags,
+                      "source_id": item.source_id, "variety": round(variety, 4)})
+    return CurationResult(clips, rejects, variety)
+
+
+def _audio_of(out: tp.Any) -> np.ndarray:
+    """``read_audio`` returns ``wav`` or ``(wav, sr)``; wav may be [N] or [C, N] (mixed down to mono)."""
+    wav = out[0] if isinstance(out, tuple) else out
+    wav = wav.numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav)
+    return (wav.mean(0) if wav.ndim == 2 else wav).astype(np.float32)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+# ------------------------------------------------------------------------------------------------ driver
+_WORKER: tp.Dict[str, tp.Any] = {}
+
+
+def _init_worker(cfg: "CurationConfig", device: str, kwargs: dict) -> None:
+    torch.set_num_threads(1)  # parallelism comes from processes
+    _WORKER.update(kwargs, cfg=cfg, embedder=build_embedder(cfg.embedder, cfg.embedder_weights, device),
+                   vocal_remover=build_vocal_remover(cfg, device))
+
+
+def _work(item: VideoItem) -> CurationResult:
+    w = _WORKER
+    return curate_video(item, w["cfg"], w["clip_seconds"], w["sample_rate"], w["embedder"], w["vocal_remover"],
+                        w["audio_dir"], w["split_overrides"])
+
+
+def curate(items: tp.Sequence[VideoItem], out_dir: tp.Union[str, Path], data_cfg: tp.Any,
+           embedder: tp.Optional[Embedder] = None, vocal_remover: tp.Optional[VocalRemover] = None,
+           split_overrides: tp.Optional[tp.Mapping[str, str]] = None, workers: int = 0, device: str = "cpu",
+           progress: tp.Optional[tp.Callable[[int, int], None]] = None) -> dict:
+    """Curate ``items`` into ``out_dir/manifest.jsonl``, ``rejects.jsonl`` and ``summary.json``; returns the summary.
+
+    With ``workers == 0`` the given ``embedder`` / ``vocal_remover`` are used in this process (default: built from
+    ``data_cfg.curation``); with ``workers > 0`` each spawned process builds its own from the config. Output order
+    follows ``items`` either way, so the manifest (and hence the shard plan) is reproducible.
+    """
+    cfg = data_cfg.curation
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(clip_seconds=data_cfg.clip_seconds, sample_rate=data_cfg.sample_rate, audio_dir=out / "audio",
+                  split_overrides=dict(split_overrides or {}))
+    t0 = time.perf_counter()
+    if workers > 0:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(workers, _init_worker, (cfg, device, kwargs))
+        results: tp.Iterable[CurationResult] = pool.imap(_work, items)
+    else:
+        pool = None
+        emb = embedder if embedder is not None else build_embedder(cfg.embedder, cfg.embedder_weights, device)
+        vr = vocal_remover if vocal_remover is not None else build_vocal_remover(cfg, device)
+        results = (curate_video(it, cfg, embedder=emb, vocal_remover=vr, **kwargs) for it in items)
+    clips = rejects = 0
+    reasons: tp.Dict[str, int] = {}
+    splits: tp.Dict[str, int] = {s: 0 for s in SPLITS}
+    videos_kept = 0
+    # Written line by line to tmp files, renamed at the end: a killed run leaves the previous manifest intact.
+    man_tmp, rej_tmp = out / "manifest.jsonl.tmp", out / "rejects.jsonl.tmp"
+    try:
+        with open(man_tmp, "w") as man, open(rej_tmp, "w") as rej:
+            for n, res in enumerate(results):
+                for row in res.clips:
+                    man.write(json.dumps(row) + "\n")
+                    splits[row["split"]] += 1
+                for row in res.rejects:
+                    rej.write(json.dumps(row) + "\n")
+                    reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
+                clips += len(res.clips)
+                rejects += len(res.rejects)
+                videos_kept += bool(res.clips)
+                if progress:
+                    progress(n + 1, len(items))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    os.replace(man_tmp, out / "manifest.jsonl")
+    os.replace(rej_tmp, out / "rejects.jsonl")
+    elapsed = time.perf_counter() - t0
+    summary = {"videos": len(items), "videos_kept": videos_kept, "clips": clips, "clips_per_split": splits,
+               "rejects": rejects, "reject_reasons": reasons, "seconds": round(elapsed, 3),
+               "videos_per_s": round(len(items) / elapsed, 3) if elapsed > 0 else 0.0}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

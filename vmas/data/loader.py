@@ -1,0 +1,255 @@
+"""Streaming loader over the tar shards of :mod:`vmas.data.shards` (SPEC §6.5).
+
+:class:`ShardStream` is an ``IterableDataset`` that
+
+- expands a brace/glob pattern or a list of shard paths/URLs (``pipe:``/``http`` through ``webdataset.gopen``);
+- shuffles the shard order with ``(seed, epoch)``, then gives each (rank, dataloader worker) a disjoint part:
+  whole shards when there are at least as many shards as readers, else every reader scans all shards and keeps
+  the samples ``i % readers == reader`` (few shards, e.g. a last partial shard or a small val set);
+- shuffles samples through a buffer (reservoir style) seeded by ``(seed, epoch, reader)``;
+- decodes each sample to tensors and checks its sizes against the data config;
+- skips unreadable shards or samples with a warning (bad data never stops a run).
+
+Determinism: the stream of a reader is a function of (shard list, seed, epoch, rank, world_size, num_workers).
+Call :meth:`ShardStream.set_epoch` (or ``loader.dataset.set_epoch``) before each epoch to reshuffle.
+
+:func:`collate` builds the batch dict of DEVELOPERS.md; :func:`build_loader` wires it into a ``DataLoader``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import random
+import tarfile
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from vmas.data.shards import FRAME_EXT, decode_frames, load_npy
+from vmas.errors import DataError
+
+if tp.TYPE_CHECKING:
+    from vmas.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+_FORMAT_OF_EXT = {ext: fmt for fmt, ext in FRAME_EXT.items()}
+
+
+def expand_shards(shards: tp.Union[str, tp.Sequence[str]]) -> tp.List[str]:
+    """``data/train-{000000..000009}.tar``, a glob, a comma list, or a list -> sorted list of shard paths/URLs."""
+    if isinstance(shards, str):
+        import braceexpand
+
+        parts = [p for s in shards.split(",") for p in braceexpand.braceexpand(s.strip()) if s.strip()]
+    else:
+        parts = list(shards)
+    out: tp.List[str] = []
+    for p in parts:
+        if any(c in p for c in "*?[") and "://" not in p and not p.startswith("pipe:"):
+            hits = sorted(glob.glob(p))
+            if not hits:
+                raise DataError(f"shard pattern '{p}' matches no file: check data.train_shards / data.val_shards")
+            out.extend(hits)
+        else:
+            out.append(p)
+    if not out:
+        raise DataError(f"no shards in '{shards}': set data.train_shards / data.val_shards")
+    return out
+
+
+def _open(url: str) -> tp.IO[bytes]:
+    if "://" in url or url.startswith("pipe:"):
+        import webdataset as wds
+
+        return wds.gopen(url, "rb")
+    return open(url, "rb")
+
+
+def iter_tar_samples(url: str) -> tp.Iterator[tp.Dict[str, tp.Any]]:
+    """Group consecutive members ``<key>.<ext>`` of one tar into ``{"__key__": key, ext: bytes}`` dicts.
+
+    A truncated or corrupt shard ends its iteration with a warning; what was read before the damage is kept.
+    """
+    sample: tp.Dict[str, tp.Any] = {}
+    try:
+        with _open(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.rsplit("/", 1)[-1]
+                key, _, ext = name.partition(".")
+                if sample and sample["__key__"] != key:
+                    yield sample
+                    sample = {}
+                sample["__key__"] = key
+                sample[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        log.warning("shard %s is damaged (%s): keeping the samples read before the damage", url, err)
+        sample = {}  # the sample in progress may be incomplete
+    if sample:
+        yield sample
+
+
+def decode_sample(raw: tp.Mapping[str, tp.Any], data_cfg: "DataConfig") -> tp.Dict[str, tp.Any]:
+    """Raw tar members -> tensors, sizes checked against ``data_cfg`` (a mismatch means stale shards)."""
+    d = data_cfg
+    T, Ta = d.num_frames, round(d.clip_seconds * d.frame_rate)
+    key = raw["__key__"]
+    ext = next((e for e in _FORMAT_OF_EXT if e in raw), None)
+    if ext is None:
+        raise DataError(f"sample {key}: no frames member ({', '.join(_FORMAT_OF_EXT)})")
+    frames = torch.from_numpy(decode_frames(raw[ext], _FORMAT_OF_EXT[ext]))  # [T, H, W, 3]
+    codes = torch.from_numpy(load_npy(raw["codes.npy"]).astype(np.int64))  # [K, Ta]
+    meta = json.loads(raw["json"]) if "json" in raw else {}
+    if tuple(frames.shape) != (T, d.image_size, d.image_size, 3) or codes.shape[-1] != Ta:
+        raise DataError(f"sample {key}: frames {tuple(frames.shape)}, codes {tuple(codes.shape)} but the data config "
+                        f"wants [{T}, {d.image_size}, {d.image_size}, 3] and [K, {Ta}]: re-run tools/preprocess.py "
+                        f"with this config")
+    return {
+        "frames": frames,  # uint8 [T, H, W, 3]
+        "codes": codes,  # long [K, Ta]
+        "music_beats": torch.from_numpy(load_npy(raw["music_beats.npy"]).astype(bool)),  # [Ta]
+        "motion": torch.from_numpy(load_npy(raw["motion.npy"]).astype(np.float32)),  # [T-1]
+        "beat_weights": torch.from_numpy(load_npy(raw["beat_weights.npy"]).astype(np.float32)),  # [Ta]
+        "tags": raw.get("tags.txt", b"").decode(),
+        "key": key,
+        "start": float(meta.get("start", 0.0)),
+    }
+
+
+def collate(samples: tp.Sequence[tp.Mapping[str, tp.Any]]) -> tp.Dict[str, tp.Any]:
+    """List of decoded samples -> the batch dict of DEVELOPERS.md."""
+    return {
+        "frames": torch.stack([s["frames"] for s in samples]),  # uint8 [B, T, H, W, 3]
+        "codes": torch.stack([s["codes"] for s in samples]),  # long [B, K, Ta]
+        "music_beats": torch.stack([s["music_beats"] for s in samples]),  # bool [B, Ta]
+        "motion": torch.stack([s["motion"] for s in samples]),  # float [B, T-1]
+        "beat_weights": torch.stack([s["beat_weights"] for s in samples]),  # float [B, Ta]
+        "tags": [s["tags"] for s in samples],
+        "key": [s["key"] for s in samples],
+        "start": torch.tensor([s["start"] for s in samples], dtype=torch.float32),  # [B]
+    }
+
+
+class ShardStream(IterableDataset):
+    """Samples of a shard list, split across ranks and workers, buffer-shuffled, deterministic per (seed, epoch).
+
+    Args:
+        shards: pattern or list (see :func:`expand_shards`).
+        data_cfg: sizes to check against, ``seed`` and ``shuffle_buffer``.
+        rank / world_size: this process among the data-parallel ranks (all nodes).
+        shuffle: shuffle shard order and samples (training); False keeps manifest order (evaluation).
+        repeat: loop over epochs forever (epoch += 1 each pass), so ranks with fewer samples never run dry first.
+        decode: False yields raw tar members (tests and tools that only need keys).
+    """
+
+    def __init__(self, shards: tp.Union[str, tp.Sequence[str]], data_cfg: "DataConfig", rank: int = 0,
+                 world_size: int = 1, shuffle: bool = True, repeat: bool = False, decode: bool = True):
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside world_size {world_size}")
+        self.shards = expand_shards(shards)
+        self.cfg, self.rank, self.world_size = data_cfg, rank, world_size
+        self.shuffle, self.repeat, self.decode = shuffle, repeat, decode
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _reader(self) -> tp.Tuple[int, int]:
+        """(global reader id, number of readers) over ranks x dataloader workers."""
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * nw + wid, self.world_size * nw
+
+    def assignment(self, epoch: int, reader: int, readers: int) -> tp.Tuple[tp.List[str], int, int]:
+        """(shards this reader opens, sample stride, sample offset) for one epoch."""
+        order = list(self.shards)
+        if self.shuffle:
+            random.Random(f"shards:{self.cfg.seed}:{epoch}").shuffle(order)
+        if len(order) >= readers:
+            return order[reader::readers], 1, 0
+        return order, readers, reader  # few shards: split at sample level so every reader gets work
+
+    def _epoch_samples(self, epoch: int) -> tp.Iterator[tp.Dict[str, tp.Any]]:
+        reader, readers = self._reader()
+        shards, stride, offset = self.assignment(epoch, reader, readers)
+        i = 0
+        for url in shards:
+            for raw in iter_tar_samples(url):
+                if i % stride == offset:
+                    if not self.decode:
+                        yield raw
+                    else:
+                        try:
+                            yield decode_sample(raw, self.cfg)
+                        except DataError:
+                            raise  # stale shards vs config: the user must fix this, not skip everything
+                        except Exception as err:
+                            log.warning("skip sample %s of %s: %s", raw.get("__key__"), url, err)
+                i += 1
+
+    def _shuffled(self, it: tp.Iterator[tp.Any], epoch: int) -> tp.Iterator[tp.Any]:
+        size = self.cfg.shuffle_buffer
+        if not self.shuffle or size <= 1:
+            yield from it
+            return
+        reader, readers = self._reader()
+        rng = random.Random(f"samples:{self.cfg.seed}:{epoch}:{reader}:{readers}")
+        buf: tp.List[tp.Any] = []
+        for x in it:
+            if len(buf) < size:
+                buf.append(x)
+                continue
+            j = rng.randrange(size)
+            buf[j], x = x, buf[j]
+            yield x
+        rng.shuffle(buf)
+        yield from buf
+
+    def __iter__(self) -> tp.Iterator[tp.Dict[str, tp.Any]]:
+        epoch = self.epoch
+        while True:
+            yield from self._shuffled(self._epoch_samples(epoch), epoch)
+            if not self.repeat:
+                return
+            epoch += 1
+
+
+def num_clips(shards: tp.Union[str, tp.Sequence[str]]) -> tp.Optional[int]:
+    """Clips in a shard list from the ``<split>.index.json`` files beside them (None when no index is found)."""
+    names = {Path(s).name: s for s in expand_shards(shards)}
+    counts: tp.Dict[str, int] = {}
+    for folder in {Path(s).parent for s in names.values()}:
+        for index in folder.glob("*.index.json"):
+            for sh in json.loads(index.read_text())["shards"]:
+                counts[sh["name"]] = sh["num_clips"]
+    return sum(counts[n] for n in names) if all(n in counts for n in names) else None
+
+
+def build_loader(data_cfg: "DataConfig", shards: tp.Union[str, tp.Sequence[str], None] = None, rank: int = 0,
+                 world_size: int = 1, train: bool = True, repeat: bool = False, epoch: int = 0,
+                 batch_size: tp.Optional[int] = None, num_workers: tp.Optional[int] = None) -> DataLoader:
+    """``DataLoader`` over :class:`ShardStream` yielding DEVELOPERS.md batch dicts.
+
+    Args:
+        data_cfg: ``vmas.config.DataConfig`` (batch_size, num_workers, shuffle_buffer, seed, sizes).
+        shards: pattern or list; default ``data_cfg.train_shards`` (train) or ``data_cfg.val_shards``.
+        rank / world_size: data-parallel position (global over nodes).
+        train: shuffle and drop the last incomplete batch; False = fixed order, keep every clip.
+        repeat: infinite stream over epochs (training by steps).
+        epoch: starting epoch (reshuffles); also ``loader.dataset.set_epoch(e)`` between epochs.
+    """
+    shards = shards if shards is not None else (data_cfg.train_shards if train else data_cfg.val_shards)
+    if not shards:
+        raise DataError(f"no shards given: set data.{'train' if train else 'val'}_shards (e.g. data/shards/train-*.tar)")
+    ds = ShardStream(shards, data_cfg, rank=rank, world_size=world_size, shuffle=train, repeat=repeat)
+    ds.set_epoch(epoch)
+    workers = data_cfg.num_workers if num_workers is None else num_workers
+    return DataLoader(ds, batch_size=batch_size or data_cfg.batch_size, num_workers=workers, collate_fn=collate,
+                      drop_last=train, persistent_workers=False, pin_memory=torch.cuda.is_available())
