@@ -211,42 +211,67 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and schedule (SPEC §5: MusicGen recipe)."""
+    """Optimiser and schedule (SPEC §5: MusicGen recipe). Read by :mod:`vmas.solvers.optim`."""
 
     optimizer: str = "adamw"
-    """``adamw`` or ``dadam`` (D-Adaptation Adam, lr 1)."""
+    """``adamw`` or ``dadam`` (D-Adaptation Adam: set ``lr: 1.0``; lr then only scales the adapted step)."""
     lr: float = 1e-4
+    """Learning rate of the new parts (condition fuser, contrastive heads, randomly initialised modules)."""
     lr_pretrained: float = 1e-5
-    """Learning rate of parts loaded from a pretrained checkpoint (encoder, LM)."""
+    """Learning rate of parts loaded from a pretrained checkpoint (encoder / LM with a ``pretrained`` source)."""
     betas: tp.List[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.1
+    """Decoupled weight decay of matrices; biases, norms and the contrastive temperature get none."""
     grad_clip: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
     warmup_steps: int = 4000
+    """Linear warm-up length in optimiser steps. default (ours)"""
     max_steps: int = 100000
+    """Training length in optimiser steps; the cosine reaches ``min_lr_ratio`` here."""
     min_lr_ratio: float = 0.0
     ema_decay: float = 0.99
+    """EMA decay per update (0 = no averaging: the export holds the last weights). default (ours)"""
     ema_every: int = 10
+    """EMA update interval in optimiser steps. default (ours)"""
+    freeze: tp.List[str] = field(default_factory=list)
+    """Extra parameter-name prefixes to freeze, e.g. ``[encoder]`` or ``[lm.transformer.layers.0]`` (the codec is
+    never trained; ``model.encoder.freeze`` freezes the encoder too)."""
 
 
 @dataclass
 class TrainConfig:
-    """Solver, checkpoints and logging."""
+    """Solver, checkpoints and logging. Read by :mod:`vmas.solvers.solver` and ``tools/train.py``."""
 
     out_dir: str = "runs/default"
+    """Run folder: ``checkpoints/step_XXXXXXXX/``, ``tb/`` (TensorBoard), ``model.pt`` (export), ``summary.json``.
+    Multi-node: must be on a filesystem every node sees."""
     seed: int = 0
     global_batch: int = 0
-    """Clips per optimiser step over all ranks; 0 = micro-batch × accumulation × world size."""
+    """Clips per optimiser step over all ranks; 0 = micro-batch × accumulation × world size (else checked)."""
     grad_accum: int = 1
     precision: str = "bf16"
-    """``fp32`` or ``bf16``."""
-    zero_stage: int = 0
+    """``fp32`` or ``bf16`` (DeepSpeed bf16: weights and activations in bf16, optimiser master weights in fp32)."""
+    engine: str = "deepspeed"
+    """``deepspeed`` (the cluster path) or ``torch`` (plain single-process loop: quick CPU experiments and tests)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage 0-3 (must agree with ``deepspeed_config`` when that JSON names a stage)."""
     deepspeed_config: str = ""
-    """Optional DeepSpeed JSON under configs/deepspeed; its batch/precision fields are filled from this config."""
+    """Optional DeepSpeed JSON (configs/deepspeed/zero*.json); batch, accumulation, clipping and precision fields
+    are always filled from this config, the JSON adds the rest (bucket sizes, offload, ...)."""
+    synthetic: bool = False
+    """Random batches of the config's shapes instead of shards (smoke runs; ``tools/train.py --synthetic``)."""
+    synthetic_clips: int = 64
+    """Distinct synthetic clips, cycled through (a small pool the model can learn, so the loss curve moves)."""
     save_every: int = 1000
+    """Checkpoint interval in optimiser steps (a last one is always written at the end)."""
     keep_last: int = 3
+    """Checkpoints kept on disk (older ones are deleted after a new one is complete)."""
     log_every: int = 10
     eval_every: int = 0
     device: str = "auto"
+    """Single-process device for ``engine: torch``; DeepSpeed uses its accelerator (CUDA, else CPU)."""
+    progress: bool = True
+    """Progress bar on rank 0 (log lines are written either way)."""
 
 
 @dataclass
