@@ -198,7 +198,7 @@ class VideoHiera(nn.Module):
         self.pos_embed_temporal = nn.Parameter(torch.zeros(1, self.grid[0], embed_dim))
 
         depth = sum(stages)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 -> rate (plain floats)
         self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
         self.blocks = nn.ModuleList()
         dim, heads, stage = embed_dim, num_heads, 0
