@@ -1,0 +1,142 @@
+"""Training checkpoints (atomic, keep-last-K, full resume) and the one-file inference export.
+
+Layout of a run folder (``train.out_dir``)::
+
+    checkpoints/step_00001000/      one complete checkpoint (never modified once renamed into place)
+        engine/ or engine.pt        model + optimiser + scheduler (DeepSpeed's own files, or one torch file)
+        ema.pt                      EMA shadow weights (rank 0; identical on every rank)
+        rank_00000.pt ...           per rank: data position and RNG states (torch, cuda, numpy, python)
+        meta.json                   step, world size, config; written last
+    checkpoints/.tmp_step_*/        a save in progress (or killed): ignored and deleted on the next start
+    model.pt                        inference export (see :func:`export_inference`)
+
+Atomicity: every rank writes into ``.tmp_step_N``; after a barrier rank 0 renames the folder to ``step_N``
+(``os.replace`` of a directory is atomic on POSIX filesystems). A kill at any moment leaves either the previous
+complete checkpoints or the new complete one, never a half-written ``step_N``. Only then are old ones pruned.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vmas.errors import CheckpointError
+from vmas.utils import atomic_save
+
+STEP_RE = re.compile(r"^step_(\d{8})$")
+EXPORT_VERSION = 1
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def list_checkpoints(root: tp.Union[str, Path]) -> tp.List[Path]:
+    """Complete checkpoints under ``root`` (``out_dir/checkpoints``), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_RE.match(p.name) and (p / "meta.json").is_file()]
+    return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)))
+
+
+def latest_checkpoint(root: tp.Union[str, Path]) -> tp.Optional[Path]:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def clean_partial(root: tp.Union[str, Path]) -> tp.List[Path]:
+    """Delete leftovers of interrupted saves (``.tmp_step_*``); returns what was removed (rank 0 only)."""
+    root = Path(root)
+    removed = []
+    if root.is_dir():
+        for p in root.glob(".tmp_step_*"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def prune(root: tp.Union[str, Path], keep_last: int) -> tp.List[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints (``keep_last <= 0`` keeps everything)."""
+    found = list_checkpoints(root)
+    old = found[:-keep_last] if keep_last > 0 else []
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return old
+
+
+# --------------------------------------------------------------------------------------------------- RNG
+def rng_state() -> tp.Dict[str, tp.Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: tp.Mapping[str, tp.Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_rank_state(folder: Path, rank: int, data_state: tp.Mapping[str, tp.Any]) -> None:
+    atomic_save({"rng": rng_state(), "data": dict(data_state)}, folder / f"rank_{rank:05d}.pt")
+
+
+def load_rank_state(folder: Path, rank: int) -> tp.Dict[str, tp.Any]:
+    path = folder / f"rank_{rank:05d}.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no state for rank {rank} (resume with the world size it was saved with, "
+                              "see meta.json)")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def write_meta(folder: Path, meta: tp.Mapping[str, tp.Any]) -> None:
+    tmp = folder / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1, default=str))
+    os.replace(tmp, folder / "meta.json")
+
+
+def read_meta(folder: Path) -> tp.Dict[str, tp.Any]:
+    try:
+        return json.loads((Path(folder) / "meta.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder}: not a complete training checkpoint ({err})") from None
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """Move a finished ``.tmp_step_N`` into place (rank 0, after every rank wrote its part)."""
+    if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+# --------------------------------------------------------------------------------------------------- export
+def export_inference(path: tp.Union[str, Path], config: tp.Mapping[str, tp.Any], model_state: tp.Mapping[str, torch.Tensor],
+                     codec_state: tp.Optional[tp.Mapping[str, torch.Tensor]], meta: tp.Mapping[str, tp.Any]) -> Path:
+    """Write the one-file inference checkpoint that ``vmas.hub.load_model(path)`` and ``vmas`` CLI load.
+
+    Format (a ``torch.save`` dict; agreed with ``vmas.models.vmas.load_pretrained``, see docs/training.md)::
+
+        {"config": config_to_dict(cfg),          # full Config as plain dict (model sizes, generation defaults)
+         "model":  {name: tensor},               # VMAS.state_dict() keys, EMA weights (float32)
+         "codec":  {name: tensor} | None,        # Codec.state_dict() (the frozen tokenizer used in training)
+         "meta":   {"step", "format_version", "note", "ema_decay", "ema_every", ...}}
+
+    Written atomically (temp file + rename).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": EXPORT_VERSION, **dict(meta)}
+    atomic_save({"config": dict(config), "model": dict(model_state),
+                 "codec": dict(codec_state) if codec_state is not None else None, "meta": meta}, path)
+    return path
