@@ -35,7 +35,9 @@ class EncoderConfig:
     """Hiera video encoder. Defaults are the paper preset (`vmas_hiera_base`, SPEC §3)."""
 
     arch: str = "vmas_hiera_base"
-    """Named factory in ``vmas.models.hiera`` (``vmas_hiera_base``, ``hiera_base_16x224``, ``hiera_debug``)."""
+    """Preset name in ``vmas.models.hiera`` (``vmas_hiera_base``, ``hiera_base_16x224``, ``hiera_debug``). The fields
+    below are the full geometry (defaults = ``vmas_hiera_base``); a geometry that differs from a named Base preset is
+    logged when the encoder is built."""
     num_frames: int = 96
     image_size: int = 224
     embed_dim: int = 96
@@ -44,7 +46,10 @@ class EncoderConfig:
     q_strides: tp.List[tp.List[int]] = field(default_factory=lambda: [[1, 4, 4], [1, 7, 7], [1, 2, 2]])
     """Q-pool stride (t, h, w) of each pooling stage (first block of stages 2, 3, 4)."""
     mask_unit_size: tp.List[int] = field(default_factory=lambda: [1, 28, 28])
+    """Stage-1 attention window (t, h, w) in tokens. Must be a product of leading ``q_strides`` so windows are real
+    boxes: (1,4,4), (1,28,28) or (1,56,56) for the VMAs strides; (1,28,28) costs 120.5 GMACs (docs/encoder.md)."""
     mask_unit_attn: tp.List[bool] = field(default_factory=lambda: [True, True, False, False])
+    """Which stages attend within windows (Hiera's lag-by-one rule: a stage's first block uses the previous flag)."""
     patch_kernel: tp.List[int] = field(default_factory=lambda: [3, 7, 7])
     patch_stride: tp.List[int] = field(default_factory=lambda: [2, 4, 4])
     patch_padding: tp.List[int] = field(default_factory=lambda: [1, 3, 3])
@@ -52,7 +57,8 @@ class EncoderConfig:
     drop_path_rate: float = 0.0
     grad_checkpointing: bool = False
     pretrained: str = ""
-    """Hub name or local path of a Hiera checkpoint (facebookresearch/hiera or timm format); empty = random."""
+    """Hub name (``hiera_base_16x224.mae_k400_ft_k400``, ``hiera_base_16x224.mae_k400``) or local path of a Hiera
+    video checkpoint (facebookresearch/hiera or timm format); empty = random."""
     freeze: bool = False
 
 
