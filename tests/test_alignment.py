@@ -7,8 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from vmas.alignment import (_resolve_raft_weights, beat_weights, load_raft, music_beats, precompute_alignment,
-                            video_beats, video_motion)
+from vmas.alignment import (
+    _resolve_raft_weights,
+    beat_weights,
+    load_raft,
+    music_beats,
+    precompute_alignment,
+    video_beats,
+    video_motion,
+)
 from vmas.config import LossConfig
 from vmas.errors import CheckpointError, DataError
 
