@@ -151,8 +151,8 @@ class LossConfig:
     """Initial InfoNCE temperature τ (learnable, log-parametrised). default (ours)"""
     contrastive_min_temperature: float = 0.01
     """Lower clamp of the learned τ (CLIP's logit-scale cap of 100). default (ours)"""
-    motion_flow: str = "raft_small"
-    """Optical flow for the video motion curve at preprocessing time: raft_small, raft_large or farneback."""
+    motion_flow: str = "raft_large"
+    """Optical flow for the motion curve at preprocessing time: raft_large (the paper's RAFT), raft_small, farneback."""
     motion_weights: str = "DEFAULT"
     """RAFT weights: torchvision name (DEFAULT, C_T_V2, ...) or a local checkpoint path; "random" only in tests."""
     motion_batch: int = 8
