@@ -319,7 +319,10 @@ class ClapAudioEmbedder(AudioEmbedder):
 
     @torch.no_grad()
     def embed_windows(self, windows: tp.Sequence[np.ndarray]) -> torch.Tensor:
-        inputs = self.fe(list(windows), sampling_rate=self.sample_rate, return_tensors="pt")
+        # windows are <= 10 s, so "rand_trunc" only pads (deterministic); fused checkpoints want their 4-crop input
+        fused = bool(getattr(self.model.config.audio_config, "enable_fusion", False))
+        inputs = self.fe(list(windows), sampling_rate=self.sample_rate, return_tensors="pt",
+                         truncation="fusion" if fused else "rand_trunc")
         inputs = {k: v for k, v in inputs.items() if k in ("input_features", "is_longer")}
         return _clap_output(self.model.get_audio_features(**inputs)).float()  # [n, D]
 

@@ -3,9 +3,9 @@
     FD = ||mu_r - mu_g||^2 + tr(S_r) + tr(S_g) - 2 tr((S_r S_g)^{1/2})
 
 The paper computes it on VGGish embeddings (one per 0.96 s example, all examples of all clips pooled). The trace
-of the matrix square root is computed from a *symmetric* PSD matrix, tr((S_r S_g)^{1/2}) =
-tr((S_r^{1/2} S_g S_r^{1/2})^{1/2}) = sum sqrt(eig(S_r^{1/2} S_g S_r^{1/2})), so every eigenvalue is real and there is
-no complex residue to discard (the scipy ``sqrtm`` route of the reference implementations is kept as
+of the matrix square root is computed without a non-symmetric ``sqrtm``: with A = S_r^{1/2}, B = S_g^{1/2}
+(symmetric PSD roots by ``eigh``), tr((S_r S_g)^{1/2}) = tr((A B B A)^{1/2}) = sum of the singular values of A B,
+which are real and non-negative by construction, so there is no complex residue to discard (the scipy ``sqrtm`` route of the reference implementations is kept as
 ``method="sqrtm"`` for cross-checking, with its eps-offset fallback).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
     Args:
-        method (str): ``eigh`` (default, symmetric eigen formulation) or ``sqrtm`` (scipy.linalg.sqrtm of the
+        method (str): ``eigh`` (default: symmetric roots by eigh, trace by SVD) or ``sqrtm`` (scipy.linalg.sqrtm of the
             product, real part, ``eps * I`` offset when the product is near-singular, as pytorch-fid/FAD do).
     """
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
@@ -38,9 +38,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                         f"must come from the same embedding backbone")
     diff = mu1 - mu2
     if method == "eigh":
-        r = _psd_sqrt(s1)
-        m = r @ s2 @ r
-        tr_covmean = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
+        # tr((A B)(A B)^T)^(1/2) with A = S1^(1/2), B = S2^(1/2) is the nuclear norm of A B: singular values
+        # avoid squaring tiny eigenvalues and taking their root back (which turns 1e-16 round-off into 1e-8)
+        tr_covmean = float(np.linalg.svd(_psd_sqrt(s1) @ _psd_sqrt(s2), compute_uv=False).sum())
     elif method == "sqrtm":
         from scipy import linalg
 

@@ -130,18 +130,23 @@ class MVAlign:
                 "matching": "one-to-one", "onsets": "librosa onset_detect @22.05 kHz hop 512"}
 
 
-def read_video_frames(path: str, max_seconds: tp.Optional[float] = None) -> tp.Tuple[np.ndarray, float]:
-    """Every frame of a video at its native rate (as the reference), uint8 RGB [T, H, W, 3], and its fps."""
+def read_video_frames(path: str, start: float = 0.0,
+                      duration: tp.Optional[float] = None) -> tp.Tuple[np.ndarray, float]:
+    """Frames of ``[start, start + duration)`` s of a video at its native rate (as the reference), uint8 RGB
+    [T, H, W, 3], and its fps."""
     import cv2
 
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DataError(f"{path}: cannot open video for MV-Align; check the manifest's video path")
     fps = float(cap.get(cv2.CAP_PROP_FPS)) or 0.0
+    if start > 0:
+        cap.set(cv2.CAP_PROP_POS_MSEC, start * 1000.0)
+    limit = int(round(float(duration) * fps)) if duration and fps > 0 else None
     frames = []
-    while True:
+    while limit is None or len(frames) < limit:
         ok, frame = cap.read()
-        if not ok or (max_seconds is not None and fps > 0 and len(frames) >= max_seconds * fps):
+        if not ok:
             break
         frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     cap.release()

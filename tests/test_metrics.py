@@ -1,0 +1,384 @@
+"""Known-answer tests for the benchmark metrics (FAD, KL, MV-Align, retrieval, CLAP score) and their scripts."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vmas.errors import CheckpointError, VmasError
+from vmas.metrics import (
+    FrechetAudioDistance,
+    KLDivergence,
+    MVAlign,
+    VideoMusicRetrieval,
+    av_align_iou,
+    frechet_distance,
+    kl_divergence,
+    match_peaks,
+    recall_at_k,
+    video_peaks,
+)
+from vmas.metrics.embeddings import VGGish, load_vggish, vggish_examples, vggish_log_mel, vggish_mel_matrix
+from vmas.metrics.kl import AudioClassifier, label_distribution
+from vmas.metrics.mv_align import audio_peaks, farneback_motion
+
+FPS = 9.6
+
+
+# ---------------------------------------------------------------------------------------------------------- FAD
+def test_fad_diagonal_gaussians_match_closed_form():
+    rng = np.random.default_rng(0)
+    d = 12
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    a, b = rng.uniform(0.1, 3.0, d), rng.uniform(0.1, 3.0, d)
+    # diagonal covariances: (S1 S2)^(1/2) = diag(sqrt(a b)) so FD = |mu1-mu2|^2 + sum (sqrt a - sqrt b)^2
+    expected = float(((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum())
+    for method in ("eigh", "sqrtm"):
+        got = frechet_distance(mu1, np.diag(a), mu2, np.diag(b), method=method)
+        assert abs(got - expected) < 1e-6, (method, got, expected)
+
+
+def test_fad_rotated_gaussians_match_closed_form():
+    # a common rotation R keeps the covariances commuting: FD is the diagonal formula in the rotated basis
+    rng = np.random.default_rng(1)
+    d = 8
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    a, b = rng.uniform(0.1, 2.0, d), rng.uniform(0.1, 2.0, d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    expected = float(((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum())
+    got = frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
+    assert abs(got - expected) < 1e-6
+
+
+def test_fad_self_is_zero_and_streaming_equals_batch():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 16)) @ rng.normal(size=(16, 16))
+    y = rng.normal(size=(200, 16)) + 0.5
+    fad = FrechetAudioDistance()
+    for clip in np.split(x, 30):  # 30 clips of 10 embeddings
+        fad.update(clip, real=True)
+        fad.update(torch.from_numpy(clip), real=False)
+    assert abs(fad.compute()) < 1e-8
+    assert fad.meta()["clips_reference"] == 30 and fad.meta()["embeddings_generated"] == 300
+    # accumulated statistics == np.mean / np.cov of all samples
+    fad.reset()
+    fad.update(x, real=True, clips=3)
+    fad.update(y, real=False, clips=2)
+    expected = frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False),
+                                method="sqrtm")
+    assert abs(fad.compute() - expected) < 1e-6 * max(1.0, expected)
+
+
+def test_fad_singular_covariances_stay_real_and_nonnegative():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 32))  # rank-4 covariance in 32 dims: sqrtm of the product has complex round-off
+    y = rng.normal(size=(6, 32))
+    fad = FrechetAudioDistance()
+    fad.update(x, real=True)
+    fad.update(y, real=False)
+    value = fad.compute()
+    assert isinstance(value, float) and math.isfinite(value) and value > 0
+    ref = frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False), method="sqrtm")
+    assert abs(value - ref) < 1e-5 * ref
+
+
+def test_fad_needs_two_embeddings():
+    fad = FrechetAudioDistance()
+    fad.update(np.zeros((1, 4)), real=True)
+    fad.update(np.zeros((3, 4)), real=False)
+    with pytest.raises(VmasError, match="at least 2 embeddings"):
+        fad.compute()
+
+
+# ------------------------------------------------------------------------------------------------------- VGGish
+TORCHVGGISH_KEYS = [f"features.{i}.{p}" for i in (0, 3, 6, 8, 11, 13) for p in ("weight", "bias")] + \
+    [f"embeddings.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+
+
+def test_vggish_loads_torchvggish_layout(tmp_path):
+    torch.manual_seed(0)
+    src = VGGish()
+    state = src.state_dict()
+    assert sorted(state) == sorted(TORCHVGGISH_KEYS)
+    assert state["embeddings.0.weight"].shape == (4096, 12288)
+    path = tmp_path / "vggish-10086976.pth"
+    torch.save(state, path)
+    model = load_vggish(str(path))
+    from vmas.metrics.embeddings import VGGishEmbedder
+
+    emb = VGGishEmbedder(model)
+    wav = np.random.default_rng(0).normal(size=32000).astype(np.float32) * 0.1  # 2 s at 16 kHz
+    got = emb.embed(wav, 16000)
+    assert got.shape == (2, 128)  # 2 s -> two 0.96 s examples
+    x = torch.from_numpy(vggish_examples(wav)).float()[:, None]
+    with torch.no_grad():
+        feats = src.features(x).permute(0, 2, 3, 1).reshape(2, -1)  # TF channels-last flatten, by hand
+        ref = src.embeddings(feats)
+    np.testing.assert_allclose(got, ref.double().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_vggish(str(tmp_path / "missing.pth"))
+
+
+def test_vggish_frontend_puts_a_tone_in_its_mel_band():
+    sr = 16000
+    t = np.arange(sr) / sr
+    mel = vggish_log_mel(np.sin(2 * np.pi * 1000 * t).astype(np.float32))
+    assert mel.shape == (98, 64)  # 1 + (16000 - 400) // 160
+    # band i's centre is edge i+1 of 66 mel-spaced edges between 125 and 7500 Hz (HTK mel)
+    hz2mel = lambda f: 1127.0 * math.log(1 + f / 700.0)  # noqa: E731
+    centres = np.linspace(hz2mel(125), hz2mel(7500), 66)[1:-1]
+    assert int(mel.mean(0).argmax()) == int(np.abs(centres - hz2mel(1000)).argmin())
+    w = vggish_mel_matrix()
+    assert w.shape == (257, 64) and w[0].sum() == 0 and w.max() <= 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------- KL
+def test_kl_identical_is_zero_and_hand_case():
+    p = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
+    assert np.all(kl_divergence(p, p) == 0.0)
+    # KL([.5,.5] || [.25,.75]) = .5 ln(.5/.25) + .5 ln(.5/.75) = .5 ln(4/3)
+    assert abs(kl_divergence([0.5, 0.5], [0.25, 0.75]) - 0.5 * math.log(4 / 3)) < 1e-12
+    # a label the generated clip never predicts is floored at eps, not infinite
+    assert abs(kl_divergence([0.5, 0.5], [1.0, 0.0], eps=1e-6) - (0.5 * math.log(0.5) + 0.5 * math.log(0.5 / 1e-6))) < 1e-9
+
+
+def test_kl_metric_pairs_by_clip_id():
+    kl = KLDivergence()
+    kl.update(["b", "a"], [[0.5, 0.5], [0.1, 0.9]], [[0.25, 0.75], [0.1, 0.9]])
+    assert kl.per_clip() == {"a": 0.0, "b": pytest.approx(0.5 * math.log(4 / 3))}
+    assert kl.compute() == pytest.approx(0.25 * math.log(4 / 3))
+
+
+class _LevelClassifier(AudioClassifier):
+    """Stub: 2 labels, logits [mean(x), 0] -> softmax; 100 Hz so 10 s chunks are 1000 samples."""
+
+    sample_rate = 100
+    num_labels = 2
+
+    def logits(self, x):
+        return torch.stack([x.double().mean(1), torch.zeros(len(x), dtype=torch.double)], 1)
+
+
+def test_label_distribution_averages_10s_chunks():
+    wav = np.concatenate([np.ones(1000), np.zeros(1000), np.full(50, 9.0)]).astype(np.float32)
+    got = label_distribution(_LevelClassifier(), wav, 100)  # the 0.5 s tail is dropped
+    s = 1 / (1 + math.exp(-1))  # softmax([1, 0])[0]
+    np.testing.assert_allclose(got, [(s + 0.5) / 2, ((1 - s) + 0.5) / 2], atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------- MV-Align
+def test_match_is_one_to_one_with_hand_counts():
+    fps = 10.0  # tolerance 0.1 s
+    a, v = [1.0, 1.05, 3.0, 5.0], [1.02, 3.2, 7.0]
+    # 1.0<->1.02 matches; 1.05 would reuse 1.02 (the reference counts it twice); 3.0 vs 3.2 is too far
+    assert match_peaks(a, v, 0.1) == 1
+    assert av_align_iou(a, v, fps) == pytest.approx(1 / (4 + 3 - 1))
+    assert match_peaks([0.95, 1.04], [1.0, 1.12], 0.1) == 2  # greedy sweep still finds the full matching
+    assert match_peaks([1.0], [1.1], 0.1) == 0  # strictly inside ±1 frame, as the reference
+    assert av_align_iou([], [], fps) == 0.0 and av_align_iou([1.0], [], fps) == 0.0
+
+
+def test_video_peaks_are_strict_local_maxima():
+    m = np.array([0, 1, 0, 2, 2, 0, 3, 1, 5])
+    np.testing.assert_allclose(video_peaks(m, 2.0), [0.5, 3.0])  # plateau and last frame do not count
+
+
+def _event_clip(events, clicks, seconds=5.0, sr=22050):
+    """A textured square that jumps 4 px at frames `events` (static otherwise) and noise clicks at `clicks` s."""
+    rng = np.random.default_rng(0)
+    tex = (rng.random((16, 16)) * 255).astype(np.uint8)
+    T = int(seconds * FPS)
+    frames, pos = np.zeros((T, 64, 64, 3), np.uint8), 8
+    for j in range(T):
+        pos += 4 if j in events else 0
+        frames[j, 20:36, pos: pos + 16] = tex[..., None]
+    wav = np.zeros(int(seconds * sr), np.float32)
+    n = int(0.01 * sr)
+    for c in clicks:
+        i = int(c * sr)
+        wav[i: i + n] += rng.standard_normal(n).astype(np.float32) * np.exp(-np.arange(n) / 50)
+    return frames, wav, sr
+
+
+def test_mv_align_constructed_clip_equals_hand_count():
+    events = [10, 25, 40]
+    clicks = [10 / FPS, 25 / FPS, 3.5]  # two clicks on motion events, one on nothing
+    frames, wav, sr = _event_clip(events, clicks)
+    motion = farneback_motion(frames)
+    np.testing.assert_allclose(video_peaks(motion, FPS) * FPS, events)
+    a = audio_peaks(wav, sr)
+    assert len(a) == 3 and np.abs(a - np.array(clicks)).max() < 0.05
+    mv = MVAlign()
+    score = mv.update_media(wav, sr, frames, FPS, clip_id="c0")
+    assert score == pytest.approx(2 / (3 + 3 - 2))  # 2 matches, 3 audio + 3 video peaks
+    assert mv.compute() == pytest.approx(0.5) and mv.meta()["clips"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------- retrieval
+def test_retrieval_planted_and_hand_case():
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(64, 16, generator=g)
+    music = video + 0.01 * torch.randn(64, 16, generator=g)
+    r = VideoMusicRetrieval()
+    r.update(video[:40], music[:40])
+    r.update(video[40:], music[40:])
+    assert r.compute() == {"R@1": 1.0, "R@10": 1.0} and r.num_pairs == 64
+    # hand case: ranks 0 (v0 best matches m0), 1 (m2 beats m1 for v1), 2 (m0 and m1 beat m2 for v2)
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    m = torch.tensor([[1.0, 0.0], [1.0, 0.2], [0.0, 1.0]])
+    assert recall_at_k(v, m, ks=(1, 2, 3)) == pytest.approx({"R@1": 1 / 3, "R@2": 2 / 3, "R@3": 1.0})
+    # ties count against the query: constant embeddings are not a perfect retriever
+    assert recall_at_k(torch.ones(5, 3), torch.ones(5, 3), ks=(1,))["R@1"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------- CLAP score
+@pytest.fixture(scope="module")
+def tiny_clap(tmp_path_factory):
+    from transformers import AutoTokenizer, ClapConfig, ClapFeatureExtractor, ClapModel
+
+    from vmas.tags.text_encoder import minilm_default_path
+
+    path = tmp_path_factory.mktemp("clap")
+    cfg = ClapConfig(
+        text_config=dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=80, projection_dim=16),
+        audio_config=dict(hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2], window_size=4,
+                          spec_size=256, patch_embeds_hidden_size=8, num_mel_bins=64, projection_dim=16,
+                          enable_fusion=False),
+        projection_dim=16)
+    torch.manual_seed(0)
+    ClapModel(cfg).eval().save_pretrained(path)
+    ClapFeatureExtractor(feature_size=64).save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(minilm_default_path())).save_pretrained(path)
+    return path
+
+
+def test_clap_score_matches_manual_cosine(tiny_clap):
+    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+
+    from vmas.metrics import ClapScore
+
+    score = ClapScore(str(tiny_clap))
+    sr = 48000
+    rng = np.random.default_rng(0)
+    wavs = [rng.normal(size=15 * sr).astype(np.float32) * 0.1, rng.normal(size=3 * sr).astype(np.float32) * 0.1]
+    texts = ["piano, jazz", "drums"]
+    got = score.update(wavs, sr, texts, ids=["a", "b"])
+
+    model = ClapModel.from_pretrained(str(tiny_clap)).eval()
+    fe = ClapFeatureExtractor.from_pretrained(str(tiny_clap))
+    tok = AutoTokenizer.from_pretrained(str(tiny_clap))
+
+    def unwrap(o):
+        return o if isinstance(o, torch.Tensor) else o.pooler_output
+
+    with torch.no_grad():
+        # clip "a" is 15 s: two CLAP windows [0, 10) and [10, 15) s, embeddings averaged
+        win = [wavs[0][: 10 * sr], wavs[0][10 * sr:]]
+        feats = fe(win, sampling_rate=sr, return_tensors="pt", truncation="rand_trunc")
+        a0 = unwrap(model.get_audio_features(input_features=feats["input_features"])).mean(0)
+        feats = fe([wavs[1]], sampling_rate=sr, return_tensors="pt", truncation="rand_trunc")
+        a1 = unwrap(model.get_audio_features(input_features=feats["input_features"]))[0]
+        t = unwrap(model.get_text_features(**tok(texts, padding=True, return_tensors="pt")))
+    ref = torch.stack([torch.dot(a0, t[0]) / (a0.norm() * t[0].norm()), torch.dot(a1, t[1]) / (a1.norm() * t[1].norm())])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    assert score.compute() == pytest.approx(float(ref.mean()), abs=1e-5)
+
+
+def test_missing_clap_is_one_line():
+    from vmas.metrics import ClapScore
+
+    with pytest.raises(CheckpointError, match="not available offline"):
+        ClapScore("/nonexistent/clap")
+
+
+# -------------------------------------------------------------------------------------------- tools/evaluate.py
+def _write_wav(path, wav, sr):
+    import soundfile as sf
+
+    sf.write(str(path), wav, sr)
+
+
+def test_evaluate_reference_folders_fad_only(tmp_path):
+    from tools.evaluate import main
+
+    rng = np.random.default_rng(0)
+    for d in ("ref", "gen"):
+        (tmp_path / d).mkdir()
+        for i in range(3):
+            _write_wav(tmp_path / d / f"c{i}.wav", (rng.normal(size=32000) * (0.1 if d == "ref" else 0.3)), 16000)
+    out = tmp_path / "r" / "report.json"
+    assert main(["--reference", str(tmp_path / "ref"), "--generated", str(tmp_path / "gen"), "--fad-backbone",
+                 "mel", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"fad", "meta"} and report["fad"] > 0
+    assert report["meta"]["clips"]["fad"] == {"reference": 3, "generated": 3, "embeddings_reference": 6,
+                                              "embeddings_generated": 6}
+    assert "not comparable" in report["meta"]["backbones"]["fad"]["name"] and report["meta"]["fallbacks"]
+    assert "| fad |" in out.with_suffix(".md").read_text()
+    # the same folders against themselves: FAD 0
+    main(["--reference", str(tmp_path / "ref"), "--generated", str(tmp_path / "ref"), "--fad-backbone", "mel",
+          "--out", str(out), "--no-progress"])
+    assert abs(json.loads(out.read_text())["fad"]) < 1e-8
+
+
+def test_evaluate_manifest_all_metrics_and_missing_weights(tmp_path):
+    import cv2
+
+    from tools.evaluate import evaluate
+
+    events, clicks = [10, 25, 40], [10 / FPS, 25 / FPS, 3.5]
+    frames, wav, sr = _event_clip(events, clicks)
+    writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (64, 64))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    (tmp_path / "gen").mkdir()
+    lines = []
+    for i in range(2):
+        _write_wav(tmp_path / f"ref{i}.wav", wav, sr)
+        _write_wav(tmp_path / "gen" / f"clip{i}.wav", wav if i == 0 else np.zeros_like(wav), sr)
+        lines.append(json.dumps({"id": f"clip{i}", "video": "v.avi", "audio": f"ref{i}.wav", "tags": ["piano"]}))
+    (tmp_path / "test.jsonl").write_text("\n".join(lines) + "\n")
+    emb = tmp_path / "emb.npz"
+    np.savez(emb, video=np.eye(3), music=np.eye(3)[[0, 2, 1]])
+    report = evaluate(tmp_path / "gen", tmp_path / "test.jsonl", metrics=["fad", "kl", "mv_align", "retrieval",
+                                                                          "clap"],
+                      fad_backbone="vggish:/nonexistent/vggish.pth", kl_classifier="mel", clap_model="/nonexistent",
+                      retrieval_embeddings=str(emb), progress=False)
+    meta = report["meta"]
+    assert "fad" not in report and "VGGish" in meta["skipped"]["fad"]  # missing weights: omitted, never faked
+    assert "clap" not in report and "not available offline" in meta["skipped"]["clap"]
+    # clip0 is identical to its reference (KL 0, MV-Align 0.5); clip1 is silent (no onsets: MV-Align 0, not NaN)
+    assert report["mv_align"] == pytest.approx((0.5 + 0.0) / 2) and meta["mv_align_reference"] == pytest.approx(0.5)
+    assert meta["clips"]["kl"] == 2 and report["kl"] > 0
+    assert report["retrieval"] == {"R@1": pytest.approx(1 / 3), "R@10": 1.0}
+    assert any("kl" in f for f in meta["fallbacks"])
+
+
+# ------------------------------------------------------------------------------------------- tools/benchmark.py
+def test_benchmark_resumes_per_clip(tmp_path):
+    from tools.benchmark import run_generation
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"c{i}", "video": f"v{i}.mp4"}) + "\n" for i in range(3)))
+    calls = []
+
+    def stub(clip, out_wav):
+        calls.append(clip["id"])
+        if clip["id"] == "c2" and len(calls) == 3:
+            raise VmasError("stub failure")
+        _write_wav(out_wav, np.zeros(1600, np.float32), 16000)
+
+    out = tmp_path / "gen"
+    stats = run_generation(manifest, out, stub, progress=False)
+    assert calls == ["c0", "c1", "c2"] and stats == {"generated": 2, "skipped": 0, "failed": 1}
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".wav") == ["c0.wav", "c1.wav"]
+    calls.clear()
+    stats = run_generation(manifest, out, stub, progress=False)  # resume: only the failed clip runs again
+    assert calls == ["c2"] and stats == {"generated": 1, "skipped": 2, "failed": 0}
+    (out / "c1.wav").unlink()
+    calls.clear()
+    run_generation(manifest, out, stub, progress=False)
+    assert calls == ["c1"]
