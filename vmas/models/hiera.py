@@ -68,13 +68,14 @@ class MaskUnitAttention(nn.Module):
         B, N, _ = x.shape
         num_windows = N // (self.q_stride * self.window_size) if self.window_size else 1
         qkv = split_windows(self.qkv(x), num_windows)  # [B, W, L, 3*dim_out]
-        q, k, v = rearrange(qkv, "b w l (three h d) -> three b h w l d", three=3, h=self.heads)
+        # windows go into the batch axis: 4-D inputs let SDPA pick its fused (flash / memory-efficient) kernels
+        q, k, v = rearrange(qkv, "b w l (three h d) -> three (b w) h l d", three=3, h=self.heads)
         if self.q_stride > 1:
             # the pooling group of each query is the outermost chunk of its window (see hiera_utils.unroll)
-            q = q.unflatten(3, (self.q_stride, -1)).amax(dim=3)  # [B, h, W, L/s, d]
+            q = q.unflatten(2, (self.q_stride, -1)).amax(dim=2)  # [B*W, h, L/s, d]
         # the original Hiera did not use SDPA; it is numerically the same and much cheaper in memory
-        x = F.scaled_dot_product_attention(q, k, v)  # [B, h, W, L', d]
-        x = merge_windows(rearrange(x, "b h w l d -> b w l (h d)"))  # [B, N', dim_out]
+        x = F.scaled_dot_product_attention(q, k, v)  # [B*W, h, L', d]
+        x = merge_windows(rearrange(x, "(b w) h l d -> b w l (h d)", w=num_windows))  # [B, N', dim_out]
         return self.proj(x)
 
 
