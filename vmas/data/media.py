@@ -2,9 +2,11 @@
 
 One reader behind each function:
 
-- frames: **decord** (random access by frame index, resize inside the decoder, fast). PyAV opens the file first
-  for a cheap header check so that a missing/non-media/no-video file gets a clear :class:`MediaError` before
-  decord ever sees it (decord's own errors are multi-line C++ traces).
+- frames: **decord** (random access by frame index, per-frame timestamps, fast). PyAV opens the file first for a
+  cheap header check so that a missing/non-media/no-video file gets a clear :class:`MediaError` before decord ever
+  sees it (decord's own errors are multi-line C++ traces). PyAV is also the fallback decoder when decord's
+  ``get_batch`` fails: decord 0.6 mis-sizes its output buffer for some frame sizes (48x96 and 72x128 portrait
+  fail, tested); the fallback finds the same frames by timestamp.
 - audio, probing and muxing: **PyAV** (decord cannot write files, and its audio reader cannot resample to an
   exact rate or report a missing stream cleanly).
 
@@ -83,19 +85,33 @@ def _header(path: Path) -> tp.Tuple[int, int, bool]:
     with _open_av(path) as container:
         if not container.streams.video:
             raise MediaError(f"{path}: no video stream; pass a video file (audio-only files have no frames)")
-        ctx = container.streams.video[0].codec_context
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
         has_audio = len(container.streams.audio) > 0
         width, height = int(ctx.width), int(ctx.height)
+        if not _has_packet(container, stream):
+            raise MediaError(f"{path}: video stream has zero frames; pass a video with at least one frame")
     if width <= 0 or height <= 0:
         raise MediaError(f"{path}: video stream has no frame size (corrupt header); re-encode the file")
     return width, height, has_audio
 
 
-def _decord_reader(path: Path, width: int = -1, height: int = -1):
+def _has_packet(container, stream) -> bool:
+    """True when the stream holds at least one non-empty packet (reads only up to the first one)."""
+    try:
+        for pkt in container.demux(stream):
+            if pkt.size > 0:
+                return True
+    except Exception:  # a corrupt body: let the decoder report it with its own reason
+        return True
+    return False
+
+
+def _decord_reader(path: Path):
     import decord
 
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as err:  # decord.DECORDError, RuntimeError
         raise MediaError(f"{path}: cannot decode the video stream ({_short(err)}); the file may be truncated "
                          "or corrupt, re-encode it") from None
@@ -146,13 +162,6 @@ def nearest_indices(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(pick_left, left, right)
 
 
-def _resize_dims(width: int, height: int, size: int) -> tp.Tuple[int, int]:
-    """Decoder output size whose short side is ``size`` (long side rounded, never below ``size``)."""
-    if width <= height:
-        return size, max(size, round(height * size / width))
-    return max(size, round(width * size / height)), size
-
-
 def read_video_frames(path: PathLike, fps: float = 9.6, size: tp.Optional[int] = 224, start: float = 0.0,
                       duration: float = 10.0) -> tp.Tuple[torch.Tensor, np.ndarray, VideoInfo]:
     """Sample a window of a video at a fixed frame rate.
@@ -175,8 +184,8 @@ def read_video_frames(path: PathLike, fps: float = 9.6, size: tp.Optional[int] =
     if start < 0:
         raise MediaError(f"{path}: start ({start}) must be >= 0")
     width, height, has_audio = _header(path)
-    rw, rh = (-1, -1) if size is None else _resize_dims(width, height, size)
-    vr = _decord_reader(path, rw, rh)
+    # decoded at the source size (decord's own resize mis-sizes some portrait outputs), resized here in chunks
+    vr = _decord_reader(path)
     ts = _frame_times(vr, path)  # [N]
     info = _info_from(path, ts, width, height, has_audio)
 
@@ -184,29 +193,66 @@ def read_video_frames(path: PathLike, fps: float = 9.6, size: tp.Optional[int] =
     targets = start + np.arange(num, dtype=np.float64) / fps  # [T]
     idx = nearest_indices(ts, targets)  # [T]
     uniq, inverse = np.unique(idx, return_inverse=True)
-    try:
-        batch = vr.get_batch(uniq.tolist()).asnumpy()  # [U, h, w, 3]
-    except Exception as err:
-        raise MediaError(f"{path}: decoding failed ({_short(err)}); the file may be truncated or corrupt, "
-                         "re-encode it") from None
-    frames = torch.from_numpy(np.ascontiguousarray(batch[inverse]))  # [T, h, w, 3]
-    if size is not None:
-        frames = _center_crop(frames, size)
-    return frames, ts[idx], info
+    chunks = []
+    for i in range(0, len(uniq), _CHUNK):  # bounded memory: a 1080p chunk of 8 frames is ~50 MB
+        want = uniq[i:i + _CHUNK]
+        try:
+            batch = torch.from_numpy(vr.get_batch(want.tolist()).asnumpy())  # [u, h, w, 3]
+        except Exception as err:
+            # decord 0.6 mis-sizes its output for some frame sizes (e.g. 48x96, 72x128 portrait): PyAV decodes
+            # the same frames, found by their timestamps; a truly broken file fails there too
+            batch = _frames_av(path, ts[want], _short(err))
+        chunks.append(batch if size is None else resize_center_crop(batch, size))
+    frames = torch.cat(chunks)[torch.from_numpy(inverse.reshape(-1))]  # [T, H, W, 3]
+    return frames.contiguous(), ts[idx], info
 
 
-def _center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """[T, h, w, 3] with min(h, w) == size (decoder already resized) -> [T, size, size, 3]."""
+_CHUNK = 8
+
+
+def _frames_av(path: Path, times: np.ndarray, why: str) -> torch.Tensor:
+    """Fallback decoder: frames whose pts time equals ``times`` [u] (sorted), ``uint8 [u, h, w, 3]``."""
+    import av
+
+    out: tp.List[tp.Optional[np.ndarray]] = [None] * len(times)
+    tol = 1e-3 if len(times) < 2 else min(1e-3, float(np.min(np.diff(times))) / 2 + 1e-9)
+    with _open_av(path) as container:
+        stream = container.streams.video[0]
+        tb = stream.time_base
+        try:
+            if times[0] > 1.0 and tb:
+                container.seek(int((times[0] - 0.5) / tb), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts * tb)
+                j = int(np.argmin(np.abs(times - t)))
+                if abs(times[j] - t) <= tol and out[j] is None:
+                    out[j] = frame.to_ndarray(format="rgb24")
+                if t > times[-1] + 1.0 or all(o is not None for o in out):
+                    break
+        except av.error.FFmpegError as err:
+            why = _short(err)
+    if any(o is None for o in out):
+        raise MediaError(f"{path}: decoding failed ({why}); the file may be truncated or corrupt, re-encode it")
+    return torch.from_numpy(np.stack(out))
+
+
+def resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Short-side resize + center crop, ``uint8 [T, h, w, 3] -> [T, size, size, 3]``.
+
+    Cropping the central ``min(h, w)`` square first and then resizing it is the same operation (up to where the
+    half-pixel offset rounds) and resizes fewer pixels. Bilinear with antialias, so large downscales do not alias.
+    """
     T, h, w, _ = frames.shape
-    if min(h, w) != size:  # the decoder rounded differently: resize here so the contract always holds
-        scale = size / min(h, w)
-        x = rearrange(frames, "t h w c -> t c h w").float()
-        x = torch.nn.functional.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                                            mode="bilinear", antialias=True, align_corners=False)
-        frames = rearrange(x.round().clamp(0, 255).to(torch.uint8), "t c h w -> t h w c")
-        T, h, w, _ = frames.shape
-    top, left = (h - size) // 2, (w - size) // 2
-    return frames[:, top:top + size, left:left + size].contiguous()
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    x = frames[:, top:top + side, left:left + side]  # [T, side, side, 3]
+    if side == size:
+        return x.contiguous()
+    x = rearrange(x, "t h w c -> t c h w").float()
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return rearrange(x.round().clamp(0, 255).to(torch.uint8), "t c h w -> t h w c").contiguous()
 
 
 def normalize_frames(x: torch.Tensor) -> torch.Tensor:
@@ -409,4 +455,4 @@ def audio_duration(path: PathLike) -> float:
 
 
 __all__ = ["VideoInfo", "probe_video", "read_video_frames", "read_audio", "write_wav", "mux_audio",
-           "normalize_frames", "nearest_indices", "audio_duration", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "normalize_frames", "nearest_indices", "resize_center_crop", "audio_duration", "IMAGENET_MEAN", "IMAGENET_STD"]
