@@ -212,7 +212,8 @@ def render_audio(labels: dict, sr: int = SAMPLE_RATE) -> np.ndarray:
     events = labels["events"]
     for i, ev in enumerate(events):
         s = round(ev["time"] * sr)
-        e = round(events[i + 1]["time"] * sr) if i + 1 < len(events) else min(n, s + sr)
+        # the last note ends 50 ms before the clip does, so the clip's end is silence, not a cut-off note
+        e = round(events[i + 1]["time"] * sr) if i + 1 < len(events) else min(n - round(0.05 * sr), s + sr)
         out[s:e] += ev["velocity"] * synth_note(labels["instrument"], ev["pitch"], e - s, sr, rng)
     return (0.5 * out / max(1e-9, np.abs(out).max())).astype(np.float32)
 
