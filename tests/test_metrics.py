@@ -382,3 +382,37 @@ def test_benchmark_resumes_per_clip(tmp_path):
     calls.clear()
     run_generation(manifest, out, stub, progress=False)
     assert calls == ["c1"]
+
+
+def test_retrieval_embeddings_from_a_model(tmp_path):
+    import cv2
+
+    from vmas.config import load_config
+    from vmas.data import media
+    from vmas.metrics.retrieval import model_retrieval_embeddings
+    from vmas.models.vmas import load_pretrained
+
+    pipe = load_pretrained(None, config=load_config("configs/debug.yaml"))  # random weights: plumbing + numbers
+    rng = np.random.default_rng(0)
+    clips = []
+    for i in range(2):
+        writer = cv2.VideoWriter(str(tmp_path / f"v{i}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (48, 48))
+        for _ in range(30):
+            writer.write((rng.random((48, 48, 3)) * 255).astype(np.uint8))
+        writer.release()
+        _write_wav(tmp_path / f"a{i}.wav", rng.normal(size=32000 * 3).astype(np.float32) * 0.1, 32000)
+        clips.append({"id": f"c{i}", "video": str(tmp_path / f"v{i}.avi"), "audio": str(tmp_path / f"a{i}.wav")})
+    video, music, ids = model_retrieval_embeddings(pipe, clips, batch_size=2)
+    assert ids == ["c0", "c1"] and video.shape == music.shape == (2, 16)
+    # clip 1 by hand: same window through encoder -> video head, and wav -> codes -> music head
+    cfg, model = pipe.config, pipe.model
+    frames = media.read_video_frames(clips[1]["video"], fps=cfg.data.fps, size=cfg.data.image_size,
+                                     duration=cfg.data.clip_seconds)[0]
+    wav = media.read_audio(clips[1]["audio"], sr=32000, duration=cfg.data.clip_seconds)
+    with torch.no_grad():
+        v = model.contrastive.embed_video(model.encode_video(frames[None]))
+        codes = pipe.codec.encode(wav[None, None])
+        m = model.contrastive.embed_music(codes=codes, codebooks=pipe.codec.codebooks())
+    torch.testing.assert_close(video[1:], v, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(music[1:], m, atol=1e-5, rtol=1e-4)
+    assert recall_at_k(video, music, ks=(2,))["R@2"] == 1.0

@@ -125,7 +125,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
             print(f"generation: {stats}")
         report = evaluate(gen_dir, args.manifest, args.reference, args.metrics.split(","), args.fad_backbone,
                           args.kl_classifier, args.clap_model, args.mv_flow, args.retrieval_embeddings, args.limit,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, model=args.model)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -114,8 +114,12 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
              reference: tp.Optional[tp.Union[str, Path]] = None, metrics: tp.Sequence[str] = ALL_METRICS,
              fad_backbone: str = "vggish", kl_classifier: str = "passt", clap_model: str = "laion/clap-htsat-unfused",
              mv_flow: str = "farneback", retrieval_embeddings: tp.Optional[str] = None, limit: int = 0,
-             progress: bool = True) -> tp.Dict[str, tp.Any]:
-    """Compute the requested metrics; returns ``{metric: number, ..., "meta": {...}}``."""
+             progress: bool = True, model: tp.Any = None) -> tp.Dict[str, tp.Any]:
+    """Compute the requested metrics; returns ``{metric: number, ..., "meta": {...}}``.
+
+    ``model`` (name, checkpoint path or loaded pipeline) is only used for retrieval when no
+    ``retrieval_embeddings`` file is given: its contrastive heads embed the manifest's videos and reference music.
+    """
     from tqdm import tqdm
 
     from vmas.metrics.embeddings import load_audio
@@ -241,12 +245,21 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         from vmas.metrics.retrieval import VideoMusicRetrieval
 
         try:
-            video, music, ids = load_retrieval_embeddings(retrieval_embeddings)
+            if retrieval_embeddings or model is None:
+                video, music, ids = load_retrieval_embeddings(retrieval_embeddings)
+                source = str(retrieval_embeddings)
+            else:
+                from vmas.hub import load_model
+                from vmas.metrics.retrieval import model_retrieval_embeddings
+
+                pipe = model if hasattr(model, "codec") else load_model(model)
+                video, music, ids = model_retrieval_embeddings(pipe, clips, progress=progress)
+                source = f"model {model if isinstance(model, (str, os.PathLike)) else type(model).__name__}"
             r = VideoMusicRetrieval()
             r.update(video, music)
             res = r.compute()
             report["retrieval"] = res
-            meta["backbones"]["retrieval"] = {"embeddings": str(retrieval_embeddings),
+            meta["backbones"]["retrieval"] = {"embeddings": source,
                                               "source": "model contrastive heads (video -> music)"}
             meta["clips"]["retrieval"] = r.num_pairs
         except (CheckpointError, DataError) as err:
@@ -279,8 +292,8 @@ def load_retrieval_embeddings(path: tp.Optional[str]):
     import torch
 
     if not path:
-        raise DataError("retrieval needs --retrieval-embeddings FILE (video/music embeddings from the model's "
-                        "contrastive heads, row i of each = test pair i)")
+        raise DataError("retrieval needs --model (a checkpoint with contrastive heads) or --retrieval-embeddings "
+                        "FILE (video/music embeddings, row i of each = test pair i)")
     p = Path(path)
     if not p.is_file():
         raise DataError(f"retrieval embeddings {p} not found")
@@ -337,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clap-model", default="laion/clap-htsat-unfused", help="CLAP hub name or folder")
     p.add_argument("--mv-flow", default="farneback", help="farneback (reference) | raft_small | raft_large")
     p.add_argument("--retrieval-embeddings", help=".pt/.npz with 'video' and 'music' [N, D] contrastive embeddings")
+    p.add_argument("--model", help="VMAS checkpoint/name: retrieval embeddings from its contrastive heads")
     p.add_argument("--limit", type=int, default=0, help="first N manifest clips only (0 = all)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -350,7 +364,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     try:
         report = evaluate(args.generated, args.manifest, args.reference, metrics, args.fad_backbone,
                           args.kl_classifier, args.clap_model, args.mv_flow, args.retrieval_embeddings, args.limit,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, model=args.model)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

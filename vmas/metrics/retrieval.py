@@ -59,3 +59,43 @@ class VideoMusicRetrieval:
     def meta(self) -> tp.Dict[str, tp.Any]:
         return {"pairs": self.num_pairs, "ks": list(self.ks), "candidates": "the N ground-truth tracks",
                 "ties": "counted against the query"}
+
+
+@torch.no_grad()
+def model_retrieval_embeddings(pipe, clips: tp.Sequence[tp.Dict[str, tp.Any]], batch_size: int = 8,
+                               progress: bool = False) -> tp.Tuple[torch.Tensor, torch.Tensor, tp.List[str]]:
+    """Contrastive embeddings of N test pairs from a loaded :class:`vmas.models.vmas.VMASPipeline`.
+
+    Video: ``clip_seconds`` of the clip's video at the config's fps/size -> encoder -> ``embed_video``.
+    Music: the same window of the ground-truth music -> EnCodec codes -> ``embed_music(codes=...)`` (the one-hot
+    version of the training-time music feature). Each clip needs ``video``, ``audio`` (a file) and optional ``start``.
+    Returns video [N, P], music [N, P] (unit norm) and the clip ids.
+    """
+    from tqdm import tqdm
+
+    from vmas.data import media
+
+    model, codec, cfg = pipe.model, pipe.codec, pipe.config
+    if getattr(model, "contrastive", None) is None:
+        raise VmasError("retrieval: this model has no contrastive heads (loss.contrastive_weight was 0); use a "
+                        "model trained with the contrastive loss")
+    codebooks = model.codebooks if model.codebooks.numel() else codec.codebooks()
+    device = next(model.parameters()).device
+    seconds = float(cfg.data.clip_seconds)
+    video, music, ids = [], [], []
+    todo = [c for c in clips if c.get("video") and c.get("ref_path", c.get("audio"))]
+    for i in tqdm(range(0, len(todo), batch_size), desc="retrieval embeddings", disable=not progress):
+        chunk = todo[i: i + batch_size]
+        frames = torch.stack([media.read_video_frames(c["video"], fps=cfg.data.fps, size=cfg.data.image_size,
+                                                      start=float(c.get("start") or 0.0), duration=seconds)[0]
+                              for c in chunk])  # [B, T, H, W, 3] uint8
+        wav = torch.stack([media.read_audio(c.get("ref_path") or c["audio"], sr=codec.sample_rate,
+                                            start=float(c.get("start") or 0.0), duration=seconds)
+                           for c in chunk])  # [B, N]
+        codes = codec.encode(wav[:, None].to(device))  # [B, K, T]
+        video.append(model.contrastive.embed_video(model.encode_video(frames.to(device))).cpu())
+        music.append(model.contrastive.embed_music(codes=codes, codebooks=codebooks.to(device)).cpu())
+        ids += [c["id"] for c in chunk]
+    if not ids:
+        raise VmasError("retrieval: no manifest clip has both 'video' and reference 'audio'")
+    return torch.cat(video), torch.cat(music), ids
