@@ -162,7 +162,8 @@ def test_arch_geometry_mismatch_is_logged(caplog):
 
 # --------------------------------------------------------------------------------------------------- numbers
 def _per_stage_timm(img_size, embed_dim, stages, schedule, mask_unit):
-    """Reference: timm's Hiera with its (single) q_stride replaced per stage, the way the issue measured it."""
+    """Reference: timm's Hiera with its (single) q_stride replaced per stage (unroll schedule, per-block pooling
+    stride and window), the way the issue measured the VMAs costs."""
     from timm.models.hiera import Hiera, Unroll
 
     ref = Hiera(img_size=img_size, embed_dim=embed_dim, num_heads=1, stages=stages, q_stride=(1, 2, 2),
@@ -182,11 +183,13 @@ def _per_stage_timm(img_size, embed_dim, stages, schedule, mask_unit):
 
 def test_debug_and_per_stage_models_match_timm_reference():
     torch.manual_seed(0)
-    cases = [  # (ours, timm reference): the debug preset, and a tiny-like model with per-stage strides
+    cases = [  # (ours, timm reference): the debug preset, a tiny-like model, the VMAs geometry (narrow, 4 frames)
         (hiera_debug(), _per_stage_timm((24, 32, 32), 16, (1, 1, 1, 1), [(1, 2, 2)] * 3, (1, 4, 4))),
         (VideoHiera(num_frames=8, image_size=64, embed_dim=16, stages=[1, 1, 2, 1],
                     q_strides=[[1, 4, 4], [1, 2, 2], [1, 2, 2]], mask_unit_size=[1, 8, 8]),
          _per_stage_timm((8, 64, 64), 16, (1, 1, 2, 1), [(1, 4, 4), (1, 2, 2), (1, 2, 2)], (1, 8, 8))),
+        (on_meta(vmas_hiera_base, num_frames=4, embed_dim=8, stages=[1, 2, 1, 1]).to_empty(device="cpu"),
+         _per_stage_timm((4, 224, 224), 8, (1, 2, 1, 1), [(1, 4, 4), (1, 7, 7), (1, 2, 2)], (1, 28, 28))),
     ]
     for ours, ref in cases:
         ours.load_state_dict(checkpoint_filter_fn(ref.state_dict(), ours)[0])

@@ -183,7 +183,9 @@ class VideoHiera(nn.Module):
                            grad_checkpointing=grad_checkpointing)
         schedule = [tuple(int(v) for v in s) for s in q_strides]
         self.input_size = (num_frames, image_size, image_size)
-        self.grid = [n // s for n, s in zip(self.input_size, patch_stride)]  # [T, H, W] tokens after patch embed
+        # [T, H, W] tokens after the patch embed (Conv3d output size)
+        self.grid = [(n + 2 * p - k) // s + 1 for n, k, s, p in zip(self.input_size, patch_kernel, patch_stride,
+                                                                   patch_padding)]
         self.schedule = schedule
         self.grad_checkpointing = grad_checkpointing
         self._check(stages, schedule, mask_unit_size, mask_unit_attn)
