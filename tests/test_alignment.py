@@ -130,6 +130,8 @@ def test_video_motion_rejects_bad_input():
         video_motion(np.zeros((2, 8, 8, 3), np.uint8), flow="pwc")
     with pytest.raises(DataError, match=r"\[T,H,W,3\]"):
         video_motion(np.zeros((2, 3, 8, 8), np.uint8), flow="farneback")
+    with pytest.raises(DataError, match=r"in \[0, 1\], got values in \[255, 255\]"):
+        video_motion(torch.full((2, 3, 8, 8), 255.0), flow="farneback")
 
 
 # --------------------------------------------------------------------------------------------------- RAFT weights

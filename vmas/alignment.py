@@ -85,6 +85,10 @@ def _as_float_frames(frames: tp.Any) -> torch.Tensor:
         return rearrange(x, "t h w c -> t c h w").float() / 255.0
     if not x.is_floating_point() or x.shape[1] != 3:
         raise DataError(f"video_motion: float frames must be [T,3,H,W] in [0,1], got {x.dtype} {tuple(x.shape)}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:  # 0..255 floats or ImageNet-normalised frames would give a wrong curve
+        raise DataError(f"video_motion: float frames must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+                        "pass the raw uint8 frames instead")
     return x.float()
 
 

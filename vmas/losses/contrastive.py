@@ -176,9 +176,10 @@ class ContrastiveLoss(nn.Module):
         Distributed: the returned value is this rank's share, scaled so that the mean over ranks (what
         data-parallel gradient averaging optimises) is the InfoNCE of the global batch, even for unequal shards.
         """
-        v = self.embed_video(video_tokens)  # [B, P]
-        m = self.embed_music(logits, codebooks, valid)  # [B, P]
-        scale = self.logit_scale
+        dtype = _compute_dtype(self.log_scale)  # bf16 heads: similarities and softmax still in float32
+        v = self.embed_video(video_tokens).to(dtype)  # [B, P]
+        m = self.embed_music(logits, codebooks, valid).to(dtype)  # [B, P]
+        scale = self.logit_scale.to(dtype)
         if _distributed():
             v_all, offset = gather_with_grad(v, self.group)
             m_all, _ = gather_with_grad(m, self.group)
