@@ -66,6 +66,7 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
 
         music_dim = codebooks.shape[-1] if codebooks is not None else m.codec.dimension
         contrastive = ContrastiveLoss(video_dim=encoder.out_dim, music_dim=music_dim, proj_dim=cfg.loss.contrastive_dim,
-                                      temperature_init=cfg.loss.contrastive_temperature)
+                                      temperature_init=cfg.loss.contrastive_temperature,
+                                      min_temperature=cfg.loss.contrastive_min_temperature)
     return VMAS(encoder, lm, fuser, contrastive=contrastive, cond_dropout=m.lm.cond_dropout,
                 tag_dropout=m.lm.tag_dropout, codebooks=codebooks)
