@@ -469,7 +469,8 @@ def _cached_download(name: str) -> Path:
     if path.is_file():
         return path
     hint = f"download {url} to {path} (or set model.encoder.pretrained to a local file)"
-    if os.environ.get("VMAS_OFFLINE") or os.environ.get("HF_HUB_OFFLINE") == "1":
+    offline = {os.environ.get(k, "").upper() for k in ("VMAS_OFFLINE", "HF_HUB_OFFLINE")} & {"1", "ON", "YES", "TRUE"}
+    if offline:
         raise CheckpointError(f"Hiera checkpoint '{name}' is not cached and downloads are off: {hint}")
     try:
         torch.hub.download_url_to_file(url, str(path), progress=False)
