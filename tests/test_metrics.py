@@ -416,3 +416,51 @@ def test_retrieval_embeddings_from_a_model(tmp_path):
     torch.testing.assert_close(video[1:], v, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(music[1:], m, atol=1e-5, rtol=1e-4)
     assert recall_at_k(video, music, ks=(2,))["R@2"] == 1.0
+
+
+@pytest.mark.slow
+def test_benchmark_with_the_real_generator_adapter(tmp_path):
+    import cv2
+
+    from tools.benchmark import run_generation, vmas_generator
+    from tools.evaluate import evaluate
+    from vmas.config import load_config
+    from vmas.models.vmas import load_pretrained
+
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (48, 48))
+    for _ in range(20):  # ~2.1 s
+        writer.write((rng.random((48, 48, 3)) * 255).astype(np.uint8))
+    writer.release()
+    _write_wav(tmp_path / "ref.wav", rng.normal(size=32000 * 2).astype(np.float32) * 0.1, 32000)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "c0", "video": "v.avi", "audio": "ref.wav"}) + "\n")
+    pipe = load_pretrained(None, config=load_config("configs/debug.yaml"))
+    gen_dir = tmp_path / "out" / "generated"
+    stats = run_generation(tmp_path / "m.jsonl", gen_dir, vmas_generator(pipe, top_k=10), progress=False)
+    assert stats == {"generated": 1, "skipped": 0, "failed": 0}
+    assert (gen_dir / "c0.wav").is_file() and (gen_dir / "c0.mp4").is_file() and not (gen_dir / ".partial").exists()
+    from vmas.metrics.embeddings import load_audio
+
+    wav, sr = load_audio(gen_dir / "c0.wav")
+    assert sr == 32000 and abs(len(wav) / sr - 20 / FPS) < 0.05  # music as long as the video
+    report = evaluate(gen_dir, tmp_path / "m.jsonl", metrics=["kl", "mv_align"], kl_classifier="mel", progress=False)
+    assert report["meta"]["clips"] == {"manifest": 1, "missing_generated": 0, "kl": 1, "mv_align": 1}
+    assert 0.0 <= report["mv_align"] <= 1.0 and report["kl"] >= 0.0
+
+
+def test_encodec_embedder_averages_latents_per_second():
+    from vmas.builders import build_codec
+    from vmas.config import load_config
+    from vmas.metrics.embeddings import EncodecEmbedder
+
+    codec = build_codec(load_config("configs/debug.yaml").model.codec)
+    emb = EncodecEmbedder(codec, "debug codec")
+    sr = codec.sample_rate
+    wav = np.random.default_rng(0).normal(size=int(2.5 * sr)).astype(np.float32) * 0.1
+    got = emb.embed(wav, sr)
+    with torch.no_grad():
+        z = codec.encoder(torch.from_numpy(wav)[None, None])[0].T.double()  # [T, D]
+    fr = round(codec.frame_rate)
+    assert got.shape == (2, z.shape[1])  # 2.5 s -> two whole seconds
+    np.testing.assert_allclose(got, torch.stack([z[:fr].mean(0), z[fr: 2 * fr].mean(0)]).numpy(), rtol=1e-5, atol=1e-6)
+    assert "not comparable" in emb.name
