@@ -115,7 +115,8 @@ def test_greedy_cfg_generation_matches_transformers():
     cond, uncond = torch.randn(B, 5, DIM), torch.randn(B, 5, DIM)
     ours = model.generate(cond, None, uncond, None, num_frames=T, cfg=3.0, temperature=0.0)
     bos = torch.full((B * K, 1), CARD)
-    out = hf.generate(bos, encoder_hidden_states=torch.cat([cond, uncond]), do_sample=False, guidance_scale=3.0,
+    out = hf.generate(bos, attention_mask=torch.ones(B, 1, dtype=torch.long),  # its own mask has B*K rows: wrong
+                      encoder_hidden_states=torch.cat([cond, uncond]), do_sample=False, guidance_scale=3.0,
                       max_length=T + K, num_return_sequences=1,
                       past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()))
     assert torch.equal(ours, out.reshape(B, K, T))

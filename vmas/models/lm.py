@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from tqdm import tqdm
 
@@ -200,7 +199,7 @@ class MusicLM(nn.Module):
         x = self.transformer(x, state.cross_kv, state.cross_mask, cache=state.cache, offset=start)
         state.offset = end
         logits = F.linear(self.out_norm(x), state.head_weight)  # [B, T, K*card]
-        return rearrange(logits, "b t (k c) -> b k t c", k=K)
+        return logits.view(B, T, K, self.card).transpose(1, 2)  # [B, K, T, card] (a view: no copy per step)
 
     # ---------------------------------------------------------------------------------------------- generation
     @staticmethod

@@ -1,0 +1,166 @@
+"""Generation speed of MusicLM: KV cache vs. whole-prefix recompute vs. transformers' MusicGen, in one process.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python tools/bench_generate.py --json
+    HF_HUB_OFFLINE=1 .venv/bin/python tools/bench_generate.py --frames 100 --skip-recompute   # quick look
+
+All three decoders share the same random weights (a transformers ``MusicgenForCausalLM`` mapped into ours through
+:func:`vmas.models.lm.musicgen_to_vmas_state_dict`) and the same settings: one sample, 500 frames = 503 delay-pattern
+steps, top-k 250, CFG 3 (so both run a batch of 2 inside). Rates are pattern steps per second (each step emits K
+tokens per sample). transformers is given ``EncoderDecoderCache(DynamicCache(), DynamicCache())``: with its default
+cache, ``generate(encoder_hidden_states=...)`` stores self- and cross-attention entries in one cache and the output is
+wrong. It also needs ``attention_mask`` of shape [B, 1]: the mask it builds itself has B*K rows and perturbs the
+logits by ~0.1. Its output is checked here (valid codes, and greedy codes equal to ours on a short run), so the comparison is
+between two correct decoders. ``params_paper_lm`` counts the MusicGen-medium preset built on the meta device, next to
+transformers' count for the same decoder config.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import MusicgenDecoderConfig, MusicgenForCausalLM  # noqa: E402
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # noqa: E402
+
+from vmas.config import LMConfig  # noqa: E402
+from vmas.models.lm import MusicLM, musicgen_to_vmas_state_dict  # noqa: E402
+from vmas.utils import count_params  # noqa: E402
+
+
+def hf_config(dim: int, layers: int, heads: int, ffn: int, n_q: int, card: int) -> MusicgenDecoderConfig:
+    return MusicgenDecoderConfig(vocab_size=card, hidden_size=dim, num_hidden_layers=layers, num_attention_heads=heads,
+                                 ffn_dim=ffn, num_codebooks=n_q, pad_token_id=card, bos_token_id=card,
+                                 decoder_start_token_id=card, max_position_embeddings=2048)
+
+
+def paper_param_counts() -> dict:
+    """MusicGen-medium decoder, ours vs transformers, on the meta device (no memory); plus our condition projections."""
+    lm = LMConfig()
+    kwargs = {f.name: getattr(lm, f.name) for f in dataclasses.fields(lm)
+              if f.name not in ("pretrained", "cond_dropout", "tag_dropout")}
+    with torch.device("meta"):
+        ours = count_params(MusicLM(**kwargs))
+        hf = count_params(MusicgenForCausalLM(hf_config(lm.dim, lm.num_layers, lm.num_heads, lm.ffn_dim, lm.n_q,
+                                                        lm.card)))
+        try:
+            from vmas.modules.conditioning import ConditionFuser
+
+            fuser = count_params(ConditionFuser(video_dim=768, dim=lm.dim, tag_dim=512))
+        except Exception:  # noqa: BLE001 - another part of the package; report without it
+            fuser = None
+    return {"params_paper_lm": ours, "params_paper_lm_hf": hf, "params_condition_projections": fuser}
+
+
+def timed(fn, sync) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--ffn", type=int, default=1024)
+    parser.add_argument("--n-q", type=int, default=4)
+    parser.add_argument("--card", type=int, default=2048)
+    parser.add_argument("--frames", type=int, default=500, help="code frames (pattern steps = frames + n_q - 1)")
+    parser.add_argument("--cond-len", type=int, default=48, help="condition tokens (48 video tokens in the paper)")
+    parser.add_argument("--top-k", type=int, default=250)
+    parser.add_argument("--cfg", type=float, default=3.0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (0 = torch default); per-step cost is op overhead, so 1 is fastest")
+    parser.add_argument("--skip-recompute", action="store_true", help="skip the slow no-cache baseline")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+
+    torch.manual_seed(args.seed)
+    hf = MusicgenForCausalLM(hf_config(args.dim, args.layers, args.heads, args.ffn, args.n_q, args.card))
+    hf = hf.to(device).eval()
+    ours = MusicLM(dim=args.dim, num_layers=args.layers, num_heads=args.heads, ffn_dim=args.ffn, n_q=args.n_q,
+                   card=args.card)
+    ours.load_state_dict(musicgen_to_vmas_state_dict(hf.state_dict())[0], strict=True)
+    ours = ours.to(device).eval()
+    cond = torch.randn(1, args.cond_len, args.dim, device=device)
+    uncond = torch.randn(1, args.cond_len, args.dim, device=device)
+    K, steps = args.n_q, args.frames + args.n_q - 1
+
+    def run_ours(frames: int, use_cache: bool = True, temperature: float = 1.0):
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        return ours.generate(cond, None, uncond, None, num_frames=frames, cfg=args.cfg, top_k=args.top_k,
+                             temperature=temperature, generator=gen, use_cache=use_cache)
+
+    def run_hf(frames: int, sample: bool = True):
+        bos = torch.full((K, 1), args.card, device=device)  # [B*K, 1] start token
+        with torch.inference_mode():
+            # attention_mask must be [B, len]: the one transformers builds from `bos` has B*K rows for a batch of B
+            # (2B with CFG) and silently shifts the logits by ~0.1 (greedy codes then differ from its own forward).
+            out = hf.generate(bos, attention_mask=torch.ones(1, 1, dtype=torch.long, device=device),
+                              encoder_hidden_states=torch.cat([cond, uncond]), do_sample=sample,
+                              top_k=args.top_k if sample else None, guidance_scale=args.cfg,
+                              max_length=frames + K, num_return_sequences=1,
+                              past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()))
+        return out.reshape(1, K, -1)  # transformers strips the pattern's special tokens: [B, K, frames]
+
+    # Warm-up, and check that both decoders are correct: greedy CFG codes must agree on a short run.
+    check_frames = min(50, args.frames)
+    greedy_match = torch.equal(run_ours(check_frames, temperature=0.0), run_hf(check_frames, sample=False))
+    log(f"greedy CFG codes, ours == transformers over {check_frames} frames: {greedy_match}")
+
+    result = {}
+    codes = {}
+    t = timed(lambda: codes.__setitem__("ours", run_ours(args.frames)), sync)
+    result["ours_cached_tok_s"] = steps / t
+    log(f"ours, KV cache: {steps / t:.1f} steps/s ({t:.2f} s)")
+    t = timed(lambda: codes.__setitem__("hf", run_hf(args.frames)), sync)
+    result["hf_musicgen_tok_s"] = steps / t
+    log(f"transformers MusicgenForCausalLM.generate: {steps / t:.1f} steps/s ({t:.2f} s)")
+    hf_codes = codes["hf"]
+    hf_ok = tuple(hf_codes.shape) == (1, K, args.frames) and int(hf_codes.min()) >= 0 and int(hf_codes.max()) < args.card
+    if args.skip_recompute:
+        result["ours_recompute_tok_s"] = None
+    else:
+        t = timed(lambda: codes.__setitem__("recompute", run_ours(args.frames, use_cache=False)), sync)
+        result["ours_recompute_tok_s"] = steps / t
+        log(f"ours, recompute whole prefix: {steps / t:.1f} steps/s ({t:.2f} s)")
+        result["recompute_same_codes"] = torch.equal(codes["recompute"], codes["ours"])
+
+    result["cached_over_recompute"] = (result["ours_cached_tok_s"] / result["ours_recompute_tok_s"]
+                                       if result["ours_recompute_tok_s"] else None)
+    result["cached_over_hf"] = result["ours_cached_tok_s"] / result["hf_musicgen_tok_s"]
+    result["hf_output_ok"] = hf_ok
+    result["greedy_matches_hf"] = greedy_match
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result.update(paper_param_counts())
+    result["setup"] = {"dim": args.dim, "layers": args.layers, "heads": args.heads, "ffn": args.ffn, "n_q": K,
+                       "card": args.card, "frames": args.frames, "steps": steps, "cond_len": args.cond_len,
+                       "top_k": args.top_k, "cfg": args.cfg, "batch": 1, "device": str(device),
+                       "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
