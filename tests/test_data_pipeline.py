@@ -375,3 +375,44 @@ def test_real_codec_and_alignment_factories(cfg, curated):
     # frame j is sampled at j / fps (nearest real frame of the 24 fps source: within half a source frame)
     want = np.arange(cfg.data.num_frames) / cfg.data.fps
     assert np.abs(np.array(meta["frame_times"]) - want).max() <= 0.5 / FPS_SRC + 1e-6
+
+
+# ----------------------------------------------------------------------------------------------- SynthMV
+def test_synthmv_whole_path_with_broken_files(cfg, tmp_path):
+    """SynthMV clips (listed through their own manifest.jsonl) plus broken entries -> shards -> loader; the music
+    beats of every loaded clip sit on SynthMV's labelled note onsets and the motion peaks on its visual events."""
+    synthmv = pytest.importorskip("datasets.synthmv")
+    raw = tmp_path / "raw"
+    synthmv.generate_dataset(raw, num=3, seed=0, seconds=5.0, size=32, workers=1)
+    data = (raw / "synthmv_0000_00000.mp4").read_bytes()
+    (raw / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (raw / "garbage.mp4").write_bytes(b"not a video at all" * 50)
+    lines = (raw / "manifest.jsonl").read_text().splitlines()
+    lines += [json.dumps({"video": n, "id": Path(n).stem}) for n in ("truncated.mp4", "garbage.mp4", "gone.mp4")]
+    (raw / "list.jsonl").write_text("\n".join(lines) + "\n")
+    c = load_config(ROOT / "configs" / "debug.yaml", ["data.curation.vocal_removal=false",
+                                                      "data.curation.variety_threshold=1.01"])  # one-scene videos
+    items = curation.discover_inputs([raw / "list.jsonl"])
+    summary = curation.curate(items, tmp_path / "cur", c.data, split_overrides={i.source_id: "train" for i in items})
+    assert summary["clips"] == 6 and summary["videos_kept"] == 3
+    assert {r["source_id"]: r["reason"] for r in _rows(tmp_path / "cur" / "rejects.jsonl")} == {
+        "truncated": "unreadable", "garbage": "unreadable", "gone": "unreadable"}
+    sh = shards.write_shards(tmp_path / "cur" / "manifest.jsonl", tmp_path / "sh", c.data, energy_encoder,
+                             lambda: farneback_align(c))
+    assert sh["clips"] == 6 and sh["shards"] == 2
+    seen = 0
+    for batch in loader.build_loader(c.data, str(tmp_path / "sh" / "train-*.tar"), train=False, batch_size=4):
+        for i, key in enumerate(batch["key"]):
+            source, start = key.rsplit("_", 1)[0], int(key.rsplit("_", 1)[1]) / 1000
+            labels = json.loads((raw / f"{source}.json").read_text())
+            assert batch["tags"][i] == labels["tags"]
+            onsets = torch.tensor([o - start for o in labels["onsets"] if 0 <= o - start < c.data.clip_seconds])
+            beats = torch.nonzero(batch["music_beats"][i])[:, 0].double() / c.data.frame_rate  # [n] s
+            # every labelled onset is found within 40 ms (two code frames) ...
+            assert (onsets[:, None] - beats[None]).abs().min(1).values.max() <= 0.04
+            # ... and the three strongest motion values sit between the frames around an event
+            for j in torch.topk(batch["motion"][i], 3).indices.tolist():
+                lo, hi = j / c.data.fps - 0.04, (j + 1) / c.data.fps + 0.04
+                assert ((onsets >= lo) & (onsets <= hi)).any(), (key, j, onsets.tolist())
+            seen += 1
+    assert seen == 6
