@@ -96,6 +96,7 @@ TORCHVGGISH_KEYS = [f"features.{i}.{p}" for i in (0, 3, 6, 8, 11, 13) for p in (
     [f"embeddings.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
 
 
+@pytest.mark.slow  # writes and reads the real-size 288 MB state dict
 def test_vggish_loads_torchvggish_layout(tmp_path):
     torch.manual_seed(0)
     src = VGGish()

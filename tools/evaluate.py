@@ -371,7 +371,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     md = write_report(report, args.out)
     print(md.read_text())
     print(f"wrote {args.out} and {md}")
-    return 0
+    return 0 if set(report) - {"meta"} else 1  # nothing computed (all skipped): fail loudly for scripts
 
 
 if __name__ == "__main__":
