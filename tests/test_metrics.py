@@ -465,3 +465,28 @@ def test_encodec_embedder_averages_latents_per_second():
     assert got.shape == (2, z.shape[1])  # 2.5 s -> two whole seconds
     np.testing.assert_allclose(got, torch.stack([z[:fr].mean(0), z[fr: 2 * fr].mean(0)]).numpy(), rtol=1e-5, atol=1e-6)
     assert "not comparable" in emb.name
+
+
+def test_ast_classifier_from_tiny_local_checkpoint(tmp_path):
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    from vmas.metrics.kl import build_classifier
+
+    cfg = ASTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                    max_length=100, num_mel_bins=128, num_labels=5)
+    torch.manual_seed(0)
+    model = ASTForAudioClassification(cfg).eval()
+    model.save_pretrained(tmp_path)
+    fe = ASTFeatureExtractor(max_length=100)
+    fe.save_pretrained(tmp_path)
+    clf = build_classifier(f"ast:{tmp_path}")
+    assert clf.num_labels == 5 and clf.sample_rate == 16000
+    wav = np.random.default_rng(0).normal(size=16000 * 12).astype(np.float32) * 0.1  # 10 s + 2 s chunks
+    got = label_distribution(clf, wav, 16000)
+    chunks = [wav[: 160000], np.pad(wav[160000:], (0, 160000 - 32000))]
+    with torch.no_grad():
+        logits = model(**fe(chunks, sampling_rate=16000, return_tensors="pt")).logits
+    np.testing.assert_allclose(got, logits.double().softmax(-1).mean(0).numpy(), rtol=1e-5, atol=1e-7)
+    assert abs(got.sum() - 1) < 1e-9
+    with pytest.raises(CheckpointError, match="not available offline"):
+        build_classifier("ast:/nonexistent/ast")
