@@ -324,14 +324,41 @@ class TorchEngine:
         self.micro_steps = state["micro_steps"]
 
 
+@contextlib.contextmanager
+def _scalar_safe_broadcast():
+    """DeepSpeed 0.19 broadcasts every parameter as ``p.data.view(torch.uint8)`` at initialisation, which fails on
+    0-dim parameters (the contrastive temperature). During that broadcast only (before ZeRO registers its gradient
+    hooks), scalars are viewed as shape [1]; the same storage is written, and the shapes are back afterwards."""
+    from deepspeed.runtime.engine import DeepSpeedEngine as _DSEngine
+
+    original = _DSEngine._broadcast_model
+
+    def _broadcast_model(engine):
+        scalars = [p for p in engine.module.parameters() if p.ndim == 0]
+        for p in scalars:
+            p.data = p.data.reshape(1)
+        try:
+            original(engine)
+        finally:
+            for p in scalars:
+                p.data = p.data.reshape(())
+
+    _DSEngine._broadcast_model = _broadcast_model
+    try:
+        yield
+    finally:
+        _DSEngine._broadcast_model = original
+
+
 class DeepSpeedEngine:
     """Thin adapter over ``deepspeed.DeepSpeedEngine`` with the :class:`TorchEngine` interface."""
 
     def __init__(self, module: nn.Module, optimizer, scheduler, ds_config: tp.Dict[str, tp.Any]):
         import deepspeed
 
-        self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
-            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        with _scalar_safe_broadcast():
+            self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
+                model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         self.module = self.engine.module
         self.device = self.engine.device
         self.grad_norm = 0.0
@@ -418,6 +445,9 @@ class Solver:
         self.stat_names = step_module.stat_names()
         if cfg.train.engine == "deepspeed":
             _set_single_process_env()
+            # DeepSpeed JIT-builds a small op on first use (~1 min): cache it inside the repo, not in ~/.cache
+            os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[2] / ".cache" /
+                                                              "torch_extensions"))
             import deepspeed
 
             if not dist.is_initialized():
@@ -509,6 +539,7 @@ class Solver:
     def train_step(self) -> tp.Dict[str, float]:
         """Run ``grad_accum`` micro-batches and one optimiser update; returns the step's stats (mean over ranks)."""
         self.engine.module.train()
+        lr = self.engine.optimizer.param_groups[0]["lr"]  # the lr this update uses (the scheduler moves it after)
         acc = None
         for _ in range(self.cfg.train.grad_accum):
             batch = self._to_device(self.data.next())
@@ -524,7 +555,7 @@ class Solver:
         self.ema.update(self.model, self.step)
         values = dict(zip(self.stat_names, acc.tolist()))
         values["grad_norm"] = self.engine.grad_norm
-        values["lr"] = self.engine.optimizer.param_groups[0]["lr"]
+        values["lr"] = lr
         return values
 
     # ---- loop
