@@ -416,3 +416,50 @@ def test_synthmv_whole_path_with_broken_files(cfg, tmp_path):
                 assert ((onsets >= lo) & (onsets <= hi)).any(), (key, j, onsets.tolist())
             seen += 1
     assert seen == 6
+
+
+# ----------------------------------------------------------------------------------------------- vocal removal
+def test_vocal_remover_output_feeds_the_manifest(cfg, sources, tmp_path):
+    from vmas.data import media
+
+    item = curation.VideoItem(str(sources / "alpha.mp4"), "alpha")
+    res = curation.curate_video(item, cfg.data.curation, cfg.data.clip_seconds, cfg.data.sample_rate,
+                                curation.pixel_embedding, lambda wav, sr: 0.5 * wav, tmp_path)
+    assert len(res.clips) == 3 and {c["audio"] for c in res.clips} == {str(tmp_path / "alpha.wav")}
+    orig = media.read_audio(item.path, sr=cfg.data.sample_rate)
+    acc = media.read_audio(tmp_path / "alpha.wav", sr=cfg.data.sample_rate)
+    assert acc.shape == orig.shape
+    torch.testing.assert_close(acc, 0.5 * orig, atol=2e-4, rtol=0)  # 16-bit wav quantisation
+    # an accompaniment that is silence rejects every clip as silent, never the run
+    res = curation.curate_video(item, cfg.data.curation, cfg.data.clip_seconds, cfg.data.sample_rate,
+                                curation.pixel_embedding, lambda wav, sr: 0 * wav, tmp_path)
+    assert res.clips == [] and [r["reason"] for r in res.rejects] == ["silent_audio"] * 3
+
+
+def test_demucs_wrapper_keeps_the_non_vocal_stems(monkeypatch):
+    """The wrapper against a stand-in with Demucs' API (get_model / apply_model / sources / samplerate)."""
+    import importlib.util
+    import sys
+    import types
+
+    class FakeDemucs(torch.nn.Module):
+        sources, samplerate, audio_channels = ["drums", "bass", "other", "vocals"], 44100, 2
+
+    def apply_model(model, mix, device="cpu", progress=False):
+        B, C, N = mix.shape  # stems: drums = 0.1 mix, bass = 0.2 mix, other = 0.3 mix, vocals = 0.4 mix
+        return torch.stack([w * mix for w in (0.1, 0.2, 0.3, 0.4)], 1)  # [B, S, C, N]
+
+    pkg = types.ModuleType("demucs")
+    pkg.pretrained = types.SimpleNamespace(get_model=lambda name, repo=None: FakeDemucs())
+    pkg.apply = types.SimpleNamespace(apply_model=apply_model)
+    monkeypatch.setitem(sys.modules, "demucs", pkg)
+    monkeypatch.setitem(sys.modules, "demucs.pretrained", pkg.pretrained)
+    monkeypatch.setitem(sys.modules, "demucs.apply", pkg.apply)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: pkg if n == "demucs" else real(n, *a))
+    remover = curation.DemucsVocalRemover("htdemucs")
+    t = np.arange(32000) / 32000
+    wav = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    out = remover(wav, 32000)  # resampled to 44.1 kHz and back: accompaniment = (0.1 + 0.2 + 0.3) * wav
+    assert out.shape == wav.shape
+    np.testing.assert_allclose(out[2000:-2000], 0.6 * wav[2000:-2000], atol=2e-3)
