@@ -341,6 +341,8 @@ def test_evaluate_manifest_all_metrics_and_missing_weights(tmp_path):
         _write_wav(tmp_path / f"ref{i}.wav", wav, sr)
         _write_wav(tmp_path / "gen" / f"clip{i}.wav", wav if i == 0 else np.zeros_like(wav), sr)
         lines.append(json.dumps({"id": f"clip{i}", "video": "v.avi", "audio": f"ref{i}.wav", "tags": ["piano"]}))
+    (tmp_path / "gen" / "clip2.wav").write_bytes(b"not audio at all")  # a corrupt output skips only its clip
+    lines.append(json.dumps({"id": "clip2", "video": "v.avi", "audio": "ref0.wav"}))
     (tmp_path / "test.jsonl").write_text("\n".join(lines) + "\n")
     emb = tmp_path / "emb.npz"
     np.savez(emb, video=np.eye(3), music=np.eye(3)[[0, 2, 1]])
@@ -353,7 +355,8 @@ def test_evaluate_manifest_all_metrics_and_missing_weights(tmp_path):
     assert "clap" not in report and "not available offline" in meta["skipped"]["clap"]
     # clip0 is identical to its reference (KL 0, MV-Align 0.5); clip1 is silent (no onsets: MV-Align 0, not NaN)
     assert report["mv_align"] == pytest.approx((0.5 + 0.0) / 2) and meta["mv_align_reference"] == pytest.approx(0.5)
-    assert meta["clips"]["kl"] == 2 and report["kl"] > 0
+    assert meta["clips"]["kl"] == 2 and report["kl"] > 0 and meta["clips"]["manifest"] == 3
+    assert len(meta["clip_errors"]["kl"]) == 1 and len(meta["clip_errors"]["mv_align"]) == 1
     assert report["retrieval"] == {"R@1": pytest.approx(1 / 3), "R@10": 1.0}
     assert any("kl" in f for f in meta["fallbacks"])
 
@@ -444,6 +447,8 @@ def test_benchmark_with_the_real_generator_adapter(tmp_path):
 
     wav, sr = load_audio(gen_dir / "c0.wav")
     assert sr == 32000 and abs(len(wav) / sr - 20 / FPS) < 0.05  # music as long as the video
+    muxed, _ = load_audio(gen_dir / "c0.mp4", 32000)  # container path (PyAV): same music, AAC-coded
+    assert abs(len(muxed) - len(wav)) < 0.05 * sr
     report = evaluate(gen_dir, tmp_path / "m.jsonl", metrics=["kl", "mv_align"], kl_classifier="mel", progress=False)
     assert report["meta"]["clips"] == {"manifest": 1, "missing_generated": 0, "kl": 1, "mv_align": 1}
     assert 0.0 <= report["mv_align"] <= 1.0 and report["kl"] >= 0.0

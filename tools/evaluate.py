@@ -38,7 +38,7 @@ import numpy as np
 if __package__ in (None, ""):  # `python tools/evaluate.py` from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vmas.errors import CheckpointError, DataError, VmasError  # noqa: E402
+from vmas.errors import CheckpointError, DataError, MediaError, VmasError  # noqa: E402
 
 ALL_METRICS = ("fad", "kl", "mv_align", "retrieval", "clap")
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".mp4", ".mkv", ".webm")
@@ -138,6 +138,10 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
     def skip(metric: str, why: str) -> None:
         meta["skipped"][metric] = why
 
+    def clip_error(metric: str, err: Exception) -> None:
+        """One unreadable file skips that clip for that metric (counted in meta), never the whole run."""
+        meta.setdefault("clip_errors", {}).setdefault(metric, []).append(str(err))
+
     # ---- pairs: (id, generated path, reference path, clip)
     if manifest is None:
         if ref_dir is None:
@@ -181,10 +185,14 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             if not ref_files:
                 raise DataError("no reference audio (manifest 'audio' or --reference)")
             fad = FrechetAudioDistance(emb)
-            for path in tqdm(ref_files, desc="FAD reference", disable=not progress):
-                fad.update(emb.embed(audio(path, emb.sample_rate), emb.sample_rate), real=True)
-            for path in tqdm(gen_files, desc="FAD generated", disable=not progress):
-                fad.update(emb.embed(audio(path, emb.sample_rate), emb.sample_rate), real=False)
+            for real, files in ((True, ref_files), (False, gen_files)):
+                for path in tqdm(files, desc=f"FAD {'reference' if real else 'generated'}", disable=not progress):
+                    try:
+                        wav = audio(path, emb.sample_rate)
+                    except MediaError as err:
+                        clip_error("fad", err)
+                        continue
+                    fad.update(emb.embed(wav, emb.sample_rate), real=real)
             report["fad"] = fad.compute()
             meta["backbones"]["fad"] = emb.describe()
             meta["clips"]["fad"] = {"reference": fad.real.clips, "generated": fad.fake.clips,
@@ -206,7 +214,12 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                 raise DataError("no (reference, generated) pairs with the same clip id")
             for c in tqdm(pairs, desc="KL", disable=not progress):
                 sr = clf.sample_rate
-                kl.update_audio(c["id"], audio(c["ref_path"], sr), sr, audio(c["gen_path"], sr), sr)
+                try:
+                    ref_wav, gen_wav = audio(c["ref_path"], sr), audio(c["gen_path"], sr)
+                except MediaError as err:
+                    clip_error("kl", err)
+                    continue
+                kl.update_audio(c["id"], ref_wav, sr, gen_wav, sr)
             report["kl"] = kl.compute()
             meta["backbones"]["kl"] = clf.describe()
             meta["clips"]["kl"] = len(kl.ref)
@@ -228,9 +241,9 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                 mv.update_media(audio(c["gen_path"], 22050), 22050, frames, fps, c["id"])
                 if c["ref_path"] is not None:
                     mv_ref.update_media(audio(c["ref_path"], 22050), 22050, frames, fps, c["id"])
-            except DataError as err:
+            except (DataError, MediaError) as err:
                 errors += 1
-                meta.setdefault("mv_align_errors", []).append(str(err))
+                clip_error("mv_align", err)
         if mv.scores:
             report["mv_align"] = mv.compute()
             meta["backbones"]["mv_align"] = mv.meta()
@@ -276,7 +289,12 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             cs = ClapScore(clap_model)
             for c in tqdm(todo, desc="CLAP", disable=not progress):
                 sr = cs.audio.sample_rate
-                cs.update([audio(c["gen_path"], sr)], sr, [c["text"]], ids=[c["id"]])
+                try:
+                    wav = audio(c["gen_path"], sr)
+                except MediaError as err:
+                    clip_error("clap", err)
+                    continue
+                cs.update([wav], sr, [c["text"]], ids=[c["id"]])
             report["clap"] = cs.compute()
             meta["backbones"]["clap"] = cs.meta()["backbone"]
             meta["clips"]["clap"] = len(cs.scores)

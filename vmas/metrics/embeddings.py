@@ -33,7 +33,8 @@ VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/
 def load_audio(path: tp.Union[str, os.PathLike], sample_rate: tp.Optional[int] = None) -> tp.Tuple[np.ndarray, int]:
     """Read any audio (wav/flac/mp3) or the audio stream of a video as mono float32 ``[N]``.
 
-    ``sample_rate=None`` keeps the file's rate. soundfile first (fast, exact), PyAV for containers (mp4, mkv).
+    ``sample_rate=None`` keeps the file's rate (32 kHz for containers). soundfile first (fast, exact), then
+    :func:`vmas.data.media.read_audio` (PyAV) for containers (mp4, mkv).
     """
     path = Path(path)
     if not path.is_file():
@@ -46,26 +47,11 @@ def load_audio(path: tp.Union[str, os.PathLike], sample_rate: tp.Optional[int] =
         wav = data.mean(axis=1)
     except Exception:  # noqa: BLE001 - not a soundfile format, try a container decoder
         wav = None
-    if wav is None:
-        try:
-            import av
+    if wav is None:  # containers (mp4, mkv, ...): the project's PyAV reader (handles planar/packed/int formats)
+        from vmas.data import media
 
-            with av.open(str(path)) as container:
-                if not container.streams.audio:
-                    raise MediaError(f"{path}: file has no audio stream; pass a file with music in it")
-                stream = container.streams.audio[0]
-                sr = stream.codec_context.sample_rate
-                chunks = [f.to_ndarray().astype(np.float32) for f in container.decode(stream)]
-            if not chunks:
-                raise MediaError(f"{path}: audio stream is empty")
-            # planar frames are [C, n]; packed ones [1, n*C]; average channels either way
-            channels = stream.codec_context.channels or 1
-            chunks = [c if c.shape[0] == channels else c.reshape(-1, channels).T for c in chunks]
-            wav = np.concatenate(chunks, axis=1).mean(axis=0)
-        except MediaError:
-            raise
-        except Exception as err:  # noqa: BLE001
-            raise MediaError(f"{path}: cannot decode audio ({type(err).__name__}: {err}); re-encode it as wav") from err
+        sr = sample_rate or 32000
+        wav = media.read_audio(path, sr=sr).numpy()
     if sample_rate is not None and sr != sample_rate:
         wav, sr = resample(wav, sr, sample_rate), sample_rate
     return np.ascontiguousarray(wav, dtype=np.float32), int(sr)
