@@ -22,6 +22,15 @@ from vmas.errors import CheckpointError, DataError
 SR = 32000
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (10x slower on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def click_track(times, seconds, sr=SR, seed=0):
     """Decaying noise bursts (10 ms) starting at ``times`` over a faint noise floor."""
     rng = np.random.default_rng(seed)
@@ -90,7 +99,7 @@ def test_raft_random_weights_responds_exactly_at_jumps_and_chunking_is_invisible
     assert motion.shape == (4,)
     # random weights cannot promise a *peak*, but identical image pairs give identical outputs whatever the
     # weights, so the curve must change exactly (and only) at the jumps
-    assert float(motion[0]) == float(motion[3])
+    torch.testing.assert_close(motion[0], motion[3], rtol=1e-5, atol=1e-6)  # different chunks: float noise only
     assert float((motion[1] - motion[0]).abs()) > 1e-4 and float((motion[2] - motion[0]).abs()) > 1e-4
     single = video_motion(frames[1:3], model=model, batch_size=1, num_flow_updates=2)  # unbatched pair AB
     torch.testing.assert_close(single, motion[1:2], rtol=1e-4, atol=1e-5)

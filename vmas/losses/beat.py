@@ -50,6 +50,7 @@ def beat_weighted_ce(logits: torch.Tensor, seq_targets: torch.Tensor, valid: tor
         w = torch.ones((B, K, S), device=logits.device)  # [B, K, S]
     else:
         assert weights.ndim == 2 and weights.shape[0] == B, f"weights must be [B, T], got {tuple(weights.shape)}"
+        assert weights.shape[1] == S - K + 1, f"weights cover {weights.shape[1]} frames, the pattern {S - K + 1}"
         w = frame_weights_to_pattern(weights.to(logits.device), K, S)  # [B, K, S]
     keep = valid[None].to(logits.device) & (seq_targets != special) & (seq_targets >= 0) & (seq_targets < card)
     targets = torch.where(keep, seq_targets, torch.zeros_like(seq_targets))  # any in-range id; masked below
