@@ -495,3 +495,17 @@ def test_ast_classifier_from_tiny_local_checkpoint(tmp_path):
     assert abs(got.sum() - 1) < 1e-9
     with pytest.raises(CheckpointError, match="not available offline"):
         build_classifier("ast:/nonexistent/ast")
+
+
+def test_passt_stft_shim_restores_the_real_layout():
+    from vmas.metrics.kl import _real_stft
+
+    x = torch.randn(2, 400, dtype=torch.float64)
+    window = torch.hann_window(64, dtype=torch.float64)
+    ref = torch.view_as_real(torch.stft(x, 64, 16, window=window, return_complex=True))
+    orig = torch.stft
+    with _real_stft():
+        got = torch.stft(x, 64, 16, window=window)  # hear21passt's call: no return_complex
+        kept = torch.stft(x, 64, 16, window=window, return_complex=True)  # explicit callers are untouched
+    assert torch.stft is orig and got.shape == (2, 33, 26, 2) and kept.is_complex()
+    torch.testing.assert_close(got, ref)

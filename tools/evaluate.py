@@ -244,6 +244,10 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             except (DataError, MediaError) as err:
                 errors += 1
                 clip_error("mv_align", err)
+            except CheckpointError as err:  # RAFT weights missing: the metric cannot run at all
+                mv.reset()
+                errors = f"flow backbone unavailable: {err}"
+                break
         if mv.scores:
             report["mv_align"] = mv.compute()
             meta["backbones"]["mv_align"] = mv.meta()
@@ -251,7 +255,8 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             if mv_ref.scores:
                 meta["mv_align_reference"] = mv_ref.compute()  # ground-truth music on the same videos
         else:
-            skip("mv_align", f"no clip with a readable video and generated music ({errors} errors)")
+            skip("mv_align", errors if isinstance(errors, str) else
+                 f"no clip with a readable video and generated music ({errors} errors)")
 
     # ---- retrieval
     if "retrieval" in metrics:

@@ -54,7 +54,8 @@ def farneback_motion(frames: np.ndarray) -> np.ndarray:
 
 
 def motion_curve(frames: np.ndarray, flow: str = "farneback", **raft_kwargs) -> np.ndarray:
-    """Per-frame motion [T]: ``farneback`` (default, the reference) or ``raft_small``/``raft_large``."""
+    """Per-frame motion [T]: ``farneback`` (default, the reference) or ``raft_small``/``raft_large``, optionally
+    ``raft_small:<weights>`` (a torchvision weight name or a local .pth, see :func:`vmas.alignment.load_raft`)."""
     if flow == "farneback":
         return farneback_motion(frames)
     if flow.startswith("raft"):
@@ -62,6 +63,9 @@ def motion_curve(frames: np.ndarray, flow: str = "farneback", **raft_kwargs) -> 
             from vmas.alignment import video_motion
         except ImportError as err:
             raise VmasError("MV-Align RAFT flow needs vmas.alignment.video_motion; use --mv-flow farneback") from err
+        flow, _, weights = flow.partition(":")
+        if weights:
+            raft_kwargs.setdefault("weights", weights)
         m = video_motion(frames, flow=flow, **raft_kwargs).double().cpu().numpy()  # [T-1]
         return np.concatenate([m[:1], m])
     raise VmasError(f"MV-Align: unknown flow method '{flow}'; use farneback, raft_small or raft_large")
