@@ -153,7 +153,9 @@ def _adsr(n: int, gate: int, sr: int, attack: float, decay: float, sustain: floa
     env = sustain + (1 - sustain) * np.exp(-np.maximum(t - attack, 0) / max(decay, 1e-4))
     env = np.where(t < attack, t / max(attack, 1e-4), env)
     g = gate / sr
-    rel = np.clip(1 - (t - g) / release, 0, 1)
+    # raised-cosine release: a linear ramp's corner splatters energy across the spectrum, which onset detectors
+    # (positive spectral flux) read as a note
+    rel = 0.5 * (1 + np.cos(np.pi * np.clip((t - g) / release, 0, 1)))
     return np.where(t < g, env, env[min(gate, n - 1)] * rel)
 
 
@@ -184,14 +186,14 @@ def synth_note(instrument: str, pitch: int, length: int, sr: int, rng: np.random
         x = x * np.minimum(t / 0.002, 1)
     elif instrument == "square":  # band-limited square (odd harmonics below 12 kHz), ADSR
         x = _wavetable(f0, t, [(k, 1.0 / k) for k in range(1, 40, 2) if k * f0 < 12000])
-        x = x * _adsr(length, int(0.8 * length), sr, 0.004, 0.08, 0.6, 0.03)
+        x = x * _adsr(length, int(0.75 * length), sr, 0.004, 0.08, 0.6, 0.08)
     elif instrument == "organ":  # 2-operator FM (ratio 2) plus an octave drawbar, organ-like sustain
         x = np.sin(2 * np.pi * f0 * t + 1.5 * np.sin(2 * np.pi * 2 * f0 * t)) + 0.4 * np.sin(2 * np.pi * 2 * f0 * t)
-        x = x * _adsr(length, int(0.8 * length), sr, 0.006, 0.05, 0.85, 0.04)
+        x = x * _adsr(length, int(0.7 * length), sr, 0.006, 0.05, 0.85, 0.12)
     elif instrument == "brass":  # sawtooth through a one-pole low-pass, fast attack
         saw = _wavetable(f0, t, [(k, 1.0 / k) for k in range(1, 60) if k * f0 < 12000])
         alpha = np.exp(-2 * np.pi * 2500 / sr)
-        x = lfilter([1 - alpha], [1, -alpha], saw) * _adsr(length, int(0.75 * length), sr, 0.008, 0.15, 0.7, 0.04)
+        x = lfilter([1 - alpha], [1, -alpha], saw) * _adsr(length, int(0.7 * length), sr, 0.008, 0.15, 0.7, 0.12)
     elif instrument == "marimba":  # fundamental + 4th/10th partials that die fast: wooden bar
         x = (np.sin(2 * np.pi * f0 * t) * np.exp(-t / 0.35) + 0.35 * np.sin(2 * np.pi * 4 * f0 * t) * np.exp(-t / 0.05)
              + 0.1 * np.sin(2 * np.pi * 10 * f0 * t) * np.exp(-t / 0.015))
@@ -238,8 +240,7 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndar
 
 
 FLASH_GAIN, FLASH_TAU = 0.7, 0.06
-DRIFT = 0.012
-"""Slow sinusoidal drift (fraction of the frame) between events, so the scene is never perfectly still."""
+"""A flash lifts every pixel towards white by 0.7 and decays with a 60 ms time constant."""
 
 
 def render_video(labels: dict, size: int = 64) -> np.ndarray:
@@ -261,20 +262,19 @@ def render_video(labels: dict, size: int = 64) -> np.ndarray:
     for k in range(n):
         ev = by_frame.get(k)
         if ev is not None:
-            # a jump always moves the shape by >= 1.5 radii horizontally, so it is visible whatever the pitch
-            left, right = cx - 1.5 * r - (r + 1), (size - r - 1) - (cx + 1.5 * r)
-            u = float(rng.uniform(0, max(left, 0) + max(right, 0)))
-            cx = (r + 1) + u if u < max(left, 0) else cx + 1.5 * r + (u - max(left, 0))
+            # a jump always moves the shape by >= 2 radii horizontally (old and new place do not overlap), so it
+            # is a large frame change whatever the pitch
+            left, right = max(0.0, cx - 2 * r - (r + 1)), max(0.0, (size - r - 1) - (cx + 2 * r))
+            u = float(rng.uniform(0, left + right))
+            cx = (r + 1) + u if u < left else cx + 2 * r + (u - left)
             cy = (size - r - 1) - (ev["degree"] - lo) / (hi - lo) * (size - 2 * r - 2)
             if "cut" in ev["types"]:
                 variant = 1 - variant
             if "flash" in ev["types"]:
                 flash_at = k
-        t = k / FPS
-        ox = DRIFT * size * np.sin(2 * np.pi * 0.3 * t)
-        oy = DRIFT * size * np.cos(2 * np.pi * 0.23 * t)
+        # the picture changes only at events (plus a flash's decay): motion peaks are exactly the note onsets
         img = backgrounds[variant].copy()
-        img[_shape_mask(c.shape, xx - cx - ox, yy - cy - oy, r)] = fg if variant == 0 else 255 - fg
+        img[_shape_mask(c.shape, xx - cx, yy - cy, r)] = fg if variant == 0 else 255 - fg
         if flash_at is not None:
             g = FLASH_GAIN * np.exp(-(k - flash_at) / FPS / FLASH_TAU)
             img = img + (255 - img) * g
@@ -284,7 +284,7 @@ def render_video(labels: dict, size: int = 64) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------- writing
 def write_mp4(path: tp.Union[str, Path], frames: np.ndarray, wav: np.ndarray, fps: int = FPS,
-              sr: int = SAMPLE_RATE, crf: int = 20, audio_bitrate: int = 96_000) -> Path:
+              sr: int = SAMPLE_RATE, crf: int = 18, audio_bitrate: int = 96_000) -> Path:
     """H.264 (yuv420p, one thread so the bytes are deterministic) + AAC mono, muxed in time order."""
     import av
 
