@@ -463,3 +463,30 @@ def test_demucs_wrapper_keeps_the_non_vocal_stems(monkeypatch):
     out = remover(wav, 32000)  # resampled to 44.1 kHz and back: accompaniment = (0.1 + 0.2 + 0.3) * wav
     assert out.shape == wav.shape
     np.testing.assert_allclose(out[2000:-2000], 0.6 * wav[2000:-2000], atol=2e-3)
+
+
+# ----------------------------------------------------------------------------------------------- CLIs
+def test_clis_end_to_end_and_clear_errors(sources, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from datasets import disco_mv
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import preprocess
+
+    debug = str(ROOT / "configs" / "debug.yaml")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "demucs" else real(n, *a))
+    assert disco_mv.main([str(sources / "alpha.mp4"), "--out", str(tmp_path / "c"), "--config", debug]) == 2
+    assert "--no-vocal-removal" in capsys.readouterr().err  # one line, before any video is read
+    assert disco_mv.main([str(sources / "alpha.mp4"), str(sources / "corrupt.mp4"), "--out", str(tmp_path / "c"),
+                          "--config", debug, "--no-vocal-removal", "data.curation.val_fraction=0",
+                          "data.curation.test_fraction=0"]) == 0
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["clips"] == 3
+    args = ["--manifest", str(tmp_path / "c" / "manifest.jsonl"), "--out", str(tmp_path / "s"), "--config", debug,
+            "loss.motion_flow=farneback"]
+    assert preprocess.main(args) == 0
+    summary = json.loads((tmp_path / "s" / "preprocess_summary.json").read_text())
+    assert summary["clips"] == 3 and summary["shards"] == 1 and summary["bytes_per_clip"] > 1000
+    assert preprocess.main(args) == 0  # re-run: nothing to do
+    assert json.loads((tmp_path / "s" / "preprocess_summary.json").read_text())["shards_skipped"] == 1
