@@ -205,6 +205,25 @@ def test_pretrained_embedder_loads_local_timm_weights(tmp_path):
         curation.build_embedder("timm:test_resnet", str(tmp_path / "missing.pth"))
 
 
+def test_pretrained_embedder_loads_local_torchvision_weights(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.get_model("resnet18", weights=None).eval()
+    torch.save(ref.state_dict(), tmp_path / "resnet18.pth")
+    emb = curation.build_embedder("torchvision:resnet18", str(tmp_path / "resnet18.pth"))
+    frames = np.random.default_rng(1).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    got = emb(frames)  # pooled 512-d features: the classifier is dropped
+    x = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255, size=(224, 224),
+                                        mode="bilinear", antialias=True)
+    x = (x - torch.tensor(emb.mean).view(1, 3, 1, 1)) / torch.tensor(emb.std).view(1, 3, 1, 1)
+    ref.fc = torch.nn.Identity()
+    with torch.no_grad():
+        want = ref(x)
+    assert got.shape == (2, 512)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_vocal_removal_missing_package_is_one_clear_error(monkeypatch):
     import importlib.util
 
@@ -275,6 +294,9 @@ def test_loader_batches_are_shaped_and_aligned(cfg, sharded):
     dl = loader.build_loader(d, str(out / "*.tar"), train=False, batch_size=3)
     batches = list(dl)
     assert [len(b["key"]) for b in batches] == [3, 3, 2]  # all 8 clips, last batch partial in eval mode
+    assert loader.num_clips(str(out / "*.tar")) == 8
+    assert loader.num_clips(f"{out}/train-{{000000..000001}}.tar::{out}/val-000000.tar") == 8
+    assert len(loader.expand_shards(f"{out}/train-{{000000..000001}}.tar::{out}/val-*.tar")) == 3
     b = batches[0]
     assert b["frames"].dtype == torch.uint8 and b["frames"].shape == (3, T, 32, 32, 3)
     assert b["codes"].dtype == torch.long and b["codes"].shape == (3, 4, Ta)

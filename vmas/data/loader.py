@@ -41,11 +41,12 @@ _FORMAT_OF_EXT = {ext: fmt for fmt, ext in FRAME_EXT.items()}
 
 
 def expand_shards(shards: tp.Union[str, tp.Sequence[str]]) -> tp.List[str]:
-    """``data/train-{000000..000009}.tar``, a glob, a comma list, or a list -> sorted list of shard paths/URLs."""
+    """``data/train-{000000..000009}.tar``, a glob, several of those joined by ``::`` (webdataset's separator), or
+    a list -> list of shard paths/URLs (globs sorted; brace order kept)."""
     if isinstance(shards, str):
         import braceexpand
 
-        parts = [p for s in shards.split(",") for p in braceexpand.braceexpand(s.strip()) if s.strip()]
+        parts = [p for s in shards.split("::") if s.strip() for p in braceexpand.braceexpand(s.strip())]
     else:
         parts = list(shards)
     out: tp.List[str] = []
