@@ -509,3 +509,45 @@ def test_passt_stft_shim_restores_the_real_layout():
         kept = torch.stft(x, 64, 16, window=window, return_complex=True)  # explicit callers are untouched
     assert torch.stft is orig and got.shape == (2, 33, 26, 2) and kept.is_complex()
     torch.testing.assert_close(got, ref)
+
+
+def test_evaluate_curation_manifest_uses_clip_spans_and_split(tmp_path):
+    from tools.evaluate import evaluate
+
+    sr = 16000
+    rng = np.random.default_rng(0)
+    # a 10 s source whose two halves differ (noise, then a tone): a reference read whole would not match
+    source = np.concatenate([rng.normal(size=5 * sr) * 0.2, np.sin(np.arange(5 * sr) * 0.3) * 0.5]).astype(np.float32)
+    _write_wav(tmp_path / "src.wav", source, sr)
+    (tmp_path / "gen").mkdir()
+    rows = []
+    for k, start in enumerate((0.0, 5.0)):
+        key = f"src-{k}"
+        _write_wav(tmp_path / "gen" / f"{key}.wav", source[int(start * sr): int((start + 5) * sr)], sr)
+        rows.append({"key": key, "video": "src.mp4", "audio": "src.wav", "start": start, "duration": 5.0,
+                     "split": "test"})
+    rows.append({"key": "train-0", "video": "src.mp4", "audio": "src.wav", "start": 0.0, "duration": 5.0,
+                 "split": "train"})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = evaluate(tmp_path / "gen", tmp_path / "manifest.jsonl", metrics=["fad", "kl"], fad_backbone="mel",
+                      kl_classifier="mel", split="test", progress=False)
+    assert report["meta"]["clips"]["manifest"] == 2 and report["meta"]["clips"]["missing_generated"] == 0
+    assert abs(report["fad"]) < 1e-8 and report["kl"] == 0.0  # generated == the reference spans exactly
+
+
+def test_cut_clip_keeps_the_requested_frames(tmp_path):
+    import cv2
+
+    from tools.benchmark import cut_clip
+    from vmas.metrics.mv_align import read_video_frames
+
+    writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (32, 32))
+    for j in range(30):
+        writer.write(np.full((32, 32, 3), j * 8, np.uint8))  # frame j has grey level 8 j
+    writer.release()
+    out = cut_clip(tmp_path / "v.avi", 1.0, 1.0, tmp_path / "c.mp4")
+    frames, fps = read_video_frames(str(out))
+    assert fps == pytest.approx(FPS, abs=0.01) and len(frames) == round(1.0 * FPS)
+    first = int(round(1.0 * FPS))  # the first frame at or after 1.0 s
+    np.testing.assert_allclose(frames.reshape(len(frames), -1).mean(1), 8 * np.arange(first, first + len(frames)),
+                               atol=4)

@@ -7,7 +7,8 @@ A clip that fails is logged to ``OUT/failures.jsonl`` and retried on the next ru
     python tools/benchmark.py --manifest data/disco_mv/test.jsonl --model runs/paper/ckpt.pt --out runs/bench \\
         --metrics fad,kl,mv_align,clap --fad-backbone vggish --kl-classifier passt
 
-The manifest format is tools/evaluate.py's (one clip video per line; ``duration`` caps the generated length).
+The manifest format is tools/evaluate.py's (the curation's manifest.jsonl with ``--split test`` works: a clip with
+a ``start`` inside a long source video is cut to its own file first; ``duration`` caps the generated length).
 Generation goes through ``vmas.generate.generate_for_video`` via :func:`vmas_generator` (the adapter keeps this
 script independent of the generation internals); any ``generator(clip, out_wav)`` callable can replace it.
 """
@@ -47,7 +48,12 @@ def vmas_generator(model: tp.Any = None, **controls: tp.Any) -> Generator:
         work = out_wav.parent / f"{out_wav.stem}.work"
         work.mkdir(parents=True, exist_ok=True)
         try:
-            res = generate_for_video(clip["video"], model=pipe, out_dir=work, **kw)
+            video = clip["video"]
+            start = float(clip.get("start") or 0.0)
+            if start > 0:  # curation manifests point into whole source videos: give the model just the clip
+                video = cut_clip(video, start, float(clip.get("duration") or 0.0) or None,
+                                 work / f"{clip['id']}.mp4")
+            res = generate_for_video(video, model=pipe, out_dir=work, **kw)
             os.replace(res.wav, out_wav)
             if res.mp4 and Path(res.mp4).is_file():  # keep the muxed video next to the final wav
                 os.replace(res.mp4, out_wav.parent.parent / f"{out_wav.stem}.mp4")
@@ -57,16 +63,36 @@ def vmas_generator(model: tp.Any = None, **controls: tp.Any) -> Generator:
     return generate
 
 
+def cut_clip(video: tp.Union[str, Path], start: float, duration: tp.Optional[float], out: Path) -> Path:
+    """Write ``[start, start + duration)`` of ``video`` (native fps and size, no audio) to ``out`` (mp4v)."""
+    import cv2
+
+    from vmas.metrics.mv_align import read_video_frames
+
+    frames, fps = read_video_frames(str(video), start, duration)  # uint8 RGB [T, H, W, 3]
+    T, H, W, _ = frames.shape
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (W, H))
+    if not writer.isOpened():
+        raise VmasError(f"{out}: OpenCV cannot write mp4v; cut the clips beforehand and point the manifest at them")
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return out
+
+
 def run_generation(manifest: tp.Union[str, Path], out_dir: tp.Union[str, Path], generator: Generator,
-                   limit: int = 0, progress: bool = True,
-                   failures: tp.Optional[Path] = None) -> tp.Dict[str, int]:
-    """Generate ``out_dir/<id>.wav`` for every manifest clip that has none yet; returns counts."""
+                   limit: int = 0, progress: bool = True, failures: tp.Optional[Path] = None,
+                   split: tp.Optional[str] = None) -> tp.Dict[str, int]:
+    """Generate ``out_dir/<id>.wav`` for every manifest clip (of ``split``) that has none yet; returns counts."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     partial = out_dir / ".partial"
     partial.mkdir(parents=True, exist_ok=True)
-    clips = read_manifest(manifest)[: limit or None]
+    clips = read_manifest(manifest)
+    if split:
+        clips = [c for c in clips if c.get("split", split) == split]
+    clips = clips[: limit or None]
     stats = {"generated": 0, "skipped": 0, "failed": 0}
     bar = tqdm(clips, desc="generate", unit="clip", disable=not progress)
     for clip in bar:
@@ -110,6 +136,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--auto-tags", action="store_true", help="tag branch: tags from the auto-tagger")
+    p.add_argument("--split", help="keep manifest rows whose 'split' is this (e.g. test)")
     p.add_argument("--limit", type=int, default=0, help="first N clips only (0 = all)")
     p.add_argument("--skip-generation", action="store_true", help="only evaluate what is already generated")
     p.add_argument("--no-progress", action="store_true")
@@ -121,11 +148,11 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
             generator = vmas_generator(args.model, cfg=args.cfg, top_k=args.top_k, temperature=args.temperature,
                                        seed=args.seed, auto_tags=args.auto_tags)
             stats = run_generation(args.manifest, gen_dir, generator, args.limit, not args.no_progress,
-                                   failures=out / "failures.jsonl")
+                                   failures=out / "failures.jsonl", split=args.split)
             print(f"generation: {stats}")
         report = evaluate(gen_dir, args.manifest, args.reference, args.metrics.split(","), args.fad_backbone,
                           args.kl_classifier, args.clap_model, args.mv_flow, args.retrieval_embeddings, args.limit,
-                          progress=not args.no_progress, model=args.model)
+                          progress=not args.no_progress, model=args.model, split=args.split)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -17,9 +17,10 @@ Weight-free smoke run (numbers NOT comparable with the paper; the report says so
 Manifest: one JSON object per line, paths relative to the manifest's folder:
 ``{"id": "clip0", "video": "clips/clip0.mp4", "audio": "clips/clip0.wav", "tags": "piano, 96 BPM",
 "start": 0.0, "duration": 10.0}`` (``key``/``clip_id`` accepted for ``id``; ``music``/``wav`` for ``audio``;
-``tags`` may be a list; ``caption`` is used when there are no tags). Generated music for a clip is
-``GENERATED/<id>.{wav,flac,mp3,mp4}`` (or ``<video stem>.*``, what ``vmas`` writes); reference music is the
-manifest's ``audio`` or ``REFERENCE/<id>.*``.
+``tags`` may be a list; ``caption`` is used when there are no tags; the curation's manifest.jsonl works as is,
+with ``--split test``). Generated music for a clip is ``GENERATED/<id>.{wav,flac,mp3,mp4}`` (or ``<video stem>.*``,
+what ``vmas`` writes); reference music is the manifest's ``audio`` (its ``[start, start + duration)`` span), else
+``REFERENCE/<id>.*``, else the video's own audio stream (same span).
 
 A metric whose backbone weights are missing is omitted from the report and ``meta.skipped`` says why; numbers
 are never made up.
@@ -75,6 +76,23 @@ def read_manifest(path: tp.Union[str, Path]) -> tp.List[tp.Dict[str, tp.Any]]:
     return clips
 
 
+def reference_source(clip: tp.Dict[str, tp.Any], ref_dir: tp.Optional[Path]):
+    """(path, span) of a clip's reference music, in this order: the manifest's ``audio`` file, ``REF_DIR/<id>.*``
+    (already clip-length), the audio stream of the manifest's video. ``span`` = (start, duration) s inside a
+    long source file (curation manifests point at whole source files), None for a clip-length file."""
+    span = (float(clip.get("start") or 0.0), float(clip.get("duration") or 0.0))
+    span = None if span == (0.0, 0.0) else span
+    ref = clip.get("audio")
+    if ref and Path(ref).is_file():
+        return Path(ref), span
+    found = find_audio(ref_dir, clip["id"])
+    if found is not None:
+        return found, None
+    if clip.get("video") and Path(clip["video"]).is_file():
+        return Path(clip["video"]), span
+    return None, None
+
+
 def find_audio(folder: tp.Optional[Path], *stems: tp.Optional[str]) -> tp.Optional[Path]:
     if folder is None:
         return None
@@ -114,11 +132,12 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
              reference: tp.Optional[tp.Union[str, Path]] = None, metrics: tp.Sequence[str] = ALL_METRICS,
              fad_backbone: str = "vggish", kl_classifier: str = "passt", clap_model: str = "laion/clap-htsat-unfused",
              mv_flow: str = "farneback", retrieval_embeddings: tp.Optional[str] = None, limit: int = 0,
-             progress: bool = True, model: tp.Any = None) -> tp.Dict[str, tp.Any]:
+             progress: bool = True, model: tp.Any = None, split: tp.Optional[str] = None) -> tp.Dict[str, tp.Any]:
     """Compute the requested metrics; returns ``{metric: number, ..., "meta": {...}}``.
 
     ``model`` (name, checkpoint path or loaded pipeline) is only used for retrieval when no
     ``retrieval_embeddings`` file is given: its contrastive heads embed the manifest's videos and reference music.
+    ``split`` keeps only manifest rows with that ``split`` value (curation manifests hold train/val/test).
     """
     from tqdm import tqdm
 
@@ -146,34 +165,42 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
     if manifest is None:
         if ref_dir is None:
             raise VmasError("pass --manifest, or --reference DIR to compare two folders of audio")
-        gen_files, ref_files = list_audio(generated), list_audio(ref_dir)
+        gen_files = [(p, None) for p in list_audio(generated)]
+        ref_files = [(p, None) for p in list_audio(ref_dir)]
         clips: tp.List[tp.Dict[str, tp.Any]] = []
         for m in [m for m in metrics if m != "fad"]:
             skip(m, "needs --manifest (clip ids, videos, tags)")
         metrics = [m for m in metrics if m == "fad"]
     else:
-        clips = read_manifest(manifest)[: limit or None]
+        clips = read_manifest(manifest)
+        if split:
+            clips = [c for c in clips if c.get("split", split) == split]
+        clips = clips[: limit or None]
         for c in clips:
             c["gen_path"] = find_audio(generated, c["id"], Path(c["video"]).stem if c.get("video") else None)
-            ref = c.get("audio")
-            c["ref_path"] = Path(ref) if ref and Path(ref).is_file() else find_audio(ref_dir, c["id"])
+            c["ref_path"], c["ref_span"] = reference_source(c, ref_dir)
         missing = [c["id"] for c in clips if c["gen_path"] is None]
         meta["clips"]["manifest"] = len(clips)
         meta["clips"]["missing_generated"] = len(missing)
         if missing:
             meta["missing_generated_ids"] = missing[:20]
-        gen_files = [c["gen_path"] for c in clips if c["gen_path"] is not None]
-        ref_files = [c["ref_path"] for c in clips if c["ref_path"] is not None]
+        gen_files = [(c["gen_path"], None) for c in clips if c["gen_path"] is not None]
+        ref_files = [(c["ref_path"], c["ref_span"]) for c in clips if c["ref_path"] is not None]
 
     cache: tp.Dict[tp.Tuple[str, int], np.ndarray] = {}
 
-    def audio(path: Path, sr: int) -> np.ndarray:
+    def audio(path: Path, sr: int, span: tp.Optional[tp.Tuple[float, float]] = None) -> np.ndarray:
+        """Whole file (cached: a long source serves many clips), or the clip's [start, start + duration) span."""
         key = (str(path), sr)
         if key not in cache:
-            if len(cache) > 64:
+            if len(cache) >= 8:
                 cache.clear()
             cache[key] = load_audio(path, sr)[0]
-        return cache[key]
+        wav = cache[key]
+        if span is None:
+            return wav
+        a = int(round(span[0] * sr))
+        return wav[a: a + int(round(span[1] * sr))] if span[1] else wav[a:]
 
     # ---- FAD
     if "fad" in metrics:
@@ -186,9 +213,10 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                 raise DataError("no reference audio (manifest 'audio' or --reference)")
             fad = FrechetAudioDistance(emb)
             for real, files in ((True, ref_files), (False, gen_files)):
-                for path in tqdm(files, desc=f"FAD {'reference' if real else 'generated'}", disable=not progress):
+                for path, span in tqdm(files, desc=f"FAD {'reference' if real else 'generated'}",
+                                       disable=not progress):
                     try:
-                        wav = audio(path, emb.sample_rate)
+                        wav = audio(path, emb.sample_rate, span)
                     except MediaError as err:
                         clip_error("fad", err)
                         continue
@@ -215,7 +243,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             for c in tqdm(pairs, desc="KL", disable=not progress):
                 sr = clf.sample_rate
                 try:
-                    ref_wav, gen_wav = audio(c["ref_path"], sr), audio(c["gen_path"], sr)
+                    ref_wav, gen_wav = audio(c["ref_path"], sr, c["ref_span"]), audio(c["gen_path"], sr)
                 except MediaError as err:
                     clip_error("kl", err)
                     continue
@@ -240,7 +268,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                 frames, fps = read_video_frames(c["video"], float(c.get("start") or 0.0), c.get("duration"))
                 mv.update_media(audio(c["gen_path"], 22050), 22050, frames, fps, c["id"])
                 if c["ref_path"] is not None:
-                    mv_ref.update_media(audio(c["ref_path"], 22050), 22050, frames, fps, c["id"])
+                    mv_ref.update_media(audio(c["ref_path"], 22050, c["ref_span"]), 22050, frames, fps, c["id"])
             except (DataError, MediaError) as err:
                 errors += 1
                 clip_error("mv_align", err)
@@ -374,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mv-flow", default="farneback", help="farneback (reference) | raft_small | raft_large")
     p.add_argument("--retrieval-embeddings", help=".pt/.npz with 'video' and 'music' [N, D] contrastive embeddings")
     p.add_argument("--model", help="VMAS checkpoint/name: retrieval embeddings from its contrastive heads")
+    p.add_argument("--split", help="keep manifest rows whose 'split' is this (e.g. test); rows without one are kept")
     p.add_argument("--limit", type=int, default=0, help="first N manifest clips only (0 = all)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -387,7 +416,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     try:
         report = evaluate(args.generated, args.manifest, args.reference, metrics, args.fad_backbone,
                           args.kl_classifier, args.clap_model, args.mv_flow, args.retrieval_embeddings, args.limit,
-                          progress=not args.no_progress, model=args.model)
+                          progress=not args.no_progress, model=args.model, split=args.split)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -61,6 +61,14 @@ class VideoMusicRetrieval:
                 "ties": "counted against the query"}
 
 
+def _ref_start(clip: tp.Dict[str, tp.Any]) -> float:
+    """Where the clip starts inside its reference file: tools/evaluate.py resolves ``ref_path``/``ref_span``
+    (a clip-length file from --reference starts at 0); a raw manifest row uses its ``start``."""
+    if "ref_path" in clip:
+        return float(clip["ref_span"][0]) if clip.get("ref_span") else 0.0
+    return float(clip.get("start") or 0.0)
+
+
 @torch.no_grad()
 def model_retrieval_embeddings(pipe, clips: tp.Sequence[tp.Dict[str, tp.Any]], batch_size: int = 8,
                                progress: bool = False) -> tp.Tuple[torch.Tensor, torch.Tensor, tp.List[str]]:
@@ -90,7 +98,7 @@ def model_retrieval_embeddings(pipe, clips: tp.Sequence[tp.Dict[str, tp.Any]], b
                                                       start=float(c.get("start") or 0.0), duration=seconds)[0]
                               for c in chunk])  # [B, T, H, W, 3] uint8
         wav = torch.stack([media.read_audio(c.get("ref_path") or c["audio"], sr=codec.sample_rate,
-                                            start=float(c.get("start") or 0.0), duration=seconds)
+                                            start=_ref_start(c), duration=seconds)
                            for c in chunk])  # [B, N]
         codes = codec.encode(wav[:, None].to(device))  # [B, K, T]
         video.append(model.contrastive.embed_video(model.encode_video(frames.to(device))).cpu())
