@@ -178,7 +178,11 @@ def load_pretrained(path: tp.Union[str, Path, None], device: str = "cpu", config
         if ckpt.get("codec") is not None:
             codec.load_state_dict(ckpt["codec"])
         model = build_model(cfg, codec=codec, load_weights=False)
-        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        except RuntimeError as err:  # shape mismatches
+            first = [line.strip() for line in str(err).splitlines() if "size mismatch" in line][:1]
+            raise CheckpointError(f"{path}: weights do not fit the config ({first[0] if first else err})") from None
         if unexpected or missing:
             raise CheckpointError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected "
                                   f"{unexpected[:3]})")

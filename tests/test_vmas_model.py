@@ -1,0 +1,111 @@
+"""Assembled VMAS model: condition dropout really happens in training, CFG uses the learned null, checkpoints load."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from vmas.builders import build_codec, build_model
+from vmas.config import config_to_dict, load_config
+from vmas.errors import CheckpointError
+from vmas.models.vmas import load_pretrained
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    cfg = load_config(CONFIGS / "debug.yaml")
+    codec = build_codec(cfg.model.codec)
+    model = build_model(cfg, codec=codec)
+    B, K, T = 3, cfg.model.lm.n_q, 20
+    frames = torch.randint(0, 255, (B, cfg.data.num_frames, 32, 32, 3), dtype=torch.uint8)
+    codes = torch.randint(0, cfg.model.lm.card, (B, K, T))
+    return cfg, codec, model, frames, codes
+
+
+def test_codebooks_come_from_the_codec(setup):
+    cfg, codec, model, *_ = setup
+    torch.testing.assert_close(model.codebooks, codec.codebooks())
+    assert model.codebooks.shape == (cfg.model.codec.n_q, cfg.model.codec.bins, cfg.model.codec.dimension)
+
+
+def test_condition_dropout_is_applied_in_training_forward(setup):
+    _, _, model, frames, codes = setup
+    Tv = model.encode_video(frames).shape[1]
+    model.train()
+    model.cond_dropout = 1.0
+    out = model(frames, codes)
+    assert out.cond_mask[:, 0].all() and not out.cond_mask[:, 1:Tv].any()  # only the null slot is attended
+    # the logits equal the LM run on the null condition
+    null, null_mask = model.fuser(out.video_tokens, drop_video=torch.ones(3, dtype=torch.bool))
+    torch.testing.assert_close(out.logits, model.lm(out.seq, null, null_mask))
+    out.logits.sum().backward()
+    assert model.fuser.null_video.grad.abs().sum() > 0  # the CFG branch is trained
+    model.zero_grad()
+    model.cond_dropout = 0.0
+    assert model(frames, codes).cond_mask.all()
+    model.cond_dropout = 0.3
+    model.eval()
+    assert model(frames, codes).cond_mask.all()  # never dropped at eval
+
+
+def test_dropout_rate_matches_config(setup):
+    _, _, model, *_ = setup
+    model.train()
+    torch.manual_seed(1)
+    drops = model._drops(20000, 0.3, torch.device("cpu"))
+    assert abs(drops.float().mean().item() - 0.3) < 0.01
+    model.eval()
+    assert model._drops(10, 0.3, torch.device("cpu")) is None
+
+
+def test_forward_targets_follow_the_delay_pattern(setup):
+    _, _, model, frames, codes = setup
+    model.eval()
+    out = model(frames, codes)
+    K, S = out.valid.shape
+    assert S == codes.shape[-1] + K - 1
+    for k in range(K):  # codebook k at step s holds frame s - k
+        torch.testing.assert_close(out.seq[:, k, k: k + codes.shape[-1]], codes[:, k])
+        assert (out.seq[:, k, :k] == model.card).all()
+
+
+def test_generate_with_cfg_1_equals_conditional_only(setup):
+    _, _, model, frames, _ = setup
+    model.eval()
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    a = model.generate(frames, num_frames=6, cfg=1.0, top_k=5, generator=g1)
+    tokens = model.encode_video(frames)
+    cond, mask = model.fuser(tokens)
+    b = model.lm.generate(cond, mask, num_frames=6, cfg=1.0, top_k=5, generator=g2)
+    assert torch.equal(a, b) and a.shape == (3, 4, 6)
+
+
+def test_inference_checkpoint_roundtrip(tmp_path, setup):
+    cfg, codec, model, frames, codes = setup
+    model.eval()
+    path = tmp_path / "m.pt"
+    torch.save({"config": config_to_dict(cfg), "model": model.state_dict(), "codec": codec.state_dict(),
+                "meta": {"note": "test"}}, path)
+    pipe = load_pretrained(path)
+    assert pipe.note == "test"
+    torch.testing.assert_close(pipe.model(frames, codes).logits, model(frames, codes).logits)
+    wav = torch.randn(1, 1, 3200)
+    assert torch.equal(pipe.codec.encode(wav), codec.encode(wav))
+
+
+def test_bad_checkpoints_fail_with_one_line(tmp_path, setup):
+    cfg, _, model, *_ = setup
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable vmas checkpoint"):
+        load_pretrained(junk)
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a vmas inference checkpoint"):
+        load_pretrained(tmp_path / "other.pt")
+    bad_cfg = config_to_dict(cfg)
+    bad_cfg["model"]["lm"]["dim"] = 48
+    torch.save({"config": bad_cfg, "model": model.state_dict()}, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="do not fit the config"):
+        load_pretrained(tmp_path / "mismatch.pt")
