@@ -88,7 +88,7 @@ class LMState:
     positions: torch.Tensor  # [S_max, dim] sinusoidal table
     emb_table: torch.Tensor  # [K * (card+1), dim] the K input embeddings stacked
     emb_offsets: torch.Tensor  # [K] row offset of codebook k in emb_table
-    head_weight: torch.Tensor  # [K * card, dim] the K output heads stacked
+    head_t: torch.Tensor  # [dim, K * card] the K output heads stacked, transposed and contiguous
     offset: int = 0  # steps already in the cache
 
     @property
@@ -181,12 +181,13 @@ class MusicLM(nn.Module):
                                     self.max_period).to(param.dtype),
             emb_table=torch.cat([e.weight for e in self.emb], dim=0),
             emb_offsets=torch.arange(self.n_q, device=param.device) * (self.card + 1),
-            head_weight=torch.cat([h.weight for h in self.linears], dim=0),
+            # one contiguous [dim, K*card] matrix: on CPU this is 2x faster than a transposed view and 4 Linears
+            head_t=torch.cat([h.weight for h in self.linears], dim=0).t().contiguous(),
         )
         try:
             yield state
         finally:
-            state.cache = state.emb_table = state.head_weight = None  # free the big buffers promptly
+            state.cache = state.emb_table = state.head_t = None  # free the big buffers promptly
 
     def forward_step(self, inputs: torch.Tensor, state: LMState) -> torch.Tensor:
         """inputs [B, K, T] (shifted, as :meth:`shift_inputs`) continuing ``state`` -> logits [B, K, T, card]."""
@@ -194,12 +195,34 @@ class MusicLM(nn.Module):
         start, end = state.offset, state.offset + T
         if end > state.max_steps:
             raise ValueError(f"streaming state holds {state.max_steps} steps, asked for {end}")
+        if T == 1:
+            return self.decode_step(inputs[..., 0], state)[:, :, None]
         rows = inputs + state.emb_offsets[:, None]  # [B, K, T] rows of the stacked table
         x = F.embedding(rows, state.emb_table).sum(dim=1) + state.positions[start:end]  # [B, T, dim]
         x = self.transformer(x, state.cross_kv, state.cross_mask, cache=state.cache, offset=start)
         state.offset = end
-        logits = F.linear(self.out_norm(x), state.head_weight)  # [B, T, K*card]
-        return logits.view(B, T, K, self.card).transpose(1, 2)  # [B, K, T, card] (a view: no copy per step)
+        logits = torch.matmul(self.out_norm(x), state.head_t)  # [B, T, K*card]
+        return logits.view(B, T, K, self.card).transpose(1, 2)  # [B, K, T, card] (a view: no copy)
+
+    def decode_step(self, tokens: torch.Tensor, state: LMState, cfg: tp.Optional[float] = None) -> torch.Tensor:
+        """tokens [B, K] (the next input column) -> logits [B, K, card]: the per-step hot path of generation.
+
+        With ``cfg``, rows [:B/2] are the conditional and [B/2:] the unconditional branch, and the guided logits
+        [B/2, K, card] are returned. Guidance is applied to the final hidden states before the (linear, bias-free)
+        heads: ``W (u + cfg (c - u)) == Wu + cfg (Wc - Wu)``, so the largest matrix is applied to half the rows.
+        """
+        B, K = tokens.shape
+        t = state.offset
+        if t >= state.max_steps:
+            raise ValueError(f"streaming state holds {state.max_steps} steps, asked for {t + 1}")
+        x = F.embedding(tokens + state.emb_offsets, state.emb_table).sum(dim=1) + state.positions[t]  # [B, dim]
+        x = self.transformer.step(x, state.cross_kv, state.cross_mask, state.cache, t)
+        state.offset = t + 1
+        h = F.layer_norm(x, (self.dim,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)  # [B, dim]
+        if cfg is not None:
+            c, u = h.chunk(2, dim=0)
+            h = torch.lerp(u, c, cfg)  # u + cfg * (c - u), [B/2, dim]
+        return torch.mm(h, state.head_t).view(h.shape[0], K, self.card)  # [B or B/2, K, card]
 
     # ---------------------------------------------------------------------------------------------- generation
     @staticmethod
@@ -266,11 +289,11 @@ class MusicLM(nn.Module):
                 self.forward_step(self.shift_inputs(seq_upto(T0)), state)  # prefill the prompt steps in one chunk
             for s in steps:
                 if use_cache:
-                    col = seq[:, :, s - 1: s] if s > 0 else seq.new_full((B, K, 1), self.special_token)
-                    logits = self.forward_step(col.repeat(2, 1, 1) if guided else col, state)[:, :, -1]
+                    col = seq[:, :, s - 1] if s > 0 else seq.new_full((B, K), self.special_token)  # [B, K]
+                    logits = self.decode_step(col.repeat(2, 1), state, cfg) if guided else self.decode_step(col, state)
                 else:
-                    logits = self.forward(seq_upto(s + 1), cond, cond_mask)[:, :, -1]  # whole prefix, shifted inside
-                token = sample_tokens(guide(logits), top_k, top_p, temperature, generator)  # [B, K]
+                    logits = guide(self.forward(seq_upto(s + 1), cond, cond_mask)[:, :, -1])  # whole prefix
+                token = sample_tokens(logits, top_k, top_p, temperature, generator)  # [B, K]
                 seq[:, :, s] = torch.where(free[:, s], token, seq[:, :, s])
         return self.pattern.revert(seq)  # [B, K, num_frames]
 

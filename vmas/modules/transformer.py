@@ -135,6 +135,29 @@ class TransformerLayer(nn.Module):
         x = x + self._drop(self.cross_attention.cross_attend(self.norm_cross(x), cross_kv, cross_mask))
         return x + self._drop(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
 
+    def step(self, x: torch.Tensor, cache: torch.Tensor, t: int, cross_kv: CrossKV,
+             cross_mask: tp.Optional[torch.Tensor]) -> torch.Tensor:
+        """Decode one position: x [N, dim] at step ``t``, cache [2, N, H, S_max, Dh] -> [N, dim]. Inference only.
+
+        The same math as :meth:`forward` with a single query (tested equal), in fewer operations: rows stay 2-D so
+        q/k/v come out of one matmul as views without transposes, k and v enter the cache in one copy, and each
+        residual add is fused into its projection with ``addmm``.
+        """
+        N, D = x.shape
+        H = self.self_attn.num_heads
+        ln = F.layer_norm
+        h = ln(x, (D,), self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        qkv = torch.mm(h, self.self_attn.in_proj_weight.t()).view(N, 3, H, 1, D // H)  # [N, 3, H, 1, Dh]
+        cache[:, :, :, t: t + 1] = qkv[:, 1:].transpose(0, 1)  # k, v -> [2, N, H, 1, Dh]
+        a = F.scaled_dot_product_attention(qkv[:, 0], cache[0, :, :, : t + 1], cache[1, :, :, : t + 1])  # [N,H,1,Dh]
+        x = torch.addmm(x, a.view(N, D), self.self_attn.out_proj.weight.t())
+        h = ln(x, (D,), self.norm_cross.weight, self.norm_cross.bias, self.norm_cross.eps)
+        q = torch.mm(h, self.cross_attention.in_proj_weight[:D].t()).view(N, H, 1, D // H)
+        a = F.scaled_dot_product_attention(q, cross_kv[0], cross_kv[1], attn_mask=cross_mask)  # [N, H, 1, Dh]
+        x = torch.addmm(x, a.view(N, D), self.cross_attention.out_proj.weight.t())
+        h = ln(x, (D,), self.norm2.weight, self.norm2.bias, self.norm2.eps)
+        return torch.addmm(x, F.gelu(torch.mm(h, self.linear1.weight.t())), self.linear2.weight.t())
+
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         # a plain branch instead of an nn.Dropout call: at decode time this runs 3x per layer per step
         return F.dropout(x, self.dropout, training=True) if self.training and self.dropout > 0 else x
@@ -165,6 +188,13 @@ class StreamingTransformer(nn.Module):
         """Preallocated self-attention cache [num_layers, 2, B, H, max_steps, Dh]."""
         H = self.num_heads
         return torch.zeros(len(self.layers), 2, batch, H, max_steps, self.dim // H, device=device, dtype=dtype)
+
+    def step(self, x: torch.Tensor, cross_kv: tp.List[CrossKV], cross_mask: tp.Optional[torch.Tensor],
+             cache: torch.Tensor, t: int) -> torch.Tensor:
+        """One decoding position: x [N, dim] at step ``t`` -> [N, dim] (see :meth:`TransformerLayer.step`)."""
+        for i, layer in enumerate(self.layers):
+            x = layer.step(x, cache[i], t, cross_kv[i], cross_mask)
+        return x
 
     def forward(self, x: torch.Tensor, cross_kv: tp.List[CrossKV], cross_mask: tp.Optional[torch.Tensor],
                 cache: tp.Optional[torch.Tensor] = None, offset: int = 0) -> torch.Tensor:
