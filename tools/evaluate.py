@@ -176,8 +176,13 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         if split:
             clips = [c for c in clips if c.get("split", split) == split]
         clips = clips[: limit or None]
+        from collections import Counter
+
+        per_video = Counter(c.get("video") for c in clips)
         for c in clips:
-            c["gen_path"] = find_audio(generated, c["id"], Path(c["video"]).stem if c.get("video") else None)
+            # `<video stem>.wav` (what `vmas` writes) only identifies the clip when no other clip shares the video
+            stem = Path(c["video"]).stem if c.get("video") and per_video[c["video"]] == 1 else None
+            c["gen_path"] = find_audio(generated, c["id"], stem)
             c["ref_path"], c["ref_span"] = reference_source(c, ref_dir)
         missing = [c["id"] for c in clips if c["gen_path"] is None]
         meta["clips"]["manifest"] = len(clips)
