@@ -526,3 +526,38 @@ def test_train_loader_shuffles_decoded_batches_deterministically(cfg, sharded):
     first = keys(0)
     assert first == keys(0) and len(set(first)) == 6
     assert keys(1) != first
+
+
+@pytest.mark.slow
+def test_sigkill_midway_then_rerun_keeps_finished_shards(curated, tmp_path):
+    """A real kill: tools/preprocess.py in a subprocess, SIGKILL once the first shard is done, then re-run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "shards"
+    cmd = [sys.executable, str(ROOT / "tools" / "preprocess.py"), "--manifest", str(curated[0] / "manifest.jsonl"),
+           "--out", str(out), "--config", str(ROOT / "configs" / "debug.yaml"), "loss.motion_flow=farneback",
+           "data.clips_per_shard=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not list(out.glob("*.done")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = {p.name: p.with_suffix("").stat().st_mtime_ns for p in out.glob("*.done")}
+    assert 1 <= len(done) < 8, "the kill should land after the first shard and before the last"
+    rerun_args = cmd[2:]
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import preprocess
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    assert preprocess.main(rerun_args) == 0
+    summary = json.loads((out / "preprocess_summary.json").read_text())
+    assert summary["clips"] == 8 and summary["shards_skipped"] == len(done)
+    assert {n: (out / n).with_suffix("").stat().st_mtime_ns for n in done} == done
+    assert not list(out.glob("*.tmp.*"))

@@ -128,6 +128,8 @@ def codec_encoder(codec_cfg: "CodecConfig", device: str = "cpu") -> EncodeFn:
     """EncodeFn from ``model.codec`` (pretrained weights when configured). Used as ``partial(codec_encoder, cfg)``."""
     from vmas.builders import build_codec
 
+    if not codec_cfg.pretrained:  # random codec (tests, smoke runs): same weights in every worker and every re-run
+        torch.manual_seed(0)
     codec = build_codec(codec_cfg).to(device)
 
     def encode(wav: torch.Tensor) -> torch.Tensor:
