@@ -29,6 +29,8 @@ class VMASOutput:
     seq: torch.Tensor  # [B, K, S] long: pattern sequence (targets; special token where not valid)
     video_tokens: torch.Tensor  # [B, Tv, C] encoder output (before projection), for the contrastive loss
     cond_mask: torch.Tensor  # [B, L] bool
+    video_kept: torch.Tensor  # [B] bool: False where the video condition was dropped (CFG); the contrastive
+    # loss should only pair logits with videos they were conditioned on
 
 
 class VMAS(nn.Module):
@@ -89,7 +91,9 @@ class VMAS(nn.Module):
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=drop_video, drop_tags=drop_tags)
         seq, valid = self.pattern.build(codes, self.card)  # [B, K, S], [K, S]
         logits = self.lm(seq, cond, cond_mask)  # [B, K, S, card]
-        return VMASOutput(logits=logits, valid=valid, seq=seq, video_tokens=video_tokens, cond_mask=cond_mask)
+        kept = torch.ones(B, dtype=torch.bool, device=codes.device) if drop_video is None else ~drop_video
+        return VMASOutput(logits=logits, valid=valid, seq=seq, video_tokens=video_tokens, cond_mask=cond_mask,
+                          video_kept=kept)
 
     @torch.no_grad()
     def generate(self, frames: tp.Optional[torch.Tensor], num_frames: int, tag_emb: tp.Optional[torch.Tensor] = None,
