@@ -167,7 +167,7 @@ class MusicLM(nn.Module):
 
         Everything that does not change per step is done here once: the KV cache is preallocated, cross-attention
         keys/values are projected, the K embeddings / heads are stacked into one table / one matrix, and the
-        position table is built. Use inside ``torch.no_grad()`` / ``torch.inference_mode()``.
+        position table is built. Use inside ``torch.no_grad()``.
         """
         B = cond.shape[0]
         param = self.out_norm.weight
@@ -237,7 +237,7 @@ class MusicLM(nn.Module):
         masks = [F.pad(m, (0, L - m.shape[1]), value=False) for m in (cond_mask, uncond_mask)]
         return torch.cat(conds, dim=0), torch.cat(masks, dim=0)  # [2B, L, dim], [2B, L]
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may edit the returned codes in place outside any mode
     def generate(self, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor],
                  uncond: tp.Optional[torch.Tensor] = None, uncond_mask: tp.Optional[torch.Tensor] = None,
                  num_frames: int = 500, cfg: float = 3.0, top_k: int = 250, top_p: float = 0.0,
