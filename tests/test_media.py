@@ -297,3 +297,40 @@ def test_pyav_fallback_matches_decord(files):
     assert (fallback.float() - frames.float()).abs().mean() < 1.5  # same frames; colour conversion may round
     np.testing.assert_allclose(fallback.float().mean(dim=(1, 2, 3)).numpy(),
                                [brightness(k) for k in (24, 30, 36, 42)], atol=2.0)
+
+
+def test_mpegts_offset_clock_keeps_audio_and_video_in_sync(tmp_path):
+    """MPEG-TS starts its clock late (video here at 0.08 s, audio priming earlier): frame times and audio are both
+    measured from the video's first pts, so a click written at 1.0 s is heard at 1.0 s next to frame 25."""
+    sr, path = 32000, tmp_path / "clock.ts"
+    with av.open(str(path), "w", format="mpegts") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
+        a = c.add_stream("aac", rate=sr, layout="mono")
+        for i in range(50):
+            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), brightness(i), np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        x = np.zeros(2 * sr, np.float32)
+        x[sr:sr + 64] = 0.9  # click at exactly 1.0 s
+        for i in range(0, x.size, 1024):
+            fr = av.AudioFrame.from_ndarray(x[None, i:i + 1024].copy(), format="fltp", layout="mono")
+            fr.sample_rate, fr.pts = sr, i
+            for p in a.encode(fr):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].start_time > 0  # the case under test: a clock that does not start at 0
+    frames, ts, info = media.read_video_frames(path, fps=5.0, size=None, duration=2.0)
+    assert info.num_frames == 50 and info.duration == pytest.approx(2.0, abs=1e-4)
+    np.testing.assert_allclose(ts, np.arange(10) / 5, atol=1e-5)
+    np.testing.assert_allclose(frames.float().mean(dim=(1, 2, 3)).numpy(), [brightness(5 * j) for j in range(10)],
+                               atol=2.0)
+    wav = media.read_audio(path, sr=sr).numpy()
+    assert np.argmax(np.abs(wav)) / sr == pytest.approx(1.0, abs=0.003)
+    win = media.read_audio(path, sr=sr, start=0.5, duration=1.0).numpy()
+    assert win.shape == (sr,) and np.argmax(np.abs(win)) / sr == pytest.approx(0.5, abs=0.003)

@@ -211,31 +211,35 @@ _CHUNK = 8
 
 
 def _frames_av(path: Path, times: np.ndarray, why: str) -> torch.Tensor:
-    """Fallback decoder: frames whose pts time equals ``times`` [u] (sorted), ``uint8 [u, h, w, 3]``."""
+    """Fallback decoder: frames whose time (pts after the stream's first pts, as decord counts) equals ``times``
+    [u] (sorted), ``uint8 [u, h, w, 3]``. Seeks near the first frame; when the container seeks imprecisely
+    (MPEG-TS has no index) it decodes from the start instead."""
     import av
 
-    out: tp.List[tp.Optional[np.ndarray]] = [None] * len(times)
     tol = 1e-3 if len(times) < 2 else min(1e-3, float(np.min(np.diff(times))) / 2 + 1e-9)
-    with _open_av(path) as container:
-        stream = container.streams.video[0]
-        tb = stream.time_base
-        try:
-            if times[0] > 1.0 and tb:
-                container.seek(int((times[0] - 0.5) / tb), stream=stream, backward=True)
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                t = float(frame.pts * tb)
-                j = int(np.argmin(np.abs(times - t)))
-                if abs(times[j] - t) <= tol and out[j] is None:
-                    out[j] = frame.to_ndarray(format="rgb24")
-                if t > times[-1] + 1.0 or all(o is not None for o in out):
-                    break
-        except av.error.FFmpegError as err:
-            why = _short(err)
-    if any(o is None for o in out):
-        raise MediaError(f"{path}: decoding failed ({why}); the file may be truncated or corrupt, re-encode it")
-    return torch.from_numpy(np.stack(out))
+    for seek in ([True, False] if times[0] > 1.0 else [False]):
+        out: tp.List[tp.Optional[np.ndarray]] = [None] * len(times)
+        with _open_av(path) as container:
+            stream = container.streams.video[0]
+            tb = stream.time_base
+            origin = stream.start_time or 0  # decord's times start at the video stream's first pts
+            try:
+                if seek:
+                    container.seek(origin + int((times[0] - 1.0) / tb), stream=stream, backward=True)
+                for frame in container.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    t = float((frame.pts - origin) * tb)
+                    j = int(np.argmin(np.abs(times - t)))
+                    if abs(times[j] - t) <= tol and out[j] is None:
+                        out[j] = frame.to_ndarray(format="rgb24")
+                    if t > times[-1] + 1.0 or all(o is not None for o in out):
+                        break
+            except av.error.FFmpegError as err:
+                why = _short(err)
+        if all(o is not None for o in out):
+            return torch.from_numpy(np.stack(out))
+    raise MediaError(f"{path}: decoding failed ({why}); the file may be truncated or corrupt, re-encode it")
 
 
 def resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -292,7 +296,7 @@ def read_audio(path: PathLike, sr: int = 32000, start: float = 0.0, duration: tp
                 want = max(0, round((length - start) * sr))
             return torch.zeros(want, dtype=torch.float32)
         stream = container.streams.audio[0]
-        native = _decode_audio(container, stream, path, start, duration)  # (samples [n], rate)
+        native = _decode_audio(container, stream, path, start, duration, _origin(container))  # (samples, rate)
     wav, rate = native
     wav_t = torch.from_numpy(wav)
     if rate != sr:
@@ -304,8 +308,21 @@ def read_audio(path: PathLike, sr: int = 32000, start: float = 0.0, duration: tp
     return wav_t.contiguous()
 
 
-def _decode_audio(container, stream, path: Path, start: float, duration: tp.Optional[float]):
-    """Decode [start, start+duration) of ``stream`` to mono float32 at its own rate: (samples [n], rate)."""
+def _origin(container) -> float:
+    """Time (s) that counts as 0: the video stream's first pts (as decord counts frame times), else the audio's.
+
+    Containers such as MPEG-TS start at an arbitrary clock (e.g. 1.4 s) and their audio and video streams start
+    at slightly different times; measuring both from one origin keeps them in sync.
+    """
+    for streams in (container.streams.video, container.streams.audio):
+        if streams and streams[0].start_time is not None and streams[0].time_base:
+            return float(streams[0].start_time * streams[0].time_base)
+    return 0.0
+
+
+def _decode_audio(container, stream, path: Path, start: float, duration: tp.Optional[float], origin: float = 0.0):
+    """Decode [start, start+duration) (seconds after ``origin``) of ``stream`` to mono float32 at its own rate:
+    (samples [n], rate)."""
     import av
 
     rate = stream.codec_context.sample_rate or stream.rate
@@ -317,7 +334,7 @@ def _decode_audio(container, stream, path: Path, start: float, duration: tp.Opti
     tb = stream.time_base
     if start > 0 and tb:
         try:
-            container.seek(int(start / tb), stream=stream, backward=True)
+            container.seek(int((origin + start) / tb), stream=stream, backward=True)
         except Exception:
             container.seek(0, stream=stream)
     end = None if duration is None else start + duration
@@ -326,7 +343,7 @@ def _decode_audio(container, stream, path: Path, start: float, duration: tp.Opti
     got = 0
     try:
         for frame in container.decode(stream):
-            t = float(frame.pts * tb) if frame.pts is not None and tb else None
+            t = float(frame.pts * tb) - origin if frame.pts is not None and tb else None
             for out in resampler.resample(frame):
                 arr = out.to_ndarray().astype(np.float32).mean(axis=0)  # [C, n] -> [n]
                 if first_time is None:
@@ -350,7 +367,8 @@ def _decode_audio(container, stream, path: Path, start: float, duration: tp.Opti
     elif offset < 0:
         wav = np.concatenate([np.zeros(-offset, np.float32), wav])
     if duration is None and stream.duration and tb:  # drop the codec's padding of its last frame (AAC: 1024)
-        duration = max(0.0, float(stream.duration * tb) - start)
+        stream_start = float(stream.start_time * tb) - origin if stream.start_time is not None else 0.0
+        duration = max(0.0, stream_start + float(stream.duration * tb) - start)
     if duration is not None:
         wav = wav[: round(duration * rate)]
     return wav, rate
