@@ -1,0 +1,273 @@
+"""Training solver: schedule, param groups, EMA, checkpoints, config errors, overfit, resume, export, DeepSpeed.
+
+In-process tests use the plain PyTorch engine (``train.engine=torch``) on the debug preset; the DeepSpeed tests
+(marked ``deepspeed`` + ``slow``) launch ``train.sh`` on the CPU: 2 ranks ZeRO-2 vs 1 rank, and a real kill + resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vmas.config import load_config
+from vmas.errors import CheckpointError, ConfigError
+from vmas.solvers import checkpoint as ckpt
+from vmas.solvers.ema import EMA
+from vmas.solvers.optim import apply_freeze, build_optimizer, lr_factor, param_groups
+from vmas.solvers.solver import Solver, SyntheticClips, check_config, deepspeed_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBUG = ROOT / "configs" / "debug.yaml"
+
+
+def debug_cfg(tmp_path, *overrides):
+    return load_config(DEBUG, [f"train.out_dir={tmp_path}", "train.engine=torch", "train.progress=false",
+                               "optim.max_steps=4", "train.save_every=2", *overrides])
+
+
+# --------------------------------------------------------------------------------------------------- optim
+def test_lr_factor_hand_values():
+    # warm-up 4: updates 0..3 -> 1/4, 2/4, 3/4, 1; then cosine from update 4 (1.0) over 8 updates to min 0.1
+    got = [lr_factor(s, 4, 12, 0.1) for s in range(14)]
+    want = [0.25, 0.5, 0.75, 1.0] + [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(9)] + [0.1]
+    assert got == pytest.approx(want)
+    assert got[4] == pytest.approx(1.0) and got[8] == pytest.approx(0.55) and got[12] == pytest.approx(0.1)
+    assert lr_factor(0, 0, 10) == pytest.approx(1.0)
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(3, 4)
+        self.lm = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        self.fuser = nn.Linear(4, 2, bias=False)
+        self.log_scale = nn.Parameter(torch.tensor(1.0))
+
+
+def test_param_groups_lr_decay_and_freeze():
+    cfg = load_config(None, ["optim.lr=1.0e-3", "optim.lr_pretrained=1.0e-5", "optim.weight_decay=0.1"]).optim
+    m = _Tiny()
+    groups = {g["name"]: g for g in param_groups(m, cfg, pretrained=["lm."])}
+    assert set(groups) == {"new", "new_no_decay", "pretrained", "pretrained_no_decay"}
+    ids = lambda g: {id(p) for p in groups[g]["params"]}  # noqa: E731
+    assert ids("pretrained") == {id(m.lm[0].weight)}
+    assert ids("pretrained_no_decay") == {id(m.lm[0].bias), id(m.lm[1].weight), id(m.lm[1].bias)}
+    assert ids("new") == {id(m.encoder.weight), id(m.fuser.weight)}
+    assert ids("new_no_decay") == {id(m.encoder.bias), id(m.log_scale)}
+    assert groups["pretrained"]["lr"] == 1e-5 and groups["new"]["lr"] == 1e-3
+    assert groups["new_no_decay"]["weight_decay"] == 0.0 and groups["new"]["weight_decay"] == 0.1
+    # one AdamW step with zero gradients: only weight decay moves decayed weights, by lr * wd * w
+    opt = build_optimizer(list(groups.values()), cfg)
+    w0 = m.encoder.weight.detach().clone()
+    b0 = m.encoder.bias.detach().clone()
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(m.encoder.weight.detach(), w0 * (1 - 1e-3 * 0.1))
+    torch.testing.assert_close(m.encoder.bias.detach(), b0)
+
+    frozen = apply_freeze(m, ["encoder"])
+    assert frozen == ["encoder.weight", "encoder.bias"]
+    names = {g["name"]: len(g["params"]) for g in param_groups(m, cfg)}
+    assert names == {"new": 2, "new_no_decay": 4}  # lm + fuser weights; lm biases, norm, log_scale
+    with pytest.raises(ConfigError, match="optim.freeze: 'decoder'"):
+        apply_freeze(m, ["decoder"])
+
+
+def test_dadapt_builds_and_steps():
+    cfg = load_config(None, ["optim.optimizer=dadam", "optim.lr=1.0"]).optim
+    m = nn.Linear(3, 2)
+    opt = build_optimizer(param_groups(m, cfg), cfg)
+    before = m.weight.detach().clone()
+    m(torch.randn(4, 3)).pow(2).sum().backward()
+    opt.step()
+    assert type(opt).__name__ == "DAdaptAdam" and not torch.equal(before, m.weight)
+
+
+# --------------------------------------------------------------------------------------------------- EMA
+def test_ema_hand_computation():
+    m = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(0.0)
+    ema = EMA(m, decay=0.5, every=2)
+    for step, w in enumerate([4.0, 8.0, 2.0, 6.0], start=1):
+        with torch.no_grad():
+            m.weight.fill_(w)
+        ema.update(m, step)
+    # updates at steps 2 (w=8) and 4 (w=6): 0 -> 4 -> 5
+    assert ema.shadow["weight"].item() == pytest.approx(5.0) and ema.num_updates == 2
+    other = EMA(m, decay=0.5, every=2)
+    other.load_state_dict(ema.state_dict())
+    assert other.shadow["weight"].item() == pytest.approx(5.0)
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_listing_ignores_partial_and_prunes(tmp_path):
+    for step in (2, 4, 6):
+        d = tmp_path / ckpt.step_dir_name(step)
+        d.mkdir()
+        ckpt.write_meta(d, {"step": step})
+    (tmp_path / ckpt.step_dir_name(8)).mkdir()  # killed before meta.json: incomplete
+    (tmp_path / ".tmp_step_00000010").mkdir()  # killed mid-save
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000004", "step_00000006"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000006"
+    assert [p.name for p in ckpt.clean_partial(tmp_path)] == [".tmp_step_00000010"]
+    assert [p.name for p in ckpt.prune(tmp_path, 2)] == ["step_00000002"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000004", "step_00000006"]
+
+
+# --------------------------------------------------------------------------------------------------- config
+def test_config_errors_are_one_line(tmp_path):
+    cfg = debug_cfg(tmp_path, "train.global_batch=8")
+    with pytest.raises(ConfigError, match=r"2 x 1 x 1 = 2"):
+        check_config(cfg, world_size=1)
+    assert check_config(debug_cfg(tmp_path, "train.global_batch=8", "train.engine=deepspeed"), world_size=4) == 8
+    with pytest.raises(ConfigError, match="data.train_shards is empty"):
+        check_config(debug_cfg(tmp_path, "train.synthetic=false"), 1)
+    with pytest.raises(ConfigError, match="do not exist"):
+        check_config(debug_cfg(tmp_path, "train.synthetic=false", f"data.train_shards={tmp_path}/a-{{0..3}}.tar"), 1)
+    with pytest.raises(ConfigError, match="unknown config key 'train.zero'"):
+        debug_cfg(tmp_path, "train.zero=2")
+    with pytest.raises(ConfigError, match="sets ZeRO stage 3 but train.zero_stage=2"):
+        deepspeed_config(debug_cfg(tmp_path, "train.deepspeed_config=configs/deepspeed/zero3.json"), 1)
+    ds = deepspeed_config(debug_cfg(tmp_path, "train.grad_accum=3", "train.deepspeed_config=configs/deepspeed/zero2.json"), 2)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (12, 2, 3)
+    assert ds["zero_optimization"]["stage"] == 2 and ds["gradient_clipping"] == 1.0 and ds["bf16"]["enabled"] is False
+    # the CLI prints the one line, no traceback, exit code 2
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), str(DEBUG), "train.global_batch=3",
+                        f"train.out_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: train.global_batch=3")
+
+
+def test_synthetic_clips_are_deterministic_with_equal_weight_sums():
+    cfg = load_config(DEBUG)
+    clips = SyntheticClips(cfg, seed=0, num_clips=4)
+    a, b, c = clips.clip(1), clips.clip(5), clips.clip(2)
+    assert torch.equal(a["codes"], b["codes"]) and torch.equal(a["frames"], b["frames"])  # 5 % 4 == 1
+    assert not torch.equal(a["codes"], c["codes"])
+    Ta = 125  # 2.5 s x 50 Hz; 12 beats, 6 aligned (weight 1), the rest lambda = 0.5
+    assert a["beat_weights"].shape == (Ta,) and a["beat_weights"].sum().item() == pytest.approx(6 + 0.5 * (Ta - 6))
+    assert c["beat_weights"].sum() == a["beat_weights"].sum() and a["music_beats"].sum() == 12
+
+
+# --------------------------------------------------------------------------------------------------- solver
+def test_overfit_fixed_batch(tmp_path):
+    # 2 clips of random codes, one batch: the unigram floor is ln(64) = 4.16, below it the model memorises
+    cfg = debug_cfg(tmp_path, "optim.max_steps=14", "optim.warmup_steps=0", "optim.lr=2.0e-2", "optim.min_lr_ratio=1.0",
+                    "train.save_every=100", "train.synthetic_clips=2", "model.lm.cond_dropout=0", "optim.ema_decay=0")
+    summary = Solver(cfg).fit()
+    curve = summary["loss_curve"]
+    assert len(curve) == 14
+    assert curve[-1] < min(0.85 * curve[0], math.log(64) - 0.25), curve
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """Uninterrupted torch-engine run: 4 steps, checkpoints at 2 and 4, condition dropout on (RNG matters)."""
+    out = tmp_path_factory.mktemp("ref")
+    return out, Solver(debug_cfg(out)).fit()
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, reference_run):
+    _, ref = reference_run
+    cfg = debug_cfg(tmp_path)
+    Solver(cfg).fit(stop_after=3)  # "killed" after step 3: only the step-2 checkpoint is on disk
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000002"]
+    with pytest.raises(ConfigError, match="already has checkpoints"):
+        Solver(cfg)
+    resumed = Solver(cfg, resume=True)
+    assert resumed.step == 2 and resumed.data.position == 2
+    summary = resumed.fit()
+    assert summary["resumed_from_step"] == 2
+    assert summary["loss_curve"] == pytest.approx(ref["loss_curve"], abs=1e-6)
+    assert summary["final"]["ce_q4"] == pytest.approx(ref["final"]["ce_q4"], abs=1e-6)
+    a = torch.load(tmp_path / "model.pt", weights_only=False)["model"]
+    b = torch.load(Path(ref["export"]), weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_export_loads_with_hub_and_holds_ema(reference_run, tmp_path):
+    out, ref = reference_run
+    from vmas.hub import load_model
+
+    pipe = load_model(ref["export"])
+    exported = torch.load(ref["export"], weights_only=False)
+    assert exported["meta"]["step"] == 4 and exported["meta"]["ema_updates"] == 4  # debug: ema_every 1
+    ema = torch.load(out / "checkpoints" / "step_00000004" / "ema.pt", weights_only=False)["shadow"]
+    state = pipe.model.state_dict()
+    for k, v in ema.items():
+        torch.testing.assert_close(state[k].float(), v)
+    # tools/train.py --export rebuilds the same file from the training checkpoint
+    from tools.train import export_checkpoint
+
+    again = export_checkpoint(pipe.config, out / "checkpoints" / "step_00000004", tmp_path / "again.pt")
+    again_state = torch.load(again, weights_only=False)["model"]
+    assert all(torch.equal(again_state[k], exported["model"][k]) for k in again_state)
+    with pytest.raises(CheckpointError):
+        Solver(debug_cfg(out), resume=str(out / "checkpoints" / "nope"))
+
+
+# --------------------------------------------------------------------------------------------------- DeepSpeed
+def _launch(out: Path, nproc: int, *overrides: str, wait: bool = True):
+    env = {**os.environ, "NPROC": str(nproc), "MASTER_PORT": str(29600 + nproc + (hash(str(out)) % 200))}
+    cmd = ["bash", str(ROOT / "train.sh"), str(DEBUG), f"train.out_dir={out}", "train.progress=false",
+           "model.lm.cond_dropout=0", "optim.max_steps=6", "train.save_every=2", *overrides]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    if not wait:
+        return proc
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, text[-3000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def ds_reference(tmp_path_factory):
+    """``bash train.sh configs/debug.yaml`` (1 rank, ZeRO-2, micro-batch 2), dropout off so ranks can agree."""
+    out = tmp_path_factory.mktemp("ds1")
+    t0 = time.time()
+    summary = _launch(out, 1)
+    return out, summary, time.time() - t0
+
+
+@pytest.mark.deepspeed
+@pytest.mark.slow
+def test_deepspeed_two_ranks_zero2_match_one_rank(tmp_path, ds_reference):
+    out, ref, _ = ds_reference
+    two = _launch(tmp_path, 2, "data.batch_size=1")  # same global batch: 2 ranks x 1
+    assert two["world_size"] == 2 and two["global_batch"] == ref["global_batch"] == 2
+    assert two["loss_curve"] == pytest.approx(ref["loss_curve"], abs=2e-4)
+    assert ref["loss_curve"][-1] < ref["loss_curve"][0]
+    from vmas.hub import load_model
+
+    pipe = load_model(out / "model.pt")  # the export of the DeepSpeed run loads for inference
+    assert pipe.config.name == "debug" and not pipe.model.training
+
+
+@pytest.mark.deepspeed
+@pytest.mark.slow
+def test_deepspeed_kill_and_resume(tmp_path, ds_reference):
+    _, ref, _ = ds_reference
+    proc = _launch(tmp_path, 1, wait=False)
+    root = tmp_path / "checkpoints"
+    deadline = time.time() + 500
+    while time.time() < deadline and not (root / "step_00000004").is_dir():  # kill right after the 2nd checkpoint
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "summary.json").exists()
+    resumed = _launch(tmp_path, 1, "--resume")
+    assert resumed["resumed_from_step"] in (4, 6)  # 6 only if the kill came after the next save
+    assert resumed["loss_curve"] == pytest.approx(ref["loss_curve"], abs=1e-5)
