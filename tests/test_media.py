@@ -334,3 +334,31 @@ def test_mpegts_offset_clock_keeps_audio_and_video_in_sync(tmp_path):
     assert np.argmax(np.abs(wav)) / sr == pytest.approx(1.0, abs=0.003)
     win = media.read_audio(path, sr=sr, start=0.5, duration=1.0).numpy()
     assert win.shape == (sr,) and np.argmax(np.abs(win)) / sr == pytest.approx(0.5, abs=0.003)
+
+
+@pytest.mark.parametrize("rotation, k", [(90, 1), (-90, 3), (180, 2)])
+def test_display_rotation_is_applied(tmp_path, rotation, k):
+    """Phone videos are stored landscape with a display rotation: frames come back as displayed (np.rot90 is
+    counterclockwise, FFmpeg's convention), in decord and in the PyAV fallback alike."""
+    img = np.zeros((32, 64, 3), np.uint8)
+    img[:16, :32] = 250
+    img[:8, :8] = 120
+    path = tmp_path / "rot.mp4"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25, options={"crf": "0"})
+        v.width, v.height, v.pix_fmt = 64, 32, "yuv444p"
+        v.set_display_rotation(rotation)
+        for _ in range(5):
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+    shown = np.rot90(img, k)
+    info = media.probe_video(path)
+    assert (info.width, info.height) == (shown.shape[1], shown.shape[0])
+    frames, ts, _ = media.read_video_frames(path, fps=25.0, size=None, duration=0.2)
+    assert frames.shape == (5, *shown.shape)
+    assert np.abs(frames[0].numpy().astype(int) - shown).mean() < 2
+    assert media._header(path)[3] == k * 90
+    fallback = media._frames_av(path, np.unique(ts), "test", rotation=k * 90)
+    assert np.abs(fallback[0].numpy().astype(int) - shown).mean() < 2

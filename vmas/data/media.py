@@ -46,6 +46,7 @@ class VideoInfo:
     """Average frame rate, ``num_frames / duration`` (for VFR files this is an average, not a grid)."""
     width: int
     height: int
+    """Displayed size: a phone video stored 1920x1080 with a 90 degree display rotation reports 1080x1920."""
     num_frames: int
     has_audio: bool
 
@@ -80,8 +81,9 @@ def _short(err: BaseException) -> str:
     return line[:160]
 
 
-def _header(path: Path) -> tp.Tuple[int, int, bool]:
-    """(width, height, has_audio) from the container header; raises when there is no video stream."""
+def _header(path: Path) -> tp.Tuple[int, int, bool, int]:
+    """(displayed width, displayed height, has_audio, rotation in degrees counterclockwise) from the container;
+    raises when there is no video stream or it holds no frames."""
     with _open_av(path) as container:
         if not container.streams.video:
             raise MediaError(f"{path}: no video stream; pass a video file (audio-only files have no frames)")
@@ -89,22 +91,32 @@ def _header(path: Path) -> tp.Tuple[int, int, bool]:
         ctx = stream.codec_context
         has_audio = len(container.streams.audio) > 0
         width, height = int(ctx.width), int(ctx.height)
-        if not _has_packet(container, stream):
+        has_packet, rotation = _first_frame(container, stream)
+        if not has_packet:
             raise MediaError(f"{path}: video stream has zero frames; pass a video with at least one frame")
     if width <= 0 or height <= 0:
         raise MediaError(f"{path}: video stream has no frame size (corrupt header); re-encode the file")
-    return width, height, has_audio
+    if rotation % 180:  # phone videos: stored landscape, shown portrait
+        width, height = height, width
+    return width, height, has_audio, rotation
 
 
-def _has_packet(container, stream) -> bool:
-    """True when the stream holds at least one non-empty packet (reads only up to the first one)."""
+def _first_frame(container, stream) -> tp.Tuple[bool, int]:
+    """(the stream holds a non-empty packet, display rotation of its first frame in degrees counterclockwise,
+    multiple of 90). Reads only the first few packets."""
+    has_packet = False
     try:
-        for pkt in container.demux(stream):
-            if pkt.size > 0:
-                return True
+        for i, pkt in enumerate(container.demux(stream)):
+            if pkt.size <= 0:
+                continue
+            has_packet = True
+            for frame in pkt.decode():
+                return True, int(round(getattr(frame, "rotation", 0) / 90.0)) * 90 % 360
+            if i >= 16:
+                break
     except Exception:  # a corrupt body: let the decoder report it with its own reason
-        return True
-    return False
+        return True, 0
+    return has_packet, 0
 
 
 def _decord_reader(path: Path):
@@ -147,7 +159,7 @@ def probe_video(path: PathLike) -> VideoInfo:
     Raises :class:`MediaError` for a missing file, a non-media file, no video stream or zero frames.
     """
     path = Path(path)
-    width, height, has_audio = _header(path)
+    width, height, has_audio, _ = _header(path)
     vr = _decord_reader(path)
     ts = _frame_times(vr, path)
     return _info_from(path, ts, width, height, has_audio)
@@ -183,7 +195,7 @@ def read_video_frames(path: PathLike, fps: float = 9.6, size: tp.Optional[int] =
         raise MediaError(f"{path}: fps ({fps}) and duration ({duration}) must be positive")
     if start < 0:
         raise MediaError(f"{path}: start ({start}) must be >= 0")
-    width, height, has_audio = _header(path)
+    width, height, has_audio, rotation = _header(path)
     # decoded at the source size (decord's own resize mis-sizes some portrait outputs), resized here in chunks
     vr = _decord_reader(path)
     ts = _frame_times(vr, path)  # [N]
@@ -201,7 +213,7 @@ def read_video_frames(path: PathLike, fps: float = 9.6, size: tp.Optional[int] =
         except Exception as err:
             # decord 0.6 mis-sizes its output for some frame sizes (e.g. 48x96, 72x128 portrait): PyAV decodes
             # the same frames, found by their timestamps; a truly broken file fails there too
-            batch = _frames_av(path, ts[want], _short(err))
+            batch = _frames_av(path, ts[want], _short(err), rotation)
         chunks.append(batch if size is None else resize_center_crop(batch, size))
     frames = torch.cat(chunks)[torch.from_numpy(inverse.reshape(-1))]  # [T, H, W, 3]
     return frames.contiguous(), ts[idx], info
@@ -210,7 +222,7 @@ def read_video_frames(path: PathLike, fps: float = 9.6, size: tp.Optional[int] =
 _CHUNK = 8
 
 
-def _frames_av(path: Path, times: np.ndarray, why: str) -> torch.Tensor:
+def _frames_av(path: Path, times: np.ndarray, why: str, rotation: int = 0) -> torch.Tensor:
     """Fallback decoder: frames whose time (pts after the stream's first pts, as decord counts) equals ``times``
     [u] (sorted), ``uint8 [u, h, w, 3]``. Seeks near the first frame; when the container seeks imprecisely
     (MPEG-TS has no index) it decodes from the start instead."""
@@ -232,13 +244,14 @@ def _frames_av(path: Path, times: np.ndarray, why: str) -> torch.Tensor:
                     t = float((frame.pts - origin) * tb)
                     j = int(np.argmin(np.abs(times - t)))
                     if abs(times[j] - t) <= tol and out[j] is None:
-                        out[j] = frame.to_ndarray(format="rgb24")
+                        # decord shows frames as displayed (display-matrix rotation applied): do the same
+                        out[j] = np.rot90(frame.to_ndarray(format="rgb24"), k=rotation // 90)
                     if t > times[-1] + 1.0 or all(o is not None for o in out):
                         break
             except av.error.FFmpegError as err:
                 why = _short(err)
         if all(o is not None for o in out):
-            return torch.from_numpy(np.stack(out))
+            return torch.from_numpy(np.ascontiguousarray(np.stack(out)))
     raise MediaError(f"{path}: decoding failed ({why}); the file may be truncated or corrupt, re-encode it")
 
 
