@@ -149,14 +149,18 @@ class MusicLM(nn.Module):
         pos = torch.arange(offset, offset + inputs.shape[-1], device=inputs.device)
         return x + sin_embedding(pos, self.dim, self.max_period).to(x.dtype)
 
-    def forward(self, seq: torch.Tensor, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor]) -> torch.Tensor:
-        """seq long [B, K, S] (delay pattern), cond [B, L, dim], cond_mask [B, L] bool -> logits [B, K, S, card]."""
+    def hidden(self, seq: torch.Tensor, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor]) -> torch.Tensor:
+        """seq long [B, K, S], cond [B, L, dim], cond_mask [B, L] -> final normalised hidden states [B, S, dim]."""
         B, K, S = seq.shape
         assert K == self.n_q, f"expected {self.n_q} codebooks, got {K}"
         x = self.dropout(self.embed(self.shift_inputs(seq)))  # [B, S, dim]
         mask = None if cond_mask is None else additive_mask(cond_mask, x.dtype)  # [B, 1, 1, L]
         x = self.transformer(x, self.transformer.cross_kv(cond), mask)  # [B, S, dim]
-        x = self.out_norm(x)
+        return self.out_norm(x)
+
+    def forward(self, seq: torch.Tensor, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor]) -> torch.Tensor:
+        """seq long [B, K, S] (delay pattern), cond [B, L, dim], cond_mask [B, L] bool -> logits [B, K, S, card]."""
+        x = self.hidden(seq, cond, cond_mask)  # [B, S, dim]
         return torch.stack([head(x) for head in self.linears], dim=1)  # [B, K, S, card]
 
     # ----------------------------------------------------------------------------------------------- streaming
@@ -276,11 +280,12 @@ class MusicLM(nn.Module):
         def seq_upto(end: int) -> torch.Tensor:  # [B or 2B, K, end]: the same tokens feed both CFG branches
             return seq[..., :end].repeat(2, 1, 1) if guided else seq[..., :end]
 
-        def guide(logits: torch.Tensor) -> torch.Tensor:  # [B or 2B, K, card] -> [B, K, card]
-            if not guided:
-                return logits
-            c, u = logits.chunk(2, dim=0)
-            return u + cfg * (c - u)
+        def recompute(end: int) -> torch.Tensor:  # no cache: the whole prefix again; heads on the last step only
+            h = self.hidden(seq_upto(end), cond, cond_mask)[:, -1]  # [B or 2B, dim]
+            if guided:
+                c, u = h.chunk(2, dim=0)
+                h = torch.lerp(u, c, cfg)
+            return torch.stack([head(h) for head in self.linears], dim=1)  # [B, K, card]
 
         steps = tqdm(range(T0, S), desc="generate", unit="step", disable=not progress, leave=False)
         with contextlib.ExitStack() as stack:
@@ -292,7 +297,7 @@ class MusicLM(nn.Module):
                     col = seq[:, :, s - 1] if s > 0 else seq.new_full((B, K), self.special_token)  # [B, K]
                     logits = self.decode_step(col.repeat(2, 1), state, cfg) if guided else self.decode_step(col, state)
                 else:
-                    logits = guide(self.forward(seq_upto(s + 1), cond, cond_mask)[:, :, -1])  # whole prefix
+                    logits = recompute(s + 1)
                 token = sample_tokens(logits, top_k, top_p, temperature, generator)  # [B, K]
                 seq[:, :, s] = torch.where(free[:, s], token, seq[:, :, s])
         return self.pattern.revert(seq)  # [B, K, num_frames]
