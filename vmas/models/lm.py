@@ -129,13 +129,17 @@ class MusicLM(nn.Module):
 
     def _init_weights(self) -> None:
         """Gaussian init with std 1/sqrt(fan_in), like audiocraft's ``gaussian`` LM init (meta tensors: a no-op)."""
+        def init(weight: torch.Tensor, fan_in: int) -> None:
+            std = fan_in ** -0.5
+            nn.init.trunc_normal_(weight, std=std, a=-3 * std, b=3 * std)
+
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(module.weight, std=self.dim ** -0.5, a=-3 * self.dim ** -0.5,
-                                      b=3 * self.dim ** -0.5)
+            if isinstance(module, nn.Linear):
+                init(module.weight, module.in_features)
+            elif isinstance(module, nn.Embedding):
+                init(module.weight, self.dim)
             elif hasattr(module, "in_proj_weight"):
-                nn.init.trunc_normal_(module.in_proj_weight, std=self.dim ** -0.5, a=-3 * self.dim ** -0.5,
-                                      b=3 * self.dim ** -0.5)
+                init(module.in_proj_weight, self.dim)
 
     # ------------------------------------------------------------------------------------------------ training
     def shift_inputs(self, seq: torch.Tensor) -> torch.Tensor:
