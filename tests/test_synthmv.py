@@ -85,23 +85,17 @@ def test_visual_events_match_labels_in_decoded_video(written):
 
 
 def test_class_changes_timbre_measurably():
-    """Log-mel profiles from four seeds per class: leave-one-out nearest neighbour recovers the class."""
-    feats, labels, cents = [], [], {}
+    """Spectral centroid (brightness) per instrument, two seeds each: the bright square synth sits far above the
+    dark FM organ and the wooden marimba. (Full class recognition: test_class_classifier_on_held_out_clips.)"""
+    cents = {}
     for cls in range(len(synthmv.CLASSES)):
-        for seed in (1, 2, 3, 4):
+        for seed in (1, 2):
             clip = synthmv.generate_clip(seed, cls, seconds=3.0, size=16)
-            mel = librosa.feature.melspectrogram(y=clip.wav, sr=SR, n_fft=1024, hop_length=640, n_mels=40)
-            f = np.log(mel + 1e-6).mean(axis=1)
-            feats.append(f - f.mean())
-            labels.append(cls)
             cents.setdefault(clip.labels["instrument"], []).append(
                 float(librosa.feature.spectral_centroid(y=clip.wav, sr=SR).mean()))
-    feats = np.stack(feats)
-    feats = (feats - feats.mean(axis=0)) / feats.std(axis=0)  # every mel band counts equally
-    dist = np.linalg.norm(feats[:, None] - feats[None], axis=-1) + np.eye(len(feats)) * 1e9
-    assert [labels[j] for j in dist.argmin(axis=1)] == labels
     c = {k: np.mean(v) for k, v in cents.items()}
-    assert c["square"] > 2 * c["organ"] and c["square"] > 2 * c["marimba"]  # bright synth vs dark FM / wood
+    assert c["square"] > 2 * c["organ"] and c["square"] > 2 * c["marimba"]
+    assert all(np.ptp(v) < 0.5 * np.mean(v) for v in cents.values())  # a class's brightness is stable
 
 
 def test_requested_tempo_is_what_librosa_hears():
@@ -130,3 +124,24 @@ def test_cli_writes_manifest_and_is_worker_independent(tmp_path, capsys):
         assert (tmp_path / "a" / r["path"]).read_bytes() == (tmp_path / "b" / r["path"]).read_bytes()
     with pytest.raises(SystemExit):
         synthmv.main(["--out", str(tmp_path / "c"), "--size", "33"])
+
+
+def test_class_classifier_on_held_out_clips(tmp_path):
+    """The benchmark's judge: trained on renders (+ noisy copies), it names the class of unseen clips, also with
+    added noise; random noise is not confidently any class; save/load keeps it."""
+    clf = synthmv.SynthMVClassifier.train_default(per_class=3, seconds=4.0, seed=7)
+    wavs, ys = [], []
+    for cls in range(len(synthmv.CLASSES)):
+        for seed in (501, 502):
+            wavs.append(synthmv.generate_clip(seed, cls, seconds=4.0, size=16).wav)
+            ys.append(cls)
+    ys = np.array(ys)
+    assert (clf.predict(wavs) == ys).mean() == 1.0
+    rng = np.random.default_rng(0)
+    noisy = [w + 0.02 * rng.standard_normal(w.size).astype(np.float32) for w in wavs]  # ~20 dB SNR
+    assert (clf.predict(noisy) == ys).mean() >= 0.8
+    scores = clf.scores(wavs)
+    assert scores.shape == (12, 6) and np.allclose(scores.sum(axis=1), 1.0)
+    clf.save(tmp_path / "clf.npz")
+    again = synthmv.SynthMVClassifier.load(tmp_path / "clf.npz")
+    assert np.array_equal(again.scores(noisy), clf.scores(noisy))
