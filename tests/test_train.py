@@ -271,3 +271,27 @@ def test_deepspeed_kill_and_resume(tmp_path, ds_reference):
     resumed = _launch(tmp_path, 1, "--resume")
     assert resumed["resumed_from_step"] in (4, 6)  # 6 only if the kill came after the next save
     assert resumed["loss_curve"] == pytest.approx(ref["loss_curve"], abs=1e-5)
+
+
+def test_shard_stream_resume_skips_consumed_batches(tmp_path, monkeypatch):
+    """Shard mode: the loader stream is replayed and the saved number of batches skipped."""
+    import vmas.data.loader as loader_mod
+    from vmas.solvers.solver import DataStream
+
+    calls = []
+
+    def fake_loader(data_cfg, rank=0, world_size=1, train=True, repeat=False, **kw):
+        calls.append((rank, world_size, train, repeat))
+        return ({"i": i} for i in range(100))
+
+    monkeypatch.setattr(loader_mod, "build_loader", fake_loader)
+    cfg = debug_cfg(tmp_path, "train.synthetic=false")
+    stream = DataStream(cfg, rank=1, world_size=2)
+    assert [stream.next()["i"] for _ in range(3)] == [0, 1, 2]
+    state = stream.state_dict()
+    again = DataStream(cfg, rank=1, world_size=2)
+    again.load_state_dict(state)
+    assert again.next()["i"] == 3 and again.position == 4
+    assert calls == [(1, 2, True, True)] * 2
+    with pytest.raises(CheckpointError, match="world size 2"):
+        DataStream(cfg, rank=0, world_size=1).load_state_dict(state)
