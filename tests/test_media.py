@@ -143,6 +143,12 @@ def test_default_rate_count_and_resize(files):
     assert frames.shape == (round(2.0 * 9.6), 32, 32, 3)  # 19 frames
     expected = np.round(np.arange(19) / 9.6 * 25).astype(int)  # 25/9.6 = 2.604..: no ties before 2.5 s
     np.testing.assert_allclose(ts, expected / 25, atol=1e-5)
+    # 4:2:0 with B-frames and seeks: the pixels still say which frame came back
+    np.testing.assert_allclose(frames.float().mean(dim=(1, 2, 3)).numpy(), [brightness(k) for k in expected], atol=2)
+    late, ts2, _ = media.read_video_frames(files["pal"], size=32, start=1.32, duration=0.5)  # mid-GOP start
+    expected2 = np.round((1.32 + np.arange(5) / 9.6) * 25).astype(int)
+    np.testing.assert_allclose(ts2, expected2 / 25, atol=1e-5)
+    np.testing.assert_allclose(late.float().mean(dim=(1, 2, 3)).numpy(), [brightness(k) for k in expected2], atol=2)
 
 
 def test_vfr_picks_nearest_real_timestamp(files):

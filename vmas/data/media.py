@@ -205,15 +205,18 @@ def read_video_frames(path: PathLike, fps: float = 9.6, size: tp.Optional[int] =
     targets = start + np.arange(num, dtype=np.float64) / fps  # [T]
     idx = nearest_indices(ts, targets)  # [T]
     uniq, inverse = np.unique(idx, return_inverse=True)
-    chunks = []
+    chunks, decord_error = [], None
     for i in range(0, len(uniq), _CHUNK):  # bounded memory: a 1080p chunk of 8 frames is ~50 MB
         want = uniq[i:i + _CHUNK]
         try:
+            if decord_error is not None:
+                raise RuntimeError(decord_error)
             batch = torch.from_numpy(vr.get_batch(want.tolist()).asnumpy())  # [u, h, w, 3]
         except Exception as err:
             # decord 0.6 mis-sizes its output for some frame sizes (e.g. 48x96, 72x128 portrait): PyAV decodes
             # the same frames, found by their timestamps; a truly broken file fails there too
-            batch = _frames_av(path, ts[want], _short(err), rotation)
+            decord_error = _short(err)
+            batch = _frames_av(path, ts[want], decord_error, rotation)
         chunks.append(batch if size is None else resize_center_crop(batch, size))
     frames = torch.cat(chunks)[torch.from_numpy(inverse.reshape(-1))]  # [T, H, W, 3]
     return frames.contiguous(), ts[idx], info
