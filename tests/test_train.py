@@ -247,7 +247,7 @@ def test_deepspeed_two_ranks_zero2_match_one_rank(tmp_path, ds_reference):
     out, ref, _ = ds_reference
     two = _launch(tmp_path, 2, "data.batch_size=1")  # same global batch: 2 ranks x 1
     assert two["world_size"] == 2 and two["global_batch"] == ref["global_batch"] == 2
-    assert two["loss_curve"] == pytest.approx(ref["loss_curve"], abs=2e-4)
+    assert two["loss_curve"] == pytest.approx(ref["loss_curve"], abs=5e-5)  # measured: 1e-6
     assert ref["loss_curve"][-1] < ref["loss_curve"][0]
     from vmas.hub import load_model
 
