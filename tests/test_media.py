@@ -368,3 +368,14 @@ def test_display_rotation_is_applied(tmp_path, rotation, k):
     assert media._header(path)[3] == k * 90
     fallback = media._frames_av(path, np.unique(ts), "test", rotation=k * 90)
     assert np.abs(fallback[0].numpy().astype(int) - shown).mean() < 2
+
+
+def test_resize_center_crop_matches_float_reference():
+    x = torch.randint(0, 256, (3, 61, 97, 3), dtype=torch.uint8)  # landscape: crop columns 18..79
+    ref = torch.nn.functional.interpolate(x[:, :, 18:79].permute(0, 3, 1, 2).float(), size=(24, 24),
+                                          mode="bilinear", antialias=True, align_corners=False)
+    ref = ref.round().clamp(0, 255).permute(0, 2, 3, 1)
+    got = media.resize_center_crop(x, 24)
+    assert got.shape == (3, 24, 24, 3) and got.dtype == torch.uint8
+    assert (got.float() - ref).abs().max() <= 1
+    assert torch.equal(media.resize_center_crop(x[:, :, :61], 61), x[:, :, :61])  # already square and sized
