@@ -27,7 +27,9 @@ def written(tmp_path_factory):
 
 
 def test_deterministic_given_seed(tmp_path):
-    a = synthmv.generate_clip(5, 2, seconds=2.0, size=32, out_path=tmp_path / "a.mp4")
+    a = synthmv.generate_clip(5, 2, seconds=2.0, size=32, out_path=tmp_path / "a.mp4", write_wav=True)
+    clean = media.read_audio(tmp_path / "a.wav", sr=SR).numpy()  # the --wav copy: the render, 16-bit
+    np.testing.assert_allclose(clean, a.wav, atol=2.0 / 32768)
     b = synthmv.generate_clip(5, 2, seconds=2.0, size=32, out_path=tmp_path / "b.mp4")
     c = synthmv.generate_clip(6, 2, seconds=2.0, size=32)
     assert np.array_equal(a.frames, b.frames) and np.array_equal(a.wav, b.wav)
