@@ -54,7 +54,8 @@ def test_overrides_inheritance_and_roundtrip(tmp_path):
     child = tmp_path / "child.yaml"
     (tmp_path / "parent.yaml").write_text("optim:\n  lr: 0.5\n  warmup_steps: 7\n")
     child.write_text("base: parent.yaml\noptim:\n  lr: 2\n")
-    cfg = load_config(child, ["train.seed=5", "model.lm.dim=64"])
+    cfg = load_config(child, ["train.seed=5", "model.lm.dim=64", "optim.lr_pretrained=1e-4"])
+    assert cfg.optim.lr_pretrained == 1e-4  # YAML reads 1e-4 as a string; floats accept it
     assert cfg.optim.lr == 2.0 and isinstance(cfg.optim.lr, float)  # int in YAML coerced to float
     assert cfg.optim.warmup_steps == 7  # inherited
     assert cfg.train.seed == 5 and cfg.model.lm.dim == 64

@@ -333,6 +333,11 @@ def _coerce(value: tp.Any, hint: tp.Any, path: str, source: str) -> tp.Any:
         return [_coerce(v, inner, path, source) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{source}: '{path}' must be {hint.__name__}, got {value!r}")
     return value

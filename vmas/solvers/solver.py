@@ -266,7 +266,9 @@ class TrainStep(nn.Module):
         ar, per_cb = beat_weighted_ce(out.logits, out.seq, out.valid, beat_weights)  # scalar, [K]
         head = self.model.contrastive
         if head is not None and self.alpha > 0:
-            lc = head(out.video_tokens, out.logits, out.valid, self.model.codebooks)
+            # only clips that kept their video condition: a CFG-dropped clip's logits never saw its video
+            kept = out.video_kept
+            lc = head(out.video_tokens[kept], out.logits[kept], out.valid, self.model.codebooks)
             temp = 1.0 / head.logit_scale.detach().float()
         else:
             lc = ar.new_zeros(())
