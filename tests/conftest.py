@@ -26,3 +26,25 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_clap(tmp_path_factory):
+    """A tiny random transformers ClapModel saved locally with a real (MiniLM) tokenizer; returns its folder."""
+    from transformers import AutoTokenizer, ClapConfig, ClapFeatureExtractor, ClapModel
+
+    from vmas.tags.text_encoder import minilm_default_path
+
+    path = tmp_path_factory.mktemp("clap")
+    cfg = ClapConfig(
+        text_config=dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=80, projection_dim=16),
+        audio_config=dict(hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2], window_size=4,
+                          spec_size=256, patch_embeds_hidden_size=8, num_mel_bins=64, projection_dim=16,
+                          enable_fusion=False),
+        projection_dim=16)
+    torch.manual_seed(0)
+    ClapModel(cfg).eval().save_pretrained(path)
+    ClapFeatureExtractor(feature_size=64).save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(minilm_default_path())).save_pretrained(path)
+    return path

@@ -22,14 +22,6 @@ from vmas.errors import CheckpointError, DataError
 SR = 32000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (10x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def click_track(times, seconds, sr=SR, seed=0):
     """Decaying noise bursts (10 ms) starting at ``times`` over a faint noise floor."""

@@ -46,7 +46,7 @@ def test_window_plan_covers_every_frame_with_context():
     assert _window_plan(100, 125, 62) == [(0, 100)]
     plan = _window_plan(300, 125, 62)
     assert plan[0] == (0, 125) and plan[-1][1] == 300
-    for (s0, e0), (s1, e1) in zip(plan, plan[1:]):
+    for (_, e0), (s1, e1) in zip(plan, plan[1:]):
         assert e0 - s1 == 125 - 62  # each continuation re-reads window - stride frames
         assert e1 - s1 <= 125
     assert plan == [(0, 125), (62, 187), (124, 249), (186, 300)]

@@ -13,14 +13,6 @@ from vmas.models.lm import MusicLM, load_musicgen_lm_weights, musicgen_to_vmas_s
 DIM, LAYERS, HEADS, FFN, K, CARD = 32, 2, 4, 64, 4, 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models decode op by op: with 2 OpenMP threads on a loaded machine each op can wait ~10 ms for a wake-up."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def get_debug_model(**kwargs) -> MusicLM:
     return MusicLM(**{**dict(dim=DIM, num_layers=LAYERS, num_heads=HEADS, ffn_dim=FFN, n_q=K, card=CARD), **kwargs})

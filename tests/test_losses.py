@@ -22,14 +22,6 @@ B, K, T, CARD = 2, 3, 5, 7
 S = T + K - 1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (10x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def pattern_batch(dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -40,27 +40,14 @@ def test_batch_padding_and_cache(minilm):
     assert "jazz" in minilm._cache
 
 
-def test_clap_from_tiny_local_checkpoint(tmp_path):
-    from transformers import ClapConfig, ClapModel
+def test_clap_from_tiny_local_checkpoint(tiny_clap):
+    from transformers import AutoTokenizer, ClapModel
 
-    root = minilm_default_path()  # borrow a real BERT-style tokenizer; CLAP's text tower is RoBERTa-shaped
-    cfg = ClapConfig(
-        text_config=dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=37, max_position_embeddings=80, projection_dim=16),
-        audio_config=dict(hidden_size=32, depths=[1, 1], num_attention_heads=[2, 2], window_size=4,
-                          spec_size=64, patch_embeds_hidden_size=8, num_mel_bins=16, projection_dim=16,
-                          enable_fusion=False),
-        projection_dim=16)
-    torch.manual_seed(0)
-    model = ClapModel(cfg).eval()
-    model.save_pretrained(tmp_path)
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(str(root)).save_pretrained(tmp_path)
-    enc = build_text_encoder(f"clap:{tmp_path}")
+    enc = build_text_encoder(f"clap:{tiny_clap}")
     assert isinstance(enc, ClapTextEncoder) and enc.dim == 16
     got = enc.embed_strings(["piano", "jazz"])
-    tok = AutoTokenizer.from_pretrained(str(tmp_path))(["piano", "jazz"], padding=True, return_tensors="pt")
+    model = ClapModel.from_pretrained(str(tiny_clap)).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_clap))(["piano", "jazz"], padding=True, return_tensors="pt")
     with torch.no_grad():
         ref = model.get_text_features(**tok)
         ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output

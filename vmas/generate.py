@@ -98,8 +98,8 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe, out_dir:
     cfg = pipe.config
     has_tags = cfg.model.tags.enabled
     if not has_tags and (req.tags or req.instruments or req.genres or req.tempo or req.negative or req.auto_tags):
-        raise VmasError(f"this model has no tag branch (model.tags.enabled is false): drop --tags/--instruments/"
-                        f"--genres/--tempo/--negative/--auto-tags, or use a model trained with tags")
+        raise VmasError("this model has no tag branch (model.tags.enabled is false): drop --tags/--instruments/"
+                        "--genres/--tempo/--negative/--auto-tags, or use a model trained with tags")
     results: tp.List[GenerationResult] = []
 
     def fail(path: Path, err: Exception):
