@@ -106,7 +106,7 @@ def run_generate(args) -> int:
 
 
 def run_demo(args) -> int:
-    from vmas.hub import DEFAULT_MODEL, _MODELS
+    from vmas.hub import _MODELS, DEFAULT_MODEL
 
     example = Path(__file__).parent / "assets" / "example.mp4"
     name = args.model or DEFAULT_MODEL
@@ -123,7 +123,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "models":
-            from vmas.hub import DEFAULT_MODEL, _MODELS
+            from vmas.hub import _MODELS, DEFAULT_MODEL
 
             for name in sorted(_MODELS):
                 mark = "*" if name == DEFAULT_MODEL else " "
