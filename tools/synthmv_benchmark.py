@@ -74,31 +74,43 @@ def load_clips(manifest: Path, limit: int) -> tp.List[dict]:
         row = json.loads(line)
         labels = json.loads(Path(row["labels"]).read_text())
         clips.append({"id": row["key"], "video": row["video"], "audio": row["video"], "start": 0.0,
-                      "class_id": labels["class_id"], "events": [e["time"] for e in labels["events"]]})
+                      "class_id": labels["class_id"], "tempo_bpm": labels["tempo_bpm"],
+                      "events": [e["time"] for e in labels["events"]]})
     return clips
 
 
 @torch.no_grad()
-def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k: int,
-             batch: int = 12) -> tp.List[np.ndarray]:
-    """Video-only generation (tags dropped = null tag token), one 10 s window per clip."""
+def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k: int, batch: int = 12,
+             tags: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None,
+             negative: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None) -> tp.List[np.ndarray]:
+    """Music for each clip's first ``clip_seconds`` window; ``tags`` / ``negative`` are per-clip tag lists (None =
+    video only: the tag slots hold the learned null token)."""
     from vmas.data import media
 
     c = pipe.config
     frames_per_clip = round(c.data.clip_seconds * pipe.codec.frame_rate)
     gen = torch.Generator().manual_seed(seed)
+    encoder = pipe.get_text_encoder() if (tags or negative) else None
     wavs = []
     for i in range(0, len(clips), batch):
         chunk = clips[i: i + batch]
         frames = torch.stack([media.read_video_frames(x["video"], fps=c.data.fps, size=c.data.image_size,
                                                       start=0.0, duration=c.data.clip_seconds)[0] for x in chunk])
-        codes = pipe.model.generate(frames, num_frames=frames_per_clip, cfg=cfg_scale, top_k=top_k, generator=gen)
+        tag_emb = tag_mask = neg_emb = neg_mask = None
+        if tags is not None:
+            tag_emb, tag_mask = encoder(tags[i: i + batch])
+        if negative is not None:
+            neg_emb, neg_mask = encoder(negative[i: i + batch])
+        codes = pipe.model.generate(frames, num_frames=frames_per_clip, tag_emb=tag_emb, tag_mask=tag_mask,
+                                    neg_emb=neg_emb, neg_mask=neg_mask, cfg=cfg_scale, top_k=top_k, generator=gen)
         wav = pipe.codec.decode(codes)[:, 0]  # [B, N]
         wavs += [w.numpy() for w in wav]
     return wavs
 
 
-def score(wavs: tp.Sequence[np.ndarray], sr: int, clips: tp.Sequence[dict], classifier) -> tp.Dict[str, float]:
+def score(wavs: tp.Sequence[np.ndarray], sr: int, clips: tp.Sequence[dict], classifier,
+          seconds: tp.Optional[float] = None) -> tp.Dict[str, float]:
+    """MV-Align, onset F1 and class accuracy of ``wavs`` against the first ``seconds`` of each clip."""
     from vmas.metrics import MVAlign
     from vmas.metrics.mv_align import read_video_frames
     from vmas.metrics.synthmv import onset_f1, onset_times
@@ -106,9 +118,11 @@ def score(wavs: tp.Sequence[np.ndarray], sr: int, clips: tp.Sequence[dict], clas
     mv = MVAlign(flow="farneback")
     f1s = []
     for wav, clip in zip(wavs, clips):
-        frames, fps = read_video_frames(clip["video"])
+        seconds_i = seconds or len(wav) / sr
+        frames, fps = read_video_frames(clip["video"], duration=seconds_i)
         mv.update_media(wav, sr, frames, fps, clip["id"])
-        f1s.append(onset_f1(onset_times(wav, sr), clip["events"], tol=0.05))
+        events = [t for t in clip["events"] if t < seconds_i]
+        f1s.append(onset_f1(onset_times(wav, sr), events, tol=0.05))
     pred = classifier.predict(list(wavs), sr)
     acc = float(np.mean(pred == np.array([c["class_id"] for c in clips])))
     return {"mv_align": mv.compute(), "onset_f1": float(np.mean(f1s)), "class_acc": acc}
@@ -174,7 +188,8 @@ def main(argv=None) -> int:
     while len(clips) > 1 and np.any(perm == np.arange(len(clips))):
         perm = rng.permutation(len(clips))
     sr = sr or 32000
-    real = [media.read_audio(c["video"], sr=sr, duration=10.0).numpy() for c in clips]
+    seconds = load_model(paths[names[-1]]).config.data.clip_seconds if names else 10.0
+    real = [media.read_audio(c["video"], sr=sr, duration=seconds).numpy() for c in clips]
     results["random"] = score([real[j] for j in perm], sr, clips, classifier)
     results["random"]["r_at_1"] = 1.0 / len(clips)
     results["random"]["r_at_1_note"] = "chance (1/N)"
