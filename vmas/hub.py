@@ -48,6 +48,14 @@ register_model(ModelEntry(
 ))
 
 
+register_model(ModelEntry(
+    name="vmas-synthmv-demo",
+    description="tiny model (+ tag branch and its own small codec) trained on synthetic SynthMV clips on a CPU: "
+                "a demonstration of the pipeline, not real-world music",
+    filename="vmas-synthmv-demo.pt",
+), default=(ASSETS / "vmas-synthmv-demo.pt").exists())
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("VMAS_CACHE", Path.home() / ".cache" / "vmas"))
 

@@ -525,12 +525,28 @@ class Solver:
             {"step": self.step, "ema_decay": self.ema.decay, "ema_every": self.ema.every,
              "ema_updates": self.ema.num_updates, "note": f"{self.cfg.name} step {self.step} (EMA weights)"})
 
+    def _beat_weights(self, batch: tp.Dict[str, tp.Any]) -> torch.Tensor:
+        """Beat weights of this run's ``loss`` config from the shard's raw music beats and motion curve.
+
+        The shards also store weights, but those froze the preprocessing-time w, δ, λ; recomputing (cheap vector
+        ops) keeps an ablation such as ``loss.beat_lambda=1`` honest without re-sharding.
+        """
+        from vmas.alignment import beat_weights, video_beats
+
+        if "music_beats" not in batch or "motion" not in batch:
+            return batch["beat_weights"]
+        loss, fps = self.cfg.loss, self.cfg.data.fps
+        bm = batch["music_beats"].bool()  # [B, Ta]
+        vb = torch.stack([video_beats(m, num_frames=bm.shape[-1], window=loss.beat_window, fps=fps,
+                                      frame_rate=self.cfg.data.frame_rate) for m in batch["motion"]])  # [B, Ta]
+        return beat_weights(bm, vb, delta=loss.beat_delta, lam=loss.beat_lambda).float()
+
     # ---- one optimiser step
     def _to_device(self, batch: tp.Dict[str, tp.Any]) -> tp.Dict[str, tp.Any]:
         out = {
             "frames": batch["frames"].to(self.device),  # uint8 [B, T, H, W, 3]
             "codes": batch["codes"].to(self.device),  # long [B, K, Ta]
-            "beat_weights": batch["beat_weights"].to(self.device),  # float [B, Ta]
+            "beat_weights": self._beat_weights(batch).to(self.device),  # float [B, Ta]
         }
         if self.text_encoder is not None:
             tags = [_split_tags(t, self.cfg.model.tags.max_tags) for t in batch["tags"]]
