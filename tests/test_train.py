@@ -295,3 +295,24 @@ def test_shard_stream_resume_skips_consumed_batches(tmp_path, monkeypatch):
     assert calls == [(1, 2, True, True)] * 2
     with pytest.raises(CheckpointError, match="world size 2"):
         DataStream(cfg, rank=0, world_size=1).load_state_dict(state)
+
+
+def test_beat_weights_follow_the_run_config_not_the_shard():
+    """Shards store weights made with the preprocessing-time lambda; training must use its own loss config."""
+    from types import SimpleNamespace
+
+    from vmas.config import load_config
+    from vmas.solvers.solver import Solver
+
+    cfg = load_config(None, ["loss.beat_lambda=0.3", "loss.beat_window=2", "loss.beat_delta=1"])
+    bm = torch.zeros(1, 50, dtype=torch.bool)
+    bm[0, [10, 30]] = True
+    motion = torch.zeros(1, 9)
+    motion[0, 1] = 5.0  # a motion peak at video frame 2 = t 2/9.6 s = code frame ~10
+    batch = {"music_beats": bm, "motion": motion, "beat_weights": torch.full((1, 50), 0.5)}
+    w = Solver._beat_weights(SimpleNamespace(cfg=cfg), batch)[0]
+    assert w[10] == 1.0 and w[30] == pytest.approx(0.3)  # aligned beat kept, unaligned beat down-weighted
+    assert torch.allclose(w[w != 1.0], torch.tensor(0.3))
+    assert int((w == 1.0).sum()) == 1
+    cfg.loss.beat_lambda = 1.0
+    assert torch.all(Solver._beat_weights(SimpleNamespace(cfg=cfg), batch) == 1.0)
