@@ -26,7 +26,8 @@ def frame_weights_to_pattern(weights: torch.Tensor, n_q: int, num_steps: int) ->
 
 def beat_weighted_ce(logits: torch.Tensor, seq_targets: torch.Tensor, valid: torch.Tensor,
                      weights: tp.Optional[torch.Tensor] = None,
-                     special_token: tp.Optional[int] = None) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+                     special_token: tp.Optional[int] = None,
+                     global_normalizer: bool = False) -> tp.Tuple[torch.Tensor, torch.Tensor]:
     """Weighted cross-entropy of the LM's pattern logits.
 
     Args:
@@ -37,6 +38,9 @@ def beat_weighted_ce(logits: torch.Tensor, seq_targets: torch.Tensor, valid: tor
         weights: float [B, T] per code frame (``beat_weights`` from the batch), or None for all ones.
         special_token: id of the pattern's empty token (``card``); positions holding it are excluded too
             (default: ``card``, i.e. ``logits.shape[-1]``).
+        global_normalizer: under data parallelism, divide by the mean over ranks of ``Σ W`` instead of this
+            rank's own, so that the ranks' average (what gradient averaging optimises) is exactly the global
+            batch's ``Σ W·CE / Σ W`` even when ranks hold different total weight.
 
     Returns:
         ``(loss, per_codebook)``: scalar ``Σ W·CE / Σ W`` over all kept positions, and float [K] with the same
@@ -63,5 +67,9 @@ def beat_weighted_ce(logits: torch.Tensor, seq_targets: torch.Tensor, valid: tor
     den_k = w.sum(dim=(0, 2))  # [K]
     per_codebook = torch.where(den_k > 0, num_k / den_k.clamp_min(1e-12), torch.zeros_like(num_k))
     den = den_k.sum()
+    if global_normalizer and torch.distributed.is_available() and torch.distributed.is_initialized():
+        den = den.detach().clone()  # weights are data: the normaliser carries no gradient
+        torch.distributed.all_reduce(den)
+        den = den / torch.distributed.get_world_size()
     loss = num_k.sum() / den.clamp_min(1e-12)  # 0 (with a graph) when nothing is kept
     return loss, per_codebook.detach()

@@ -263,7 +263,8 @@ class TrainStep(nn.Module):
         if tag_emb is not None:  # text-encoder output is float32; the fuser may run in bf16
             tag_emb = tag_emb.to(next(self.model.fuser.parameters()).dtype)
         out = self.model(frames, codes, tag_emb, tag_mask)
-        ar, per_cb = beat_weighted_ce(out.logits, out.seq, out.valid, beat_weights)  # scalar, [K]
+        ar, per_cb = beat_weighted_ce(out.logits, out.seq, out.valid, beat_weights,
+                                      global_normalizer=True)  # scalar, [K]
         head = self.model.contrastive
         if head is not None and self.alpha > 0:
             # only clips that kept their video condition: a CFG-dropped clip's logits never saw its video
