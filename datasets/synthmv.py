@@ -458,8 +458,10 @@ def _job(args: tp.Tuple[Path, int, int, float, int, bool]) -> dict:
 
 
 def generate_dataset(out: tp.Union[str, Path], num: int, seed: int = 0, seconds: float = 10.0, size: int = 64,
-                     workers: int = 0, split: str = "train", wav: bool = False) -> Path:
-    """Write ``num`` clips and ``manifest.jsonl`` into ``out``; returns the manifest path.
+                     workers: int = 0, split: str = "train", wav: bool = False,
+                     window: tp.Optional[float] = None) -> Path:
+    """Write ``num`` clips, ``manifest.jsonl`` and ``vmas_manifest.jsonl`` (see :func:`write_vmas_manifest`) into
+    ``out``; returns the path of ``manifest.jsonl``.
 
     Clip ``i`` has class ``i % 6`` and seed ``clip_seed(seed, i)``, so the output is the same for any ``workers``.
     """
@@ -476,7 +478,26 @@ def generate_dataset(out: tp.Union[str, Path], num: int, seed: int = 0, seconds:
     with open(manifest, "w") as f:
         for row in rows:
             f.write(json.dumps({**row, "split": split}) + "\n")
+    write_vmas_manifest(rows, out, split, seconds, window)
     return manifest
+
+
+def write_vmas_manifest(rows: tp.Sequence[dict], out: Path, split: str, seconds: float,
+                        window: tp.Optional[float] = None) -> Path:
+    """``vmas_manifest.jsonl``: the rows :mod:`tools.preprocess` reads (key, absolute video path, start, duration,
+    split, tags, class_id, labels path). ``window`` cuts each clip into ``seconds // window`` windows with keys
+    ``<id>_<start>`` (the 5 s SynthMV preset trains on two windows per 10 s video)."""
+    starts = [0.0] if not window else [i * window for i in range(int(seconds // window))]
+    path = out / "vmas_manifest.jsonl"
+    with open(path, "w") as f:
+        for row in rows:
+            for s in starts:
+                key = row["id"] if not window else f"{row['id']}_{s:g}"
+                f.write(json.dumps({
+                    "key": key, "source_id": row["id"], "video": str((out / row["path"]).resolve()), "start": s,
+                    "duration": window or seconds, "split": split, "tags": row["tags"], "class_id": row["class_id"],
+                    "labels": str((out / row["labels"]).resolve())}) + "\n")
+    return path
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
@@ -490,12 +511,14 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores, at most 8)")
     p.add_argument("--split", default="train", help="split name written into the manifest")
     p.add_argument("--wav", action="store_true", help="also write the uncompressed audio as <clip>.wav")
+    p.add_argument("--window", type=float, default=None,
+                   help="cut clips into windows of this many seconds in vmas_manifest.jsonl (e.g. 5 for synthmv_tiny)")
     args = p.parse_args(argv)
     if args.num < 1 or args.seconds <= 1.0 or args.size < 16 or args.size % 2:
         p.error("need --num >= 1, --seconds > 1 and an even --size >= 16")
     t0 = time.time()
     manifest = generate_dataset(args.out, args.num, args.seed, args.seconds, args.size, args.workers, args.split,
-                                args.wav)
+                                args.wav, args.window)
     dt = time.time() - t0
     print(f"wrote {args.num} clips to {args.out} ({manifest.name}) in {dt:.1f} s ({args.num / dt:.1f} clips/s)")
     return 0
