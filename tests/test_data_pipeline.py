@@ -5,6 +5,7 @@ white flashes at known times and a loud noise burst in the audio at exactly the 
 let the test check alignment numerically after the whole pipeline: the flash frame times (j / fps) and the loud
 code frame times (t / 50) of every loaded clip must agree with each other and with the generated event times.
 """
+import dataclasses
 import json
 import os
 import random
@@ -374,6 +375,32 @@ def test_stream_is_deterministic_per_seed_and_epoch(cfg, tmp_path):
                                                            decode=False)]
     assert unshuffled == [f"s{s}_{j:03d}" for s, n in enumerate([5, 5, 5, 2]) for j in range(n)]
     random.seed(0)
+
+
+def test_decoded_cache_replays_epochs_from_memory(cfg, sharded, tmp_path):
+    out, _ = sharded
+    for tar in out.glob("train-*.tar"):
+        (tmp_path / tar.name).write_bytes(tar.read_bytes())
+    c = dataclasses.replace(cfg.data, cache_decoded=True, shuffle_buffer=4)
+
+    def stream():
+        ds = loader.ShardStream(str(tmp_path / "train-*.tar"), c, shuffle=True, repeat=True)
+        return iter(ds)
+
+    it = stream()
+    first = [next(it) for _ in range(6)]  # epoch 0: read from the tars (6 train clips)
+    for tar in tmp_path.glob("*.tar"):
+        tar.unlink()  # later epochs must not touch the files
+    later = [next(it) for _ in range(12)]  # epochs 1 and 2 from memory
+    keys0 = [s["key"] for s in first]
+    assert sorted(s["key"] for s in later[:6]) == sorted(keys0) == sorted(s["key"] for s in later[6:])
+    assert [s["key"] for s in later[:6]] != [s["key"] for s in later[6:]]  # reshuffled per epoch
+    by_key = {s["key"]: s for s in first}
+    assert all(torch.equal(s["frames"], by_key[s["key"]]["frames"]) for s in later)
+    for tar in out.glob("train-*.tar"):
+        (tmp_path / tar.name).write_bytes(tar.read_bytes())
+    again = stream()
+    assert [next(again)["key"] for _ in range(18)] == keys0 + [s["key"] for s in later]  # same order on resume
 
 
 def test_damaged_shard_keeps_earlier_samples(cfg, sharded, tmp_path):

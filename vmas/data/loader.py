@@ -215,8 +215,26 @@ class ShardStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
+    def _from_cache(self, epoch: int) -> tp.Iterator[tp.Dict[str, tp.Any]]:
+        """``data.cache_decoded``: the first epoch streams (and keeps) decoded samples, later epochs are
+        permutations of the kept list, seeded like the stream (seed, epoch, reader), so resume replays them."""
+        cache: tp.List[tp.Dict[str, tp.Any]] = []
+        for sample in self._decoded(self._shuffled(self._epoch_samples(epoch), epoch)):
+            cache.append(sample)
+            yield sample
+        while self.repeat:
+            epoch += 1
+            reader, readers = self._reader()
+            order = list(range(len(cache)))
+            if self.shuffle:
+                random.Random(f"cache:{self.cfg.seed}:{epoch}:{reader}:{readers}").shuffle(order)
+            yield from (cache[i] for i in order)
+
     def __iter__(self) -> tp.Iterator[tp.Dict[str, tp.Any]]:
         epoch = self.epoch
+        if self.cfg.cache_decoded and self.decode:
+            yield from self._from_cache(epoch)
+            return
         while True:
             # The buffer holds compressed samples (~50 KB), decoding happens on the way out: a decoded paper clip
             # is 96 x 224² x 3 = 14 MB, so a 2000-clip buffer of decoded frames would need 29 GB per worker.
