@@ -316,3 +316,39 @@ def test_beat_weights_follow_the_run_config_not_the_shard():
     assert int((w == 1.0).sum()) == 1
     cfg.loss.beat_lambda = 1.0
     assert torch.all(Solver._beat_weights(SimpleNamespace(cfg=cfg), batch) == 1.0)
+
+
+def test_evaluate_scores_each_condition_branch(tmp_path, monkeypatch):
+    """Solver.evaluate: ce with the condition and with the null (CFG) branch equal a direct cross-entropy."""
+    import torch.nn.functional as F
+
+    import vmas.data.loader as loader_mod
+    from vmas.data.loader import collate
+
+    cfg = debug_cfg(tmp_path, "data.val_shards=val-*.tar", "train.synthetic_clips=6")
+    solver = Solver(cfg)
+    clips = SyntheticClips(cfg, 1, 6)
+    batches = [collate([clips.clip(i) for i in range(j, j + 3)]) for j in (0, 3)]
+    monkeypatch.setattr(loader_mod, "build_loader", lambda *a, **k: iter(batches))
+    res = solver.evaluate()
+    model = solver.model.eval()
+
+    @torch.no_grad()
+    def manual(drop: bool, roll: bool = False) -> float:
+        total = 0.0
+        for b in batches:
+            vt = model.encode_video(b["frames"])
+            d = torch.full((3,), drop)
+            out = model(None, b["codes"], drop_video=d, drop_tags=torch.ones(3, dtype=torch.bool) if roll else d,
+                        video_tokens=vt.roll(1, 0) if roll else vt)
+            logits = out.logits.permute(0, 3, 1, 2)  # [B, card, K, S]
+            ce = F.cross_entropy(logits, out.seq.clamp(max=model.card - 1), reduction="none")  # [B, K, S]
+            total += float(ce[:, out.valid].mean()) * 3
+        return total / 6
+
+    assert res["clips"] == 6
+    assert res["ce"] == pytest.approx(manual(False), abs=1e-5)
+    assert res["ce_null"] == pytest.approx(manual(True), abs=1e-5)
+    assert res["ce_wrong_video"] == pytest.approx(manual(False, roll=True), abs=1e-5)
+    assert res["cond_gain"] == pytest.approx(res["ce_null"] - res["ce"])
+    assert res["ce"] != pytest.approx(res["ce_null"], abs=1e-6)  # the random fuser does change the logits

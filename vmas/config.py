@@ -278,6 +278,10 @@ class TrainConfig:
     """Checkpoints kept on disk (older ones are deleted after a new one is complete)."""
     log_every: int = 10
     eval_every: int = 0
+    """Every N steps (and at the end) score ``data.val_shards`` under each condition branch (``Solver.evaluate``:
+    ce, ce_video, ce_tags, ce_null, cond_gain, video_gain) into the log, TensorBoard and summary history. 0 = off."""
+    eval_batches: int = 0
+    """Validation batches per evaluation (0 = the whole of ``data.val_shards``)."""
     device: str = "auto"
     """Single-process device for ``engine: torch``; DeepSpeed uses its accelerator (CUDA, else CPU)."""
     progress: bool = True

@@ -80,14 +80,24 @@ class VMAS(nn.Module):
             return None
         return torch.rand(batch, device=device) < p
 
-    def forward(self, frames: torch.Tensor, codes: torch.Tensor, tag_emb: tp.Optional[torch.Tensor] = None,
-                tag_mask: tp.Optional[torch.Tensor] = None) -> VMASOutput:
-        """frames uint8 [B,T,H,W,3], codes long [B,K,T] -> logits over the delay pattern (condition dropout in training)."""
+    def forward(self, frames: tp.Optional[torch.Tensor], codes: torch.Tensor, tag_emb: tp.Optional[torch.Tensor] = None,
+                tag_mask: tp.Optional[torch.Tensor] = None, drop_video: tp.Optional[torch.Tensor] = None,
+                drop_tags: tp.Optional[torch.Tensor] = None,
+                video_tokens: tp.Optional[torch.Tensor] = None) -> VMASOutput:
+        """frames uint8 [B,T,H,W,3], codes long [B,K,T] -> logits over the delay pattern.
+
+        Condition dropout is drawn in training; ``drop_video`` / ``drop_tags`` ([B] bool) force it instead (the
+        validation pass scores the null and single-condition branches this way). ``video_tokens`` [B,Tv,C] skips
+        the encoder (reuse one encoding for several branches).
+        """
         B, K, T = codes.shape
         assert K == self.n_q, f"expected {self.n_q} codebooks, got {K}"
-        video_tokens = self.encode_video(frames)  # [B, Tv, C]
-        drop_video = self._drops(B, self.cond_dropout, codes.device)
-        drop_tags = self._drops(B, self.tag_dropout, codes.device)
+        if video_tokens is None:
+            video_tokens = self.encode_video(frames)  # [B, Tv, C]
+        if drop_video is None:
+            drop_video = self._drops(B, self.cond_dropout, codes.device)
+        if drop_tags is None:
+            drop_tags = self._drops(B, self.tag_dropout, codes.device)
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=drop_video, drop_tags=drop_tags)
         seq, valid = self.pattern.build(codes, self.card)  # [B, K, S], [K, S]
         logits = self.lm(seq, cond, cond_mask)  # [B, K, S, card]

@@ -577,6 +577,53 @@ class Solver:
         values["lr"] = lr
         return values
 
+    # ---- validation
+    @torch.no_grad()
+    def evaluate(self, max_batches: int = 0) -> tp.Dict[str, float]:
+        """Teacher-forced CE on ``data.val_shards`` (live weights, not EMA) under each condition branch.
+
+        ``ce`` uses video + tags, ``ce_video`` video only, ``ce_tags`` tags only, ``ce_null`` nothing (the CFG
+        branch), ``ce_wrong_video`` the video of the next clip in the batch. Their differences say how many nats
+        per token each condition is worth: ``cond_gain = ce_null - ce`` near 0 means the model ignores its
+        conditions and predicts music statistics only (the failure CFG cannot fix).
+        """
+        from vmas.data.loader import build_loader
+        from vmas.losses import beat_weighted_ce
+
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loader = build_loader(self.cfg.data, self.cfg.data.val_shards, train=False)
+        sums: tp.Dict[str, float] = {}
+        n = 0
+        for i, raw in enumerate(loader):
+            if max_batches and i >= max_batches:
+                break
+            b = self._to_device(raw)
+            B = b["codes"].shape[0]
+            yes = torch.ones(B, dtype=torch.bool, device=self.device)
+            no = ~yes
+            vt = model.encode_video(b["frames"])  # [B, Tv, C]
+            tags = (b.get("tag_emb"), b.get("tag_mask"))
+            branches = {"ce": (vt, no, no), "ce_video": (vt, no, yes), "ce_tags": (vt, yes, no),
+                        "ce_null": (vt, yes, yes), "ce_wrong_video": (vt.roll(1, dims=0), no, yes)}
+            if B < 2:
+                branches.pop("ce_wrong_video")
+            for name, (tokens, dv, dt) in branches.items():
+                out = model(None, b["codes"], *tags, drop_video=dv, drop_tags=dt, video_tokens=tokens)
+                ce, _ = beat_weighted_ce(out.logits, out.seq, out.valid, torch.ones_like(b["beat_weights"]))
+                sums[name] = sums.get(name, 0.0) + float(ce) * B
+            n += B
+        model.train(was_training)
+        if n == 0:
+            raise ConfigError(f"data.val_shards={self.cfg.data.val_shards!r} holds no clips")
+        res = {k: v / n for k, v in sums.items()}
+        res["cond_gain"] = res["ce_null"] - res["ce"]
+        if "ce_wrong_video" in res:
+            res["video_gain"] = res["ce_wrong_video"] - res["ce_video"]
+        res["clips"] = n
+        return res
+
     # ---- loop
     def fit(self, stop_after: tp.Optional[int] = None) -> tp.Dict[str, tp.Any]:
         """Train to ``optim.max_steps`` (``stop_after``: return after that step without a final save, like a kill)."""
@@ -624,6 +671,16 @@ class Solver:
                             f"lr {values['lr']:.2e} gnorm {values['grad_norm']:.3f} {clips_per_s:.2f} clips/s "
                             f"eta {_fmt_time(eta)}")
                     (bar.write if bar is not None else print)(line)
+            if t.eval_every and self.cfg.data.val_shards and (self.step % t.eval_every == 0 or self.step == max_steps):
+                ev = self.evaluate(t.eval_batches)
+                self.history[-1].update({f"val_{k}": round(v, 6) for k, v in ev.items()})
+                if self.is_main:
+                    for k, v in ev.items():
+                        writer.add_scalar(f"val/{k}", v, self.step)
+                    (bar.write if bar is not None else print)(
+                        f"val step {self.step}: ce {ev['ce']:.4f} video {ev['ce_video']:.4f} tags {ev['ce_tags']:.4f} "
+                        f"null {ev['ce_null']:.4f} cond_gain {ev['cond_gain']:.4f} "
+                        f"video_gain {ev.get('video_gain', float('nan')):.4f}")
             if self.step % t.save_every == 0 or self.step == max_steps:
                 last_ckpt = self.save()
             if stop_after is not None and self.step >= stop_after:
