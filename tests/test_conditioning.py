@@ -1,7 +1,8 @@
 """Condition fuser: projections, learned null tokens, independent video/tag dropout and their masks."""
 import torch
 
-from vmas.modules.conditioning import ConditionFuser, sinusoidal_embedding
+from vmas.modules.conditioning import ConditionFuser
+from vmas.modules.transformer import sin_embedding
 
 
 def _fuser(tag_dim=6):
@@ -9,22 +10,29 @@ def _fuser(tag_dim=6):
     return ConditionFuser(video_dim=5, dim=8, tag_dim=tag_dim)
 
 
-def test_sinusoidal_embedding_matches_formula():
-    emb = sinusoidal_embedding(torch.arange(3), 4)
-    # half = 2, freqs = [1, 1e-2]
-    expected = torch.tensor([[1, 1, 0, 0],
-                             [torch.cos(torch.tensor(1.)), torch.cos(torch.tensor(.01)), torch.sin(torch.tensor(1.)), torch.sin(torch.tensor(.01))],
-                             [torch.cos(torch.tensor(2.)), torch.cos(torch.tensor(.02)), torch.sin(torch.tensor(2.)), torch.sin(torch.tensor(.02))]])
-    torch.testing.assert_close(emb, expected)
-
-
 def test_kept_condition_is_projection_plus_positions():
     f = _fuser(tag_dim=0)
     video = torch.randn(2, 3, 5)
     cond, mask = f(video)
-    expected = f.video_proj(video) + sinusoidal_embedding(torch.arange(3), 8)
+    expected = f.video_proj(video) + sin_embedding(torch.arange(3), 8)
     torch.testing.assert_close(cond, expected)
     assert mask.all() and cond.shape == (2, 3, 8)
+
+
+def test_time_aligned_video_positions_share_the_lm_table():
+    # 48 tokens over a 5 s window at 50 Hz = 250 LM steps: token i covers steps [i, i + 1) * 250 / 48
+    torch.manual_seed(0)
+    f = ConditionFuser(video_dim=5, dim=64, steps_per_clip=250)
+    pos = f.video_token_positions(48)
+    assert abs(float(pos[0]) - 0.5 * 250 / 48) < 1e-5 and abs(float(pos[47]) - 47.5 * 250 / 48) < 1e-4
+    video = torch.randn(1, 48, 5)
+    cond, _ = f(video)
+    torch.testing.assert_close(cond - f.video_proj(video), sin_embedding(pos, 64)[None])
+    # the key of the token whose span holds LM step s matches the LM's position vector at s best
+    lm_pos = sin_embedding(torch.arange(250), 64)  # what the LM adds to its step-s input
+    best = (lm_pos @ sin_embedding(pos, 64).T).argmax(dim=1)  # [250] token most similar to each step
+    want = torch.div(torch.arange(250) * 48, 250, rounding_mode="floor")
+    assert (best - want).abs().max() <= 1
 
 
 def test_all_four_drop_combinations_reach_decoder_with_right_masks():

@@ -30,7 +30,7 @@ def build_codec(cfg: CodecConfig, load_weights: bool = True) -> nn.Module:
 
 
 def lm_kwargs(cfg: LMConfig) -> tp.Dict[str, tp.Any]:
-    skip = {"pretrained", "cond_dropout", "tag_dropout"}
+    skip = {"pretrained", "cond_dropout", "tag_dropout", "time_aligned_video"}  # read by VMAS / the fuser
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
 
 
@@ -51,7 +51,9 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
     m = cfg.model
     encoder = build_encoder(m.encoder, load_weights)
     lm = build_lm(m.lm, load_weights)
-    fuser = ConditionFuser(video_dim=encoder.out_dim, dim=m.lm.dim, tag_dim=m.tags.text_dim if m.tags.enabled else 0)
+    steps = cfg.data.clip_seconds * cfg.data.frame_rate if m.lm.time_aligned_video else 0.0  # LM steps per window
+    fuser = ConditionFuser(video_dim=encoder.out_dim, dim=m.lm.dim, tag_dim=m.tags.text_dim if m.tags.enabled else 0,
+                           steps_per_clip=steps)
     contrastive = None
     codebooks = None
     if codec is not None:

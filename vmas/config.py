@@ -108,6 +108,9 @@ class LMConfig:
     """Probability of replacing the video condition by the learned null condition in training (CFG)."""
     tag_dropout: float = 0.3
     """Probability of dropping the tag condition, independently of the video (SPEC §7)."""
+    time_aligned_video: bool = True
+    """Give video tokens the LM-step positions of their time span (see ``ConditionFuser.steps_per_clip``); False
+    = token indices (checkpoints exported before this option)."""
     grad_checkpointing: bool = False
 
 

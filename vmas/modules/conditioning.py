@@ -15,19 +15,12 @@ layout means one batch can mix dropped and kept samples without padding logic.
 """
 from __future__ import annotations
 
-import math
 import typing as tp
 
 import torch
 from torch import nn
 
-
-def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """[..., T] positions -> [..., T, dim] (cos | sin halves, MusicGen's convention)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    args = positions.to(torch.float32)[..., None] * freqs  # [..., T, half]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+from vmas.modules.transformer import sin_embedding
 
 
 class ConditionFuser(nn.Module):
@@ -39,18 +32,31 @@ class ConditionFuser(nn.Module):
         tag_dim (int): width of tag text embeddings (512 for CLAP); 0 disables the tag branch.
         video_positions (bool): add sinusoidal time positions to the projected video tokens, so cross-attention
             can tell *when* a visual event happens (the LM's keys are otherwise an unordered set).
+        steps_per_clip (float): LM steps (codec frames) one window of video tokens spans, e.g. 10 s x 50 Hz = 500.
+            When set, video token ``i`` of ``Tv`` gets the position of the centre of its time span in *LM steps*,
+            ``(i + 0.5) * steps_per_clip / Tv``, in the LM's own sinusoidal table: the query of music step ``s`` and
+            the key of the video token covering time ``s`` then carry the same phases, and attending "to now" is a
+            near-identity map instead of a rate conversion the model must learn (48 tokens vs 500 steps). 0 = the
+            token index (the behaviour of checkpoints trained before this option).
     """
 
-    def __init__(self, video_dim: int, dim: int, tag_dim: int = 0, video_positions: bool = True):
+    def __init__(self, video_dim: int, dim: int, tag_dim: int = 0, video_positions: bool = True,
+                 steps_per_clip: float = 0.0):
         super().__init__()
         self.dim = dim
         self.tag_dim = tag_dim
         self.video_positions = video_positions
+        self.steps_per_clip = float(steps_per_clip)
         self.video_proj = nn.Linear(video_dim, dim)
         self.null_video = nn.Parameter(torch.randn(dim) * 0.02)
         if tag_dim:
             self.tag_proj = nn.Linear(tag_dim, dim)
             self.null_tags = nn.Parameter(torch.randn(dim) * 0.02)
+
+    def video_token_positions(self, num_tokens: int, device: tp.Optional[torch.device] = None) -> torch.Tensor:
+        """[Tv] float positions of the video tokens (LM steps when ``steps_per_clip`` is set, else indices)."""
+        idx = torch.arange(num_tokens, device=device, dtype=torch.float32)
+        return (idx + 0.5) * (self.steps_per_clip / num_tokens) if self.steps_per_clip else idx
 
     def _null_part(self, part: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor, null: torch.Tensor):
         """Replace dropped samples' slots by [null, masked, masked, ...]."""
@@ -83,8 +89,7 @@ class ConditionFuser(nn.Module):
         else:
             v = self.video_proj(video)  # [B, Tv, dim]
             if self.video_positions:
-                pos = torch.arange(v.shape[1], device=v.device)
-                v = v + sinusoidal_embedding(pos, self.dim).to(v.dtype)
+                v = v + sin_embedding(self.video_token_positions(v.shape[1], v.device), self.dim).to(v.dtype)
             vm = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
             if drop_video is not None:
                 v, vm = self._null_part(v, vm, drop_video.to(v.device), self.null_video)
