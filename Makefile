@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean synthmv-data synthmv-bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,21 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# SynthMV end to end (issues 10, 11; about 15 min of data + codec + shards on 2 cores, then the benchmarks).
+# Every step skips what is already there, so an interrupted run continues.
+SYN := data/synthmv
+synthmv-data: install
+	test -f $(SYN)/train/vmas_manifest.jsonl || $(BIN)/python -m datasets.synthmv --out $(SYN)/train --num 480 --seed 0 --window 5
+	test -f $(SYN)/val/vmas_manifest.jsonl || $(BIN)/python -m datasets.synthmv --out $(SYN)/val --num 24 --seed 2 --split val --window 5
+	test -f $(SYN)/test/vmas_manifest.jsonl || $(BIN)/python -m datasets.synthmv --out $(SYN)/test --num 36 --seed 1 --split test
+	test -f runs/synthmv/codec.pt || $(BIN)/python tools/train_codec.py --audio-dir $(SYN)/train --out runs/synthmv/codec.pt --minutes 8 --threads 2
+	$(BIN)/python tools/preprocess.py --manifest $(SYN)/train/vmas_manifest.jsonl --out $(SYN)/shards --config configs/synthmv_tiny.yaml --splits train --workers 2
+	$(BIN)/python tools/preprocess.py --manifest $(SYN)/val/vmas_manifest.jsonl --out $(SYN)/shards --config configs/synthmv_tiny.yaml --splits val --workers 2
+
+synthmv-bench: synthmv-data
+	$(BIN)/python tools/synthmv_benchmark.py --json
+	$(BIN)/python tools/tag_control_benchmark.py --json
 
 lint: install
 	$(BIN)/ruff check vmas tools datasets tests

@@ -50,6 +50,31 @@ def test_condition_dropout_is_applied_in_training_forward(setup):
     assert model(frames, codes).cond_mask.all()  # never dropped at eval
 
 
+def test_video_swap_pairs_tags_with_another_clips_video(setup):
+    _, _, model, frames, codes = setup
+    model.train()
+    tags, tag_mask = torch.randn(3, 2, 6), torch.ones(3, 2, dtype=torch.bool)
+    fuser = type(model.fuser)(model.encoder.out_dim, model.lm.dim, tag_dim=6)  # debug preset has no tag branch
+    model.fuser, old_fuser = fuser, model.fuser
+    try:
+        model.video_swap_prob = 1.0
+        keep = torch.zeros(3, dtype=torch.bool)
+        out = model(frames, codes, tags, tag_mask, drop_video=keep, drop_tags=keep)
+        vt = model.encode_video(frames)
+        cond, mask = fuser(vt.roll(1, dims=0), tags, tag_mask)  # clip b sees clip b-1's video, its own tags
+        torch.testing.assert_close(out.logits, model.lm(out.seq, cond, mask))
+        assert not out.video_kept.any()  # left out of the contrastive loss
+        drop = torch.tensor([True, False, False])  # a dropped condition is never swapped
+        out = model(frames, codes, tags, tag_mask, drop_video=drop, drop_tags=keep)
+        assert out.video_kept.tolist() == [False, False, False]
+        out = model(frames, codes, tags, tag_mask, drop_video=keep, drop_tags=drop)
+        assert out.video_kept.tolist() == [True, False, False]
+        model.eval()
+        assert model(frames, codes, tags, tag_mask).video_kept.all()  # never at inference
+    finally:
+        model.fuser, model.video_swap_prob = old_fuser, 0.0
+
+
 def test_dropout_rate_matches_config(setup):
     _, _, model, *_ = setup
     model.train()

@@ -108,6 +108,10 @@ class LMConfig:
     """Probability of replacing the video condition by the learned null condition in training (CFG)."""
     tag_dropout: float = 0.3
     """Probability of dropping the tag condition, independently of the video (SPEC §7)."""
+    video_swap_prob: float = 0.0
+    """Probability that a training clip keeping both its tags and video sees another clip's video instead, so tags
+    override a contradicting picture at inference (``VMAS._swaps``). 0 = off (real data whose tags come from
+    the video itself)."""
     time_aligned_video: bool = True
     """Give video tokens the LM-step positions of their time span (see ``ConditionFuser.steps_per_clip``); False
     = token indices (checkpoints exported before this option)."""

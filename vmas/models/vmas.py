@@ -29,8 +29,8 @@ class VMASOutput:
     seq: torch.Tensor  # [B, K, S] long: pattern sequence (targets; special token where not valid)
     video_tokens: torch.Tensor  # [B, Tv, C] encoder output (before projection), for the contrastive loss
     cond_mask: torch.Tensor  # [B, L] bool
-    video_kept: torch.Tensor  # [B] bool: False where the video condition was dropped (CFG); the contrastive
-    # loss should only pair logits with videos they were conditioned on
+    video_kept: torch.Tensor  # [B] bool: False where the video condition was dropped (CFG) or swapped for another
+    # clip's; the contrastive loss should only pair logits with videos they were conditioned on
 
 
 class VMAS(nn.Module):
@@ -45,12 +45,15 @@ class VMAS(nn.Module):
         cond_dropout (float): probability to drop the video condition per sample in training (CFG).
         tag_dropout (float): probability to drop the tag condition per sample in training, independent of video.
         codebooks (Tensor, optional): [K, card, D] EnCodec codebooks for the contrastive loss.
+        video_swap_prob (float): probability that a training clip with both conditions kept sees another clip's
+            video (see :meth:`_swaps`); such clips are left out of the contrastive loss.
     """
 
     def __init__(self, encoder: nn.Module, lm: nn.Module, fuser: ConditionFuser,
                  contrastive: tp.Optional[nn.Module] = None, cond_dropout: float = 0.3, tag_dropout: float = 0.3,
-                 codebooks: tp.Optional[torch.Tensor] = None):
+                 codebooks: tp.Optional[torch.Tensor] = None, video_swap_prob: float = 0.0):
         super().__init__()
+        self.video_swap_prob = video_swap_prob
         self.encoder = encoder
         self.lm = lm
         self.fuser = fuser
@@ -80,6 +83,23 @@ class VMAS(nn.Module):
             return None
         return torch.rand(batch, device=device) < p
 
+    def _swaps(self, batch: int, tag_emb: tp.Optional[torch.Tensor], drop_video: tp.Optional[torch.Tensor],
+               drop_tags: tp.Optional[torch.Tensor], device: torch.device) -> tp.Optional[torch.Tensor]:
+        """[B] bool: clips (training only, tags and video both kept) whose video is replaced by another clip's.
+
+        Why: in real data tags and picture agree, so a model never learns who wins when a user's tags contradict
+        the video (SONIQUE's override: "make it bells"). Showing it, with probability ``video_swap_prob``, a
+        picture that disagrees with its tags and music teaches that the tags decide.
+        """
+        if not self.training or self.video_swap_prob <= 0 or tag_emb is None or batch < 2:
+            return None
+        swap = torch.rand(batch, device=device) < self.video_swap_prob
+        if drop_video is not None:
+            swap &= ~drop_video
+        if drop_tags is not None:
+            swap &= ~drop_tags
+        return swap
+
     def forward(self, frames: tp.Optional[torch.Tensor], codes: torch.Tensor, tag_emb: tp.Optional[torch.Tensor] = None,
                 tag_mask: tp.Optional[torch.Tensor] = None, drop_video: tp.Optional[torch.Tensor] = None,
                 drop_tags: tp.Optional[torch.Tensor] = None,
@@ -98,10 +118,15 @@ class VMAS(nn.Module):
             drop_video = self._drops(B, self.cond_dropout, codes.device)
         if drop_tags is None:
             drop_tags = self._drops(B, self.tag_dropout, codes.device)
+        swapped = self._swaps(B, tag_emb, drop_video, drop_tags, codes.device)
+        if swapped is not None:  # these clips see the next clip's picture but keep their own tags and music
+            video_tokens = torch.where(swapped[:, None, None], video_tokens.roll(1, dims=0), video_tokens)
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=drop_video, drop_tags=drop_tags)
         seq, valid = self.pattern.build(codes, self.card)  # [B, K, S], [K, S]
         logits = self.lm(seq, cond, cond_mask)  # [B, K, S, card]
         kept = torch.ones(B, dtype=torch.bool, device=codes.device) if drop_video is None else ~drop_video
+        if swapped is not None:
+            kept = kept & ~swapped
         return VMASOutput(logits=logits, valid=valid, seq=seq, video_tokens=video_tokens, cond_mask=cond_mask,
                           video_kept=kept)
 
