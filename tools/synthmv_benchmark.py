@@ -7,6 +7,7 @@ SynthMV videos and re-scores it:
 - ``contrastive``  + video-music contrastive loss (``loss.beat_lambda=1``)
 - ``full``         + contrastive + beat-weighted loss (``configs/synthmv_tiny.yaml`` as is)
 - ``random``       baseline: the real music of a different held-out clip (right kind of audio, wrong video)
+- ``codec_ceiling``   the clip's own music encoded and decoded by the codec: the best any LM on these codes can do
 
 Scores per variant: MV-Align (``vmas.metrics.MVAlign``, Farneback, AV-Align IoU), onset-to-event F1 (±50 ms, the
 clip's labelled visual events), class accuracy (SynthMV classifier on the generated audio vs the video's class),
@@ -128,6 +129,22 @@ def score(wavs: tp.Sequence[np.ndarray], sr: int, clips: tp.Sequence[dict], clas
     return {"mv_align": mv.compute(), "onset_f1": float(np.mean(f1s)), "class_acc": acc}
 
 
+def judge(pipe):
+    """The SynthMV class classifier for ``pipe``'s music: trained on real renders of the scored window length, plus
+    their reconstructions through the model's codec (see ``SynthMVClassifier.train_default``)."""
+    from datasets.synthmv import SynthMVClassifier
+
+    codec, sr = pipe.codec, pipe.codec.sample_rate
+
+    @torch.no_grad()
+    def roundtrip(wav: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(wav, dtype=torch.float32, device=pipe.device)[None, None]
+        return codec.decode(codec.encode(x))[0, 0, : x.shape[-1]].cpu().numpy()
+
+    assert sr == 32000, "SynthMV renders at 32 kHz"
+    return SynthMVClassifier.train_default(seconds=pipe.config.data.clip_seconds, transform=roundtrip), roundtrip
+
+
 def retrieval_r1(pipe, clips: tp.Sequence[dict]) -> tp.Tuple[float, str]:
     from vmas.losses import ContrastiveLoss
     from vmas.metrics.retrieval import model_retrieval_embeddings, recall_at_k
@@ -160,7 +177,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    from datasets.synthmv import SynthMVClassifier
     from vmas.hub import load_model
 
     out_root = Path(args.out)
@@ -169,12 +185,13 @@ def main(argv=None) -> int:
     paths = train_variants(args.config, out_root, args.steps, names, args.retrain, args.overrides)
     train_s = time.time() - t0
     clips = load_clips(Path(args.test_manifest), args.clips)
-    classifier = SynthMVClassifier.train_default()
     results: tp.Dict[str, tp.Any] = {}
-    sr = None
+    sr = classifier = roundtrip = None
     for name in names:
         pipe = load_model(paths[name])
         sr = pipe.codec.sample_rate
+        if classifier is None:  # every variant shares the codec of the config
+            classifier, roundtrip = judge(pipe)
         wavs = generate(pipe, clips, args.seed, args.cfg, args.top_k)
         results[name] = score(wavs, sr, clips, classifier)
         results[name]["r_at_1"], results[name]["r_at_1_note"] = retrieval_r1(pipe, clips)
@@ -193,6 +210,8 @@ def main(argv=None) -> int:
     results["random"] = score([real[j] for j in perm], sr, clips, classifier)
     results["random"]["r_at_1"] = 1.0 / len(clips)
     results["random"]["r_at_1_note"] = "chance (1/N)"
+    # ceiling: the clip's own music through the codec (what a perfect LM could produce)
+    results["codec_ceiling"] = score([roundtrip(w) for w in real], sr, clips, classifier)
     results["meta"] = {"clips": len(clips), "steps": args.steps, "seed": args.seed, "cfg": args.cfg,
                        "top_k": args.top_k, "train_seconds": round(train_s, 1),
                        "total_seconds": round(time.time() - t0, 1), "config": args.config}

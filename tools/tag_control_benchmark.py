@@ -44,9 +44,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from synthmv_benchmark import generate, load_clips
+    from synthmv_benchmark import generate, judge, load_clips
 
-    from datasets.synthmv import CLASSES, SynthMVClassifier, estimate_tempo
+    from datasets.synthmv import CLASSES, estimate_tempo
     from vmas.hub import load_model
 
     pipe = load_model(args.model)
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.model}: model has no tag branch")
     clips = load_clips(Path(args.test_manifest), args.clips)
     sr = pipe.codec.sample_rate
-    clf = SynthMVClassifier.train_default()
+    clf, _ = judge(pipe)
     rng = np.random.default_rng(args.seed)
     truth = np.array([c["class_id"] for c in clips])
     other = (truth + rng.integers(1, len(CLASSES), len(clips))) % len(CLASSES)  # a different class per clip
