@@ -398,6 +398,15 @@ def test_retrieval_embeddings_from_a_model(tmp_path):
         m = model.contrastive.embed_music(codes=codes, codebooks=pipe.codec.codebooks())
     torch.testing.assert_close(video[1:], v, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(music[1:], m, atol=1e-5, rtol=1e-4)
+    # music_from="logits": the LM's null-condition predictions of the same codes, through the same head
+    _, soft, _ = model_retrieval_embeddings(pipe, clips, batch_size=2, music_from="logits")
+    with torch.no_grad():
+        seq, valid = model.pattern.build(codes, model.card)
+        null, null_mask = model.fuser(None, batch_size=1)
+        logits = model.lm(seq, null, null_mask)
+        m_soft = model.contrastive.embed_music(logits=logits, codebooks=pipe.codec.codebooks(), valid=valid)
+    torch.testing.assert_close(soft[1:], m_soft, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(soft, music, atol=1e-3)  # a different feature
     assert recall_at_k(video, music, ks=(2,))["R@2"] == 1.0
 
 

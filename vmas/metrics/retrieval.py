@@ -71,14 +71,23 @@ def _ref_start(clip: tp.Dict[str, tp.Any]) -> float:
 
 @torch.no_grad()
 def model_retrieval_embeddings(pipe, clips: tp.Sequence[tp.Dict[str, tp.Any]], batch_size: int = 8,
-                               progress: bool = False) -> tp.Tuple[torch.Tensor, torch.Tensor, tp.List[str]]:
+                               progress: bool = False, music_from: str = "codes"
+                               ) -> tp.Tuple[torch.Tensor, torch.Tensor, tp.List[str]]:
     """Contrastive embeddings of N test pairs from a loaded :class:`vmas.models.vmas.VMASPipeline`.
 
     Video: ``clip_seconds`` of the clip's video at the config's fps/size -> encoder -> ``embed_video``.
-    Music: the same window of the ground-truth music -> EnCodec codes -> ``embed_music(codes=...)`` (the one-hot
-    version of the training-time music feature). Each clip needs ``video``, ``audio`` (a file) and optional ``start``.
+    Music: the same window of the ground-truth music -> EnCodec codes, then
+
+    - ``music_from="codes"``: ``embed_music(codes=...)``, the one-hot version of the training-time feature;
+    - ``music_from="logits"``: the LM's teacher-forced predictions of those codes under the *null* condition (it
+      never sees a video), ``embed_music(logits=...)``. This is the feature the heads were trained on (soft
+      distributions, not one-hots), without letting the query video into the music side.
+
+    Each clip needs ``video``, ``audio`` (a file) and optional ``start``.
     Returns video [N, P], music [N, P] (unit norm) and the clip ids.
     """
+    if music_from not in ("codes", "logits"):
+        raise ValueError(f"music_from must be 'codes' or 'logits', not {music_from!r}")
     from tqdm import tqdm
 
     from vmas.data import media
@@ -102,7 +111,14 @@ def model_retrieval_embeddings(pipe, clips: tp.Sequence[tp.Dict[str, tp.Any]], b
                            for c in chunk])  # [B, N]
         codes = codec.encode(wav[:, None].to(device))  # [B, K, T]
         video.append(model.contrastive.embed_video(model.encode_video(frames.to(device))).cpu())
-        music.append(model.contrastive.embed_music(codes=codes, codebooks=codebooks.to(device)).cpu())
+        if music_from == "codes":
+            music.append(model.contrastive.embed_music(codes=codes, codebooks=codebooks.to(device)).cpu())
+        else:
+            drop = torch.ones(codes.shape[0], dtype=torch.bool, device=device)
+            vt = model.encode_video(frames.to(device))  # only its shape matters: both conditions are dropped
+            out = model(None, codes, drop_video=drop, drop_tags=drop, video_tokens=vt)
+            music.append(model.contrastive.embed_music(logits=out.logits, codebooks=codebooks.to(device),
+                                                       valid=out.valid).cpu())
         ids += [c["id"] for c in chunk]
     if not ids:
         raise VmasError("retrieval: no manifest clip has both 'video' and reference 'audio'")
