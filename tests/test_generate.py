@@ -121,7 +121,7 @@ def test_cli_help_shows_defaults(capsys):
     text = capsys.readouterr().out
     for flag in ["--cfg", "--top-k", "--negative", "--tempo", "--batch-size", "--device", "--auto-tags"]:
         assert flag in text
-    assert "default: 3.0" in text and "default: 250" in text
+    assert "the model's generation.cfg" in text and "the model's generation.top_k" in text
 
 
 def test_batch_generation_matches_lengths(tmp_path, pipe):
@@ -131,3 +131,14 @@ def test_batch_generation_matches_lengths(tmp_path, pipe):
     for r, src in zip(res, [a, b]):
         assert abs(audio_duration(r.wav) - probe_video(src).duration) <= FRAME
     assert res[0].windows == res[1].windows == len(_window_plan(round(probe_video(b).duration * 50), 125, 62))
+
+
+def test_sampling_defaults_come_from_the_model_config():
+    from vmas.config import GenerationConfig
+    from vmas.generate import GenerationRequest
+
+    gen = GenerationConfig(cfg=2.5, top_k=50, top_p=0.0, temperature=0.9)
+    r = GenerationRequest().resolved(gen)
+    assert (r.cfg, r.top_k, r.top_p, r.temperature) == (2.5, 50, 0.0, 0.9)
+    r = GenerationRequest(cfg=1.0, top_k=0).resolved(gen)  # explicit values win, 0 included
+    assert (r.cfg, r.top_k, r.temperature) == (1.0, 0, 0.9)

@@ -29,10 +29,12 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tempo", type=float, default=None, help="tempo in BPM (wins over automatic tags)")
     p.add_argument("--negative", action="append", default=[], help='tags to steer away from, e.g. "drums, vocals"')
     p.add_argument("--auto-tags", action="store_true", help="derive tags from the video (captioner + LLM)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
-    p.add_argument("--top-k", type=int, default=250, help="top-k sampling (0 = off)")
-    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling (0 = off)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's "
+                   "generation.cfg, 3 for MusicGen-style models)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k sampling, 0 = off (default: the model's "
+                   "generation.top_k)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, 0 = off (default: the model's)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same audio)")
     p.add_argument("--duration", type=float, default=None, help="generate at most this many seconds per video")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -82,8 +84,9 @@ def run_generate(args) -> int:
         print(pipe.note, file=sys.stderr)
     request = GenerationRequest(
         tags=split_tag_arg(args.tags), instruments=split_tag_arg(args.instruments), genres=split_tag_arg(args.genres),
-        tempo=args.tempo, negative=split_tag_arg(args.negative), auto_tags=args.auto_tags, cfg=args.cfg,
-        top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, seed=args.seed, duration=args.duration)
+        tempo=args.tempo, negative=split_tag_arg(args.negative), auto_tags=args.auto_tags,
+        seed=args.seed, duration=args.duration, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
+        temperature=args.temperature)  # None = the model's generation config
     failed: tp.List[Path] = []
 
     def on_error(path: Path, err: Exception) -> None:

@@ -31,15 +31,22 @@ class GenerationRequest:
     tempo: tp.Optional[float] = None
     negative: tp.Sequence[str] = ()
     auto_tags: bool = False
-    cfg: float = 3.0
-    top_k: int = 250
-    top_p: float = 0.0
-    temperature: float = 1.0
+    cfg: tp.Optional[float] = None
+    """Sampling controls; None = the model's own ``generation`` config (see :meth:`resolved`)."""
+    top_k: tp.Optional[int] = None
+    top_p: tp.Optional[float] = None
+    temperature: tp.Optional[float] = None
     seed: int = 0
     duration: tp.Optional[float] = None
     """Generate music for at most this many seconds of each video (the rest of the video stays silent)."""
     stride: tp.Optional[float] = None
     """Seconds of new music per continuation window (default: half a window)."""
+
+    def resolved(self, gen_cfg: tp.Any) -> "GenerationRequest":
+        """A copy with every unset sampling control taken from the model's ``generation`` config (a 256-entry
+        SynthMV codebook wants top-k 50, MusicGen's 2048 entries 250)."""
+        return dataclasses.replace(self, **{k: getattr(gen_cfg, k) for k in ("cfg", "top_k", "top_p", "temperature")
+                                            if getattr(self, k) is None})
 
 
 @dataclasses.dataclass
@@ -92,7 +99,7 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe, out_dir:
     Each file runs inside its own error boundary: a :class:`VmasError` for one file is passed to ``on_error``
     (default: re-raise) and the others still finish.
     """
-    req = request or GenerationRequest()
+    req = (request or GenerationRequest()).resolved(pipe.config.generation)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = pipe.config
