@@ -70,3 +70,16 @@ def test_missing_tags_use_null_token_and_null_is_learned():
     # gradients reach the null tokens: the unconditional branch is trained
     cond[:, 3].sum().backward()
     assert f.null_tags.grad is not None and f.null_tags.grad.abs().sum() > 0
+
+
+def test_step_condition_picks_the_token_of_each_steps_time():
+    torch.manual_seed(0)
+    f = ConditionFuser(video_dim=5, dim=8, steps_per_clip=250, step_video=True)
+    video = torch.randn(2, 24, 5)  # 24 tokens over 250 steps: token j covers steps [j * 250/24, (j+1) * 250/24)
+    out = f.step_condition(video, num_steps=253)  # the delay pattern has 3 steps past the window
+    proj = f.step_proj(video)
+    for s, j in [(0, 0), (10, 0), (11, 1), (124, 11), (125, 12), (249, 23), (252, 23)]:
+        torch.testing.assert_close(out[:, s], proj[:, j])
+    dropped = f.step_condition(video, 253, drop_video=torch.tensor([True, False]))
+    assert dropped[0].abs().max() == 0 and torch.equal(dropped[1], out[1])  # no video -> nothing added
+    assert ConditionFuser(video_dim=5, dim=8, steps_per_clip=250).step_condition(video, 253) is None

@@ -9,6 +9,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from vmas.errors import CheckpointError
 from vmas.models.lm import MusicLM, load_musicgen_lm_weights, musicgen_to_vmas_state_dict, sample_tokens
+from vmas.modules.transformer import additive_mask
 
 DIM, LAYERS, HEADS, FFN, K, CARD = 32, 2, 4, 64, 4, 24
 
@@ -295,3 +296,47 @@ def test_cfg_with_different_condition_lengths_matches_reference_loop():
                 if 0 <= s - k < T:
                     seq[:, k, s] = token[:, k]
     assert torch.equal(got, model.pattern.revert(seq))
+
+
+# ---------------------------------------------------------------------------------- per-step (added) condition
+def test_step_condition_is_added_to_the_inputs_and_streams():
+    model = get_debug_model().eval()
+    seq = torch.randint(0, CARD + 1, (2, K, 12))
+    cond, mask = conditions()
+    step = torch.randn(2, 12, DIM)
+    with torch.no_grad():
+        full = model(seq, cond, mask, step)
+        # by hand: the same transformer on embed(inputs) + step
+        x = model.embed(model.shift_inputs(seq)) + step
+        ref = model.transformer(x, model.transformer.cross_kv(cond), additive_mask(mask, x.dtype))
+        ref = torch.stack([h(model.out_norm(ref)) for h in model.linears], dim=1)
+        chunks = []
+        with model.streaming(cond, mask, max_steps=12, step_cond=step) as state:
+            inputs = model.shift_inputs(seq)
+            for a, b in [(0, 1), (1, 4), (4, 5), (5, 12)]:
+                chunks.append(model.forward_step(inputs[..., a:b], state))
+    torch.testing.assert_close(full, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.cat(chunks, dim=2), full, rtol=0, atol=1e-5)
+    assert (full - model(seq, cond, mask)).abs().max() > 1e-3  # it does change the logits
+
+
+def test_step_condition_generation_matches_reference_loop():
+    """Greedy CFG with a per-step condition on the conditional branch and zeros on the unconditional one."""
+    model = get_debug_model().eval()
+    cond, mask = conditions(B=2, L=4)
+    uncond = torch.randn(2, 3, DIM)
+    T = 5
+    S = T + K - 1
+    step = torch.randn(2, S, DIM)
+    got = [model.generate(cond, mask, uncond, None, num_frames=T, cfg=2.0, temperature=0.0, step_cond=step,
+                          use_cache=c) for c in (True, False)]
+    seq = torch.full((2, K, S), CARD)
+    with torch.no_grad():
+        for s in range(S):
+            c = model(seq[..., : s + 1], cond, mask, step)[:, :, -1]
+            u = model(seq[..., : s + 1], uncond, None)[:, :, -1]
+            token = (u + 2.0 * (c - u)).argmax(-1)
+            for k in range(K):
+                if 0 <= s - k < T:
+                    seq[:, k, s] = token[:, k]
+    assert torch.equal(got[0], model.pattern.revert(seq)) and torch.equal(got[1], got[0])

@@ -134,3 +134,24 @@ def test_bad_checkpoints_fail_with_one_line(tmp_path, setup):
     torch.save({"config": bad_cfg, "model": model.state_dict()}, tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="do not fit the config"):
         load_pretrained(tmp_path / "mismatch.pt")
+
+
+def test_cross_plus_sum_fuse_adds_the_video_per_step_and_not_in_cfg_branches():
+    torch.manual_seed(0)
+    cfg = load_config(CONFIGS / "debug.yaml", ["model.lm.video_fuse=cross+sum"])
+    model = build_model(cfg, codec=build_codec(cfg.model.codec)).eval()
+    frames = torch.randint(0, 255, (2, cfg.data.num_frames, 32, 32, 3), dtype=torch.uint8)
+    codes = torch.randint(0, cfg.model.lm.card, (2, cfg.model.lm.n_q, 20))
+    out = model(frames, codes)
+    vt = model.encode_video(frames)
+    cond, mask = model.fuser(vt)
+    S = out.seq.shape[-1]
+    step = model.fuser.step_condition(vt, S)
+    torch.testing.assert_close(out.logits, model.lm(out.seq, cond, mask, step))
+    assert (out.logits - model.lm(out.seq, cond, mask)).abs().max() > 1e-4
+    yes = torch.ones(2, dtype=torch.bool)
+    null = model(frames, codes, drop_video=yes, drop_tags=yes)
+    ncond, nmask = model.fuser(vt, drop_video=yes)
+    torch.testing.assert_close(null.logits, model.lm(out.seq, ncond, nmask))  # CFG branch: no per-step video
+    with pytest.raises(Exception, match="video_fuse"):
+        build_model(load_config(CONFIGS / "debug.yaml", ["model.lm.video_fuse=sum"]))

@@ -30,7 +30,7 @@ def build_codec(cfg: CodecConfig, load_weights: bool = True) -> nn.Module:
 
 
 def lm_kwargs(cfg: LMConfig) -> tp.Dict[str, tp.Any]:
-    skip = {"pretrained", "cond_dropout", "tag_dropout", "time_aligned_video", "video_swap_prob"}  # read by VMAS / the fuser
+    skip = {"pretrained", "cond_dropout", "tag_dropout", "time_aligned_video", "video_swap_prob", "video_fuse"}  # read by VMAS / the fuser
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
 
 
@@ -52,8 +52,16 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
     encoder = build_encoder(m.encoder, load_weights)
     lm = build_lm(m.lm, load_weights)
     steps = cfg.data.clip_seconds * cfg.data.frame_rate if m.lm.time_aligned_video else 0.0  # LM steps per window
+    if m.lm.video_fuse not in ("cross", "cross+sum"):
+        from vmas.errors import ConfigError
+
+        raise ConfigError(f"model.lm.video_fuse: unknown '{m.lm.video_fuse}' (use cross or cross+sum)")
+    if m.lm.video_fuse == "cross+sum" and not steps:
+        from vmas.errors import ConfigError
+
+        raise ConfigError("model.lm.video_fuse=cross+sum needs model.lm.time_aligned_video=true")
     fuser = ConditionFuser(video_dim=encoder.out_dim, dim=m.lm.dim, tag_dim=m.tags.text_dim if m.tags.enabled else 0,
-                           steps_per_clip=steps)
+                           steps_per_clip=steps, step_video=m.lm.video_fuse == "cross+sum")
     contrastive = None
     codebooks = None
     if codec is not None:

@@ -112,6 +112,9 @@ class LMConfig:
     """Probability that a training clip keeping both its tags and video sees another clip's video instead, so tags
     override a contradicting picture at inference (``VMAS._swaps``). 0 = off (real data whose tags come from
     the video itself)."""
+    video_fuse: str = "cross"
+    """How video tokens reach the LM: ``cross`` (the paper: cross-attention only) or ``cross+sum`` (also add the
+    video token of each step's time to the LM input; ``ConditionFuser.step_video``)."""
     time_aligned_video: bool = True
     """Give video tokens the LM-step positions of their time span (see ``ConditionFuser.steps_per_clip``); False
     = token indices (checkpoints exported before this option)."""

@@ -89,6 +89,7 @@ class LMState:
     emb_table: torch.Tensor  # [K * (card+1), dim] the K input embeddings stacked
     emb_offsets: torch.Tensor  # [K] row offset of codebook k in emb_table
     head_t: torch.Tensor  # [dim, K * card] the K output heads stacked, transposed and contiguous
+    step_cond: tp.Optional[torch.Tensor] = None  # [B, S_max, dim] per-step additive condition (or None)
     offset: int = 0  # steps already in the cache
 
     @property
@@ -153,24 +154,34 @@ class MusicLM(nn.Module):
         pos = torch.arange(offset, offset + inputs.shape[-1], device=inputs.device)
         return x + sin_embedding(pos, self.dim, self.max_period).to(x.dtype)
 
-    def hidden(self, seq: torch.Tensor, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor]) -> torch.Tensor:
-        """seq long [B, K, S], cond [B, L, dim], cond_mask [B, L] -> final normalised hidden states [B, S, dim]."""
+    def hidden(self, seq: torch.Tensor, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor],
+               step_cond: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
+        """seq long [B, K, S], cond [B, L, dim], cond_mask [B, L] -> final normalised hidden states [B, S, dim].
+
+        ``step_cond`` [B, >=S, dim] is added to the input of each step (a time-aligned condition, MusicGen's
+        ``sum`` / ``input_interpolate`` fuse modes); cross-attention to ``cond`` is unchanged.
+        """
         B, K, S = seq.shape
         assert K == self.n_q, f"expected {self.n_q} codebooks, got {K}"
-        x = self.dropout(self.embed(self.shift_inputs(seq)))  # [B, S, dim]
+        x = self.embed(self.shift_inputs(seq))  # [B, S, dim]
+        if step_cond is not None:
+            x = x + step_cond[:, :S].to(x.dtype)
+        x = self.dropout(x)
         mask = None if cond_mask is None else additive_mask(cond_mask, x.dtype)  # [B, 1, 1, L]
         x = self.transformer(x, self.transformer.cross_kv(cond), mask)  # [B, S, dim]
         return self.out_norm(x)
 
-    def forward(self, seq: torch.Tensor, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor]) -> torch.Tensor:
-        """seq long [B, K, S] (delay pattern), cond [B, L, dim], cond_mask [B, L] bool -> logits [B, K, S, card]."""
-        x = self.hidden(seq, cond, cond_mask)  # [B, S, dim]
+    def forward(self, seq: torch.Tensor, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor],
+                step_cond: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
+        """seq long [B, K, S] (delay pattern), cond [B, L, dim], cond_mask [B, L] bool (step_cond [B, S, dim]
+        optional, see :meth:`hidden`) -> logits [B, K, S, card]."""
+        x = self.hidden(seq, cond, cond_mask, step_cond)  # [B, S, dim]
         return torch.stack([head(x) for head in self.linears], dim=1)  # [B, K, S, card]
 
     # ----------------------------------------------------------------------------------------------- streaming
     @contextlib.contextmanager
     def streaming(self, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor],
-                  max_steps: int) -> tp.Iterator[LMState]:
+                  max_steps: int, step_cond: tp.Optional[torch.Tensor] = None) -> tp.Iterator[LMState]:
         """Context for step-by-step decoding of up to ``max_steps`` input columns against ``cond [B, L, dim]``.
 
         Everything that does not change per step is done here once: the KV cache is preallocated, cross-attention
@@ -191,6 +202,7 @@ class MusicLM(nn.Module):
             emb_offsets=torch.arange(self.n_q, device=param.device) * (self.card + 1),
             # one contiguous [dim, K*card] matrix: on CPU this is 2x faster than a transposed view and 4 Linears
             head_t=torch.cat([h.weight for h in self.linears], dim=0).t().contiguous(),
+            step_cond=None if step_cond is None else step_cond.to(param.dtype),
         )
         try:
             yield state
@@ -207,6 +219,8 @@ class MusicLM(nn.Module):
             return self.decode_step(inputs[..., 0], state)[:, :, None]
         rows = inputs + state.emb_offsets[:, None]  # [B, K, T] rows of the stacked table
         x = F.embedding(rows, state.emb_table).sum(dim=1) + state.positions[start:end]  # [B, T, dim]
+        if state.step_cond is not None:
+            x = x + state.step_cond[:, start:end]
         x = self.transformer(x, state.cross_kv, state.cross_mask, cache=state.cache, offset=start)
         state.offset = end
         logits = torch.matmul(self.out_norm(x), state.head_t)  # [B, T, K*card]
@@ -224,6 +238,8 @@ class MusicLM(nn.Module):
         if t >= state.max_steps:
             raise ValueError(f"streaming state holds {state.max_steps} steps, asked for {t + 1}")
         x = F.embedding(tokens + state.emb_offsets, state.emb_table).sum(dim=1) + state.positions[t]  # [B, dim]
+        if state.step_cond is not None:
+            x = x + state.step_cond[:, t]
         x = self.transformer.step(x, state.cross_kv, state.cross_mask, state.cache, t)
         state.offset = t + 1
         h = F.layer_norm(x, (self.dim,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)  # [B, dim]
@@ -251,7 +267,8 @@ class MusicLM(nn.Module):
                  num_frames: int = 500, cfg: float = 3.0, top_k: int = 250, top_p: float = 0.0,
                  temperature: float = 1.0, prompt: tp.Optional[torch.Tensor] = None,
                  generator: tp.Optional[torch.Generator] = None, progress: bool = False,
-                 use_cache: bool = True) -> torch.Tensor:
+                 use_cache: bool = True, step_cond: tp.Optional[torch.Tensor] = None,
+                 uncond_step_cond: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample codes [B, K, num_frames] for cond [B, L, dim] (cond_mask [B, L] bool, True = attend).
 
         With ``uncond`` ([B, L', dim], e.g. the learned null condition or a negative prompt) both branches run as
@@ -259,6 +276,8 @@ class MusicLM(nn.Module):
         the first T0 frames and continued; the rng still advances through the prompt steps, so continuing
         ``generate(...)[..., :T0]`` with an identically seeded generator reproduces the one-go result.
         ``use_cache=False`` recomputes the whole prefix every step (the benchmark's baseline; same samples).
+        ``step_cond`` / ``uncond_step_cond`` [B, >=S, dim]: per-step additive conditions of the two branches (see
+        :meth:`hidden`; a missing unconditional one is zeros).
         """
         B = cond.shape[0]
         K, S = self.n_q, self.pattern.num_steps(num_frames)
@@ -266,6 +285,11 @@ class MusicLM(nn.Module):
         guided = uncond is not None and cfg != 1.0
         if guided:
             cond, cond_mask = self._pair_conditions(cond, cond_mask, uncond, uncond_mask)
+            if step_cond is not None:
+                u = torch.zeros_like(step_cond) if uncond_step_cond is None else uncond_step_cond
+                step_cond = torch.cat([step_cond, u], dim=0)  # [2B, S, dim]
+        if step_cond is not None and step_cond.shape[1] < S:
+            raise ValueError(f"step_cond covers {step_cond.shape[1]} steps, generation needs {S}")
 
         # Pattern template: special where invalid, prompt codes where known; `free` marks what gets sampled.
         T0 = 0 if prompt is None else prompt.shape[-1]
@@ -285,7 +309,7 @@ class MusicLM(nn.Module):
             return seq[..., :end].repeat(2, 1, 1) if guided else seq[..., :end]
 
         def recompute(end: int) -> torch.Tensor:  # no cache: the whole prefix again; heads on the last step only
-            h = self.hidden(seq_upto(end), cond, cond_mask)[:, -1]  # [B or 2B, dim]
+            h = self.hidden(seq_upto(end), cond, cond_mask, step_cond)[:, -1]  # [B or 2B, dim]
             if guided:
                 c, u = h.chunk(2, dim=0)
                 h = torch.lerp(u, c, cfg)
@@ -293,7 +317,7 @@ class MusicLM(nn.Module):
 
         steps = tqdm(range(T0, S), desc="generate", unit="step", disable=not progress, leave=False)
         with contextlib.ExitStack() as stack:
-            state = stack.enter_context(self.streaming(cond, cond_mask, S)) if use_cache else None
+            state = stack.enter_context(self.streaming(cond, cond_mask, S, step_cond)) if use_cache else None
             if use_cache and T0 > 0:
                 self.forward_step(self.shift_inputs(seq_upto(T0)), state)  # prefill the prompt steps in one chunk
             for s in steps:

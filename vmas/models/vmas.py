@@ -123,7 +123,8 @@ class VMAS(nn.Module):
             video_tokens = torch.where(swapped[:, None, None], video_tokens.roll(1, dims=0), video_tokens)
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=drop_video, drop_tags=drop_tags)
         seq, valid = self.pattern.build(codes, self.card)  # [B, K, S], [K, S]
-        logits = self.lm(seq, cond, cond_mask)  # [B, K, S, card]
+        step = self.fuser.step_condition(video_tokens, seq.shape[-1], drop_video)  # [B, S, dim] or None
+        logits = self.lm(seq, cond, cond_mask, step)  # [B, K, S, card]
         kept = torch.ones(B, dtype=torch.bool, device=codes.device) if drop_video is None else ~drop_video
         if swapped is not None:
             kept = kept & ~swapped
@@ -155,9 +156,11 @@ class VMAS(nn.Module):
             else:
                 uncond, uncond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=all_drop,
                                                  drop_tags=all_drop, batch_size=B)
+        # per-step video path (video_fuse=cross+sum); the unconditional / negative branches have no video -> zeros
+        step = self.fuser.step_condition(video_tokens, self.pattern.num_steps(num_frames))
         return self.lm.generate(cond, cond_mask, uncond, uncond_mask, num_frames=num_frames, cfg=cfg, top_k=top_k,
                                 top_p=top_p, temperature=temperature, prompt=prompt, generator=generator,
-                                progress=progress)
+                                progress=progress, step_cond=step)
 
 
 # ----------------------------------------------------------------------------------------------- inference bundle
