@@ -63,3 +63,11 @@ def test_scorer_separates_matched_from_mismatched_music(clips):
     assert matched["class_acc"] == 1.0 and shifted["class_acc"] == 0.0
     assert matched["onset_f1"] > 0.9 > 0.6 > shifted["onset_f1"]
     assert matched["mv_align"] > shifted["mv_align"]
+
+
+def test_mean_std_over_sampling_seeds():
+    from synthmv_benchmark import mean_std
+
+    assert mean_std([{"a": 0.5}]) == {"a": 0.5}
+    got = mean_std([{"a": 1.0, "b": 0.2}, {"a": 3.0, "b": 0.2}])
+    assert got["a"] == {"mean": 2.0, "std": 1.0, "runs": [1.0, 3.0]} and got["b"]["std"] == 0.0

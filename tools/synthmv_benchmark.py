@@ -129,6 +129,14 @@ def score(wavs: tp.Sequence[np.ndarray], sr: int, clips: tp.Sequence[dict], clas
     return {"mv_align": mv.compute(), "onset_f1": float(np.mean(f1s)), "class_acc": acc}
 
 
+def mean_std(runs: tp.Sequence[tp.Dict[str, float]]) -> tp.Dict[str, tp.Any]:
+    """[{metric: value}] over sampling seeds -> {metric: value} for one run, else {metric: {mean, std, runs}}."""
+    if len(runs) == 1:
+        return dict(runs[0])
+    return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs])),
+                "runs": [round(float(r[k]), 4) for r in runs]} for k in runs[0]}
+
+
 def judge(pipe):
     """The SynthMV class classifier for ``pipe``'s music: trained on real renders of the scored window length, plus
     their reconstructions through the model's codec (see ``SynthMVClassifier.train_default``)."""
@@ -173,7 +181,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="ar_only,contrastive,full")
     p.add_argument("--steps", type=int, default=600, help="optimiser steps per variant (same for all)")
     p.add_argument("--clips", type=int, default=36, help="held-out clips to generate for")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed of the variants and first sampling seed")
+    p.add_argument("--sample-seeds", type=int, default=3,
+                   help="generate with this many sampling seeds (seed, seed+1, ...) and report mean and std")
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--retrain", action="store_true")
@@ -197,8 +207,9 @@ def main(argv=None) -> int:
         sr = pipe.codec.sample_rate
         if classifier is None:  # every variant shares the codec of the config
             classifier, roundtrip = judge(pipe)
-        wavs = generate(pipe, clips, args.seed, args.cfg, args.top_k)
-        results[name] = score(wavs, sr, clips, classifier)
+        runs = [score(generate(pipe, clips, args.seed + k, args.cfg, args.top_k), sr, clips, classifier)
+                for k in range(args.sample_seeds)]
+        results[name] = mean_std(runs)
         r1, r1_codes, note = retrieval_r1(pipe, clips)
         results[name].update({"r_at_1": r1, "r_at_1_onehot_codes": r1_codes, "r_at_1_note": note})
         print(f"{name}: {results[name]}", file=sys.stderr)
@@ -218,7 +229,8 @@ def main(argv=None) -> int:
     results["random"]["r_at_1_note"] = "chance (1/N)"
     # ceiling: the clip's own music through the codec (what a perfect LM could produce)
     results["codec_ceiling"] = score([roundtrip(w) for w in real], sr, clips, classifier)
-    results["meta"] = {"clips": len(clips), "steps": args.steps, "seed": args.seed, "cfg": args.cfg,
+    results["meta"] = {"clips": len(clips), "steps": args.steps, "seed": args.seed, "sample_seeds": args.sample_seeds,
+                       "spread": "std over sampling seeds of one trained model per variant", "cfg": args.cfg,
                        "top_k": args.top_k, "train_seconds": round(train_s, 1),
                        "total_seconds": round(time.time() - t0, 1), "config": args.config}
     (out_root / "results.json").write_text(json.dumps(results, indent=1))
