@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--test-manifest", default=str(ROOT / "data" / "synthmv" / "test" / "vmas_manifest.jsonl"))
     p.add_argument("--out", default=str(ROOT / "runs" / "synthmv" / "bench"))
     p.add_argument("--variants", default="ar_only,contrastive,full")
-    p.add_argument("--steps", type=int, default=600, help="optimiser steps per variant (same for all)")
+    p.add_argument("--steps", type=int, default=1200, help="optimiser steps per variant (same for all)")
     p.add_argument("--clips", type=int, default=36, help="held-out clips to generate for")
     p.add_argument("--seed", type=int, default=0, help="training seed of the variants and first sampling seed")
     p.add_argument("--sample-seeds", type=int, default=3,
