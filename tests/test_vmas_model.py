@@ -155,3 +155,28 @@ def test_cross_plus_sum_fuse_adds_the_video_per_step_and_not_in_cfg_branches():
     torch.testing.assert_close(null.logits, model.lm(out.seq, ncond, nmask))  # CFG branch: no per-step video
     with pytest.raises(Exception, match="video_fuse"):
         build_model(load_config(CONFIGS / "debug.yaml", ["model.lm.video_fuse=sum"]))
+
+
+def test_input_noise_corrupts_inputs_not_targets(setup):
+    _, _, model, frames, codes = setup
+    model.train()
+    model.input_noise = 1.0
+    try:
+        keep = torch.zeros(3, dtype=torch.bool)
+        torch.manual_seed(0)
+        out = model(frames, codes, drop_video=keep, drop_tags=keep)
+        seq, valid = model.pattern.build(codes, model.card)
+        assert torch.equal(out.seq, seq)  # clean targets
+        torch.manual_seed(0)
+        noisy = model._corrupt(seq, valid)
+        assert torch.equal(noisy[:, ~valid], seq[:, ~valid])  # special (pattern) tokens untouched
+        assert (noisy[:, valid] != seq[:, valid]).float().mean() > 0.9  # p = 1: (almost) every real code replaced
+        cond, mask = model.fuser(model.encode_video(frames))
+        torch.testing.assert_close(out.logits, model.lm(noisy, cond, mask))  # the LM saw the noisy history
+        model.input_noise = 0.25
+        rate = (model._corrupt(seq, valid)[:, valid] != seq[:, valid]).float().mean()
+        assert abs(float(rate) - 0.25 * (1 - 1 / model.card)) < 0.05
+        model.eval()
+        assert torch.equal(model._corrupt(seq, valid), seq)
+    finally:
+        model.input_noise = 0.0

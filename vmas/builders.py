@@ -30,7 +30,8 @@ def build_codec(cfg: CodecConfig, load_weights: bool = True) -> nn.Module:
 
 
 def lm_kwargs(cfg: LMConfig) -> tp.Dict[str, tp.Any]:
-    skip = {"pretrained", "cond_dropout", "tag_dropout", "time_aligned_video", "video_swap_prob", "video_fuse"}  # read by VMAS / the fuser
+    skip = {"pretrained", "cond_dropout", "tag_dropout", "time_aligned_video", "video_swap_prob", "video_fuse",
+            "input_noise"}  # read by VMAS / the fuser
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
 
 
@@ -79,4 +80,5 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
                                       temperature_init=cfg.loss.contrastive_temperature,
                                       min_temperature=cfg.loss.contrastive_min_temperature)
     return VMAS(encoder, lm, fuser, contrastive=contrastive, cond_dropout=m.lm.cond_dropout,
-                tag_dropout=m.lm.tag_dropout, codebooks=codebooks, video_swap_prob=m.lm.video_swap_prob)
+                tag_dropout=m.lm.tag_dropout, codebooks=codebooks, video_swap_prob=m.lm.video_swap_prob,
+                input_noise=m.lm.input_noise)

@@ -112,6 +112,10 @@ class LMConfig:
     """Probability that a training clip keeping both its tags and video sees another clip's video instead, so tags
     override a contradicting picture at inference (``VMAS._swaps``). 0 = off (real data whose tags come from
     the video itself)."""
+    input_noise: float = 0.0
+    """Training: probability of replacing each *input* code (not the target) by a random code, so the LM cannot
+    predict everything from its own history and leans on its conditions (``VMAS._corrupt``). 0 = plain teacher
+    forcing (MusicGen)."""
     video_fuse: str = "cross"
     """How video tokens reach the LM: ``cross`` (the paper: cross-attention only) or ``cross+sum`` (also add the
     video token of each step's time to the LM input; ``ConditionFuser.step_video``)."""

@@ -47,13 +47,17 @@ class VMAS(nn.Module):
         codebooks (Tensor, optional): [K, card, D] EnCodec codebooks for the contrastive loss.
         video_swap_prob (float): probability that a training clip with both conditions kept sees another clip's
             video (see :meth:`_swaps`); such clips are left out of the contrastive loss.
+        input_noise (float): probability of replacing each input code by a random one in training
+            (:meth:`_corrupt`).
     """
 
     def __init__(self, encoder: nn.Module, lm: nn.Module, fuser: ConditionFuser,
                  contrastive: tp.Optional[nn.Module] = None, cond_dropout: float = 0.3, tag_dropout: float = 0.3,
-                 codebooks: tp.Optional[torch.Tensor] = None, video_swap_prob: float = 0.0):
+                 codebooks: tp.Optional[torch.Tensor] = None, video_swap_prob: float = 0.0,
+                 input_noise: float = 0.0):
         super().__init__()
         self.video_swap_prob = video_swap_prob
+        self.input_noise = input_noise
         self.encoder = encoder
         self.lm = lm
         self.fuser = fuser
@@ -82,6 +86,19 @@ class VMAS(nn.Module):
         if not self.training or p <= 0:
             return None
         return torch.rand(batch, device=device) < p
+
+    def _corrupt(self, seq: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Training only: replace each real input code with a random one with probability ``input_noise``.
+
+        The targets stay clean (``VMASOutput.seq``). Why: on music with a steady beat, teacher forcing lets the LM
+        predict almost every onset from the ones before it, so the video's timing is worth little to the loss
+        and is not learned; a noisy history makes the condition carry more of the prediction.
+        """
+        if not self.training or self.input_noise <= 0:
+            return seq
+        noise = torch.randint_like(seq, self.card)
+        hit = (torch.rand(seq.shape, device=seq.device) < self.input_noise) & valid  # [B, K, S]
+        return torch.where(hit, noise, seq)
 
     def _swaps(self, batch: int, tag_emb: tp.Optional[torch.Tensor], drop_video: tp.Optional[torch.Tensor],
                drop_tags: tp.Optional[torch.Tensor], device: torch.device) -> tp.Optional[torch.Tensor]:
@@ -124,7 +141,7 @@ class VMAS(nn.Module):
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=drop_video, drop_tags=drop_tags)
         seq, valid = self.pattern.build(codes, self.card)  # [B, K, S], [K, S]
         step = self.fuser.step_condition(video_tokens, seq.shape[-1], drop_video)  # [B, S, dim] or None
-        logits = self.lm(seq, cond, cond_mask, step)  # [B, K, S, card]
+        logits = self.lm(self._corrupt(seq, valid), cond, cond_mask, step)  # [B, K, S, card]
         kept = torch.ones(B, dtype=torch.bool, device=codes.device) if drop_video is None else ~drop_video
         if swapped is not None:
             kept = kept & ~swapped
