@@ -180,3 +180,30 @@ def test_input_noise_corrupts_inputs_not_targets(setup):
         assert torch.equal(model._corrupt(seq, valid), seq)
     finally:
         model.input_noise = 0.0
+
+
+def test_guide_tags_keeps_the_video_in_the_cfg_branch(setup, monkeypatch):
+    _, _, model, frames, _ = setup
+    model.eval()
+    fuser = type(model.fuser)(model.encoder.out_dim, model.lm.dim, tag_dim=6)
+    monkeypatch.setattr(model, "fuser", fuser)
+    seen = {}
+    monkeypatch.setattr(model.lm, "generate", lambda cond, cond_mask, uncond, uncond_mask, **kw: seen.update(
+        cond=cond, uncond=uncond, uncond_mask=uncond_mask))
+    tags, mask = torch.randn(3, 2, 6), torch.ones(3, 2, dtype=torch.bool)
+    vt = model.encode_video(frames)
+    yes = torch.ones(3, dtype=torch.bool)
+    model.generate(frames, 5, tag_emb=tags, tag_mask=mask, guide="tags")
+    want, want_mask = fuser(vt, tags, mask, drop_tags=yes)  # the picture, no tags
+    torch.testing.assert_close(seen["uncond"], want)
+    assert torch.equal(seen["uncond_mask"], want_mask)
+    model.generate(frames, 5, tag_emb=tags, tag_mask=mask, guide="all")
+    want, _ = fuser(vt, tags, mask, drop_video=yes, drop_tags=yes)  # SPEC: nothing
+    torch.testing.assert_close(seen["uncond"], want)
+    neg = torch.randn(3, 1, 6)
+    model.generate(frames, 5, neg_emb=neg, guide="tags")
+    torch.testing.assert_close(seen["uncond"], fuser(vt, neg)[0])  # the picture + the negative tags
+    model.generate(frames, 5, neg_emb=neg, guide="all")
+    torch.testing.assert_close(seen["uncond"], fuser(vt, neg, drop_video=yes)[0])
+    with pytest.raises(ValueError, match="guide"):
+        model.generate(frames, 5, guide="video")

@@ -83,7 +83,7 @@ def load_clips(manifest: Path, limit: int) -> tp.List[dict]:
 @torch.no_grad()
 def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k: int, batch: int = 12,
              tags: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None,
-             negative: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None) -> tp.List[np.ndarray]:
+             negative: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None, guide: str = "all") -> tp.List[np.ndarray]:
     """Music for each clip's first ``clip_seconds`` window; ``tags`` / ``negative`` are per-clip tag lists (None =
     video only: the tag slots hold the learned null token)."""
     from vmas.data import media
@@ -103,7 +103,8 @@ def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k:
         if negative is not None:
             neg_emb, neg_mask = encoder(negative[i: i + batch])
         codes = pipe.model.generate(frames, num_frames=frames_per_clip, tag_emb=tag_emb, tag_mask=tag_mask,
-                                    neg_emb=neg_emb, neg_mask=neg_mask, cfg=cfg_scale, top_k=top_k, generator=gen)
+                                    neg_emb=neg_emb, neg_mask=neg_mask, cfg=cfg_scale, top_k=top_k, generator=gen,
+                                    guide=guide)
         wav = pipe.codec.decode(codes)[:, 0]  # [B, N]
         wavs += [w.numpy() for w in wav]
     return wavs

@@ -35,6 +35,9 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
                    "generation.top_k)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, 0 = off (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
+    p.add_argument("--guide", choices=["all", "tags"], default=None,
+                   help="with --tags/--negative: guide against no video + no tags (all) or against the video without "
+                        "your tags (tags: the tags win over a contradicting picture); default: the model's")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same audio)")
     p.add_argument("--duration", type=float, default=None, help="generate at most this many seconds per video")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -86,7 +89,7 @@ def run_generate(args) -> int:
         tags=split_tag_arg(args.tags), instruments=split_tag_arg(args.instruments), genres=split_tag_arg(args.genres),
         tempo=args.tempo, negative=split_tag_arg(args.negative), auto_tags=args.auto_tags,
         seed=args.seed, duration=args.duration, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-        temperature=args.temperature)  # None = the model's generation config
+        temperature=args.temperature, guide=args.guide)  # None = the model's generation config
     failed: tp.List[Path] = []
 
     def on_error(path: Path, err: Exception) -> None:

@@ -312,6 +312,9 @@ class GenerationConfig:
     temperature: float = 1.0
     duration: float = 10.0
     seed: int = 0
+    guide: str = "all"
+    """CFG branch when the user gives tags: ``all`` (null video + null tags, SPEC §4) or ``tags`` (keep the video,
+    drop the tags: guidance amplifies only what the tags change; ``VMAS.generate``)."""
 
 
 @dataclass

@@ -36,6 +36,8 @@ class GenerationRequest:
     top_k: tp.Optional[int] = None
     top_p: tp.Optional[float] = None
     temperature: tp.Optional[float] = None
+    guide: tp.Optional[str] = None
+    """CFG branch with user tags, ``all`` or ``tags`` (``VMAS.generate``); None = the model's config."""
     seed: int = 0
     duration: tp.Optional[float] = None
     """Generate music for at most this many seconds of each video (the rest of the video stays silent)."""
@@ -45,7 +47,7 @@ class GenerationRequest:
     def resolved(self, gen_cfg: tp.Any) -> "GenerationRequest":
         """A copy with every unset sampling control taken from the model's ``generation`` config (a 256-entry
         SynthMV codebook wants top-k 50, MusicGen's 2048 entries 250)."""
-        return dataclasses.replace(self, **{k: getattr(gen_cfg, k) for k in ("cfg", "top_k", "top_p", "temperature")
+        return dataclasses.replace(self, **{k: getattr(gen_cfg, k) for k in ("cfg", "top_k", "top_p", "temperature", "guide")
                                             if getattr(self, k) is None})
 
 
@@ -211,7 +213,8 @@ def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress
         prompt = None if codes is None else codes[:, :, start:]
         out = pipe.model.generate(frames, num_frames=end - start, tag_emb=tag_emb, tag_mask=tag_mask,
                                   neg_emb=neg_emb, neg_mask=neg_mask, cfg=req.cfg, top_k=req.top_k, top_p=req.top_p,
-                                  temperature=req.temperature, prompt=prompt, generator=gen)  # [B, K, end-start]
+                                  temperature=req.temperature, prompt=prompt, generator=gen,
+                                  guide=req.guide)  # [B, K, end-start]
         new = out if codes is None else out[:, :, codes.shape[-1] - start:]
         codes = new if codes is None else torch.cat([codes, new], dim=-1)
     for b, job in enumerate(chunk):
