@@ -87,10 +87,14 @@ class ClapTextEncoder(TextEncoder):
 
     def __init__(self, name_or_path: str):
         super().__init__()
-        from transformers import AutoTokenizer, ClapModel
+        from vmas.metrics.embeddings import load_clap  # one CLAP loader (offline errors name the fix)
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        self.model = ClapModel.from_pretrained(name_or_path).eval().requires_grad_(False)
+        model, _, tokenizer = load_clap(name_or_path)
+        if tokenizer is None:
+            raise CheckpointError(f"CLAP '{name_or_path}' has no tokenizer files: the text encoder needs them "
+                                  "(download the whole model folder)")
+        self.tokenizer = tokenizer
+        self.model = model.requires_grad_(False)
         self.dim = self.model.config.projection_dim
 
     def _embed(self, texts):
