@@ -340,3 +340,26 @@ def test_step_condition_generation_matches_reference_loop():
                 if 0 <= s - k < T:
                     seq[:, k, s] = token[:, k]
     assert torch.equal(got[0], model.pattern.revert(seq)) and torch.equal(got[1], got[0])
+
+
+def test_two_condition_guidance_matches_reference_loop():
+    """logits = c + (cfg-1)(c - u) + w (c - u2): greedy decoding against full forward passes per branch."""
+    model = get_debug_model().eval()
+    cond, mask = conditions(B=2, L=4)
+    uncond, u2 = torch.randn(2, 2, DIM), torch.randn(2, 5, DIM)
+    T, cfg, w = 5, 3.0, 1.5
+    S = T + K - 1
+    step2 = torch.randn(2, S, DIM)
+    got = [model.generate(cond, mask, uncond, None, num_frames=T, cfg=cfg, temperature=0.0, use_cache=c,
+                          extra=[(u2, None, step2, w)]) for c in (True, False)]
+    seq = torch.full((2, K, S), CARD)
+    with torch.no_grad():
+        for s in range(S):
+            c = model(seq[..., : s + 1], cond, mask)[:, :, -1]
+            u = model(seq[..., : s + 1], uncond, None)[:, :, -1]
+            v = model(seq[..., : s + 1], u2, None, step2)[:, :, -1]
+            token = (c + (cfg - 1) * (c - u) + w * (c - v)).argmax(-1)
+            for k in range(K):
+                if 0 <= s - k < T:
+                    seq[:, k, s] = token[:, k]
+    assert torch.equal(got[0], model.pattern.revert(seq)) and torch.equal(got[1], got[0])

@@ -189,7 +189,7 @@ def test_guide_tags_keeps_the_video_in_the_cfg_branch(setup, monkeypatch):
     monkeypatch.setattr(model, "fuser", fuser)
     seen = {}
     monkeypatch.setattr(model.lm, "generate", lambda cond, cond_mask, uncond, uncond_mask, **kw: seen.update(
-        cond=cond, uncond=uncond, uncond_mask=uncond_mask))
+        cond=cond, uncond=uncond, uncond_mask=uncond_mask, extra=kw.get("extra")))
     tags, mask = torch.randn(3, 2, 6), torch.ones(3, 2, dtype=torch.bool)
     vt = model.encode_video(frames)
     yes = torch.ones(3, dtype=torch.bool)
@@ -205,5 +205,10 @@ def test_guide_tags_keeps_the_video_in_the_cfg_branch(setup, monkeypatch):
     torch.testing.assert_close(seen["uncond"], fuser(vt, neg)[0])  # the picture + the negative tags
     model.generate(frames, 5, neg_emb=neg, guide="all")
     torch.testing.assert_close(seen["uncond"], fuser(vt, neg, drop_video=yes)[0])
+    model.generate(frames, 5, tag_emb=tags, tag_mask=mask, guide="both")  # null branch + picture-without-tags
+    torch.testing.assert_close(seen["uncond"], fuser(vt, tags, mask, drop_video=yes, drop_tags=yes)[0])
+    (extra_cond, _, _, w), = seen["extra"]
+    torch.testing.assert_close(extra_cond, fuser(vt, tags, mask, drop_tags=yes)[0])
+    assert w == 2.0  # cfg - 1 with the default cfg 3
     with pytest.raises(ValueError, match="guide"):
         model.generate(frames, 5, guide="video")

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--guide", default=None, choices=["all", "tags"],
+    p.add_argument("--guide", default=None, choices=["all", "tags", "both"],
                    help="CFG branch when tags are given (see VMAS.generate); default: the model's generation.guide")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

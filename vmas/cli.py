@@ -35,9 +35,10 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
                    "generation.top_k)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, 0 = off (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
-    p.add_argument("--guide", choices=["all", "tags"], default=None,
-                   help="with --tags/--negative: guide against no video + no tags (all) or against the video without "
-                        "your tags (tags: the tags win over a contradicting picture); default: the model's")
+    p.add_argument("--guide", choices=["all", "tags", "both"], default=None,
+                   help="with --tags/--negative: guide against no video + no tags (all), against the video without "
+                        "your tags (tags: the tags win over a contradicting picture), or both at once; default: the "
+                        "model's generation.guide")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same audio)")
     p.add_argument("--duration", type=float, default=None, help="generate at most this many seconds per video")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")

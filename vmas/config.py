@@ -313,8 +313,8 @@ class GenerationConfig:
     duration: float = 10.0
     seed: int = 0
     guide: str = "all"
-    """CFG branch when the user gives tags: ``all`` (null video + null tags, SPEC §4) or ``tags`` (keep the video,
-    drop the tags: guidance amplifies only what the tags change; ``VMAS.generate``)."""
+    """CFG branch when the user gives tags: ``all`` (null video + null tags, SPEC §4), ``tags`` (keep the video,
+    drop the tags: guidance amplifies only what the tags change) or ``both`` (the two together; ``VMAS.generate``)."""
 
 
 @dataclass

@@ -77,6 +77,16 @@ def _burn_noise(logits_shape: tp.Sequence[int], top_k: int, top_p: float, temper
     _exponential((*logits_shape[:-1], width), device, generator)
 
 
+def _guide(h: torch.Tensor, cfg: float, extra_weights: tp.Sequence[float] = ()) -> torch.Tensor:
+    """Rows [c; u; u_1; ...] of equal size -> ``c + (cfg - 1)(c - u) + Σ w_i (c - u_i)`` (= ``u + cfg (c - u)``)."""
+    parts = h.chunk(2 + len(extra_weights), dim=0)
+    c, u = parts[0], parts[1]
+    out = torch.lerp(u, c, cfg)  # u + cfg * (c - u)
+    for w, ui in zip(extra_weights, parts[2:]):
+        out = out + w * (c - ui)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------- the model
 @dataclasses.dataclass
 class LMState:
@@ -226,7 +236,8 @@ class MusicLM(nn.Module):
         logits = torch.matmul(self.out_norm(x), state.head_t)  # [B, T, K*card]
         return logits.view(B, T, K, self.card).transpose(1, 2)  # [B, K, T, card] (a view: no copy)
 
-    def decode_step(self, tokens: torch.Tensor, state: LMState, cfg: tp.Optional[float] = None) -> torch.Tensor:
+    def decode_step(self, tokens: torch.Tensor, state: LMState, cfg: tp.Optional[float] = None,
+                    extra_weights: tp.Sequence[float] = ()) -> torch.Tensor:
         """tokens [B, K] (the next input column) -> logits [B, K, card]: the per-step hot path of generation.
 
         With ``cfg``, rows [:B/2] are the conditional and [B/2:] the unconditional branch, and the guided logits
@@ -244,22 +255,23 @@ class MusicLM(nn.Module):
         state.offset = t + 1
         h = F.layer_norm(x, (self.dim,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)  # [B, dim]
         if cfg is not None:
-            c, u = h.chunk(2, dim=0)
-            h = torch.lerp(u, c, cfg)  # u + cfg * (c - u), [B/2, dim]
+            h = _guide(h, cfg, extra_weights)  # [B/n, dim]
         return torch.mm(h, state.head_t).view(h.shape[0], K, self.card)  # [B or B/2, K, card]
 
     # ---------------------------------------------------------------------------------------------- generation
     @staticmethod
-    def _pair_conditions(cond, cond_mask, uncond, uncond_mask) -> tp.Tuple[torch.Tensor, torch.Tensor]:
-        """Stack cond [B, L] and uncond [B, L'] into one batch [2B, max(L, L')], padding with masked slots."""
+    def _pair_conditions(cond, cond_mask, *others) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+        """Stack cond [B, L] and the other branches (``uncond, uncond_mask, ...`` pairs, [B, L']) into one batch
+        [nB, max L], padding with masked slots."""
         def full(c, m):
             return torch.ones(c.shape[:2], dtype=torch.bool, device=c.device) if m is None else m
 
-        cond_mask, uncond_mask = full(cond, cond_mask), full(uncond, uncond_mask)
-        L = max(cond.shape[1], uncond.shape[1])
-        conds = [F.pad(c, (0, 0, 0, L - c.shape[1])) for c in (cond, uncond)]
-        masks = [F.pad(m, (0, L - m.shape[1]), value=False) for m in (cond_mask, uncond_mask)]
-        return torch.cat(conds, dim=0), torch.cat(masks, dim=0)  # [2B, L, dim], [2B, L]
+        pairs = [(cond, cond_mask)] + [(others[i], others[i + 1]) for i in range(0, len(others), 2)]
+        pairs = [(c, full(c, m)) for c, m in pairs]
+        L = max(c.shape[1] for c, _ in pairs)
+        conds = [F.pad(c, (0, 0, 0, L - c.shape[1])) for c, _ in pairs]
+        masks = [F.pad(m, (0, L - m.shape[1]), value=False) for _, m in pairs]
+        return torch.cat(conds, dim=0), torch.cat(masks, dim=0)  # [nB, L, dim], [nB, L]
 
     @torch.no_grad()  # not inference_mode: callers may edit the returned codes in place outside any mode
     def generate(self, cond: torch.Tensor, cond_mask: tp.Optional[torch.Tensor],
@@ -268,7 +280,9 @@ class MusicLM(nn.Module):
                  temperature: float = 1.0, prompt: tp.Optional[torch.Tensor] = None,
                  generator: tp.Optional[torch.Generator] = None, progress: bool = False,
                  use_cache: bool = True, step_cond: tp.Optional[torch.Tensor] = None,
-                 uncond_step_cond: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
+                 uncond_step_cond: tp.Optional[torch.Tensor] = None,
+                 extra: tp.Sequence[tp.Tuple[torch.Tensor, tp.Optional[torch.Tensor], tp.Optional[torch.Tensor], float]] = ()
+                 ) -> torch.Tensor:
         """Sample codes [B, K, num_frames] for cond [B, L, dim] (cond_mask [B, L] bool, True = attend).
 
         With ``uncond`` ([B, L', dim], e.g. the learned null condition or a negative prompt) both branches run as
@@ -278,16 +292,23 @@ class MusicLM(nn.Module):
         ``use_cache=False`` recomputes the whole prefix every step (the benchmark's baseline; same samples).
         ``step_cond`` / ``uncond_step_cond`` [B, >=S, dim]: per-step additive conditions of the two branches (see
         :meth:`hidden`; a missing unconditional one is zeros).
+        ``extra``: more guidance branches ``(cond_i [B, L_i, dim], mask_i, step_cond_i or None, w_i)``, all run in
+        the same batch: ``logits = c + (cfg - 1) (c - u) + Σ_i w_i (c - u_i)`` (with none, exactly the usual
+        ``u + cfg (c - u)``). Used for two-condition guidance (video and tags, ``VMAS.generate(guide="both")``).
         """
         B = cond.shape[0]
         K, S = self.n_q, self.pattern.num_steps(num_frames)
         device = self.out_norm.weight.device
-        guided = uncond is not None and cfg != 1.0
+        guided = uncond is not None and (cfg != 1.0 or len(extra) > 0)
+        n_branches = 2 + len(extra) if guided else 1
+        weights = [w for *_, w in extra] if guided else []
         if guided:
-            cond, cond_mask = self._pair_conditions(cond, cond_mask, uncond, uncond_mask)
-            if step_cond is not None:
-                u = torch.zeros_like(step_cond) if uncond_step_cond is None else uncond_step_cond
-                step_cond = torch.cat([step_cond, u], dim=0)  # [2B, S, dim]
+            step_in = [step_cond, uncond_step_cond] + [e[2] for e in extra]
+            cond, cond_mask = self._pair_conditions(cond, cond_mask, uncond, uncond_mask,
+                                                    *[x for e in extra for x in e[:2]])
+            if any(st is not None for st in step_in):
+                ref = next(st for st in step_in if st is not None)
+                step_cond = torch.cat([torch.zeros_like(ref) if st is None else st for st in step_in], dim=0)
         if step_cond is not None and step_cond.shape[1] < S:
             raise ValueError(f"step_cond covers {step_cond.shape[1]} steps, generation needs {S}")
 
@@ -306,13 +327,12 @@ class MusicLM(nn.Module):
             _burn_noise(logits_shape, top_k, top_p, temperature, device, generator)
 
         def seq_upto(end: int) -> torch.Tensor:  # [B or 2B, K, end]: the same tokens feed both CFG branches
-            return seq[..., :end].repeat(2, 1, 1) if guided else seq[..., :end]
+            return seq[..., :end].repeat(n_branches, 1, 1) if guided else seq[..., :end]
 
         def recompute(end: int) -> torch.Tensor:  # no cache: the whole prefix again; heads on the last step only
             h = self.hidden(seq_upto(end), cond, cond_mask, step_cond)[:, -1]  # [B or 2B, dim]
             if guided:
-                c, u = h.chunk(2, dim=0)
-                h = torch.lerp(u, c, cfg)
+                h = _guide(h, cfg, weights)
             return torch.stack([head(h) for head in self.linears], dim=1)  # [B, K, card]
 
         steps = tqdm(range(T0, S), desc="generate", unit="step", disable=not progress, leave=False)
@@ -323,7 +343,8 @@ class MusicLM(nn.Module):
             for s in steps:
                 if use_cache:
                     col = seq[:, :, s - 1] if s > 0 else seq.new_full((B, K), self.special_token)  # [B, K]
-                    logits = self.decode_step(col.repeat(2, 1), state, cfg) if guided else self.decode_step(col, state)
+                    logits = (self.decode_step(col.repeat(n_branches, 1), state, cfg, weights) if guided
+                              else self.decode_step(col, state))
                 else:
                     logits = recompute(s + 1)
                 token = sample_tokens(logits, top_k, top_p, temperature, generator)  # [B, K]

@@ -162,35 +162,43 @@ class VMAS(nn.Module):
         prompt). ``guide="tags"``, used when the user gives tags or negative tags: the CFG branch keeps the video
         and drops only the tags (or holds the negative tags), so guidance amplifies what the user's tags change on
         top of the picture instead of amplifying the picture too (otherwise a picture that contradicts the tags
-        is amplified as much as the tags are). Without any tags ``guide`` makes no difference.
+        is amplified as much as the tags are). ``guide="both"`` runs the two branches together (three-way batch):
+        ``c + (cfg-1)(c - u_all) + (cfg-1)(c - u_tags)``, amplifying the picture *and* what the tags add to it.
+        Without any tags ``guide`` makes no difference.
         """
-        if guide not in ("all", "tags"):
-            raise ValueError(f"guide must be 'all' or 'tags', not {guide!r}")
+        if guide not in ("all", "tags", "both"):
+            raise ValueError(f"guide must be 'all', 'tags' or 'both', not {guide!r}")
         if video_tokens is None and frames is not None:
             video_tokens = self.encode_video(frames)
         B = video_tokens.shape[0] if video_tokens is not None else tag_emb.shape[0]
         dev = self.fuser.null_video.device
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, batch_size=B)
         uncond = uncond_mask = uncond_step = None
+        extra = []
         S = self.pattern.num_steps(num_frames)
         if cfg != 1.0:
             all_drop = torch.ones(B, dtype=torch.bool, device=dev)
-            if guide == "tags" and (tag_emb is not None or neg_emb is not None) and video_tokens is not None:
+            tag_guided = guide != "all" and (tag_emb is not None or neg_emb is not None) and video_tokens is not None
+            if tag_guided:
                 if neg_emb is not None:  # picture + negative tags
-                    uncond, uncond_mask = self.fuser(video_tokens, neg_emb, neg_mask, batch_size=B)
+                    t_unc, t_mask = self.fuser(video_tokens, neg_emb, neg_mask, batch_size=B)
                 else:  # picture, tags dropped
-                    uncond, uncond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_tags=all_drop, batch_size=B)
-                uncond_step = self.fuser.step_condition(video_tokens, S)
+                    t_unc, t_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_tags=all_drop, batch_size=B)
+                t_step = self.fuser.step_condition(video_tokens, S)
+            if tag_guided and guide == "tags":
+                uncond, uncond_mask, uncond_step = t_unc, t_mask, t_step
             elif neg_emb is not None:
                 uncond, uncond_mask = self.fuser(video_tokens, neg_emb, neg_mask, drop_video=all_drop, batch_size=B)
             else:
                 uncond, uncond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=all_drop,
                                                  drop_tags=all_drop, batch_size=B)
+            if tag_guided and guide == "both":
+                extra = [(t_unc, t_mask, t_step, cfg - 1.0)]
         # per-step video path (video_fuse=cross+sum); the unconditional / negative branches have no video -> zeros
         step = self.fuser.step_condition(video_tokens, S)
         return self.lm.generate(cond, cond_mask, uncond, uncond_mask, num_frames=num_frames, cfg=cfg, top_k=top_k,
                                 top_p=top_p, temperature=temperature, prompt=prompt, generator=generator,
-                                progress=progress, step_cond=step, uncond_step_cond=uncond_step)
+                                progress=progress, step_cond=step, uncond_step_cond=uncond_step, extra=extra)
 
 
 # ----------------------------------------------------------------------------------------------- inference bundle
