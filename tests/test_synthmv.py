@@ -1,6 +1,7 @@
 """SynthMV: determinism, exact event timing (labels vs audio samples, librosa onsets, decoded frames), class ->
 timbre, tempo, and the dataset CLI."""
 import json
+from pathlib import Path
 
 import librosa
 import numpy as np
@@ -169,3 +170,18 @@ def test_classifier_with_transform_learns_the_degraded_domain():
     aware = synthmv.SynthMVClassifier.train_default(per_class=3, seconds=4.0, seed=7, transform=degrade)
     acc_plain, acc_aware = (plain.predict(wavs) == ys).mean(), (aware.predict(wavs) == ys).mean()
     assert acc_aware >= 0.9 and acc_aware > acc_plain, (acc_plain, acc_aware)
+
+
+def test_vmas_manifest_windows(tmp_path):
+    """The generator's vmas_manifest.jsonl is what tools/preprocess.py reads, cut into --window windows."""
+    synthmv.generate_dataset(tmp_path, num=2, seconds=4.0, size=16, workers=1, split="val", window=2.0)
+    rows = [json.loads(line) for line in (tmp_path / "vmas_manifest.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["start"], r["duration"]) for r in rows] == [
+        ("synthmv_0000_00000_0", 0.0, 2.0), ("synthmv_0000_00000_2", 2.0, 2.0),
+        ("synthmv_0000_00001_0", 0.0, 2.0), ("synthmv_0000_00001_2", 2.0, 2.0)]
+    assert all(Path(r["video"]).is_absolute() and Path(r["video"]).exists() and r["split"] == "val" for r in rows)
+    labels = json.loads(Path(rows[2]["labels"]).read_text())
+    assert rows[2]["class_id"] == labels["class_id"] == 1 and rows[2]["tags"] == labels["tags"]
+    synthmv.generate_dataset(tmp_path / "whole", num=1, seconds=4.0, size=16, workers=1)
+    (row,) = [json.loads(line) for line in (tmp_path / "whole" / "vmas_manifest.jsonl").read_text().splitlines()]
+    assert (row["key"], row["start"], row["duration"]) == ("synthmv_0000_00000", 0.0, 4.0)
