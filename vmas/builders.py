@@ -7,6 +7,7 @@ import typing as tp
 from torch import nn
 
 from vmas.config import CodecConfig, Config, EncoderConfig, LMConfig
+from vmas.errors import ConfigError
 
 
 def build_encoder(cfg: EncoderConfig, load_weights: bool = True) -> nn.Module:
@@ -54,12 +55,8 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
     lm = build_lm(m.lm, load_weights)
     steps = cfg.data.clip_seconds * cfg.data.frame_rate if m.lm.time_aligned_video else 0.0  # LM steps per window
     if m.lm.video_fuse not in ("cross", "cross+sum"):
-        from vmas.errors import ConfigError
-
         raise ConfigError(f"model.lm.video_fuse: unknown '{m.lm.video_fuse}' (use cross or cross+sum)")
     if m.lm.video_fuse == "cross+sum" and not steps:
-        from vmas.errors import ConfigError
-
         raise ConfigError("model.lm.video_fuse=cross+sum needs model.lm.time_aligned_video=true")
     fuser = ConditionFuser(video_dim=encoder.out_dim, dim=m.lm.dim, tag_dim=m.tags.text_dim if m.tags.enabled else 0,
                            steps_per_clip=steps, step_video=m.lm.video_fuse == "cross+sum")
@@ -68,8 +65,6 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
     if codec is not None:
         codebooks = codec.codebooks()  # [K, card, D]
         if codebooks.shape[:2] != (m.lm.n_q, m.lm.card):
-            from vmas.errors import ConfigError
-
             raise ConfigError(f"codec has {tuple(codebooks.shape[:2])} (n_q, bins) but model.lm expects "
                               f"({m.lm.n_q}, {m.lm.card}): make model.codec.n_q/bins match model.lm.n_q/card")
     if cfg.loss.contrastive_weight > 0:

@@ -37,7 +37,7 @@ class GenerationRequest:
     top_p: tp.Optional[float] = None
     temperature: tp.Optional[float] = None
     guide: tp.Optional[str] = None
-    """CFG branch with user tags, ``all`` or ``tags`` (``VMAS.generate``); None = the model's config."""
+    """CFG branch with user tags, ``all``, ``tags`` or ``both`` (``VMAS.generate``); None = the model's config."""
     seed: int = 0
     duration: tp.Optional[float] = None
     """Generate music for at most this many seconds of each video (the rest of the video stays silent)."""
@@ -47,8 +47,8 @@ class GenerationRequest:
     def resolved(self, gen_cfg: tp.Any) -> "GenerationRequest":
         """A copy with every unset sampling control taken from the model's ``generation`` config (a 256-entry
         SynthMV codebook wants top-k 50, MusicGen's 2048 entries 250)."""
-        return dataclasses.replace(self, **{k: getattr(gen_cfg, k) for k in ("cfg", "top_k", "top_p", "temperature", "guide")
-                                            if getattr(self, k) is None})
+        keys = ("cfg", "top_k", "top_p", "temperature", "guide")
+        return dataclasses.replace(self, **{k: getattr(gen_cfg, k) for k in keys if getattr(self, k) is None})
 
 
 @dataclasses.dataclass

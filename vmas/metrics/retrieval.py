@@ -110,12 +110,12 @@ def model_retrieval_embeddings(pipe, clips: tp.Sequence[tp.Dict[str, tp.Any]], b
                                             start=_ref_start(c), duration=seconds)
                            for c in chunk])  # [B, N]
         codes = codec.encode(wav[:, None].to(device))  # [B, K, T]
-        video.append(model.contrastive.embed_video(model.encode_video(frames.to(device))).cpu())
+        vt = model.encode_video(frames.to(device))  # [B, Tv, C]
+        video.append(model.contrastive.embed_video(vt).cpu())
         if music_from == "codes":
             music.append(model.contrastive.embed_music(codes=codes, codebooks=codebooks.to(device)).cpu())
         else:
-            drop = torch.ones(codes.shape[0], dtype=torch.bool, device=device)
-            vt = model.encode_video(frames.to(device))  # only its shape matters: both conditions are dropped
+            drop = torch.ones(codes.shape[0], dtype=torch.bool, device=device)  # null condition: vt is not seen
             out = model(None, codes, drop_video=drop, drop_tags=drop, video_tokens=vt)
             music.append(model.contrastive.embed_music(logits=out.logits, codebooks=codebooks.to(device),
                                                        valid=out.valid).cpu())

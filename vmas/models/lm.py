@@ -240,9 +240,10 @@ class MusicLM(nn.Module):
                     extra_weights: tp.Sequence[float] = ()) -> torch.Tensor:
         """tokens [B, K] (the next input column) -> logits [B, K, card]: the per-step hot path of generation.
 
-        With ``cfg``, rows [:B/2] are the conditional and [B/2:] the unconditional branch, and the guided logits
-        [B/2, K, card] are returned. Guidance is applied to the final hidden states before the (linear, bias-free)
-        heads: ``W (u + cfg (c - u)) == Wu + cfg (Wc - Wu)``, so the largest matrix is applied to half the rows.
+        With ``cfg``, the rows hold equal blocks [conditional; unconditional; extra branches...] (see
+        :func:`_guide`), and the guided logits [B/n, K, card] are returned. Guidance is applied to the final hidden
+        states before the (linear, bias-free) heads: ``W (u + cfg (c - u)) == Wu + cfg (Wc - Wu)``, so the largest
+        matrix is applied to 1/n of the rows.
         """
         B, K = tokens.shape
         t = state.offset
@@ -260,14 +261,14 @@ class MusicLM(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- generation
     @staticmethod
-    def _pair_conditions(cond, cond_mask, *others) -> tp.Tuple[torch.Tensor, torch.Tensor]:
-        """Stack cond [B, L] and the other branches (``uncond, uncond_mask, ...`` pairs, [B, L']) into one batch
-        [nB, max L], padding with masked slots."""
+    def _stack_conditions(branches: tp.Sequence[tp.Tuple[torch.Tensor, tp.Optional[torch.Tensor]]]
+                          ) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+        """Stack n (cond [B, L_i, dim], mask [B, L_i] or None) branches into one batch [nB, max L_i], padding with
+        masked slots."""
         def full(c, m):
             return torch.ones(c.shape[:2], dtype=torch.bool, device=c.device) if m is None else m
 
-        pairs = [(cond, cond_mask)] + [(others[i], others[i + 1]) for i in range(0, len(others), 2)]
-        pairs = [(c, full(c, m)) for c, m in pairs]
+        pairs = [(c, full(c, m)) for c, m in branches]
         L = max(c.shape[1] for c, _ in pairs)
         conds = [F.pad(c, (0, 0, 0, L - c.shape[1])) for c, _ in pairs]
         masks = [F.pad(m, (0, L - m.shape[1]), value=False) for _, m in pairs]
@@ -304,8 +305,8 @@ class MusicLM(nn.Module):
         weights = [w for *_, w in extra] if guided else []
         if guided:
             step_in = [step_cond, uncond_step_cond] + [e[2] for e in extra]
-            cond, cond_mask = self._pair_conditions(cond, cond_mask, uncond, uncond_mask,
-                                                    *[x for e in extra for x in e[:2]])
+            cond, cond_mask = self._stack_conditions([(cond, cond_mask), (uncond, uncond_mask),
+                                                      *[(e[0], e[1]) for e in extra]])
             if any(st is not None for st in step_in):
                 ref = next(st for st in step_in if st is not None)
                 step_cond = torch.cat([torch.zeros_like(ref) if st is None else st for st in step_in], dim=0)
