@@ -143,3 +143,31 @@ def test_sampling_defaults_come_from_the_model_config():
     assert (r.cfg, r.top_k, r.top_p, r.temperature) == (2.5, 50, 0.0, 0.9)
     r = GenerationRequest(cfg=1.0, top_k=0).resolved(gen)  # explicit values win, 0 included
     assert (r.cfg, r.top_k, r.temperature) == (1.0, 0, 0.9)
+
+
+def test_tempo_becomes_a_beat_grid_continued_across_windows(tmp_path):
+    """With the beat condition, --tempo 96 reaches every window as one grid (31.25 frames per beat at 50 Hz, first
+    beat at 0.25 s) evaluated from the window's own start frame, and it changes the music."""
+    torch.manual_seed(0)
+    cfg = load_config(CONFIGS / "debug.yaml", ["model.tags.enabled=true", "model.tags.text_encoder=minilm",
+                                               "model.tags.text_dim=384", "model.lm.beat_condition=true"])
+    p = load_pretrained(None, config=cfg, random_note="debug+beat")
+    torch.nn.init.normal_(p.model.fuser.beat_proj.weight, std=1.0)
+    calls = []
+    real = p.model.generate
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("beat"), kwargs.get("beat_start")))
+        return real(*args, **kwargs)
+
+    p.model.generate = spy
+    src = _video(tmp_path / "b.mp4", 4.0)
+    fast = generate_for_video(src, p, tmp_path / "fast", top_k=16, seed=3, tempo=96)
+    assert fast.windows == len(calls) >= 2
+    for beat, start in calls:
+        torch.testing.assert_close(beat, torch.tensor([[31.25, 12.5]]))
+    assert [s for _, s in calls] == [s for s, _ in _window_plan(200, 125, 62)]  # absolute window starts
+    calls.clear()
+    plain = generate_for_video(src, p, tmp_path / "plain", top_k=16, seed=3)
+    assert all(beat is None for beat, _ in calls)  # no tempo asked: no grid
+    assert fast.wav.read_bytes() != plain.wav.read_bytes()

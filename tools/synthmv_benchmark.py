@@ -87,6 +87,7 @@ def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k:
     """Music for each clip's first ``clip_seconds`` window; ``tags`` / ``negative`` are per-clip tag lists (None =
     video only: the tag slots hold the learned null token)."""
     from vmas.data import media
+    from vmas.modules.rhythm import request_grids
 
     c = pipe.config
     frames_per_clip = round(c.data.clip_seconds * pipe.codec.frame_rate)
@@ -102,9 +103,12 @@ def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k:
             tag_emb, tag_mask = encoder(tags[i: i + batch])
         if negative is not None:
             neg_emb, neg_mask = encoder(negative[i: i + batch])
+        beat = None
+        if tags is not None and c.model.lm.beat_condition:  # "N BPM" tags -> beat grids, as `vmas generate` does
+            beat = request_grids(tags[i: i + batch], pipe.codec.frame_rate)
         codes = pipe.model.generate(frames, num_frames=frames_per_clip, tag_emb=tag_emb, tag_mask=tag_mask,
                                     neg_emb=neg_emb, neg_mask=neg_mask, cfg=cfg_scale, top_k=top_k, generator=gen,
-                                    guide=guide)
+                                    guide=guide, beat=beat)
         wav = pipe.codec.decode(codes)[:, 0]  # [B, N]
         wavs += [w.numpy() for w in wav]
     return wavs

@@ -32,7 +32,7 @@ def build_codec(cfg: CodecConfig, load_weights: bool = True) -> nn.Module:
 
 def lm_kwargs(cfg: LMConfig) -> tp.Dict[str, tp.Any]:
     skip = {"pretrained", "cond_dropout", "tag_dropout", "time_aligned_video", "video_swap_prob", "video_fuse",
-            "input_noise"}  # read by VMAS / the fuser
+            "input_noise", "beat_condition", "beat_dropout"}  # read by VMAS / the fuser
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
 
 
@@ -59,7 +59,8 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
     if m.lm.video_fuse == "cross+sum" and not steps:
         raise ConfigError("model.lm.video_fuse=cross+sum needs model.lm.time_aligned_video=true")
     fuser = ConditionFuser(video_dim=encoder.out_dim, dim=m.lm.dim, tag_dim=m.tags.text_dim if m.tags.enabled else 0,
-                           steps_per_clip=steps, step_video=m.lm.video_fuse == "cross+sum")
+                           steps_per_clip=steps, step_video=m.lm.video_fuse == "cross+sum",
+                           beat_grid=m.lm.beat_condition)
     contrastive = None
     codebooks = None
     if codec is not None:
@@ -76,4 +77,4 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
                                       min_temperature=cfg.loss.contrastive_min_temperature)
     return VMAS(encoder, lm, fuser, contrastive=contrastive, cond_dropout=m.lm.cond_dropout,
                 tag_dropout=m.lm.tag_dropout, codebooks=codebooks, video_swap_prob=m.lm.video_swap_prob,
-                input_noise=m.lm.input_noise)
+                input_noise=m.lm.input_noise, beat_dropout=m.lm.beat_dropout)

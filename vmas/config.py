@@ -119,6 +119,13 @@ class LMConfig:
     video_fuse: str = "cross"
     """How video tokens reach the LM: ``cross`` (the paper: cross-attention only) or ``cross+sum`` (also add the
     video token of each step's time to the LM input; ``ConditionFuser.step_video``)."""
+    beat_condition: bool = False
+    """Tempo control: add a beat grid (phase of the requested tempo at each step's frame) to the LM input
+    (``vmas.modules.rhythm``; MusiConGen-style). Training fits the grid to each clip's music onsets and its
+    ``"N BPM"`` tag; inference builds it from a requested tempo. False = tempo only as a text tag."""
+    beat_dropout: float = 0.5
+    """Probability of dropping the beat grid per training clip (independent of video and tags), so the model also
+    generates without a requested tempo."""
     time_aligned_video: bool = True
     """Give video tokens the LM-step positions of their time span (see ``ConditionFuser.steps_per_clip``); False
     = token indices (checkpoints exported before this option)."""

@@ -202,6 +202,11 @@ def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress
 
             neg = clean_tags(list(req.negative))
             neg_emb, neg_mask = _tag_tensors(pipe, [neg] * len(chunk))
+    beat = None
+    if cfg.model.lm.beat_condition:  # a requested tempo ("N BPM" tag / --tempo) becomes a beat grid
+        from vmas.modules.rhythm import request_grids
+
+        beat = request_grids([job.tags for job in chunk], fr)
 
     gen = torch.Generator(device="cpu").manual_seed(req.seed)
     codes: tp.Optional[torch.Tensor] = None  # [B, K, T]
@@ -214,7 +219,7 @@ def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress
         out = pipe.model.generate(frames, num_frames=end - start, tag_emb=tag_emb, tag_mask=tag_mask,
                                   neg_emb=neg_emb, neg_mask=neg_mask, cfg=req.cfg, top_k=req.top_k, top_p=req.top_p,
                                   temperature=req.temperature, prompt=prompt, generator=gen,
-                                  guide=req.guide)  # [B, K, end-start]
+                                  guide=req.guide, beat=beat, beat_start=start)  # [B, K, end-start]
         new = out if codes is None else out[:, :, codes.shape[-1] - start:]
         codes = new if codes is None else torch.cat([codes, new], dim=-1)
     for b, job in enumerate(chunk):

@@ -49,13 +49,16 @@ class VMAS(nn.Module):
             video (see :meth:`_swaps`); such clips are left out of the contrastive loss.
         input_noise (float): probability of replacing each input code by a random one in training
             (:meth:`_corrupt`).
+        beat_dropout (float): probability to drop a clip's beat grid in training (tempo control; used when the
+            fuser has ``beat_grid``), independent of video and tags.
     """
 
     def __init__(self, encoder: nn.Module, lm: nn.Module, fuser: ConditionFuser,
                  contrastive: tp.Optional[nn.Module] = None, cond_dropout: float = 0.3, tag_dropout: float = 0.3,
                  codebooks: tp.Optional[torch.Tensor] = None, video_swap_prob: float = 0.0,
-                 input_noise: float = 0.0):
+                 input_noise: float = 0.0, beat_dropout: float = 0.5):
         super().__init__()
+        self.beat_dropout = beat_dropout
         self.video_swap_prob = video_swap_prob
         self.input_noise = input_noise
         self.encoder = encoder
@@ -120,12 +123,14 @@ class VMAS(nn.Module):
     def forward(self, frames: tp.Optional[torch.Tensor], codes: torch.Tensor, tag_emb: tp.Optional[torch.Tensor] = None,
                 tag_mask: tp.Optional[torch.Tensor] = None, drop_video: tp.Optional[torch.Tensor] = None,
                 drop_tags: tp.Optional[torch.Tensor] = None,
-                video_tokens: tp.Optional[torch.Tensor] = None) -> VMASOutput:
+                video_tokens: tp.Optional[torch.Tensor] = None, beat: tp.Optional[torch.Tensor] = None,
+                drop_beat: tp.Optional[torch.Tensor] = None) -> VMASOutput:
         """frames uint8 [B,T,H,W,3], codes long [B,K,T] -> logits over the delay pattern.
 
-        Condition dropout is drawn in training; ``drop_video`` / ``drop_tags`` ([B] bool) force it instead (the
-        validation pass scores the null and single-condition branches this way). ``video_tokens`` [B,Tv,C] skips
-        the encoder (reuse one encoding for several branches).
+        Condition dropout is drawn in training; ``drop_video`` / ``drop_tags`` / ``drop_beat`` ([B] bool) force it
+        instead (the validation pass scores the null and single-condition branches this way). ``video_tokens``
+        [B,Tv,C] skips the encoder (reuse one encoding for several branches). ``beat`` [B, 2]: beat grids of the
+        clips' music (:func:`vmas.modules.rhythm.clip_grids`), used when the model has the beat condition.
         """
         B, K, T = codes.shape
         assert K == self.n_q, f"expected {self.n_q} codebooks, got {K}"
@@ -135,12 +140,14 @@ class VMAS(nn.Module):
             drop_video = self._drops(B, self.cond_dropout, codes.device)
         if drop_tags is None:
             drop_tags = self._drops(B, self.tag_dropout, codes.device)
+        if drop_beat is None and beat is not None:
+            drop_beat = self._drops(B, self.beat_dropout, codes.device)
         swapped = self._swaps(B, tag_emb, drop_video, drop_tags, codes.device)
         if swapped is not None:  # these clips see the next clip's picture but keep their own tags and music
             video_tokens = torch.where(swapped[:, None, None], video_tokens.roll(1, dims=0), video_tokens)
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=drop_video, drop_tags=drop_tags)
         seq, valid = self.pattern.build(codes, self.card)  # [B, K, S], [K, S]
-        step = self.fuser.step_condition(video_tokens, seq.shape[-1], drop_video)  # [B, S, dim] or None
+        step = self.fuser.step_condition(video_tokens, seq.shape[-1], drop_video, beat, drop_beat)  # [B,S,dim] | None
         logits = self.lm(self._corrupt(seq, valid), cond, cond_mask, step)  # [B, K, S, card]
         kept = torch.ones(B, dtype=torch.bool, device=codes.device) if drop_video is None else ~drop_video
         if swapped is not None:
@@ -154,7 +161,8 @@ class VMAS(nn.Module):
                  neg_mask: tp.Optional[torch.Tensor] = None, cfg: float = 3.0, top_k: int = 250, top_p: float = 0.0,
                  temperature: float = 1.0, prompt: tp.Optional[torch.Tensor] = None,
                  generator: tp.Optional[torch.Generator] = None, video_tokens: tp.Optional[torch.Tensor] = None,
-                 progress: bool = False, guide: str = "all") -> torch.Tensor:
+                 progress: bool = False, guide: str = "all", beat: tp.Optional[torch.Tensor] = None,
+                 beat_start: int = 0) -> torch.Tensor:
         """Sample codes [B,K,num_frames] for a video window.
 
         ``guide="all"`` (SPEC §4): the CFG branch is the learned null condition (video and tags dropped); with
@@ -165,6 +173,10 @@ class VMAS(nn.Module):
         is amplified as much as the tags are). ``guide="both"`` runs the two branches together (three-way batch):
         ``c + (cfg-1)(c - u_all) + (cfg-1)(c - u_tags)``, amplifying the picture *and* what the tags add to it.
         Without any tags ``guide`` makes no difference.
+
+        ``beat`` [B, 2] (NaN rows = none): requested beat grids (:func:`vmas.modules.rhythm.request_grids`), in
+        frames of the whole video; ``beat_start`` is this window's first frame in those frames. The grid is part of
+        the user's request like the tags: only the conditional branch carries it, so CFG amplifies it too.
         """
         if guide not in ("all", "tags", "both"):
             raise ValueError(f"guide must be 'all', 'tags' or 'both', not {guide!r}")
@@ -194,8 +206,8 @@ class VMAS(nn.Module):
                                                  drop_tags=all_drop, batch_size=B)
             if tag_guided and guide == "both":
                 extra = [(t_unc, t_mask, t_step, cfg - 1.0)]
-        # per-step video path (video_fuse=cross+sum); the unconditional / negative branches have no video -> zeros
-        step = self.fuser.step_condition(video_tokens, S)
+        # per-step paths (video_fuse=cross+sum, beat grid); the unconditional / negative branches have no video -> zeros
+        step = self.fuser.step_condition(video_tokens, S, beat=beat, start=beat_start)
         return self.lm.generate(cond, cond_mask, uncond, uncond_mask, num_frames=num_frames, cfg=cfg, top_k=top_k,
                                 top_p=top_p, temperature=temperature, prompt=prompt, generator=generator,
                                 progress=progress, step_cond=step, uncond_step_cond=uncond_step, extra=extra)

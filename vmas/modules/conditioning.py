@@ -20,6 +20,7 @@ import typing as tp
 import torch
 from torch import nn
 
+from vmas.modules import rhythm
 from vmas.modules.transformer import sin_embedding
 
 
@@ -44,10 +45,13 @@ class ConditionFuser(nn.Module):
             path hands each step its own moment of the video, so "a note starts where the picture jumps" is a
             local rule instead of an attention lookup the LM must discover (on SynthMV, cross-attention alone
             learned the scene class but not the timing in 1500 steps). Needs ``steps_per_clip``.
+        beat_grid (bool): also add a beat grid to the per-step condition (tempo control, :mod:`vmas.modules.rhythm`):
+            the grid's phase features at each step's frame through a bias-free linear map, so "no grid" (zeros) adds
+            nothing and is the CFG branches' null.
     """
 
     def __init__(self, video_dim: int, dim: int, tag_dim: int = 0, video_positions: bool = True,
-                 steps_per_clip: float = 0.0, step_video: bool = False):
+                 steps_per_clip: float = 0.0, step_video: bool = False, beat_grid: bool = False):
         super().__init__()
         if step_video and not steps_per_clip:
             raise ValueError("step_video needs steps_per_clip (the LM steps one video window spans)")
@@ -58,6 +62,7 @@ class ConditionFuser(nn.Module):
         self.video_proj = nn.Linear(video_dim, dim)
         self.null_video = nn.Parameter(torch.randn(dim) * 0.02)
         self.step_proj = nn.Linear(video_dim, dim) if step_video else None
+        self.beat_proj = nn.Linear(rhythm.NUM_FEATURES, dim, bias=False) if beat_grid else None
         if tag_dim:
             self.tag_proj = nn.Linear(tag_dim, dim)
             self.null_tags = nn.Parameter(torch.randn(dim) * 0.02)
@@ -68,17 +73,28 @@ class ConditionFuser(nn.Module):
         return (idx + 0.5) * (self.steps_per_clip / num_tokens) if self.steps_per_clip else idx
 
     def step_condition(self, video: tp.Optional[torch.Tensor], num_steps: int,
-                       drop_video: tp.Optional[torch.Tensor] = None) -> tp.Optional[torch.Tensor]:
-        """video [B, Tv, Cv] -> [B, num_steps, dim]: step ``s`` gets the projected token whose span holds LM
-        frame ``s`` (token ``floor(s * Tv / steps_per_clip)``, clamped); zeros for dropped videos (the CFG branches
-        carry no video). None when the per-step path is off or there is no video."""
-        if self.step_proj is None or video is None:
-            return None
-        Tv = video.shape[1]
-        idx = (torch.arange(num_steps, device=video.device) * Tv / self.steps_per_clip).long().clamp(max=Tv - 1)
-        out = self.step_proj(video)[:, idx]  # [B, S, dim]
-        if drop_video is not None:
-            out = out * (~drop_video.to(out.device)).to(out.dtype)[:, None, None]
+                       drop_video: tp.Optional[torch.Tensor] = None, beat: tp.Optional[torch.Tensor] = None,
+                       drop_beat: tp.Optional[torch.Tensor] = None, start: int = 0) -> tp.Optional[torch.Tensor]:
+        """The per-step additive condition [B, num_steps, dim], or None when neither per-step path applies.
+
+        Video (``step_video``): step ``s`` gets the projected token whose span holds LM frame ``s`` (token
+        ``floor(s * Tv / steps_per_clip)``, clamped); zeros for dropped videos (the CFG branches carry no video).
+        Beat (``beat_grid``): ``beat`` [B, 2] grids (see :mod:`vmas.modules.rhythm`; NaN rows and ``drop_beat``
+        give zeros), evaluated at frames ``start + s`` (``start``: the window's first frame in the grid's frames).
+        """
+        out = None
+        if self.step_proj is not None and video is not None:
+            Tv = video.shape[1]
+            idx = (torch.arange(num_steps, device=video.device) * Tv / self.steps_per_clip).long().clamp(max=Tv - 1)
+            out = self.step_proj(video)[:, idx]  # [B, S, dim]
+            if drop_video is not None:
+                out = out * (~drop_video.to(out.device)).to(out.dtype)[:, None, None]
+        if self.beat_proj is not None and beat is not None:
+            feats = rhythm.beat_features(beat.to(self.beat_proj.weight.device), num_steps, start)  # [B, S, F]
+            if drop_beat is not None:
+                feats = feats * (~drop_beat.to(feats.device)).float()[:, None, None]
+            b = self.beat_proj(feats.to(self.beat_proj.weight.dtype))  # [B, S, dim]
+            out = b if out is None else out + b.to(out.dtype)
         return out
 
     def _null_part(self, part: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor, null: torch.Tensor):

@@ -257,12 +257,13 @@ class TrainStep(nn.Module):
         return ["loss", "ar", *[f"ce_q{k + 1}" for k in range(self.model.n_q)], "contrastive", "beat_w", "temp"]
 
     def forward(self, frames: torch.Tensor, codes: torch.Tensor, beat_weights: torch.Tensor,
-                tag_emb: tp.Optional[torch.Tensor] = None, tag_mask: tp.Optional[torch.Tensor] = None):
+                tag_emb: tp.Optional[torch.Tensor] = None, tag_mask: tp.Optional[torch.Tensor] = None,
+                beat: tp.Optional[torch.Tensor] = None):
         from vmas.losses import beat_weighted_ce
 
         if tag_emb is not None:  # text-encoder output is float32; the fuser may run in bf16
             tag_emb = tag_emb.to(next(self.model.fuser.parameters()).dtype)
-        out = self.model(frames, codes, tag_emb, tag_mask)
+        out = self.model(frames, codes, tag_emb, tag_mask, beat=beat)
         ar, per_cb = beat_weighted_ce(out.logits, out.seq, out.valid, beat_weights,
                                       global_normalizer=True)  # scalar, [K]
         head = self.model.contrastive
@@ -553,6 +554,11 @@ class Solver:
             tags = [_split_tags(t, self.cfg.model.tags.max_tags) for t in batch["tags"]]
             emb, mask = self.text_encoder(tags)  # [B, N, Ct], [B, N]
             out["tag_emb"], out["tag_mask"] = emb.to(self.device), mask.to(self.device)
+        if self.cfg.model.lm.beat_condition:  # tempo control: each clip's beat grid, fitted to its own music
+            from vmas.modules.rhythm import clip_grids
+
+            tags = [_split_tags(t, self.cfg.model.tags.max_tags) for t in batch["tags"]]
+            out["beat"] = clip_grids(batch["music_beats"], tags, self.cfg.data.frame_rate).to(self.device)  # [B, 2]
         return out
 
     def train_step(self) -> tp.Dict[str, float]:
@@ -583,7 +589,8 @@ class Solver:
         """Teacher-forced CE on ``data.val_shards`` (live weights, not EMA) under each condition branch.
 
         ``ce`` uses video + tags, ``ce_video`` video only, ``ce_tags`` tags only, ``ce_null`` nothing (the CFG
-        branch), ``ce_wrong_video`` the video of the next clip in the batch. Their differences say how many nats
+        branch), ``ce_wrong_video`` the video of the next clip in the batch; with the beat condition, every branch
+        but ``ce_null`` carries the clip's beat grid and ``ce_no_beat`` is video + tags without it. Their differences say how many nats
         per token each condition is worth: ``cond_gain = ce_null - ce`` near 0 means the model ignores its
         conditions and predicts music statistics only (the failure CFG cannot fix).
         """
@@ -605,12 +612,16 @@ class Solver:
             no = ~yes
             vt = model.encode_video(b["frames"])  # [B, Tv, C]
             tags = (b.get("tag_emb"), b.get("tag_mask"))
-            branches = {"ce": (vt, no, no), "ce_video": (vt, no, yes), "ce_tags": (vt, yes, no),
-                        "ce_null": (vt, yes, yes), "ce_wrong_video": (vt.roll(1, dims=0), no, yes)}
+            beat = b.get("beat")
+            branches = {"ce": (vt, no, no, no), "ce_video": (vt, no, yes, no), "ce_tags": (vt, yes, no, no),
+                        "ce_null": (vt, yes, yes, yes), "ce_wrong_video": (vt.roll(1, dims=0), no, yes, no)}
+            if beat is not None:
+                branches["ce_no_beat"] = (vt, no, no, yes)
             if B < 2:
                 branches.pop("ce_wrong_video")
-            for name, (tokens, dv, dt) in branches.items():
-                out = model(None, b["codes"], *tags, drop_video=dv, drop_tags=dt, video_tokens=tokens)
+            for name, (tokens, dv, dt, db) in branches.items():
+                out = model(None, b["codes"], *tags, drop_video=dv, drop_tags=dt, video_tokens=tokens, beat=beat,
+                            drop_beat=db)
                 ce, _ = beat_weighted_ce(out.logits, out.seq, out.valid, torch.ones_like(b["beat_weights"]))
                 sums[name] = sums.get(name, 0.0) + float(ce) * B
             n += B
@@ -621,6 +632,8 @@ class Solver:
         res["cond_gain"] = res["ce_null"] - res["ce"]
         if "ce_wrong_video" in res:
             res["video_gain"] = res["ce_wrong_video"] - res["ce_video"]
+        if "ce_no_beat" in res:
+            res["beat_gain"] = res["ce_no_beat"] - res["ce"]
         res["clips"] = n
         return res
 
@@ -680,7 +693,8 @@ class Solver:
                     (bar.write if bar is not None else print)(
                         f"val step {self.step}: ce {ev['ce']:.4f} video {ev['ce_video']:.4f} tags {ev['ce_tags']:.4f} "
                         f"null {ev['ce_null']:.4f} cond_gain {ev['cond_gain']:.4f} "
-                        f"video_gain {ev.get('video_gain', float('nan')):.4f}")
+                        f"video_gain {ev.get('video_gain', float('nan')):.4f} "
+                        f"beat_gain {ev.get('beat_gain', float('nan')):.4f}")
             if self.step % t.save_every == 0 or self.step == max_steps:
                 last_ckpt = self.save()
             if stop_after is not None and self.step >= stop_after:
