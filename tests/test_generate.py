@@ -164,7 +164,7 @@ def test_tempo_becomes_a_beat_grid_continued_across_windows(tmp_path):
     src = _video(tmp_path / "b.mp4", 4.0)
     fast = generate_for_video(src, p, tmp_path / "fast", top_k=16, seed=3, tempo=96)
     assert fast.windows == len(calls) >= 2
-    for beat, start in calls:
+    for beat, _ in calls:
         torch.testing.assert_close(beat, torch.tensor([[31.25, 12.5]]))
     assert [s for _, s in calls] == [s for s, _ in _window_plan(200, 125, 62)]  # absolute window starts
     calls.clear()

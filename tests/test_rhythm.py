@@ -154,8 +154,8 @@ def test_tiny_lm_learns_to_follow_an_unseen_tempo():
 
 @pytest.fixture
 def debug_cfg():
-    from vmas.config import load_config
-
     from pathlib import Path
+
+    from vmas.config import load_config
 
     return load_config(Path(__file__).resolve().parent.parent / "configs" / "debug.yaml")
