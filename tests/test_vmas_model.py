@@ -189,7 +189,7 @@ def test_guide_tags_keeps_the_video_in_the_cfg_branch(setup, monkeypatch):
     monkeypatch.setattr(model, "fuser", fuser)
     seen = {}
     monkeypatch.setattr(model.lm, "generate", lambda cond, cond_mask, uncond, uncond_mask, **kw: seen.update(
-        cond=cond, uncond=uncond, uncond_mask=uncond_mask, extra=kw.get("extra")))
+        cond=cond, uncond=uncond, uncond_mask=uncond_mask, extra=kw.get("extra"), cfg=kw.get("cfg")))
     tags, mask = torch.randn(3, 2, 6), torch.ones(3, 2, dtype=torch.bool)
     vt = model.encode_video(frames)
     yes = torch.ones(3, dtype=torch.bool)
@@ -209,6 +209,10 @@ def test_guide_tags_keeps_the_video_in_the_cfg_branch(setup, monkeypatch):
     torch.testing.assert_close(seen["uncond"], fuser(vt, tags, mask, drop_video=yes, drop_tags=yes)[0])
     (extra_cond, _, _, w), = seen["extra"]
     torch.testing.assert_close(extra_cond, fuser(vt, tags, mask, drop_tags=yes)[0])
-    assert w == 2.0  # cfg - 1 with the default cfg 3
+    assert w == 2.0 and seen["cfg"] == 3.0  # cfg - 1 with the default cfg 3
+    model.generate(frames, 5, tag_emb=tags, tag_mask=mask, guide="both", tag_cfg=6.0)
+    assert seen["extra"][0][3] == 5.0 and seen["cfg"] == 3.0  # only the tags branch gets the larger scale
+    model.generate(frames, 5, tag_emb=tags, tag_mask=mask, guide="tags", tag_cfg=6.0)
+    assert seen["cfg"] == 6.0
     with pytest.raises(ValueError, match="guide"):
         model.generate(frames, 5, guide="video")

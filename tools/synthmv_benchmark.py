@@ -83,7 +83,8 @@ def load_clips(manifest: Path, limit: int) -> tp.List[dict]:
 @torch.no_grad()
 def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k: int, batch: int = 12,
              tags: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None,
-             negative: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None, guide: str = "all") -> tp.List[np.ndarray]:
+             negative: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None, guide: str = "all",
+             tag_cfg: float = 0.0) -> tp.List[np.ndarray]:
     """Music for each clip's first ``clip_seconds`` window; ``tags`` / ``negative`` are per-clip tag lists (None =
     video only: the tag slots hold the learned null token)."""
     from vmas.data import media
@@ -108,7 +109,7 @@ def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k:
             beat = request_grids(tags[i: i + batch], pipe.codec.frame_rate)
         codes = pipe.model.generate(frames, num_frames=frames_per_clip, tag_emb=tag_emb, tag_mask=tag_mask,
                                     neg_emb=neg_emb, neg_mask=neg_mask, cfg=cfg_scale, top_k=top_k, generator=gen,
-                                    guide=guide, beat=beat)
+                                    guide=guide, beat=beat, tag_cfg=tag_cfg)
         wav = pipe.codec.decode(codes)[:, 0]  # [B, N]
         wavs += [w.numpy() for w in wav]
     return wavs

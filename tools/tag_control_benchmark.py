@@ -43,6 +43,9 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--guide", default=None, choices=["all", "tags", "both"],
                    help="CFG branch when tags are given (see VMAS.generate); default: the model's generation.guide")
+    p.add_argument("--tag-cfg", type=float, default=None,
+                   help="guidance scale of the tags branch (default: the model's generation.tag_cfg; 0 = --cfg)")
+    p.add_argument("--out", default=None, help="also write the JSON here (default: <run root>/tag_control_<guide>.json)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -55,6 +58,7 @@ def main(argv=None) -> int:
     if not pipe.config.model.tags.enabled:
         raise SystemExit(f"{args.model}: model has no tag branch")
     guide = args.guide or pipe.config.generation.guide
+    tag_cfg = pipe.config.generation.tag_cfg if args.tag_cfg is None else args.tag_cfg
     clips = load_clips(Path(args.test_manifest), args.clips)
     sr = pipe.codec.sample_rate
     clf, _ = judge(pipe)
@@ -64,7 +68,8 @@ def main(argv=None) -> int:
     tempos = [round(float(rng.uniform(*CLASSES[c].tempo_range))) for c in truth]
 
     def run(tags=None, negative=None):
-        wavs = generate(pipe, clips, args.seed, args.cfg, args.top_k, tags=tags, negative=negative, guide=guide)
+        wavs = generate(pipe, clips, args.seed, args.cfg, args.top_k, tags=tags, negative=negative, guide=guide,
+                        tag_cfg=tag_cfg)
         return wavs, clf.predict(wavs, sr)
 
     _, pred_none = run()
@@ -81,9 +86,10 @@ def main(argv=None) -> int:
         "negative": float(np.mean(pred_neg == truth)),
         "tempo_within_8pct": float(np.mean(within)),
         "meta": {"clips": len(clips), "model": str(args.model), "seed": args.seed, "cfg": args.cfg,
-                 "top_k": args.top_k, "guide": guide, "requested_tempos": tempos, "estimated_tempos": [round(float(x), 1) for x in est]},
+                 "top_k": args.top_k, "guide": guide, "tag_cfg": tag_cfg or args.cfg,
+                 "manifest": str(args.test_manifest), "requested_tempos": tempos, "estimated_tempos": [round(float(x), 1) for x in est]},
     }
-    out = Path(args.model).parent.parent / f"tag_control_{guide}.json"
+    out = Path(args.out) if args.out else Path(args.model).parent.parent / f"tag_control_{guide}.json"
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
     return 0

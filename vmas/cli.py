@@ -39,6 +39,8 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
                    help="with --tags/--negative: guide against no video + no tags (all), against the video without "
                         "your tags (tags: the tags win over a contradicting picture), or both at once; default: the "
                         "model's generation.guide")
+    p.add_argument("--tag-cfg", type=float, default=None, help="guidance scale of the tags branch (--guide tags/both): "
+                   "raise it when the tags should win over the picture; default: the model's generation.tag_cfg")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same audio)")
     p.add_argument("--duration", type=float, default=None, help="generate at most this many seconds per video")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -90,7 +92,7 @@ def run_generate(args) -> int:
         tags=split_tag_arg(args.tags), instruments=split_tag_arg(args.instruments), genres=split_tag_arg(args.genres),
         tempo=args.tempo, negative=split_tag_arg(args.negative), auto_tags=args.auto_tags,
         seed=args.seed, duration=args.duration, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-        temperature=args.temperature, guide=args.guide)  # None = the model's generation config
+        temperature=args.temperature, guide=args.guide, tag_cfg=args.tag_cfg)  # None = the model's generation config
     failed: tp.List[Path] = []
 
     def on_error(path: Path, err: Exception) -> None:

@@ -322,6 +322,9 @@ class GenerationConfig:
     guide: str = "all"
     """CFG branch when the user gives tags: ``all`` (null video + null tags, SPEC §4), ``tags`` (keep the video,
     drop the tags: guidance amplifies only what the tags change) or ``both`` (the two together; ``VMAS.generate``)."""
+    tag_cfg: float = 0.0
+    """Guidance scale of the tags-only branch (``guide`` tags / both): how hard the user's tags are pushed against
+    the picture. 0 = the same as ``cfg``."""
 
 
 @dataclass

@@ -38,6 +38,8 @@ class GenerationRequest:
     temperature: tp.Optional[float] = None
     guide: tp.Optional[str] = None
     """CFG branch with user tags, ``all``, ``tags`` or ``both`` (``VMAS.generate``); None = the model's config."""
+    tag_cfg: tp.Optional[float] = None
+    """Guidance scale of the tags branch (``generation.tag_cfg``; 0 = ``cfg``)."""
     seed: int = 0
     duration: tp.Optional[float] = None
     """Generate music for at most this many seconds of each video (the rest of the video stays silent)."""
@@ -47,7 +49,7 @@ class GenerationRequest:
     def resolved(self, gen_cfg: tp.Any) -> "GenerationRequest":
         """A copy with every unset sampling control taken from the model's ``generation`` config (a 256-entry
         SynthMV codebook wants top-k 50, MusicGen's 2048 entries 250)."""
-        keys = ("cfg", "top_k", "top_p", "temperature", "guide")
+        keys = ("cfg", "top_k", "top_p", "temperature", "guide", "tag_cfg")
         return dataclasses.replace(self, **{k: getattr(gen_cfg, k) for k in keys if getattr(self, k) is None})
 
 
@@ -219,7 +221,7 @@ def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress
         out = pipe.model.generate(frames, num_frames=end - start, tag_emb=tag_emb, tag_mask=tag_mask,
                                   neg_emb=neg_emb, neg_mask=neg_mask, cfg=req.cfg, top_k=req.top_k, top_p=req.top_p,
                                   temperature=req.temperature, prompt=prompt, generator=gen,
-                                  guide=req.guide, beat=beat, beat_start=start)  # [B, K, end-start]
+                                  guide=req.guide, tag_cfg=req.tag_cfg, beat=beat, beat_start=start)  # [B, K, end-start]
         new = out if codes is None else out[:, :, codes.shape[-1] - start:]
         codes = new if codes is None else torch.cat([codes, new], dim=-1)
     for b, job in enumerate(chunk):

@@ -162,7 +162,7 @@ class VMAS(nn.Module):
                  temperature: float = 1.0, prompt: tp.Optional[torch.Tensor] = None,
                  generator: tp.Optional[torch.Generator] = None, video_tokens: tp.Optional[torch.Tensor] = None,
                  progress: bool = False, guide: str = "all", beat: tp.Optional[torch.Tensor] = None,
-                 beat_start: int = 0) -> torch.Tensor:
+                 beat_start: int = 0, tag_cfg: float = 0.0) -> torch.Tensor:
         """Sample codes [B,K,num_frames] for a video window.
 
         ``guide="all"`` (SPEC §4): the CFG branch is the learned null condition (video and tags dropped); with
@@ -171,8 +171,9 @@ class VMAS(nn.Module):
         and drops only the tags (or holds the negative tags), so guidance amplifies what the user's tags change on
         top of the picture instead of amplifying the picture too (otherwise a picture that contradicts the tags
         is amplified as much as the tags are). ``guide="both"`` runs the two branches together (three-way batch):
-        ``c + (cfg-1)(c - u_all) + (cfg-1)(c - u_tags)``, amplifying the picture *and* what the tags add to it.
-        Without any tags ``guide`` makes no difference.
+        ``c + (cfg-1)(c - u_all) + (tag_cfg-1)(c - u_tags)``, amplifying the picture *and* what the tags add to
+        it; ``tag_cfg`` (0 = ``cfg``) also replaces ``cfg`` for ``guide="tags"``. Without any tags ``guide`` makes
+        no difference.
 
         ``beat`` [B, 2] (NaN rows = none): requested beat grids (:func:`vmas.modules.rhythm.request_grids`), in
         frames of the whole video; ``beat_start`` is this window's first frame in those frames. The grid is part of
@@ -188,6 +189,7 @@ class VMAS(nn.Module):
         uncond = uncond_mask = uncond_step = None
         extra = []
         S = self.pattern.num_steps(num_frames)
+        tag_cfg = tag_cfg or cfg
         if cfg != 1.0:
             all_drop = torch.ones(B, dtype=torch.bool, device=dev)
             tag_guided = guide != "all" and (tag_emb is not None or neg_emb is not None) and video_tokens is not None
@@ -199,13 +201,14 @@ class VMAS(nn.Module):
                 t_step = self.fuser.step_condition(video_tokens, S)
             if tag_guided and guide == "tags":
                 uncond, uncond_mask, uncond_step = t_unc, t_mask, t_step
+                cfg = tag_cfg
             elif neg_emb is not None:
                 uncond, uncond_mask = self.fuser(video_tokens, neg_emb, neg_mask, drop_video=all_drop, batch_size=B)
             else:
                 uncond, uncond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=all_drop,
                                                  drop_tags=all_drop, batch_size=B)
             if tag_guided and guide == "both":
-                extra = [(t_unc, t_mask, t_step, cfg - 1.0)]
+                extra = [(t_unc, t_mask, t_step, tag_cfg - 1.0)]
         # per-step paths (video_fuse=cross+sum, beat grid); the unconditional / negative branches have no video -> zeros
         step = self.fuser.step_condition(video_tokens, S, beat=beat, start=beat_start)
         return self.lm.generate(cond, cond_mask, uncond, uncond_mask, num_frames=num_frames, cfg=cfg, top_k=top_k,
