@@ -40,6 +40,7 @@ synthmv-data: install
 	test -f $(SYN)/train/vmas_manifest.jsonl || $(BIN)/python -m datasets.synthmv --out $(SYN)/train --num 480 --seed 0 --window 5
 	test -f $(SYN)/val/vmas_manifest.jsonl || $(BIN)/python -m datasets.synthmv --out $(SYN)/val --num 24 --seed 2 --split val --window 5
 	test -f $(SYN)/test/vmas_manifest.jsonl || $(BIN)/python -m datasets.synthmv --out $(SYN)/test --num 36 --seed 1 --split test
+	test -f $(SYN)/select/vmas_manifest.jsonl || $(BIN)/python -m datasets.synthmv --out $(SYN)/select --num 36 --seed 3 --split val
 	test -f runs/synthmv/codec.pt || $(BIN)/python tools/train_codec.py --audio-dir $(SYN)/train --out runs/synthmv/codec.pt --minutes 8 --threads 2
 	$(BIN)/python tools/preprocess.py --manifest $(SYN)/train/vmas_manifest.jsonl --out $(SYN)/shards --config configs/synthmv_tiny.yaml --splits train --workers 2
 	$(BIN)/python tools/preprocess.py --manifest $(SYN)/val/vmas_manifest.jsonl --out $(SYN)/shards --config configs/synthmv_tiny.yaml --splits val --workers 2
