@@ -364,3 +364,30 @@ def test_evaluate_scores_each_condition_branch(tmp_path, monkeypatch):
     assert res["ce_wrong_video"] == pytest.approx(manual(False, roll=True), abs=1e-5)
     assert res["cond_gain"] == pytest.approx(res["ce_null"] - res["ce"])
     assert res["ce"] != pytest.approx(res["ce_null"], abs=1e-6)  # the random fuser does change the logits
+
+
+def test_solver_feeds_beat_grids_and_scores_their_gain(tmp_path, monkeypatch):
+    """With model.lm.beat_condition the solver fits each clip's grid (clip_grids) and passes it to the model;
+    evaluate() reports ce_no_beat (the same batch without grids) and beat_gain = ce_no_beat - ce."""
+    import vmas.data.loader as loader_mod
+    from vmas.data.loader import collate
+    from vmas.losses import beat_weighted_ce
+    from vmas.modules.rhythm import clip_grids
+
+    cfg = debug_cfg(tmp_path, "data.val_shards=val-*.tar", "model.lm.beat_condition=true")
+    solver = Solver(cfg)
+    torch.nn.init.normal_(solver.model.fuser.beat_proj.weight)
+    clips = SyntheticClips(cfg, 1, 4)
+    raw = collate([clips.clip(i) for i in range(4)])
+    batch = solver._to_device(raw)
+    torch.testing.assert_close(batch["beat"], clip_grids(raw["music_beats"], [[]] * 4, cfg.data.frame_rate))
+    assert torch.isfinite(batch["beat"]).all()
+    monkeypatch.setattr(loader_mod, "build_loader", lambda *a, **k: iter([raw]))
+    res = solver.evaluate()
+    model = solver.model.eval()
+    with torch.no_grad():
+        out = model(raw["frames"], raw["codes"])  # no grid at all
+        ce, _ = beat_weighted_ce(out.logits, out.seq, out.valid, torch.ones_like(batch["beat_weights"]))
+    assert res["ce_no_beat"] == pytest.approx(float(ce), abs=1e-5)
+    assert res["beat_gain"] == pytest.approx(res["ce_no_beat"] - res["ce"])
+    assert abs(res["beat_gain"]) > 1e-4  # the grid does reach the logits
