@@ -33,7 +33,8 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
-# SynthMV end to end (issues 10, 11; about 15 min of data + codec + shards on 2 cores, then the benchmarks).
+# SynthMV end to end (issues 10, 11; about 15 min of data + codec + shards on 2 cores, then the benchmarks;
+# data/synthmv/select is the selection set for choosing guidance before the test set is scored).
 # Every step skips what is already there, so an interrupted run continues.
 SYN := data/synthmv
 synthmv-data: install
