@@ -51,8 +51,8 @@ register_model(ModelEntry(
 register_model(ModelEntry(
     name="vmas-synthmv-demo",
     description="tiny model (+ tag branch and its own small codec) trained 1200 steps on synthetic SynthMV clips on "
-                "a CPU: follows the scene class of the picture and tags, not yet the note timing; a demonstration of "
-                "the pipeline, not real-world music",
+                "a CPU: follows the scene class of the picture, tags and --tempo, not yet the picture's note timing; a "
+                "demonstration of the pipeline, not real-world music",
     filename="vmas-synthmv-demo.pt",
 ), default=(ASSETS / "vmas-synthmv-demo.pt").exists())
 
