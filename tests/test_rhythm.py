@@ -159,3 +159,31 @@ def debug_cfg():
     from vmas.config import load_config
 
     return load_config(Path(__file__).resolve().parent.parent / "configs" / "debug.yaml")
+
+
+def test_fit_grid_refines_a_fractional_period():
+    # 94.6 BPM at 50 Hz = 31.71 frames per beat: the autocorrelation lag is whole frames, the fit must not drift
+    on = _onsets(500, 31.71, 9.0, offbeats=(1, 4, 6, 9), jitter=0)
+    period, first = rhythm.fit_grid(on, 50.0)
+    assert abs(period - 31.71) < 0.1 and abs(first - 9.0) <= 0.5
+    assert rhythm.fit_grid(on, 50.0, bpm=120.0)[0] == 25.0  # a given tempo is kept
+    assert rhythm.fit_grid(np.zeros(100, bool), 50.0) is None
+
+
+def test_video_grid_finds_the_beat_of_a_synthmv_clip(tmp_path):
+    """SynthMV: every note is a visual jump, so the grid read from the picture's motion peaks must have the clip's
+    tempo (within 1.5 %) and put its lines on the labelled on-beat notes (within 1.5 code frames)."""
+    from datasets.synthmv import generate_clip
+
+    for seed, cls in ((3, 1), (5, 2)):
+        clip = generate_clip(seed, cls, 5.0, 64, out_path=tmp_path / f"c{seed}.mp4")
+        lab = clip.labels
+        period, first = rhythm.video_grid(tmp_path / f"c{seed}.mp4", 5.0, 50.0)
+        bpm = 60 * 50.0 / period
+        assert abs(bpm - lab["tempo_bpm"]) <= 0.015 * lab["tempo_bpm"], (bpm, lab["tempo_bpm"])
+        true_period = 60 * 50.0 / lab["tempo_bpm"]
+        t0 = lab["events"][0]["code_frame"]  # the first note is always on a beat
+        beats = t0 + true_period * np.arange(int((250 - t0) / true_period) + 1)  # true beat lines in the window
+        d = np.mod(beats - first, period)
+        d = np.minimum(d, period - d)
+        assert d.max() <= 2.0, (beats, first, period)  # every beat of the clip sits on the grid (+-2 code frames)

@@ -84,11 +84,11 @@ def load_clips(manifest: Path, limit: int) -> tp.List[dict]:
 def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k: int, batch: int = 12,
              tags: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None,
              negative: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None, guide: str = "all",
-             tag_cfg: float = 0.0) -> tp.List[np.ndarray]:
+             tag_cfg: float = 0.0, beat_from_video: bool = False) -> tp.List[np.ndarray]:
     """Music for each clip's first ``clip_seconds`` window; ``tags`` / ``negative`` are per-clip tag lists (None =
     video only: the tag slots hold the learned null token)."""
     from vmas.data import media
-    from vmas.modules.rhythm import request_grids
+    from vmas.modules.rhythm import request_grids, tags_bpm, video_grid
 
     c = pipe.config
     frames_per_clip = round(c.data.clip_seconds * pipe.codec.frame_rate)
@@ -105,7 +105,12 @@ def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k:
         if negative is not None:
             neg_emb, neg_mask = encoder(negative[i: i + batch])
         beat = None
-        if tags is not None and c.model.lm.beat_condition:  # "N BPM" tags -> beat grids, as `vmas generate` does
+        if c.model.lm.beat_condition and beat_from_video:  # grids fitted to the picture, as `vmas generate` does
+            fr = pipe.codec.frame_rate
+            grids = [video_grid(x["video"], c.data.clip_seconds, fr, tags_bpm(tags[i + j]) if tags else None)
+                     for j, x in enumerate(chunk)]
+            beat = torch.tensor([g if g is not None else (float("nan"),) * 2 for g in grids])
+        elif tags is not None and c.model.lm.beat_condition:  # "N BPM" tags -> beat grids, as `vmas generate` does
             beat = request_grids(tags[i: i + batch], pipe.codec.frame_rate)
         codes = pipe.model.generate(frames, num_frames=frames_per_clip, tag_emb=tag_emb, tag_mask=tag_mask,
                                     neg_emb=neg_emb, neg_mask=neg_mask, cfg=cfg_scale, top_k=top_k, generator=gen,
@@ -193,6 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--retrain", action="store_true")
+    p.add_argument("--beat-from-video", action="store_true",
+                   help="models with a beat condition: generate with the grid fitted to each video's motion peaks")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("overrides", nargs="*", help="extra config overrides for every variant")
     args = p.parse_args(argv)
@@ -213,7 +220,8 @@ def main(argv=None) -> int:
         sr = pipe.codec.sample_rate
         if classifier is None:  # every variant shares the codec of the config
             classifier, roundtrip = judge(pipe)
-        runs = [score(generate(pipe, clips, args.seed + k, args.cfg, args.top_k), sr, clips, classifier)
+        runs = [score(generate(pipe, clips, args.seed + k, args.cfg, args.top_k, beat_from_video=args.beat_from_video),
+                      sr, clips, classifier)
                 for k in range(args.sample_seeds)]
         results[name] = mean_std(runs)
         r1, r1_codes, note = retrieval_r1(pipe, clips)
@@ -236,6 +244,7 @@ def main(argv=None) -> int:
     # ceiling: the clip's own music through the codec (what a perfect LM could produce)
     results["codec_ceiling"] = score([roundtrip(w) for w in real], sr, clips, classifier)
     results["meta"] = {"clips": len(clips), "steps": args.steps, "seed": args.seed, "sample_seeds": args.sample_seeds,
+                       "beat_from_video": args.beat_from_video,
                        "spread": "std over sampling seeds of one trained model per variant", "cfg": args.cfg,
                        "top_k": args.top_k, "train_seconds": round(train_s, 1),
                        "total_seconds": round(time.time() - t0, 1), "config": args.config}

@@ -39,6 +39,9 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
                    help="with --tags/--negative: guide against no video + no tags (all), against the video without "
                         "your tags (tags: the tags win over a contradicting picture), or both at once; default: the "
                         "model's generation.guide")
+    p.add_argument("--beat-from-video", action=argparse.BooleanOptionalAction, default=None,
+                   help="models with a beat condition: put the music's beats on the picture's motion peaks (tempo "
+                        "from the video unless --tempo is given); default: the model's generation.beat_from_video")
     p.add_argument("--tag-cfg", type=float, default=None, help="guidance scale of the tags branch (--guide tags/both): "
                    "raise it when the tags should win over the picture; default: the model's generation.tag_cfg")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same audio)")
@@ -92,7 +95,8 @@ def run_generate(args) -> int:
         tags=split_tag_arg(args.tags), instruments=split_tag_arg(args.instruments), genres=split_tag_arg(args.genres),
         tempo=args.tempo, negative=split_tag_arg(args.negative), auto_tags=args.auto_tags,
         seed=args.seed, duration=args.duration, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-        temperature=args.temperature, guide=args.guide, tag_cfg=args.tag_cfg)  # None = the model's generation config
+        temperature=args.temperature, guide=args.guide, tag_cfg=args.tag_cfg,
+        beat_from_video=args.beat_from_video)  # None = the model's generation config
     failed: tp.List[Path] = []
 
     def on_error(path: Path, err: Exception) -> None:

@@ -40,6 +40,8 @@ class GenerationRequest:
     """CFG branch with user tags, ``all``, ``tags`` or ``both`` (``VMAS.generate``); None = the model's config."""
     tag_cfg: tp.Optional[float] = None
     """Guidance scale of the tags branch (``generation.tag_cfg``; 0 = ``cfg``)."""
+    beat_from_video: tp.Optional[bool] = None
+    """Fit the beat grid to the picture's motion peaks (``generation.beat_from_video``)."""
     seed: int = 0
     duration: tp.Optional[float] = None
     """Generate music for at most this many seconds of each video (the rest of the video stays silent)."""
@@ -49,7 +51,7 @@ class GenerationRequest:
     def resolved(self, gen_cfg: tp.Any) -> "GenerationRequest":
         """A copy with every unset sampling control taken from the model's ``generation`` config (a 256-entry
         SynthMV codebook wants top-k 50, MusicGen's 2048 entries 250)."""
-        keys = ("cfg", "top_k", "top_p", "temperature", "guide", "tag_cfg")
+        keys = ("cfg", "top_k", "top_p", "temperature", "guide", "tag_cfg", "beat_from_video")
         return dataclasses.replace(self, **{k: getattr(gen_cfg, k) for k in keys if getattr(self, k) is None})
 
 
@@ -205,10 +207,14 @@ def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress
             neg = clean_tags(list(req.negative))
             neg_emb, neg_mask = _tag_tensors(pipe, [neg] * len(chunk))
     beat = None
-    if cfg.model.lm.beat_condition:  # a requested tempo ("N BPM" tag / --tempo) becomes a beat grid
-        from vmas.modules.rhythm import request_grids
+    if cfg.model.lm.beat_condition:  # a requested tempo ("N BPM" tag / --tempo) or the picture gives a beat grid
+        from vmas.modules import rhythm
 
-        beat = request_grids([job.tags for job in chunk], fr)
+        if req.beat_from_video:
+            grids = [rhythm.video_grid(job.video, job.seconds, fr, rhythm.tags_bpm(job.tags)) for job in chunk]
+            beat = torch.tensor([g if g is not None else (float("nan"),) * 2 for g in grids])
+        else:
+            beat = rhythm.request_grids([job.tags for job in chunk], fr)
 
     gen = torch.Generator(device="cpu").manual_seed(req.seed)
     codes: tp.Optional[torch.Tensor] = None  # [B, K, T]

@@ -89,18 +89,63 @@ def tags_bpm(tags: tp.Iterable[str]) -> tp.Optional[float]:
     return None
 
 
+def _grid_score(frames: np.ndarray, period: float, first: float, width: float = 1.0) -> float:
+    d = np.mod(frames - first, period)
+    d = np.minimum(d, period - d)
+    return float(np.exp(-((d / width) ** 2)).sum())
+
+
+def fit_grid(onsets: np.ndarray, frame_rate: float, bpm: tp.Optional[float] = None,
+             refine: float = 0.04) -> tp.Optional[tp.Tuple[float, float]]:
+    """(period, first) of the grid that best explains an onset mask [T]; None when there are too few onsets.
+
+    The period is ``bpm``'s when given. Otherwise the autocorrelation's whole-frame lag is refined jointly with the
+    phase over ``+-refine`` of it in 0.05-frame steps (a whole-frame period drifts by up to half a frame per beat,
+    which moves the grid off the notes within a few bars)."""
+    onsets = np.asarray(onsets, dtype=bool)
+    if bpm:
+        period = 60.0 * frame_rate / bpm
+        return (period, fit_first_beat(onsets, period)) if onsets.any() else None
+    period = estimate_period(onsets, frame_rate)
+    if period is None:
+        return None
+    frames = np.flatnonzero(onsets).astype(np.float64)
+    best = (-1.0, period, 0.0)
+    for p in np.arange(period * (1 - refine), period * (1 + refine) + 1e-9, 0.05):
+        first = fit_first_beat(onsets, p)
+        best = max(best, (_grid_score(frames, p, first), p, first))
+    return float(best[1]), float(best[2])
+
+
 def clip_grids(onsets: torch.Tensor, tag_lists: tp.Sequence[tp.Sequence[str]], frame_rate: float) -> torch.Tensor:
     """Training grids: onsets bool [B, T] (music onsets on the code grid) + each clip's tags -> beat [B, 2]
     (NaN where neither a tempo tag nor enough onsets give a tempo)."""
     out = torch.full((onsets.shape[0], 2), float("nan"))
     for b, tags in enumerate(tag_lists):
-        on = onsets[b].bool().cpu().numpy()
-        bpm = tags_bpm(tags)
-        period = 60.0 * frame_rate / bpm if bpm else estimate_period(on, frame_rate)
-        if period is None or not on.any():
-            continue
-        out[b] = torch.tensor([period, fit_first_beat(on, period)])
+        grid = fit_grid(onsets[b].bool().cpu().numpy(), frame_rate, tags_bpm(tags))
+        if grid is not None:
+            out[b] = torch.tensor(grid)
     return out
+
+
+def video_grid(video: tp.Any, seconds: float, frame_rate: float, bpm: tp.Optional[float] = None,
+               fps: float = 25.0, size: int = 64) -> tp.Optional[tp.Tuple[float, float]]:
+    """A grid read from the picture: motion peaks (Farneback flow at ``fps``, :func:`vmas.alignment.video_beats`)
+    on the code grid, then :func:`fit_grid` (tempo from ``bpm`` if the user asked for one, else from the peaks).
+
+    Why: the LM follows a grid far better than it reads timing from the video tokens (48 tokens per 10 s cannot
+    place a note within 20 ms), so a grid fitted to the visual events puts the music's beats on the picture's.
+    Assumes one tempo for the whole video. None for a video without clear motion peaks.
+    """
+    from vmas.alignment import video_beats, video_motion
+    from vmas.data import media
+
+    frames, _, _ = media.read_video_frames(video, fps=fps, size=size, start=0.0, duration=seconds)
+    if frames.shape[0] < 3:
+        return None
+    num_frames = max(1, round(seconds * frame_rate))
+    peaks = video_beats(video_motion(frames, flow="farneback"), num_frames=num_frames, fps=fps, frame_rate=frame_rate)
+    return fit_grid(peaks.numpy(), frame_rate, bpm)
 
 
 def request_grids(tag_lists: tp.Sequence[tp.Sequence[str]], frame_rate: float,
