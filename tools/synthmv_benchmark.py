@@ -88,7 +88,7 @@ def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k:
     """Music for each clip's first ``clip_seconds`` window; ``tags`` / ``negative`` are per-clip tag lists (None =
     video only: the tag slots hold the learned null token)."""
     from vmas.data import media
-    from vmas.modules.rhythm import request_grids, tags_bpm, video_grid
+    from vmas.modules.rhythm import request_grids, tags_bpm, video_grids
 
     c = pipe.config
     frames_per_clip = round(c.data.clip_seconds * pipe.codec.frame_rate)
@@ -106,10 +106,8 @@ def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k:
             neg_emb, neg_mask = encoder(negative[i: i + batch])
         beat = None
         if c.model.lm.beat_condition and beat_from_video:  # grids fitted to the picture, as `vmas generate` does
-            fr = pipe.codec.frame_rate
-            grids = [video_grid(x["video"], c.data.clip_seconds, fr, tags_bpm(tags[i + j]) if tags else None)
-                     for j, x in enumerate(chunk)]
-            beat = torch.tensor([g if g is not None else (float("nan"),) * 2 for g in grids])
+            bpms = [tags_bpm(t) for t in tags[i: i + batch]] if tags else None
+            beat = video_grids([x["video"] for x in chunk], c.data.clip_seconds, pipe.codec.frame_rate, bpms)
         elif tags is not None and c.model.lm.beat_condition:  # "N BPM" tags -> beat grids, as `vmas generate` does
             beat = request_grids(tags[i: i + batch], pipe.codec.frame_rate)
         codes = pipe.model.generate(frames, num_frames=frames_per_clip, tag_emb=tag_emb, tag_mask=tag_mask,

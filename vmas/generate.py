@@ -211,8 +211,8 @@ def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress
         from vmas.modules import rhythm
 
         if req.beat_from_video:
-            grids = [rhythm.video_grid(job.video, job.seconds, fr, rhythm.tags_bpm(job.tags)) for job in chunk]
-            beat = torch.tensor([g if g is not None else (float("nan"),) * 2 for g in grids])
+            beat = rhythm.video_grids([job.video for job in chunk], [job.seconds for job in chunk], fr,
+                                      [rhythm.tags_bpm(job.tags) for job in chunk])
         else:
             beat = rhythm.request_grids([job.tags for job in chunk], fr)
 

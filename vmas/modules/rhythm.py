@@ -148,6 +148,16 @@ def video_grid(video: tp.Any, seconds: float, frame_rate: float, bpm: tp.Optiona
     return fit_grid(peaks.numpy(), frame_rate, bpm)
 
 
+def video_grids(videos: tp.Sequence[tp.Any], seconds: tp.Union[float, tp.Sequence[float]], frame_rate: float,
+                bpms: tp.Optional[tp.Sequence[tp.Optional[float]]] = None) -> torch.Tensor:
+    """:func:`video_grid` for a batch -> beat [B, 2] (NaN rows where a video has no clear motion peaks)."""
+    n = len(videos)
+    secs = [seconds] * n if isinstance(seconds, (int, float)) else list(seconds)
+    bpms = list(bpms) if bpms is not None else [None] * n
+    grids = [video_grid(v, s, frame_rate, b) for v, s, b in zip(videos, secs, bpms)]
+    return torch.tensor([g if g is not None else (float("nan"), float("nan")) for g in grids])
+
+
 def request_grids(tag_lists: tp.Sequence[tp.Sequence[str]], frame_rate: float,
                   first_beat_s: float = FIRST_BEAT_S) -> tp.Optional[torch.Tensor]:
     """Inference grids from requested tags: beat [B, 2] with a grid for each list holding an ``"N BPM"`` tag, NaN
