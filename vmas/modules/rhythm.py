@@ -14,7 +14,9 @@ is also what the CFG branches and dropped training clips see.
 
 - Training: ``period`` comes from the clip's ``"N BPM"`` tag (else it is estimated from the music onsets) and
   ``first`` is fitted to the music onsets (:func:`fit_first_beat`), so the grid describes the clip's own music.
-- Inference: ``period`` from the user's tempo, ``first`` at :data:`FIRST_BEAT_S`.
+- Inference: ``period`` from the user's tempo, ``first`` at :data:`FIRST_BEAT_S` (:func:`request_grids`); or, with
+  ``generation.beat_from_video``, both fitted to the picture's motion peaks (:func:`video_grid`; a requested tempo
+  keeps its period).
 """
 from __future__ import annotations
 
@@ -46,24 +48,37 @@ def beat_features(beat: tp.Optional[torch.Tensor], num_steps: int, start: int = 
     return feats * has[:, None, None].float()
 
 
-def fit_first_beat(onsets: np.ndarray, period: float, resolution: float = 0.25, width: float = 1.0) -> float:
-    """Frame (in ``[0, period)``) of the beat grid of ``period`` frames that best explains the onset frames.
+def _best_offset(frames: np.ndarray, period: float, resolution: float = 0.25,
+                 width: float = 1.0) -> tp.Tuple[float, float]:
+    """(offset in ``[0, period)``, score) of the grid of ``period`` frames that best explains onset ``frames`` [N].
 
     Score of an offset: sum over onsets of ``exp(-(d / width)^2)``, ``d`` the distance (frames) to the nearest grid
-    line; on-beat notes outnumber off-beat ones in metrical music, so the on-beat grid wins over the half-shifted
-    one. ``onsets`` is a bool mask over frames (the shards' ``music_beats``) or an array of frame indices.
-    """
-    onsets = np.asarray(onsets)
-    frames = np.flatnonzero(onsets).astype(np.float64) if onsets.dtype == bool else onsets.astype(np.float64)
-    if frames.size == 0:
-        return 0.0
+    line."""
     offsets = np.arange(0.0, period, resolution)  # [O]
     d = np.mod(frames[None, :] - offsets[:, None], period)  # [O, N] in [0, period)
     d = np.minimum(d, period - d)
-    return float(offsets[np.argmax(np.exp(-((d / width) ** 2)).sum(axis=1))])
+    scores = np.exp(-((d / width) ** 2)).sum(axis=1)  # [O]
+    best = int(np.argmax(scores))
+    return float(offsets[best]), float(scores[best])
 
 
-def estimate_period(onsets: np.ndarray, frame_rate: float, bpm_range: tp.Tuple[float, float] = (60.0, 180.0)) -> tp.Optional[float]:
+def _onset_frames(onsets: np.ndarray) -> np.ndarray:
+    """A bool mask over frames or an array of frame indices -> float frame indices."""
+    onsets = np.asarray(onsets)
+    return np.flatnonzero(onsets).astype(np.float64) if onsets.dtype == bool else onsets.astype(np.float64)
+
+
+def fit_first_beat(onsets: np.ndarray, period: float, resolution: float = 0.25, width: float = 1.0) -> float:
+    """Frame (in ``[0, period)``) of the beat grid of ``period`` frames that best explains the onset frames
+    (:func:`_best_offset`); on-beat notes outnumber off-beat ones in metrical music, so the on-beat grid wins over
+    the half-shifted one. ``onsets`` is a bool mask over frames (the shards' ``music_beats``) or frame indices.
+    """
+    frames = _onset_frames(onsets)
+    return _best_offset(frames, period, resolution, width)[0] if frames.size else 0.0
+
+
+def estimate_period(onsets: np.ndarray, frame_rate: float,
+                    bpm_range: tp.Tuple[float, float] = (60.0, 180.0)) -> tp.Optional[float]:
     """Frames per beat from an onset mask by autocorrelation of the onset train (None with fewer than 3 onsets).
     Used for clips without a ``"N BPM"`` tag."""
     x = np.asarray(onsets, dtype=np.float64)
@@ -89,12 +104,6 @@ def tags_bpm(tags: tp.Iterable[str]) -> tp.Optional[float]:
     return None
 
 
-def _grid_score(frames: np.ndarray, period: float, first: float, width: float = 1.0) -> float:
-    d = np.mod(frames - first, period)
-    d = np.minimum(d, period - d)
-    return float(np.exp(-((d / width) ** 2)).sum())
-
-
 def fit_grid(onsets: np.ndarray, frame_rate: float, bpm: tp.Optional[float] = None,
              refine: float = 0.04) -> tp.Optional[tp.Tuple[float, float]]:
     """(period, first) of the grid that best explains an onset mask [T]; None when there are too few onsets.
@@ -102,18 +111,17 @@ def fit_grid(onsets: np.ndarray, frame_rate: float, bpm: tp.Optional[float] = No
     The period is ``bpm``'s when given. Otherwise the autocorrelation's whole-frame lag is refined jointly with the
     phase over ``+-refine`` of it in 0.05-frame steps (a whole-frame period drifts by up to half a frame per beat,
     which moves the grid off the notes within a few bars)."""
-    onsets = np.asarray(onsets, dtype=bool)
+    frames = _onset_frames(np.asarray(onsets, dtype=bool))
     if bpm:
         period = 60.0 * frame_rate / bpm
-        return (period, fit_first_beat(onsets, period)) if onsets.any() else None
+        return (period, _best_offset(frames, period)[0]) if frames.size else None
     period = estimate_period(onsets, frame_rate)
     if period is None:
         return None
-    frames = np.flatnonzero(onsets).astype(np.float64)
-    best = (-1.0, period, 0.0)
+    best = (-1.0, period, 0.0)  # (score, period, first)
     for p in np.arange(period * (1 - refine), period * (1 + refine) + 1e-9, 0.05):
-        first = fit_first_beat(onsets, p)
-        best = max(best, (_grid_score(frames, p, first), p, first))
+        first, score = _best_offset(frames, p)
+        best = max(best, (score, p, first))
     return float(best[1]), float(best[2])
 
 

@@ -550,14 +550,13 @@ class Solver:
             "codes": batch["codes"].to(self.device),  # long [B, K, Ta]
             "beat_weights": self._beat_weights(batch).to(self.device),  # float [B, Ta]
         }
+        tags = [_split_tags(t, self.cfg.model.tags.max_tags) for t in batch["tags"]]
         if self.text_encoder is not None:
-            tags = [_split_tags(t, self.cfg.model.tags.max_tags) for t in batch["tags"]]
             emb, mask = self.text_encoder(tags)  # [B, N, Ct], [B, N]
             out["tag_emb"], out["tag_mask"] = emb.to(self.device), mask.to(self.device)
         if self.cfg.model.lm.beat_condition:  # tempo control: each clip's beat grid, fitted to its own music
             from vmas.modules.rhythm import clip_grids
 
-            tags = [_split_tags(t, self.cfg.model.tags.max_tags) for t in batch["tags"]]
             out["beat"] = clip_grids(batch["music_beats"], tags, self.cfg.data.frame_rate).to(self.device)  # [B, 2]
         return out
 
@@ -590,9 +589,9 @@ class Solver:
 
         ``ce`` uses video + tags, ``ce_video`` video only, ``ce_tags`` tags only, ``ce_null`` nothing (the CFG
         branch), ``ce_wrong_video`` the video of the next clip in the batch; with the beat condition, every branch
-        but ``ce_null`` carries the clip's beat grid and ``ce_no_beat`` is video + tags without it. Their differences say how many nats
-        per token each condition is worth: ``cond_gain = ce_null - ce`` near 0 means the model ignores its
-        conditions and predicts music statistics only (the failure CFG cannot fix).
+        but ``ce_null`` carries the clip's beat grid and ``ce_no_beat`` is video + tags without it. Their
+        differences say how many nats per token each condition is worth: ``cond_gain = ce_null - ce`` near 0 means
+        the model ignores its conditions and predicts music statistics only (the failure CFG cannot fix).
         """
         from vmas.data.loader import build_loader
         from vmas.losses import beat_weighted_ce
