@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test lint clean synthmv-data synthmv-bench
+.PHONY: install demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,18 @@ synthmv-data: install
 synthmv-bench: synthmv-data
 	$(BIN)/python tools/synthmv_benchmark.py --json
 	$(BIN)/python tools/tag_control_benchmark.py --json
+
+# SynthMV with irregular rhythm (issue 17): the same four sets with --rhythm irregular, its own codec and shards.
+IRR := data/synthmv_irregular
+IRRGEN := $(BIN)/python -m datasets.synthmv --rhythm irregular
+synthmv-irregular-data: install
+	test -f $(IRR)/train/vmas_manifest.jsonl || $(IRRGEN) --out $(IRR)/train --num 480 --seed 0 --window 5
+	test -f $(IRR)/val/vmas_manifest.jsonl || $(IRRGEN) --out $(IRR)/val --num 24 --seed 2 --split val --window 5
+	test -f $(IRR)/test/vmas_manifest.jsonl || $(IRRGEN) --out $(IRR)/test --num 36 --seed 1 --split test
+	test -f $(IRR)/select/vmas_manifest.jsonl || $(IRRGEN) --out $(IRR)/select --num 36 --seed 3 --split val
+	test -f runs/synthmv_irregular/codec.pt || $(BIN)/python tools/train_codec.py --audio-dir $(IRR)/train --out runs/synthmv_irregular/codec.pt --minutes 8 --threads 2
+	test -f $(IRR)/shards/train.done || ($(BIN)/python tools/preprocess.py --manifest $(IRR)/train/vmas_manifest.jsonl --out $(IRR)/shards --config configs/synthmv_irregular.yaml --splits train --workers 2 && touch $(IRR)/shards/train.done)
+	test -f $(IRR)/shards/val.done || ($(BIN)/python tools/preprocess.py --manifest $(IRR)/val/vmas_manifest.jsonl --out $(IRR)/shards --config configs/synthmv_irregular.yaml --splits val --workers 2 && touch $(IRR)/shards/val.done)
 
 lint: install
 	$(BIN)/ruff check vmas tools datasets tests

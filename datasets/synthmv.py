@@ -90,22 +90,22 @@ CLASS_BY_NAME = {c.name: i for i, c in enumerate(CLASSES)}
 
 
 # ------------------------------------------------------------------------------------------------ the score
-def plan_clip(seed: int, cls: int, seconds: float = 10.0, tempo: tp.Optional[float] = None) -> dict:
-    """Draw the music and the matching visual events of one clip (no rendering): the labels dictionary.
+RHYTHMS = ("steady", "irregular")
+"""``steady``: notes on a metronome grid (the default; the published SynthMV results use it). ``irregular``: note
+times from a renewal process, so the next onset cannot be predicted from the music so far (issue 17)."""
+REFRACTORY_FRAMES = 4
+"""Irregular rhythm: the shortest gap between onsets, 160 ms at 25 fps. The encoder samples the picture every
+104 ms (9.6 fps), so at least one model frame lies between any two events and every jump is seen."""
 
-    Onsets: a note on every beat, and on each off-beat eighth with the class's probability; each onset time is
-    rounded to the 25 fps frame grid. Events: every note is a ``jump``; a bar's downbeat adds ``flash``; every
-    second bar after the first adds ``cut``.
+
+def _steady_onsets(rng: np.random.Generator, c: SynthClass, beat: float, first: float, last_ok: float
+                   ) -> tp.Iterator[tp.Tuple[int, bool, bool]]:
+    """Metronome onsets as (25 fps frame, accent, cut): a note on every beat and on each off-beat eighth with the
+    class's probability; an accent (flash) on each bar's downbeat, a cut every second bar after the first.
+
+    A generator, so the caller's per-note draws from the same ``rng`` interleave with these exactly as they did
+    before the rhythm option existed (the steady datasets stay byte-identical).
     """
-    c = CLASSES[cls]
-    rng = np.random.default_rng([seed, cls, 7919])
-    bpm = float(tempo) if tempo is not None else float(rng.uniform(*c.tempo_range))
-    beat = 60.0 / bpm
-    scale = SCALES[c.mode]
-    first = (int(rng.integers(4, 13))) / FPS  # 0.16-0.48 s: librosa cannot see an onset at t = 0
-    last_ok = seconds - 0.35  # leave room for the last note to sound
-    events: tp.List[dict] = []
-    degree = 0  # scale degree of the melody (random walk)
     prev_frame = -10
     n_eighths = int((last_ok - first) / (beat / 2)) + 1
     for e in range(n_eighths):
@@ -116,22 +116,62 @@ def plan_clip(seed: int, cls: int, seconds: float = 10.0, tempo: tp.Optional[flo
         if frame / FPS > last_ok or frame - prev_frame < 4:  # keep onsets >= 160 ms apart after rounding
             continue
         bar, beat_in_bar = divmod(e // 2, 4)
+        downbeat = on_beat and beat_in_bar == 0
+        yield frame, downbeat, downbeat and bar > 0 and bar % 2 == 0
+        prev_frame = frame
+
+
+def _irregular_onsets(rng: np.random.Generator, c: SynthClass, beat: float, first: float, last_ok: float
+                      ) -> tp.Iterator[tp.Tuple[int, bool, bool]]:
+    """Renewal-process onsets as (25 fps frame, accent, cut).
+
+    Gap = :data:`REFRACTORY_FRAMES` + a geometric number of frames, i.e. memoryless after the refractory gap: the
+    music so far says nothing about when the next note comes, only the picture does. The mean gap equals the
+    steady mode's mean note spacing for the class and tempo (``beat / (1 + offbeat_prob)``), so note density and
+    every class cue stay as in the steady mode. Accents (flash) fall on a random quarter of the notes; half of
+    the accents also cut the scene.
+    """
+    mean_gap = beat / (1.0 + c.offbeat_prob) * FPS  # frames
+    p = 1.0 / max(1.0, mean_gap - REFRACTORY_FRAMES + 1)  # geometric on {1, 2, ...} with mean 1/p
+    frame = round(first * FPS)
+    while frame / FPS <= last_ok:
+        accent = bool(rng.random() < 0.25)
+        yield frame, accent, accent and bool(rng.random() < 0.5)
+        frame += REFRACTORY_FRAMES - 1 + int(rng.geometric(p))
+
+
+def plan_clip(seed: int, cls: int, seconds: float = 10.0, tempo: tp.Optional[float] = None,
+              rhythm: str = "steady") -> dict:
+    """Draw the music and the matching visual events of one clip (no rendering): the labels dictionary.
+
+    Onsets (rounded to the 25 fps frame grid) follow ``rhythm`` (see :data:`RHYTHMS`). Events: every note is a
+    ``jump``; accents (steady: a bar's downbeat) add ``flash``; some accents (steady: every second bar after the
+    first) add ``cut``. The labels keep every event's time, frame and code frame.
+    """
+    if rhythm not in RHYTHMS:
+        raise ValueError(f"unknown rhythm {rhythm!r}; choose from {RHYTHMS}")
+    c = CLASSES[cls]
+    rng = np.random.default_rng([seed, cls, 7919])
+    bpm = float(tempo) if tempo is not None else float(rng.uniform(*c.tempo_range))
+    beat = 60.0 / bpm
+    scale = SCALES[c.mode]
+    first = (int(rng.integers(4, 13))) / FPS  # 0.16-0.48 s: librosa cannot see an onset at t = 0
+    last_ok = seconds - 0.35  # leave room for the last note to sound
+    onsets = (_steady_onsets if rhythm == "steady" else _irregular_onsets)(rng, c, beat, first, last_ok)
+    events: tp.List[dict] = []
+    degree = 0  # scale degree of the melody (random walk)
+    for frame, accent, cut in onsets:
         degree = int(np.clip(degree + rng.choice([-2, -1, 1, 2, 0], p=[0.15, 0.3, 0.3, 0.15, 0.1]), -3, 9))
         octave, step = divmod(degree, 7)
         pitch = c.root + 12 * octave + scale[step]
-        types = ["jump"]
-        if on_beat and beat_in_bar == 0:
-            types.append("flash")
-            if bar > 0 and bar % 2 == 0:
-                types.append("cut")
+        types = ["jump"] + (["flash"] if accent else []) + (["cut"] if cut else [])
         events.append({"time": frame / FPS, "frame": frame, "code_frame": 2 * frame, "pitch": int(pitch),
                        "degree": degree, "types": types, "velocity": 1.0 if "flash" in types else 0.75})
-        prev_frame = frame
     return {
         "seed": int(seed), "class_id": int(cls), "class_name": c.name, "shape": c.shape,
         "instrument": c.instrument, "instrument_tag": c.instrument_tag, "key": c.key, "mode": c.mode,
-        "tempo_bpm": round(bpm, 2), "tempo_family": c.tempo_family, "seconds": float(seconds), "fps": FPS,
-        "sample_rate": SAMPLE_RATE, "code_rate": CODE_RATE, "events": events,
+        "tempo_bpm": round(bpm, 2), "tempo_family": c.tempo_family, "rhythm": rhythm, "seconds": float(seconds),
+        "fps": FPS, "sample_rate": SAMPLE_RATE, "code_rate": CODE_RATE, "events": events,
         "onsets": [ev["time"] for ev in events], "tags": make_tags(c, bpm),
     }
 
@@ -326,7 +366,7 @@ class SynthClip:
 
 def generate_clip(seed: int, cls: tp.Optional[int] = None, seconds: float = 10.0, size: int = 64,
                   tempo: tp.Optional[float] = None, out_path: tp.Union[str, Path, None] = None,
-                  write_wav: bool = False) -> SynthClip:
+                  write_wav: bool = False, rhythm: str = "steady") -> SynthClip:
     """Render one clip. ``cls`` None draws the class from the seed; ``tempo`` overrides the drawn BPM.
 
     With ``out_path`` (``.mp4``), writes the mp4 and ``<stem>.json`` labels beside it (and ``<stem>.wav`` with
@@ -336,7 +376,7 @@ def generate_clip(seed: int, cls: tp.Optional[int] = None, seconds: float = 10.0
         raise ValueError(f"size must be even for H.264 4:2:0, got {size}")
     if cls is None:
         cls = int(np.random.default_rng([seed, 31]).integers(len(CLASSES)))
-    labels = plan_clip(seed, cls, seconds, tempo)
+    labels = plan_clip(seed, cls, seconds, tempo, rhythm)
     labels["size"] = size
     wav = render_audio(labels)
     frames = render_video(labels, size)
@@ -457,11 +497,12 @@ def clip_seed(seed: int, index: int) -> int:
     return int(np.random.default_rng([seed, index]).integers(2 ** 31))
 
 
-def _job(args: tp.Tuple[Path, int, int, float, int, bool]) -> dict:
-    out, seed, index, seconds, size, wav = args
+def _job(args: tp.Tuple[Path, int, int, float, int, bool, str]) -> dict:
+    out, seed, index, seconds, size, wav, rhythm = args
     cls = index % len(CLASSES)  # balanced classes
     name = f"synthmv_{seed:04d}_{index:05d}"
-    clip = generate_clip(clip_seed(seed, index), cls, seconds, size, out_path=out / f"{name}.mp4", write_wav=wav)
+    clip = generate_clip(clip_seed(seed, index), cls, seconds, size, out_path=out / f"{name}.mp4", write_wav=wav,
+                         rhythm=rhythm)
     lab = clip.labels
     return {"id": name, "path": f"{name}.mp4", "labels": f"{name}.json", "start": 0.0, "duration": lab["seconds"],
             "class_id": lab["class_id"], "class_name": lab["class_name"], "instrument": lab["instrument"],
@@ -470,7 +511,7 @@ def _job(args: tp.Tuple[Path, int, int, float, int, bool]) -> dict:
 
 def generate_dataset(out: tp.Union[str, Path], num: int, seed: int = 0, seconds: float = 10.0, size: int = 64,
                      workers: int = 0, split: str = "train", wav: bool = False,
-                     window: tp.Optional[float] = None) -> Path:
+                     window: tp.Optional[float] = None, rhythm: str = "steady") -> Path:
     """Write ``num`` clips, ``manifest.jsonl`` and ``vmas_manifest.jsonl`` (see :func:`write_vmas_manifest`) into
     ``out``; returns the path of ``manifest.jsonl``.
 
@@ -478,7 +519,7 @@ def generate_dataset(out: tp.Union[str, Path], num: int, seed: int = 0, seconds:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(out, seed, i, seconds, size, wav) for i in range(num)]
+    jobs = [(out, seed, i, seconds, size, wav, rhythm) for i in range(num)]
     workers = workers or min(len(jobs), os.cpu_count() or 1, 8)
     if workers > 1 and len(jobs) > 1:
         with mp.get_context("fork" if sys.platform != "win32" else "spawn").Pool(workers) as pool:
@@ -524,12 +565,14 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     p.add_argument("--wav", action="store_true", help="also write the uncompressed audio as <clip>.wav")
     p.add_argument("--window", type=float, default=None,
                    help="cut clips into windows of this many seconds in vmas_manifest.jsonl (e.g. 5 for synthmv_tiny)")
+    p.add_argument("--rhythm", choices=RHYTHMS, default="steady",
+                   help="note timing: a metronome grid, or a renewal process the music's past cannot predict")
     args = p.parse_args(argv)
     if args.num < 1 or args.seconds <= 1.0 or args.size < 16 or args.size % 2:
         p.error("need --num >= 1, --seconds > 1 and an even --size >= 16")
     t0 = time.time()
     manifest = generate_dataset(args.out, args.num, args.seed, args.seconds, args.size, args.workers, args.split,
-                                args.wav, args.window)
+                                args.wav, args.window, args.rhythm)
     dt = time.time() - t0
     print(f"wrote {args.num} clips to {args.out} ({manifest.name}) in {dt:.1f} s ({args.num / dt:.1f} clips/s)")
     return 0

@@ -185,3 +185,43 @@ def test_vmas_manifest_windows(tmp_path):
     synthmv.generate_dataset(tmp_path / "whole", num=1, seconds=4.0, size=16, workers=1)
     (row,) = [json.loads(line) for line in (tmp_path / "whole" / "vmas_manifest.jsonl").read_text().splitlines()]
     assert (row["key"], row["start"], row["duration"]) == ("synthmv_0000_00000", 0.0, 4.0)
+
+
+# ------------------------------------------------------------------------------------------ irregular rhythm
+def test_steady_rhythm_is_unchanged_by_the_rhythm_option():
+    # pinned before the option existed (commit c92d60d): seed 5, class 2, first onset frames
+    assert [e["frame"] for e in synthmv.plan_clip(5, 2)["events"]][:8] == [9, 20, 31, 36, 41, 47, 52, 63]
+    assert synthmv.plan_clip(5, 2) == synthmv.plan_clip(5, 2, rhythm="steady")
+
+
+def test_irregular_rhythm_is_a_renewal_process_seen_by_the_encoder():
+    gaps, means = [], []
+    for seed in range(300):
+        cls = seed % len(synthmv.CLASSES)
+        lab = synthmv.plan_clip(seed, cls, rhythm="irregular")
+        assert lab["rhythm"] == "irregular" and lab["class_id"] == cls
+        t = np.array([e["time"] for e in lab["events"]])
+        f = np.array([e["frame"] for e in lab["events"]])
+        assert np.all(t == f / synthmv.FPS) and all(e["code_frame"] == 2 * e["frame"] for e in lab["events"])
+        # every event is visible at 9.6 fps: a model frame falls in each gap [t_i, t_i+1)
+        samples = np.arange(0, 10, 1 / 9.6)
+        for a, b in zip(t[:-1], t[1:]):
+            assert np.any((samples >= a) & (samples < b)), (seed, a, b)
+        gaps += np.diff(f).tolist()
+        c = synthmv.CLASSES[cls]
+        means.append(60.0 / lab["tempo_bpm"] / (1 + c.offbeat_prob) * synthmv.FPS)
+    gaps = np.array(gaps)
+    assert gaps.min() == synthmv.REFRACTORY_FRAMES
+    # memoryless after the refractory gap: the hazard P(gap = g | gap >= g) is flat (geometric), unlike a metronome
+    hazard = [np.mean(gaps[gaps >= g] == g) for g in range(5, 10)]
+    assert max(hazard) - min(hazard) < 0.05, hazard
+    assert abs(gaps.mean() - np.mean(means)) / np.mean(means) < 0.1  # same note density as the steady mode
+
+
+def test_irregular_rhythm_cli_and_bad_value(tmp_path):
+    assert synthmv.main(["--out", str(tmp_path), "--num", "2", "--seconds", "3", "--size", "32", "--workers", "1",
+                         "--rhythm", "irregular"]) == 0
+    lab = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert lab["rhythm"] == "irregular" and lab["events"]
+    with pytest.raises(ValueError, match="unknown rhythm"):
+        synthmv.plan_clip(0, 0, rhythm="swing")
