@@ -178,6 +178,23 @@ def test_temperature_is_learnable_and_clamped():
     assert loss_fn.log_scale.grad.item() == 0.0  # at the cap, as in CLIP
 
 
+def test_temperature_is_shape_1_and_old_0_dim_checkpoints_load():
+    """The temperature is a [1] parameter (DeepSpeed broadcasts it as bytes); state dicts written when it was 0-dim
+    load into it, also nested under a model prefix and through a strict load."""
+    loss_fn = ContrastiveLoss(4, 4, 4, temperature_init=0.07)
+    assert loss_fn.log_scale.shape == (1,)
+    old = {k: v.clone() for k, v in loss_fn.state_dict().items()}
+    old["log_scale"] = torch.tensor(math.log(1 / 0.05))  # 0-dim, as saved before
+    fresh = ContrastiveLoss(4, 4, 4, temperature_init=0.07)
+    fresh.load_state_dict(old, strict=True)
+    assert fresh.log_scale.shape == (1,) and fresh.temperature == pytest.approx(0.05)
+    assert old["log_scale"].ndim == 0  # the caller's dict is left as it was
+    outer = torch.nn.ModuleDict({"contrastive": ContrastiveLoss(4, 4, 4)})
+    outer.load_state_dict({f"contrastive.{k}": v for k, v in old.items()})
+    assert outer["contrastive"].log_scale.shape == (1,) and outer["contrastive"].temperature == pytest.approx(0.05)
+    torch.testing.assert_close(outer["contrastive"].video_head.weight, loss_fn.video_head.weight)
+
+
 def test_batch_of_one_is_zero_warns_once_and_touches_all_parameters(caplog):
     loss_fn = ContrastiveLoss(4, 4, 4)
     args = (torch.randn(1, 2, 4), torch.randn(1, 1, 2, 5), None, torch.randn(1, 5, 4))

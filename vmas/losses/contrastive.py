@@ -137,14 +137,24 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(f"need 0 < min_temperature ({min_temperature}) <= temperature_init ({temperature_init})")
         self.video_head = nn.Linear(video_dim, proj_dim, bias=False)
         self.music_head = nn.Linear(music_dim, proj_dim, bias=False)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature_init)))
+        # shape [1], not 0-dim: DeepSpeed (0.19) views every parameter as bytes when it broadcasts rank 0's
+        # weights, which fails on 0-dim tensors. Checkpoints from before hold a 0-dim value: see _load_from_state_dict.
+        self.log_scale = nn.Parameter(torch.tensor([math.log(1.0 / temperature_init)]))  # [1]
         self.max_log_scale = math.log(1.0 / min_temperature)
         self.group = group
         self._warned_small_batch = False
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Accept checkpoints written when the temperature was a 0-dim parameter (reshaped to [1] here, the one
+        place every ``load_state_dict`` path goes through: exports, torch-engine and DeepSpeed checkpoints)."""
+        key = prefix + "log_scale"
+        if key in state_dict and state_dict[key].ndim == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def logit_scale(self) -> torch.Tensor:
-        """1/τ, clamped (the clamp stops the gradient at the cap, as in CLIP)."""
+        """1/τ [1], clamped (the clamp stops the gradient at the cap, as in CLIP)."""
         return self.log_scale.clamp(max=self.max_log_scale).exp()
 
     @property
@@ -179,7 +189,7 @@ class ContrastiveLoss(nn.Module):
         dtype = _compute_dtype(self.log_scale)  # bf16 heads: similarities and softmax still in float32
         v = self.embed_video(video_tokens).to(dtype)  # [B, P]
         m = self.embed_music(logits, codebooks, valid).to(dtype)  # [B, P]
-        scale = self.logit_scale.to(dtype)
+        scale = self.logit_scale.to(dtype)  # [1]: broadcasts over the [B, N] similarities
         if _distributed():
             v_all, offset = gather_with_grad(v, self.group)
             m_all, _ = gather_with_grad(m, self.group)
@@ -193,6 +203,6 @@ class ContrastiveLoss(nn.Module):
                                "got %d, so it is 0 (raise data.batch_size)", n_global)
                 self._warned_small_batch = True
             # zero that still touches every parameter, so data-parallel wrappers see no unused parameters
-            return (v.sum() + m.sum() + scale) * 0.0
+            return (v.sum() + m.sum() + scale.sum()) * 0.0
         loss_sum = info_nce(v, m, scale, v_all, m_all, offset=offset, reduction="sum")
         return loss_sum * (world / n_global)

@@ -258,12 +258,12 @@ class TrainStep(nn.Module):
 
     def forward(self, frames: torch.Tensor, codes: torch.Tensor, beat_weights: torch.Tensor,
                 tag_emb: tp.Optional[torch.Tensor] = None, tag_mask: tp.Optional[torch.Tensor] = None,
-                beat: tp.Optional[torch.Tensor] = None):
+                beat: tp.Optional[torch.Tensor] = None, onsets: tp.Optional[torch.Tensor] = None):
         from vmas.losses import beat_weighted_ce
 
         if tag_emb is not None:  # text-encoder output is float32; the fuser may run in bf16
             tag_emb = tag_emb.to(next(self.model.fuser.parameters()).dtype)
-        out = self.model(frames, codes, tag_emb, tag_mask, beat=beat)
+        out = self.model(frames, codes, tag_emb, tag_mask, beat=beat, onsets=onsets)
         ar, per_cb = beat_weighted_ce(out.logits, out.seq, out.valid, beat_weights,
                                       global_normalizer=True)  # scalar, [K]
         head = self.model.contrastive
@@ -271,7 +271,7 @@ class TrainStep(nn.Module):
             # only clips that kept their video condition: a CFG-dropped clip's logits never saw its video
             kept = out.video_kept
             lc = head(out.video_tokens[kept], out.logits[kept], out.valid, self.model.codebooks)
-            temp = 1.0 / head.logit_scale.detach().float()
+            temp = (1.0 / head.logit_scale.detach().float()).reshape(())
         else:
             lc = ar.new_zeros(())
             temp = ar.new_zeros(()).float()
@@ -558,6 +558,8 @@ class Solver:
             from vmas.modules.rhythm import clip_grids
 
             out["beat"] = clip_grids(batch["music_beats"], tags, self.cfg.data.frame_rate).to(self.device)  # [B, 2]
+        if self.cfg.model.lm.onset_oracle:  # diagnostic: the music's own onsets at each step (issue 17)
+            out["onsets"] = batch["music_beats"].float().to(self.device)  # [B, Ta]
         return out
 
     def train_step(self) -> tp.Dict[str, float]:
@@ -620,7 +622,7 @@ class Solver:
                 branches.pop("ce_wrong_video")
             for name, (tokens, dv, dt, db) in branches.items():
                 out = model(None, b["codes"], *tags, drop_video=dv, drop_tags=dt, video_tokens=tokens, beat=beat,
-                            drop_beat=db)
+                            drop_beat=db, onsets=b.get("onsets"))
                 ce, _ = beat_weighted_ce(out.logits, out.seq, out.valid, torch.ones_like(b["beat_weights"]))
                 sums[name] = sums.get(name, 0.0) + float(ce) * B
             n += B
