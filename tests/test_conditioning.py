@@ -83,3 +83,28 @@ def test_step_condition_picks_the_token_of_each_steps_time():
     dropped = f.step_condition(video, 253, drop_video=torch.tensor([True, False]))
     assert dropped[0].abs().max() == 0 and torch.equal(dropped[1], out[1])  # no video -> nothing added
     assert ConditionFuser(video_dim=5, dim=8, steps_per_clip=250).step_condition(video, 253) is None
+
+
+def test_step_interp_blends_the_two_enclosing_tokens():
+    torch.manual_seed(0)
+    f = ConditionFuser(video_dim=3, dim=4, steps_per_clip=8, step_video=True, step_interp=True)
+    video = torch.randn(1, 2, 3)  # 2 tokens over 8 steps: centres at steps 2 and 6
+    p = f.step_proj(video)[0]  # [2, 4]
+    out = f.step_condition(video, 8)[0]  # [8, 4]
+    # step s sits at token coordinate s/4; blend weight (s/4 - 0.5) clamped to [0, 1] between the two centres
+    for s, w in [(0, 0.0), (2, 0.0), (3, 0.25), (4, 0.5), (5, 0.75), (6, 1.0), (7, 1.0)]:
+        torch.testing.assert_close(out[s], (1 - w) * p[0] + w * p[1])
+    held = ConditionFuser(video_dim=3, dim=4, steps_per_clip=8, step_video=True)
+    held.load_state_dict(f.state_dict(), strict=False)
+    torch.testing.assert_close(held.step_condition(video, 8)[0, 3], p[0])  # the held token, no blend
+
+
+def test_onset_oracle_adds_its_vector_at_onset_steps_and_drops_with_the_video():
+    torch.manual_seed(0)
+    f = ConditionFuser(video_dim=3, dim=4, onset_oracle=True)
+    onsets = torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    out = f.step_condition(torch.randn(2, 2, 3), 6, drop_video=torch.tensor([False, True]), onsets=onsets)
+    vec = f.onset_proj.weight[:, 0]  # [4]
+    torch.testing.assert_close(out[0, 1], vec)
+    torch.testing.assert_close(out[0, 3], vec)
+    assert out[0, [0, 2, 4, 5]].abs().sum() == 0 and out[1].abs().sum() == 0  # no onset / dropped video

@@ -32,7 +32,7 @@ def build_codec(cfg: CodecConfig, load_weights: bool = True) -> nn.Module:
 
 def lm_kwargs(cfg: LMConfig) -> tp.Dict[str, tp.Any]:
     skip = {"pretrained", "cond_dropout", "tag_dropout", "time_aligned_video", "video_swap_prob", "video_fuse",
-            "input_noise", "beat_condition", "beat_dropout"}  # read by VMAS / the fuser
+            "input_noise", "beat_condition", "beat_dropout", "onset_oracle"}  # read by VMAS / the fuser
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
 
 
@@ -54,13 +54,14 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
     encoder = build_encoder(m.encoder, load_weights)
     lm = build_lm(m.lm, load_weights)
     steps = cfg.data.clip_seconds * cfg.data.frame_rate if m.lm.time_aligned_video else 0.0  # LM steps per window
-    if m.lm.video_fuse not in ("cross", "cross+sum"):
-        raise ConfigError(f"model.lm.video_fuse: unknown '{m.lm.video_fuse}' (use cross or cross+sum)")
-    if m.lm.video_fuse == "cross+sum" and not steps:
-        raise ConfigError("model.lm.video_fuse=cross+sum needs model.lm.time_aligned_video=true")
+    if m.lm.video_fuse not in ("cross", "cross+sum", "cross+interp"):
+        raise ConfigError(f"model.lm.video_fuse: unknown '{m.lm.video_fuse}' (use cross, cross+sum or cross+interp)")
+    if m.lm.video_fuse != "cross" and not steps:
+        raise ConfigError(f"model.lm.video_fuse={m.lm.video_fuse} needs model.lm.time_aligned_video=true")
     fuser = ConditionFuser(video_dim=encoder.out_dim, dim=m.lm.dim, tag_dim=m.tags.text_dim if m.tags.enabled else 0,
-                           steps_per_clip=steps, step_video=m.lm.video_fuse == "cross+sum",
-                           beat_grid=m.lm.beat_condition)
+                           steps_per_clip=steps, step_video=m.lm.video_fuse != "cross",
+                           beat_grid=m.lm.beat_condition, step_interp=m.lm.video_fuse == "cross+interp",
+                           onset_oracle=m.lm.onset_oracle)
     contrastive = None
     codebooks = None
     if codec is not None:

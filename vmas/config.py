@@ -117,8 +117,13 @@ class LMConfig:
     predict everything from its own history and leans on its conditions (``VMAS._corrupt``). 0 = plain teacher
     forcing (MusicGen)."""
     video_fuse: str = "cross"
-    """How video tokens reach the LM: ``cross`` (the paper: cross-attention only) or ``cross+sum`` (also add the
-    video token of each step's time to the LM input; ``ConditionFuser.step_video``)."""
+    """How video tokens reach the LM: ``cross`` (the paper: cross-attention only), ``cross+sum`` (also add the
+    video token of each step's time to the LM input; ``ConditionFuser.step_video``) or ``cross+interp`` (the same,
+    linearly interpolated between token centres; ``ConditionFuser.step_interp``)."""
+    onset_oracle: bool = False
+    """Diagnostic (issue 17): add the music's own onsets to each step's input (``ConditionFuser.onset_oracle``),
+    an upper bound for what a video path can give. Training takes them from the clips' music; generation needs
+    them passed in (``VMAS.generate(onsets=...)``), so such a model is for measurement, not for users."""
     beat_condition: bool = False
     """Tempo control: add a beat grid (phase of the requested tempo at each step's frame) to the LM input
     (``vmas.modules.rhythm``; MusiConGen-style). Training fits the grid to each clip's music onsets and its

@@ -124,13 +124,14 @@ class VMAS(nn.Module):
                 tag_mask: tp.Optional[torch.Tensor] = None, drop_video: tp.Optional[torch.Tensor] = None,
                 drop_tags: tp.Optional[torch.Tensor] = None,
                 video_tokens: tp.Optional[torch.Tensor] = None, beat: tp.Optional[torch.Tensor] = None,
-                drop_beat: tp.Optional[torch.Tensor] = None) -> VMASOutput:
+                drop_beat: tp.Optional[torch.Tensor] = None, onsets: tp.Optional[torch.Tensor] = None) -> VMASOutput:
         """frames uint8 [B,T,H,W,3], codes long [B,K,T] -> logits over the delay pattern.
 
         Condition dropout is drawn in training; ``drop_video`` / ``drop_tags`` / ``drop_beat`` ([B] bool) force it
         instead (the validation pass scores the null and single-condition branches this way). ``video_tokens``
         [B,Tv,C] skips the encoder (reuse one encoding for several branches). ``beat`` [B, 2]: beat grids of the
         clips' music (:func:`vmas.modules.rhythm.clip_grids`), used when the model has the beat condition.
+        ``onsets`` [B, T] float: the music's onset frames, used only by the diagnostic onset oracle.
         """
         B, K, T = codes.shape
         assert K == self.n_q, f"expected {self.n_q} codebooks, got {K}"
@@ -147,7 +148,8 @@ class VMAS(nn.Module):
             video_tokens = torch.where(swapped[:, None, None], video_tokens.roll(1, dims=0), video_tokens)
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=drop_video, drop_tags=drop_tags)
         seq, valid = self.pattern.build(codes, self.card)  # [B, K, S], [K, S]
-        step = self.fuser.step_condition(video_tokens, seq.shape[-1], drop_video, beat, drop_beat)  # [B,S,dim] | None
+        step = self.fuser.step_condition(video_tokens, seq.shape[-1], drop_video, beat, drop_beat,
+                                         onsets=onsets)  # [B, S, dim] | None
         logits = self.lm(self._corrupt(seq, valid), cond, cond_mask, step)  # [B, K, S, card]
         kept = torch.ones(B, dtype=torch.bool, device=codes.device) if drop_video is None else ~drop_video
         if swapped is not None:
@@ -162,7 +164,7 @@ class VMAS(nn.Module):
                  temperature: float = 1.0, prompt: tp.Optional[torch.Tensor] = None,
                  generator: tp.Optional[torch.Generator] = None, video_tokens: tp.Optional[torch.Tensor] = None,
                  progress: bool = False, guide: str = "all", beat: tp.Optional[torch.Tensor] = None,
-                 beat_start: int = 0, tag_cfg: float = 0.0) -> torch.Tensor:
+                 beat_start: int = 0, tag_cfg: float = 0.0, onsets: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample codes [B,K,num_frames] for a video window.
 
         ``guide="all"`` (SPEC §4): the CFG branch is the learned null condition (video and tags dropped); with
@@ -210,7 +212,7 @@ class VMAS(nn.Module):
             if tag_guided and guide == "both":
                 extra = [(t_unc, t_mask, t_step, tag_cfg - 1.0)]
         # per-step paths (video_fuse=cross+sum, beat grid); the unconditional / negative branches have no video -> zeros
-        step = self.fuser.step_condition(video_tokens, S, beat=beat, start=beat_start)
+        step = self.fuser.step_condition(video_tokens, S, beat=beat, start=beat_start, onsets=onsets)
         return self.lm.generate(cond, cond_mask, uncond, uncond_mask, num_frames=num_frames, cfg=cfg, top_k=top_k,
                                 top_p=top_p, temperature=temperature, prompt=prompt, generator=generator,
                                 progress=progress, step_cond=step, uncond_step_cond=uncond_step, extra=extra)

@@ -48,10 +48,18 @@ class ConditionFuser(nn.Module):
         beat_grid (bool): also add a beat grid to the per-step condition (tempo control, :mod:`vmas.modules.rhythm`):
             the grid's phase features at each step's frame through a bias-free linear map, so "no grid" (zeros) adds
             nothing and is the CFG branches' null.
+        step_interp (bool): with ``step_video``, interpolate the projected tokens linearly between token centres
+            instead of holding the covering token for its whole span (MusicGen's ``input_interpolate``): a token
+            spans 10-20 LM steps, and a held token tells no step where inside that span it is, while the blend
+            weight does (issue 17).
+        onset_oracle (bool): diagnostic only: also add the *music's own* onsets at each step (``onsets`` [B, S],
+            1 at an onset frame) through a bias-free linear map. It is what a perfect video path could hand the LM;
+            training with it separates "the encoder does not carry timing" from "the LM cannot use timing".
     """
 
     def __init__(self, video_dim: int, dim: int, tag_dim: int = 0, video_positions: bool = True,
-                 steps_per_clip: float = 0.0, step_video: bool = False, beat_grid: bool = False):
+                 steps_per_clip: float = 0.0, step_video: bool = False, beat_grid: bool = False,
+                 step_interp: bool = False, onset_oracle: bool = False):
         super().__init__()
         if step_video and not steps_per_clip:
             raise ValueError("step_video needs steps_per_clip (the LM steps one video window spans)")
@@ -59,10 +67,12 @@ class ConditionFuser(nn.Module):
         self.tag_dim = tag_dim
         self.video_positions = video_positions
         self.steps_per_clip = float(steps_per_clip)
+        self.step_interp = step_interp
         self.video_proj = nn.Linear(video_dim, dim)
         self.null_video = nn.Parameter(torch.randn(dim) * 0.02)
         self.step_proj = nn.Linear(video_dim, dim) if step_video else None
         self.beat_proj = nn.Linear(rhythm.NUM_FEATURES, dim, bias=False) if beat_grid else None
+        self.onset_proj = nn.Linear(1, dim, bias=False) if onset_oracle else None
         if tag_dim:
             self.tag_proj = nn.Linear(tag_dim, dim)
             self.null_tags = nn.Parameter(torch.randn(dim) * 0.02)
@@ -74,21 +84,41 @@ class ConditionFuser(nn.Module):
 
     def step_condition(self, video: tp.Optional[torch.Tensor], num_steps: int,
                        drop_video: tp.Optional[torch.Tensor] = None, beat: tp.Optional[torch.Tensor] = None,
-                       drop_beat: tp.Optional[torch.Tensor] = None, start: int = 0) -> tp.Optional[torch.Tensor]:
-        """The per-step additive condition [B, num_steps, dim], or None when neither per-step path applies.
+                       drop_beat: tp.Optional[torch.Tensor] = None, start: int = 0,
+                       onsets: tp.Optional[torch.Tensor] = None) -> tp.Optional[torch.Tensor]:
+        """The per-step additive condition [B, num_steps, dim], or None when no per-step path applies.
 
         Video (``step_video``): step ``s`` gets the projected token whose span holds LM frame ``s`` (token
-        ``floor(s * Tv / steps_per_clip)``, clamped); zeros for dropped videos (the CFG branches carry no video).
+        ``floor(s * Tv / steps_per_clip)``, clamped), or with ``step_interp`` the linear blend of the two tokens
+        whose centres enclose ``s``; zeros for dropped videos (the CFG branches carry no video).
         Beat (``beat_grid``): ``beat`` [B, 2] grids (see :mod:`vmas.modules.rhythm`; NaN rows and ``drop_beat``
         give zeros), evaluated at frames ``start + s`` (``start``: the window's first frame in the grid's frames).
+        Oracle (``onset_oracle``): ``onsets`` [B, >=S'] float, the music's onset frames of this window (dropped
+        with the video: it stands in for a perfect video path).
         """
         out = None
         if self.step_proj is not None and video is not None:
             Tv = video.shape[1]
-            idx = (torch.arange(num_steps, device=video.device) * Tv / self.steps_per_clip).long().clamp(max=Tv - 1)
-            out = self.step_proj(video)[:, idx]  # [B, S, dim]
+            proj = self.step_proj(video)  # [B, Tv, dim]
+            pos = torch.arange(num_steps, device=video.device, dtype=torch.float32) * Tv / self.steps_per_clip
+            if self.step_interp:  # token i's centre is at i + 0.5 in token units
+                u = (pos - 0.5).clamp(0, Tv - 1)
+                i0 = u.floor().long().clamp(max=Tv - 1)
+                i1 = (i0 + 1).clamp(max=Tv - 1)
+                w = (u - i0).to(proj.dtype)[None, :, None]  # [1, S, 1]
+                out = proj[:, i0] * (1 - w) + proj[:, i1] * w  # [B, S, dim]
+            else:
+                out = proj[:, pos.long().clamp(max=Tv - 1)]  # [B, S, dim]
             if drop_video is not None:
                 out = out * (~drop_video.to(out.device)).to(out.dtype)[:, None, None]
+        if self.onset_proj is not None and onsets is not None:
+            feats = torch.zeros(onsets.shape[0], num_steps, 1, device=self.onset_proj.weight.device)
+            n = min(num_steps, onsets.shape[1])
+            feats[:, :n, 0] = onsets[:, :n].to(feats)
+            if drop_video is not None:
+                feats = feats * (~drop_video.to(feats.device)).float()[:, None, None]
+            o = self.onset_proj(feats.to(self.onset_proj.weight.dtype))  # [B, S, dim]
+            out = o if out is None else out + o.to(out.dtype)
         if self.beat_proj is not None and beat is not None:
             feats = rhythm.beat_features(beat.to(self.beat_proj.weight.device), num_steps, start)  # [B, S, F]
             if drop_beat is not None:
