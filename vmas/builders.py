@@ -79,3 +79,15 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
     return VMAS(encoder, lm, fuser, contrastive=contrastive, cond_dropout=m.lm.cond_dropout,
                 tag_dropout=m.lm.tag_dropout, codebooks=codebooks, video_swap_prob=m.lm.video_swap_prob,
                 input_noise=m.lm.input_noise, beat_dropout=m.lm.beat_dropout)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+# (added with the solver split, issue 16: the training objective's config lives here like every other object's)
+def build_objective(cfg: Config):
+    """``L = L_ar + α · L_c`` (:class:`vmas.losses.objective.VMASObjective`) from ``loss`` and ``model.lm.n_q``.
+
+    The contrastive head itself is part of the model (:func:`build_model`), so the objective holds no weights.
+    """
+    from vmas.losses.objective import VMASObjective
+
+    return VMASObjective(n_q=cfg.model.lm.n_q, contrastive_weight=cfg.loss.contrastive_weight)
