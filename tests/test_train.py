@@ -209,7 +209,7 @@ def test_export_loads_with_hub_and_holds_ema(reference_run, tmp_path):
     for k, v in ema.items():
         torch.testing.assert_close(state[k].float(), v)
     # tools/train.py --export rebuilds the same file from the training checkpoint
-    from tools.train import export_checkpoint
+    from vmas.solvers.export import export_checkpoint
 
     again = export_checkpoint(pipe.config, out / "checkpoints" / "step_00000004", tmp_path / "again.pt")
     again_state = torch.load(again, weights_only=False)["model"]

@@ -1,4 +1,4 @@
-"""Training checkpoints (atomic, keep-last-K, full resume) and the one-file inference export.
+"""Training checkpoints (atomic, keep-last-K, full resume) and the one-file inference export format.
 
 Layout of a run folder (``train.out_dir``)::
 
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmas.errors import CheckpointError
+from vmas.errors import CheckpointError, ConfigError
+from vmas.solvers.distributed import barrier
 from vmas.utils import atomic_save
 
 STEP_RE = re.compile(r"^step_(\d{8})$")
@@ -118,6 +119,82 @@ def commit(tmp: Path, final: Path) -> None:
     if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+# --------------------------------------------------------------------------------------------------- orchestration
+class Stateful(tp.Protocol):
+    def state_dict(self) -> tp.Dict[str, tp.Any]: ...
+
+    def load_state_dict(self, state: tp.Mapping[str, tp.Any]) -> None: ...
+
+
+def resolve_resume(resume: tp.Union[bool, str, os.PathLike], root: Path) -> tp.Optional[Path]:
+    """``--resume`` -> the checkpoint folder to continue from (None = fresh start).
+
+    ``True``/``"auto"`` = newest complete checkpoint under ``root`` (fresh start if none); a path = that folder;
+    ``False`` = fresh start, refused when ``root`` already holds checkpoints (a second run would mix into them).
+    """
+    if isinstance(resume, (str, os.PathLike)) and str(resume) not in ("", "auto"):
+        folder = Path(resume)
+        if not (folder / "meta.json").is_file():
+            raise CheckpointError(f"--resume {folder}: not a complete checkpoint folder (expected "
+                                  f"{root}/step_XXXXXXXX with meta.json)")
+        return folder
+    if resume:
+        return latest_checkpoint(root)
+    if list_checkpoints(root):
+        raise ConfigError(f"{root.parent} already has checkpoints: pass --resume to continue it, or choose another "
+                          "train.out_dir")
+    return None
+
+
+def save_checkpoint(root: Path, step: int, rank: int, engine: tp.Any, ema: Stateful, data: Stateful,
+                    meta: tp.Mapping[str, tp.Any], keep_last: int) -> Path:
+    """Write ``root/step_N`` atomically; every rank calls this (each writes its engine shard and data/RNG state).
+
+    ``engine`` has ``save(folder, rank)`` (:mod:`vmas.solvers.engines`); ``meta`` (step, world size, engine,
+    config, ...) is written last by rank 0, which then commits the folder and prunes to ``keep_last``.
+    """
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp_{final.name}"
+    main = rank == 0
+    if main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    barrier()
+    engine.save(tmp, rank)
+    save_rank_state(tmp, rank, data.state_dict())
+    barrier()
+    if main:
+        atomic_save(ema.state_dict(), tmp / "ema.pt")
+        write_meta(tmp, meta)
+        commit(tmp, final)
+        prune(root, keep_last)
+    barrier()
+    return final
+
+
+def load_checkpoint(folder: Path, rank: int, world_size: int, engine_name: str, engine: tp.Any, ema: Stateful,
+                    data: Stateful) -> tp.Dict[str, tp.Any]:
+    """Restore engine (model, optimiser, scheduler), EMA, data position and RNG states; returns ``meta``.
+
+    The layout must match the one that wrote it (same engine, same number of ranks): the engine files and the
+    per-rank data positions cannot be re-split.
+    """
+    meta = read_meta(folder)
+    if meta.get("engine") != engine_name:
+        raise CheckpointError(f"{folder} was written by train.engine={meta.get('engine')}, this run uses "
+                              f"{engine_name}: resume with the same engine")
+    if meta["world_size"] != world_size:
+        raise CheckpointError(f"{folder} was written by {meta['world_size']} ranks, this run has {world_size}: "
+                              "resume with the same number of processes")
+    engine.load(folder)
+    ema.load_state_dict(torch.load(folder / "ema.pt", map_location="cpu", weights_only=False))
+    state = load_rank_state(folder, rank)
+    data.load_state_dict(state["data"])
+    set_rng_state(state["rng"])
+    return meta
 
 
 # --------------------------------------------------------------------------------------------------- export
