@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from vmas.alignment import beat_weights
 from vmas.losses import (
     ContrastiveLoss,
+    VMASObjective,
     beat_weighted_ce,
     frame_weights_to_pattern,
     info_nce,
@@ -204,6 +205,35 @@ def test_batch_of_one_is_zero_warns_once_and_touches_all_parameters(caplog):
     assert first.item() == 0.0 and caplog.text.count("needs >= 2 clips") == 1
     first.backward()
     assert all(p.grad is not None and torch.all(p.grad == 0) for p in loss_fn.parameters())
+
+
+# --------------------------------------------------------------------------------------------------- objective
+def test_objective_is_ar_plus_alpha_contrastive_on_clips_that_kept_their_video():
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(3)
+    n = 3
+    codes = torch.randint(0, CARD, (n, K, T), generator=g)
+    seq, valid = DelayPattern(K).build(codes, special=CARD)  # [3, K, S], [K, S]
+    logits = torch.randn(n, K, S, CARD, generator=g, dtype=torch.float64)
+    tokens = torch.randn(n, 4, 6, generator=g, dtype=torch.float64)  # [B, Tv, C]
+    codebooks = torch.randn(K, CARD, 5, generator=g, dtype=torch.float64)  # [K, card, D]
+    kept = torch.tensor([True, False, True])  # clip 1 was CFG-dropped: its logits never saw its video
+    out = SimpleNamespace(logits=logits, seq=seq, valid=valid, video_tokens=tokens, video_kept=kept)
+    w = torch.rand(n, T, generator=g, dtype=torch.float64) + 0.5
+    head = ContrastiveLoss(video_dim=6, music_dim=5, proj_dim=3, temperature_init=0.1).double()
+    objective = VMASObjective(n_q=K, contrastive_weight=0.25)
+    total, stats = objective(out, {"beat_weights": w}, head, codebooks)
+    ar, per_k = beat_weighted_ce(logits, seq, valid, w)
+    lc = head(tokens[[0, 2]], logits[[0, 2]], valid, codebooks)
+    assert total.item() == pytest.approx(ar.item() + 0.25 * lc.item(), rel=1e-12)
+    assert lc.item() != pytest.approx(head(tokens, logits, valid, codebooks).item(), rel=1e-6)
+    assert objective.stat_names == ["loss", "ar", "ce_q1", "ce_q2", "ce_q3", "contrastive", "beat_w", "temp"]
+    want = [total.item(), ar.item(), *per_k.tolist(), lc.item(), w.mean().item(), 0.1]
+    assert stats.dtype == torch.float32 and stats.tolist() == pytest.approx(want, rel=1e-6)
+    # without the head (or alpha 0) the objective is the AR term alone and reports no temperature
+    total0, stats0 = VMASObjective(n_q=K, contrastive_weight=0.0)(out, {"beat_weights": w}, head, codebooks)
+    assert total0.item() == pytest.approx(ar.item(), rel=1e-12) and stats0[-1].item() == 0.0
 
 
 # --------------------------------------------------------------------------------------------------- distributed

@@ -218,6 +218,30 @@ def test_export_loads_with_hub_and_holds_ema(reference_run, tmp_path):
         Solver(debug_cfg(out), resume=str(out / "checkpoints" / "nope"))
 
 
+def test_export_from_before_the_shape_1_temperature_loads(reference_run, tmp_path):
+    """Exports written when the contrastive temperature was 0-dim load into the [1] parameter."""
+    _, ref = reference_run
+    from vmas.hub import load_model
+
+    old = torch.load(ref["export"], weights_only=False)
+    key = next(k for k in old["model"] if k.endswith("log_scale"))
+    assert old["model"][key].shape == (1,)
+    old["model"][key] = old["model"][key].reshape(())  # as written before
+    torch.save(old, tmp_path / "old.pt")
+    pipe = load_model(tmp_path / "old.pt")
+    loaded = pipe.model.state_dict()[key]
+    assert loaded.shape == (1,) and loaded.item() == pytest.approx(old["model"][key].item())
+
+
+def test_validation_branches_depend_on_batch_size_and_beat_grid():
+    from vmas.solvers.validation import active_branches
+
+    names = lambda inputs, b: [br.name for br in active_branches(inputs, b)]  # noqa: E731
+    assert names({}, 3) == ["ce", "ce_video", "ce_tags", "ce_null", "ce_wrong_video"]
+    assert names({"beat": None}, 1) == ["ce", "ce_video", "ce_tags", "ce_null"]  # no other clip to borrow
+    assert names({"beat": torch.zeros(2, 2)}, 2)[-1] == "ce_no_beat"
+
+
 # --------------------------------------------------------------------------------------------------- DeepSpeed
 def _launch(out: Path, nproc: int, *overrides: str, wait: bool = True):
     env = {**os.environ, "NPROC": str(nproc), "MASTER_PORT": str(29600 + nproc + (hash(str(out)) % 200))}

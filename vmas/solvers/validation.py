@@ -48,7 +48,7 @@ GAINS = {"cond_gain": ("ce_null", "ce"), "video_gain": ("ce_wrong_video", "ce_vi
          "beat_gain": ("ce_no_beat", "ce")}
 
 
-def _active(inputs: tp.Mapping[str, tp.Any], batch_size: int) -> tp.List[Branch]:
+def active_branches(inputs: tp.Mapping[str, tp.Any], batch_size: int) -> tp.List[Branch]:
     has_beat = inputs.get("beat") is not None
     return [b for b in BRANCHES if (has_beat or not b.needs_beat) and (batch_size >= 2 or not b.wrong_video)]
 
@@ -69,7 +69,7 @@ def branch_ce(model: nn.Module, inputs: tp.Mapping[str, tp.Any]) -> tp.Dict[str,
         return torch.full((B,), on, dtype=torch.bool, device=codes.device)
 
     res = {}
-    for br in _active(inputs, B):
+    for br in active_branches(inputs, B):
         out = model(None, codes, *tags, drop_video=flag(br.drop_video), drop_tags=flag(br.drop_tags),
                     video_tokens=vt.roll(1, dims=0) if br.wrong_video else vt, beat=inputs.get("beat"),
                     drop_beat=flag(br.drop_beat))
