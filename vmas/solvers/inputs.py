@@ -41,13 +41,15 @@ class BatchInputs:
         max_tags (int): tags kept per clip (``model.tags.max_tags``).
         beat_condition (bool): fit each clip's beat grid (``model.lm.beat_condition``).
         text_encoder (callable, optional): tag lists -> (emb [B, N, Ct], mask [B, N]); None = no tag condition.
+        onset_oracle (bool): pass the clips' music onsets as ``onsets`` (``model.lm.onset_oracle``, a diagnostic).
     """
 
     def __init__(self, loss: LossConfig, data: DataConfig, max_tags: int, beat_condition: bool,
-                 text_encoder: tp.Optional[tp.Callable] = None):
+                 text_encoder: tp.Optional[tp.Callable] = None, onset_oracle: bool = False):
         self.loss, self.data = loss, data
         self.max_tags, self.beat_condition = max_tags, beat_condition
         self.text_encoder = text_encoder
+        self.onset_oracle = onset_oracle
 
     def __call__(self, batch: tp.Mapping[str, tp.Any], device: torch.device) -> tp.Dict[str, tp.Any]:
         out = {
@@ -61,4 +63,6 @@ class BatchInputs:
             out["tag_emb"], out["tag_mask"] = emb.to(device), mask.to(device)
         if self.beat_condition:  # tempo control: each clip's beat grid, fitted to its own music
             out["beat"] = clip_grids(batch["music_beats"], tags, self.data.frame_rate).to(device)  # [B, 2]
+        if self.onset_oracle:  # diagnostic: the music's own onsets at each step (issue 17)
+            out["onsets"] = batch["music_beats"].float().to(device)  # [B, Ta]
         return out

@@ -109,7 +109,7 @@ class Solver:
 
             self.text_encoder = build_text_encoder(cfg.model.tags.text_encoder, device="cpu")
         self.inputs = BatchInputs(cfg.loss, cfg.data, cfg.model.tags.max_tags, cfg.model.lm.beat_condition,
-                                  self.text_encoder)
+                                  self.text_encoder, onset_oracle=cfg.model.lm.onset_oracle)
         if self._resume_from is not None:
             self.load(self._resume_from)
 

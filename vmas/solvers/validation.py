@@ -72,7 +72,7 @@ def branch_ce(model: nn.Module, inputs: tp.Mapping[str, tp.Any]) -> tp.Dict[str,
     for br in active_branches(inputs, B):
         out = model(None, codes, *tags, drop_video=flag(br.drop_video), drop_tags=flag(br.drop_tags),
                     video_tokens=vt.roll(1, dims=0) if br.wrong_video else vt, beat=inputs.get("beat"),
-                    drop_beat=flag(br.drop_beat))
+                    drop_beat=flag(br.drop_beat), onsets=inputs.get("onsets"))
         ce, _ = beat_weighted_ce(out.logits, out.seq, out.valid, ones)
         res[br.name] = float(ce)
     return res
