@@ -233,6 +233,29 @@ def test_export_from_before_the_shape_1_temperature_loads(reference_run, tmp_pat
     assert loaded.shape == (1,) and loaded.item() == pytest.approx(old["model"][key].item())
 
 
+def test_resume_from_a_checkpoint_with_0_dim_temperature(tmp_path, reference_run):
+    """A torch-engine checkpoint written when the temperature was 0-dim (weight, Adam moments, EMA) resumes onto
+    the reference trajectory."""
+    _, ref = reference_run
+    cfg = debug_cfg(tmp_path)
+    solver = Solver(cfg)
+    solver.fit(stop_after=2)
+    params = [p for g in solver.engine.optimizer.param_groups for p in g["params"]]
+    index = next(i for i, p in enumerate(params) if p is solver.model.contrastive.log_scale)
+    folder = tmp_path / "checkpoints" / "step_00000002"
+    engine = torch.load(folder / "engine.pt", weights_only=False)
+    engine["module"]["model.contrastive.log_scale"] = engine["module"]["model.contrastive.log_scale"].reshape(())
+    moments = engine["optimizer"]["state"][index]
+    for k in ("exp_avg", "exp_avg_sq"):
+        moments[k] = moments[k].reshape(())
+    torch.save(engine, folder / "engine.pt")
+    ema = torch.load(folder / "ema.pt", weights_only=False)
+    ema["shadow"]["contrastive.log_scale"] = ema["shadow"]["contrastive.log_scale"].reshape(())
+    torch.save(ema, folder / "ema.pt")
+    summary = Solver(cfg, resume=True).fit()
+    assert summary["loss_curve"] == pytest.approx(ref["loss_curve"], abs=1e-6)
+
+
 def test_validation_branches_depend_on_batch_size_and_beat_grid():
     from vmas.solvers.validation import active_branches
 

@@ -84,8 +84,24 @@ class TorchEngine:
         state = torch.load(folder / "engine.pt", map_location=self.device, weights_only=False)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _match_state_shapes(self.optimizer)
         self.lr_scheduler.load_state_dict(state["scheduler"])
         self.micro_steps = state["micro_steps"]
+
+
+def _match_state_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Reshape 0-dim moments of [1] parameters to [1] (``step`` counters stay 0-dim, as the optimiser keeps them).
+
+    Checkpoints from before the contrastive temperature became [1] hold 0-dim Adam moments for it, and in-place
+    Adam updates need moment and gradient shapes equal; the weight itself is reshaped by
+    ``ContrastiveLoss._load_from_state_dict``.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if k != "step" and torch.is_tensor(v) and v.ndim == 0 and p.shape == (1,):
+                    state[k] = v.reshape(1)
 
 
 class DeepSpeedEngine:
