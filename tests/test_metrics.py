@@ -1,6 +1,9 @@
 """Known-answer tests for the benchmark metrics (FAD, KL, MV-Align, retrieval, CLAP score) and their scripts."""
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,8 @@ from vmas.metrics import (
 from vmas.metrics.embeddings import VGGish, load_vggish, vggish_examples, vggish_log_mel, vggish_mel_matrix
 from vmas.metrics.kl import AudioClassifier, label_distribution
 from vmas.metrics.mv_align import audio_peaks, farneback_motion
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FPS = 9.6
 
@@ -273,7 +278,7 @@ def test_missing_clap_is_one_line():
         ClapScore("/nonexistent/clap")
 
 
-# -------------------------------------------------------------------------------------------- tools/evaluate.py
+# ---------------------------------------------------------------------------- vmas.evaluation, tools/evaluate.py
 def _write_wav(path, wav, sr):
     import soundfile as sf
 
@@ -281,7 +286,9 @@ def _write_wav(path, wav, sr):
 
 
 def test_evaluate_reference_folders_fad_only(tmp_path):
-    from tools.evaluate import main
+    def main(argv):  # the script as a user runs it
+        return subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), *argv], capture_output=True,
+                              text=True, cwd=tmp_path).returncode
 
     rng = np.random.default_rng(0)
     for d in ("ref", "gen"):
@@ -306,7 +313,7 @@ def test_evaluate_reference_folders_fad_only(tmp_path):
 def test_evaluate_manifest_all_metrics_and_missing_weights(tmp_path):
     import cv2
 
-    from tools.evaluate import evaluate
+    from vmas.evaluation import evaluate
 
     events, clicks = [10, 25, 40], [10 / FPS, 25 / FPS, 3.5]
     frames, wav, sr = _event_clip(events, clicks)
@@ -340,9 +347,9 @@ def test_evaluate_manifest_all_metrics_and_missing_weights(tmp_path):
     assert any("kl" in f for f in meta["fallbacks"])
 
 
-# ------------------------------------------------------------------------------------------- tools/benchmark.py
+# --------------------------------------------------------------------------- vmas.evaluation, tools/benchmark.py
 def test_benchmark_resumes_per_clip(tmp_path):
-    from tools.benchmark import run_generation
+    from vmas.evaluation import run_generation
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"id": f"c{i}", "video": f"v{i}.mp4"}) + "\n" for i in range(3)))
@@ -414,9 +421,8 @@ def test_retrieval_embeddings_from_a_model(tmp_path):
 def test_benchmark_with_the_real_generator_adapter(tmp_path):
     import cv2
 
-    from tools.benchmark import run_generation, vmas_generator
-    from tools.evaluate import evaluate
     from vmas.config import load_config
+    from vmas.evaluation import evaluate, run_generation, vmas_generator
     from vmas.models.vmas import load_pretrained
 
     rng = np.random.default_rng(0)
@@ -500,7 +506,7 @@ def test_passt_stft_shim_restores_the_real_layout():
 
 
 def test_evaluate_curation_manifest_uses_clip_spans_and_split(tmp_path):
-    from tools.evaluate import evaluate
+    from vmas.evaluation import evaluate
 
     sr = 16000
     rng = np.random.default_rng(0)
@@ -526,7 +532,7 @@ def test_evaluate_curation_manifest_uses_clip_spans_and_split(tmp_path):
 def test_cut_clip_keeps_the_requested_frames(tmp_path):
     import cv2
 
-    from tools.benchmark import cut_clip
+    from vmas.evaluation import cut_clip
     from vmas.metrics.mv_align import read_video_frames
 
     writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (32, 32))

@@ -1,15 +1,11 @@
 """SynthMV scoring used by tools/synthmv_benchmark.py: onset F1 by hand, and the scorer on real SynthMV music
 (matched music must score high, mismatched music low: the benchmark's random baseline)."""
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vmas.metrics.synthmv import onset_f1, onset_times
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 
 @pytest.mark.parametrize("onsets,events,expected", [
@@ -49,12 +45,12 @@ def clips(tmp_path_factory):
 
 
 def test_scorer_separates_matched_from_mismatched_music(clips):
-    from synthmv_benchmark import load_clips, score
-
     from datasets.synthmv import SynthMVClassifier
     from vmas.data import media
+    from vmas.evaluation import load_synthmv_clips
+    from vmas.metrics.synthmv import score
 
-    cl = load_clips(clips, 3)
+    cl = load_synthmv_clips(clips, 3)
     assert [c["class_id"] for c in cl] == [0, 3, 5]
     real = [media.read_audio(c["video"], sr=32000).numpy() for c in cl]
     clf = SynthMVClassifier.train_default(per_class=3, seconds=4.0)
@@ -66,7 +62,7 @@ def test_scorer_separates_matched_from_mismatched_music(clips):
 
 
 def test_mean_std_over_sampling_seeds():
-    from synthmv_benchmark import mean_std
+    from vmas.metrics.synthmv import mean_std
 
     assert mean_std([{"a": 0.5}]) == {"a": 0.5}
     got = mean_std([{"a": 1.0, "b": 0.2}, {"a": 3.0, "b": 0.2}])

@@ -1,4 +1,4 @@
-"""End-to-end benchmark: generate music for every clip of a test manifest, then evaluate (tools/evaluate.py).
+"""End-to-end benchmark: generate music for every clip of a test manifest, then evaluate (vmas.evaluation).
 
 Resumable per clip: ``OUT/generated/<clip id>.wav`` is written atomically (into ``OUT/generated/.partial`` first,
 then renamed), and a clip whose output exists is skipped, so an interrupted run continues where it stopped.
@@ -9,113 +9,18 @@ A clip that fails is logged to ``OUT/failures.jsonl`` and retried on the next ru
 
 The manifest format is tools/evaluate.py's (the curation's manifest.jsonl with ``--split test`` works: a clip with
 a ``start`` inside a long source video is cut to its own file first; ``duration`` caps the generated length).
-Generation goes through ``vmas.generate.generate_for_video`` via :func:`vmas_generator` (the adapter keeps this
-script independent of the generation internals); any ``generator(clip, out_wav)`` callable can replace it.
+Thin wrapper over :func:`vmas.evaluation.run_generation` with :func:`vmas.evaluation.vmas_generator` (any
+``generator(clip, out_wav)`` callable can replace it there) and :func:`vmas.evaluation.evaluate`.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
-import time
 import typing as tp
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python tools/benchmark.py` from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tools.evaluate import ALL_METRICS, evaluate, read_manifest, write_report  # noqa: E402
-from vmas.errors import VmasError  # noqa: E402
-
-Generator = tp.Callable[[tp.Dict[str, tp.Any], Path], None]
-
-
-def vmas_generator(model: tp.Any = None, **controls: tp.Any) -> Generator:
-    """Adapter over ``vmas.generate.generate_for_video``: loads the model once, writes ``out_wav`` for a clip."""
-    from vmas.generate import generate_for_video
-    from vmas.hub import load_model
-
-    pipe = model if hasattr(model, "codec") else load_model(model)
-
-    def generate(clip: tp.Dict[str, tp.Any], out_wav: Path) -> None:
-        if not clip.get("video"):
-            raise VmasError(f"clip {clip['id']}: manifest line has no 'video'; benchmark needs the clip video")
-        kw = dict(controls)
-        if clip.get("duration") and "duration" not in kw:
-            kw["duration"] = float(clip["duration"])
-        work = out_wav.parent / f"{out_wav.stem}.work"
-        work.mkdir(parents=True, exist_ok=True)
-        try:
-            video = clip["video"]
-            start = float(clip.get("start") or 0.0)
-            if start > 0:  # curation manifests point into whole source videos: give the model just the clip
-                video = cut_clip(video, start, float(clip.get("duration") or 0.0) or None,
-                                 work / f"{clip['id']}.mp4")
-            res = generate_for_video(video, model=pipe, out_dir=work, **kw)
-            os.replace(res.wav, out_wav)
-            if res.mp4 and Path(res.mp4).is_file():  # keep the muxed video next to the final wav
-                os.replace(res.mp4, out_wav.parent.parent / f"{out_wav.stem}.mp4")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    return generate
-
-
-def cut_clip(video: tp.Union[str, Path], start: float, duration: tp.Optional[float], out: Path) -> Path:
-    """Write ``[start, start + duration)`` of ``video`` (native fps and size, no audio) to ``out`` (mp4v)."""
-    import cv2
-
-    from vmas.metrics.mv_align import read_video_frames
-
-    frames, fps = read_video_frames(str(video), start, duration)  # uint8 RGB [T, H, W, 3]
-    T, H, W, _ = frames.shape
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (W, H))
-    if not writer.isOpened():
-        raise VmasError(f"{out}: OpenCV cannot write mp4v; cut the clips beforehand and point the manifest at them")
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return out
-
-
-def run_generation(manifest: tp.Union[str, Path], out_dir: tp.Union[str, Path], generator: Generator,
-                   limit: int = 0, progress: bool = True, failures: tp.Optional[Path] = None,
-                   split: tp.Optional[str] = None) -> tp.Dict[str, int]:
-    """Generate ``out_dir/<id>.wav`` for every manifest clip (of ``split``) that has none yet; returns counts."""
-    from tqdm import tqdm
-
-    out_dir = Path(out_dir)
-    partial = out_dir / ".partial"
-    partial.mkdir(parents=True, exist_ok=True)
-    clips = read_manifest(manifest)
-    if split:
-        clips = [c for c in clips if c.get("split", split) == split]
-    clips = clips[: limit or None]
-    stats = {"generated": 0, "skipped": 0, "failed": 0}
-    bar = tqdm(clips, desc="generate", unit="clip", disable=not progress)
-    for clip in bar:
-        final = out_dir / f"{clip['id']}.wav"
-        if final.is_file() and final.stat().st_size > 0:
-            stats["skipped"] += 1
-            continue
-        tmp = partial / f"{clip['id']}.wav"
-        try:
-            generator(clip, tmp)
-            if not tmp.is_file():
-                raise VmasError(f"clip {clip['id']}: generator wrote no file at {tmp}")
-            os.replace(tmp, final)
-            stats["generated"] += 1
-        except VmasError as err:
-            stats["failed"] += 1
-            tmp.unlink(missing_ok=True)
-            if failures is not None:
-                with open(failures, "a") as f:
-                    f.write(json.dumps({"id": clip["id"], "error": str(err), "time": time.time()}) + "\n")
-        bar.set_postfix(stats)
-    shutil.rmtree(partial, ignore_errors=True)
-    return stats
+from vmas.errors import VmasError
+from vmas.evaluation import ALL_METRICS, evaluate, run_generation, vmas_generator, write_report
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:

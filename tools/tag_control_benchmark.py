@@ -21,9 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
+ROOT = Path(__file__).resolve().parent.parent  # default paths of the repo's data and runs
 
 
 KEYS = ("no_tags", "tags_same", "tags_other", "negative", "tempo_within_8pct", "tempo_other_within_8pct")
@@ -56,9 +54,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from synthmv_benchmark import generate, judge, load_clips
-
-    from datasets.synthmv import CLASSES, estimate_tempo
+    from datasets.synthmv import CLASSES, SynthMVClassifier, estimate_tempo
+    from vmas.evaluation import generate_windows, load_synthmv_clips, synthmv_judge
     from vmas.hub import load_model
 
     pipe = load_model(args.model)
@@ -66,9 +63,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.model}: model has no tag branch")
     guide = args.guide or pipe.config.generation.guide
     tag_cfg = pipe.config.generation.tag_cfg if args.tag_cfg is None else args.tag_cfg
-    clips = load_clips(Path(args.test_manifest), args.clips)
+    clips = load_synthmv_clips(Path(args.test_manifest), args.clips)
     sr = pipe.codec.sample_rate
-    clf, _ = judge(pipe)
+    clf, _ = synthmv_judge(pipe, SynthMVClassifier)
     rng = np.random.default_rng(args.seed)
     truth = np.array([c["class_id"] for c in clips])
     other = (truth + rng.integers(1, len(CLASSES), len(clips))) % len(CLASSES)  # a different class per clip
@@ -76,8 +73,8 @@ def main(argv=None) -> int:
     other_tempos = [round(float(rng.uniform(*CLASSES[b].tempo_range))) for b in other]
 
     def run(seed, tags=None, negative=None):
-        wavs = generate(pipe, clips, seed, args.cfg, args.top_k, tags=tags, negative=negative, guide=guide,
-                        tag_cfg=tag_cfg)
+        wavs = generate_windows(pipe, clips, seed, args.cfg, args.top_k, tags=tags, negative=negative, guide=guide,
+                                tag_cfg=tag_cfg)
         return wavs, clf.predict(wavs, sr)
 
     runs: tp.Dict[str, tp.List[float]] = {k: [] for k in KEYS}

@@ -1,0 +1,557 @@
+"""Evaluation API: score a folder of generated music against a test manifest (FAD, KL, MV-Align, retrieval R@k,
+CLAP score), and generate music for every clip of a manifest first (resumable).
+
+Why a module and not a script: a ``pip install`` user evaluates with ``from vmas.evaluation import evaluate`` and
+no repository checkout; ``tools/evaluate.py`` and ``tools/benchmark.py`` are thin argparse wrappers over this.
+
+    from vmas.evaluation import evaluate, write_report
+    report = evaluate("runs/bench/generated", "data/test.jsonl", metrics=["fad", "kl", "mv_align"],
+                      fad_backbone="mel", kl_classifier="mel")   # weight-free smoke setting
+    write_report(report, "runs/bench/report.json")                # + report.md
+
+Manifest: one JSON object per line, paths relative to the manifest's folder:
+``{"id": "clip0", "video": "clips/clip0.mp4", "audio": "clips/clip0.wav", "tags": "piano, 96 BPM",
+"start": 0.0, "duration": 10.0}`` (``key``/``clip_id`` accepted for ``id``; ``music``/``wav`` for ``audio``;
+``tags`` may be a list; ``caption`` is used when there are no tags; the curation's manifest.jsonl works as is,
+with ``split="test"``). Generated music for a clip is ``GENERATED/<id>.{wav,flac,mp3,mp4}`` (or ``<video stem>.*``,
+what ``vmas`` writes); reference music is the manifest's ``audio`` (its ``[start, start + duration)`` span), else
+``REFERENCE/<id>.*``, else the video's own audio stream (same span).
+
+A metric whose backbone weights are missing is omitted from the report and ``meta.skipped`` says why; numbers
+are never made up.
+
+Also here, for the SynthMV benchmarks (``tools/synthmv_benchmark.py``, ``tools/tag_control_benchmark.py``):
+:func:`load_synthmv_clips`, :func:`generate_windows` and :func:`synthmv_judge`; their scores are
+:func:`vmas.metrics.synthmv.score`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vmas.errors import CheckpointError, DataError, MediaError, VmasError
+
+ALL_METRICS = ("fad", "kl", "mv_align", "retrieval", "clap")
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".mp4", ".mkv", ".webm")
+
+
+# ------------------------------------------------------------------------------------------------------ manifest
+def read_manifest(path: tp.Union[str, Path]) -> tp.List[tp.Dict[str, tp.Any]]:
+    """Clips of a JSONL manifest with ``id`` normalised and paths made absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} not found; pass --manifest TEST.jsonl")
+    root, clips = path.parent, []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{n}: not valid JSON ({err.msg}); one JSON object per line") from err
+        clip_id = item.get("id", item.get("key", item.get("clip_id")))
+        video = item.get("video", item.get("video_path"))
+        if clip_id is None and video is None:
+            raise DataError(f"{path}:{n}: clip has neither 'id' nor 'video'; add an 'id' field")
+        clip = dict(item)
+        clip["id"] = str(clip_id if clip_id is not None else Path(video).stem)
+        for key, alts in (("video", ("video", "video_path")), ("audio", ("audio", "audio_path", "music", "wav"))):
+            value = next((item[a] for a in alts if item.get(a)), None)
+            clip[key] = str(root / value) if value is not None and not os.path.isabs(value) else value
+        tags = item.get("tags", "")
+        clip["text"] = ", ".join(tags) if isinstance(tags, (list, tuple)) else str(tags or item.get("caption", ""))
+        clips.append(clip)
+    if not clips:
+        raise DataError(f"manifest {path} has no clips")
+    return clips
+
+
+def reference_source(clip: tp.Dict[str, tp.Any], ref_dir: tp.Optional[Path]):
+    """(path, span) of a clip's reference music, in this order: the manifest's ``audio`` file, ``REF_DIR/<id>.*``
+    (already clip-length), the audio stream of the manifest's video. ``span`` = (start, duration) s inside a
+    long source file (curation manifests point at whole source files), None for a clip-length file."""
+    span = (float(clip.get("start") or 0.0), float(clip.get("duration") or 0.0))
+    span = None if span == (0.0, 0.0) else span
+    ref = clip.get("audio")
+    if ref and Path(ref).is_file():
+        return Path(ref), span
+    found = find_audio(ref_dir, clip["id"])
+    if found is not None:
+        return found, None
+    if clip.get("video") and Path(clip["video"]).is_file():
+        return Path(clip["video"]), span
+    return None, None
+
+
+def find_audio(folder: tp.Optional[Path], *stems: tp.Optional[str]) -> tp.Optional[Path]:
+    if folder is None:
+        return None
+    for stem in stems:
+        if not stem:
+            continue
+        for ext in AUDIO_EXTS:
+            p = folder / f"{stem}{ext}"
+            if p.is_file() and p.stat().st_size > 0:
+                return p
+    return None
+
+
+def list_audio(folder: Path) -> tp.List[Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder of audio files")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTS and p.stat().st_size > 0)
+    if not files:
+        raise DataError(f"{folder}: no audio files ({', '.join(AUDIO_EXTS)})")
+    return files
+
+
+def _versions() -> tp.Dict[str, str]:
+    import importlib
+
+    out = {}
+    for mod in ("vmas", "torch", "numpy", "scipy", "librosa", "cv2", "transformers"):
+        try:
+            out[mod] = str(getattr(importlib.import_module(mod), "__version__", "?"))
+        except Exception:  # noqa: BLE001 - a missing optional package is reported, not fatal
+            out[mod] = "not installed"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str, Path]] = None,
+             reference: tp.Optional[tp.Union[str, Path]] = None, metrics: tp.Sequence[str] = ALL_METRICS,
+             fad_backbone: str = "vggish", kl_classifier: str = "passt", clap_model: str = "laion/clap-htsat-unfused",
+             mv_flow: str = "farneback", retrieval_embeddings: tp.Optional[str] = None, limit: int = 0,
+             progress: bool = True, model: tp.Any = None, split: tp.Optional[str] = None) -> tp.Dict[str, tp.Any]:
+    """Compute the requested metrics; returns ``{metric: number, ..., "meta": {...}}``.
+
+    ``model`` (name, checkpoint path or loaded pipeline) is only used for retrieval when no
+    ``retrieval_embeddings`` file is given: its contrastive heads embed the manifest's videos and reference music.
+    ``split`` keeps only manifest rows with that ``split`` value (curation manifests hold train/val/test).
+    """
+    from tqdm import tqdm
+
+    from vmas.metrics.embeddings import load_audio
+
+    generated = Path(generated)
+    ref_dir = Path(reference) if reference else None
+    metrics = [m.strip() for m in metrics if m.strip()]
+    unknown = set(metrics) - set(ALL_METRICS)
+    if unknown:
+        raise VmasError(f"unknown metric(s) {sorted(unknown)}; choose from {','.join(ALL_METRICS)}")
+    report: tp.Dict[str, tp.Any] = {}
+    meta: tp.Dict[str, tp.Any] = {"backbones": {}, "clips": {}, "skipped": {}, "fallbacks": [],
+                                  "generated": str(generated), "reference": str(ref_dir) if ref_dir else None,
+                                  "manifest": str(manifest) if manifest else None, "versions": _versions()}
+
+    def skip(metric: str, why: str) -> None:
+        meta["skipped"][metric] = why
+
+    def clip_error(metric: str, err: Exception) -> None:
+        """One unreadable file skips that clip for that metric (counted in meta), never the whole run."""
+        meta.setdefault("clip_errors", {}).setdefault(metric, []).append(str(err))
+
+    # ---- pairs: (id, generated path, reference path, clip)
+    if manifest is None:
+        if ref_dir is None:
+            raise VmasError("pass --manifest, or --reference DIR to compare two folders of audio")
+        gen_files = [(p, None) for p in list_audio(generated)]
+        ref_files = [(p, None) for p in list_audio(ref_dir)]
+        clips: tp.List[tp.Dict[str, tp.Any]] = []
+        for m in [m for m in metrics if m != "fad"]:
+            skip(m, "needs --manifest (clip ids, videos, tags)")
+        metrics = [m for m in metrics if m == "fad"]
+    else:
+        clips = read_manifest(manifest)
+        if split:
+            clips = [c for c in clips if c.get("split", split) == split]
+        clips = clips[: limit or None]
+        from collections import Counter
+
+        per_video = Counter(c.get("video") for c in clips)
+        for c in clips:
+            # `<video stem>.wav` (what `vmas` writes) only identifies the clip when no other clip shares the video
+            stem = Path(c["video"]).stem if c.get("video") and per_video[c["video"]] == 1 else None
+            c["gen_path"] = find_audio(generated, c["id"], stem)
+            c["ref_path"], c["ref_span"] = reference_source(c, ref_dir)
+        missing = [c["id"] for c in clips if c["gen_path"] is None]
+        meta["clips"]["manifest"] = len(clips)
+        meta["clips"]["missing_generated"] = len(missing)
+        if missing:
+            meta["missing_generated_ids"] = missing[:20]
+        gen_files = [(c["gen_path"], None) for c in clips if c["gen_path"] is not None]
+        ref_files = [(c["ref_path"], c["ref_span"]) for c in clips if c["ref_path"] is not None]
+
+    cache: tp.Dict[tp.Tuple[str, int], np.ndarray] = {}
+
+    def audio(path: Path, sr: int, span: tp.Optional[tp.Tuple[float, float]] = None) -> np.ndarray:
+        """Whole file (cached: a long source serves many clips), or the clip's [start, start + duration) span."""
+        key = (str(path), sr)
+        if key not in cache:
+            if len(cache) >= 8:
+                cache.clear()
+            cache[key] = load_audio(path, sr)[0]
+        wav = cache[key]
+        if span is None:
+            return wav
+        a = int(round(span[0] * sr))
+        return wav[a: a + int(round(span[1] * sr))] if span[1] else wav[a:]
+
+    # ---- FAD
+    if "fad" in metrics:
+        from vmas.metrics.embeddings import build_embedder
+        from vmas.metrics.fad import FrechetAudioDistance
+
+        try:
+            emb = build_embedder(fad_backbone)
+            if not ref_files:
+                raise DataError("no reference audio (manifest 'audio' or --reference)")
+            fad = FrechetAudioDistance(emb)
+            for real, files in ((True, ref_files), (False, gen_files)):
+                for path, span in tqdm(files, desc=f"FAD {'reference' if real else 'generated'}",
+                                       disable=not progress):
+                    try:
+                        wav = audio(path, emb.sample_rate, span)
+                    except MediaError as err:
+                        clip_error("fad", err)
+                        continue
+                    fad.update(emb.embed(wav, emb.sample_rate), real=real)
+            report["fad"] = fad.compute()
+            meta["backbones"]["fad"] = emb.describe()
+            meta["clips"]["fad"] = {"reference": fad.real.clips, "generated": fad.fake.clips,
+                                    "embeddings_reference": fad.real.n, "embeddings_generated": fad.fake.n}
+            if not emb.paper_setting:
+                meta["fallbacks"].append(f"fad: {emb.name} (paper: VGGish)")
+        except (CheckpointError, DataError) as err:
+            skip("fad", str(err))
+
+    # ---- KL
+    if "kl" in metrics:
+        from vmas.metrics.kl import KLDivergence, build_classifier
+
+        try:
+            clf = build_classifier(kl_classifier)
+            kl = KLDivergence(clf)
+            pairs = [c for c in clips if c["gen_path"] is not None and c["ref_path"] is not None]
+            if not pairs:
+                raise DataError("no (reference, generated) pairs with the same clip id")
+            for c in tqdm(pairs, desc="KL", disable=not progress):
+                sr = clf.sample_rate
+                try:
+                    ref_wav, gen_wav = audio(c["ref_path"], sr, c["ref_span"]), audio(c["gen_path"], sr)
+                except MediaError as err:
+                    clip_error("kl", err)
+                    continue
+                kl.update_audio(c["id"], ref_wav, sr, gen_wav, sr)
+            report["kl"] = kl.compute()
+            meta["backbones"]["kl"] = clf.describe()
+            meta["clips"]["kl"] = len(kl.ref)
+            if not clf.paper_setting:
+                meta["fallbacks"].append(f"kl: {clf.name} (paper: PaSST)")
+        except (CheckpointError, DataError) as err:
+            skip("kl", str(err))
+
+    # ---- MV-Align
+    if "mv_align" in metrics:
+        from vmas.metrics.mv_align import MVAlign, read_video_frames
+
+        mv, mv_ref = MVAlign(mv_flow), MVAlign(mv_flow)
+        todo = [c for c in clips if c["gen_path"] is not None and c.get("video")]
+        errors = 0
+        for c in tqdm(todo, desc="MV-Align", disable=not progress):
+            try:
+                frames, fps = read_video_frames(c["video"], float(c.get("start") or 0.0), c.get("duration"))
+                mv.update_media(audio(c["gen_path"], 22050), 22050, frames, fps, c["id"])
+                if c["ref_path"] is not None:
+                    mv_ref.update_media(audio(c["ref_path"], 22050, c["ref_span"]), 22050, frames, fps, c["id"])
+            except (DataError, MediaError) as err:
+                errors += 1
+                clip_error("mv_align", err)
+            except CheckpointError as err:  # RAFT weights missing: the metric cannot run at all
+                mv.reset()
+                errors = f"flow backbone unavailable: {err}"
+                break
+        if mv.scores:
+            report["mv_align"] = mv.compute()
+            meta["backbones"]["mv_align"] = mv.meta()
+            meta["clips"]["mv_align"] = len(mv.scores)
+            if mv_ref.scores:
+                meta["mv_align_reference"] = mv_ref.compute()  # ground-truth music on the same videos
+        else:
+            skip("mv_align", errors if isinstance(errors, str) else
+                 f"no clip with a readable video and generated music ({errors} errors)")
+
+    # ---- retrieval
+    if "retrieval" in metrics:
+        from vmas.metrics.retrieval import VideoMusicRetrieval
+
+        try:
+            if retrieval_embeddings or model is None:
+                video, music, ids = load_retrieval_embeddings(retrieval_embeddings)
+                source = str(retrieval_embeddings)
+            else:
+                from vmas.hub import load_model
+                from vmas.metrics.retrieval import model_retrieval_embeddings
+
+                pipe = model if hasattr(model, "codec") else load_model(model)
+                video, music, ids = model_retrieval_embeddings(pipe, clips, progress=progress)
+                source = f"model {model if isinstance(model, (str, os.PathLike)) else type(model).__name__}"
+            r = VideoMusicRetrieval()
+            r.update(video, music)
+            res = r.compute()
+            report["retrieval"] = res
+            meta["backbones"]["retrieval"] = {"embeddings": source,
+                                              "source": "model contrastive heads (video -> music)"}
+            meta["clips"]["retrieval"] = r.num_pairs
+        except (CheckpointError, DataError) as err:
+            skip("retrieval", str(err))
+
+    # ---- CLAP score
+    if "clap" in metrics:
+        from vmas.metrics.clap_score import ClapScore
+
+        try:
+            todo = [c for c in clips if c["gen_path"] is not None and c["text"]]
+            if not todo:
+                raise DataError("no clip has tags/caption in the manifest")
+            cs = ClapScore(clap_model)
+            for c in tqdm(todo, desc="CLAP", disable=not progress):
+                sr = cs.audio.sample_rate
+                try:
+                    wav = audio(c["gen_path"], sr)
+                except MediaError as err:
+                    clip_error("clap", err)
+                    continue
+                cs.update([wav], sr, [c["text"]], ids=[c["id"]])
+            report["clap"] = cs.compute()
+            meta["backbones"]["clap"] = cs.meta()["backbone"]
+            meta["clips"]["clap"] = len(cs.scores)
+        except (CheckpointError, DataError, VmasError) as err:
+            skip("clap", str(err))
+
+    report["meta"] = meta
+    return report
+
+
+def load_retrieval_embeddings(path: tp.Optional[str]):
+    """``.pt`` (dict) or ``.npz`` with ``video`` [N, D] and ``music`` [N, D] (row i = pair i), optional ``ids``."""
+    if not path:
+        raise DataError("retrieval needs --model (a checkpoint with contrastive heads) or --retrieval-embeddings "
+                        "FILE (video/music embeddings, row i of each = test pair i)")
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"retrieval embeddings {p} not found")
+    data = dict(np.load(p, allow_pickle=False)) if p.suffix == ".npz" else torch.load(p, map_location="cpu")
+    if "video" not in data or "music" not in data:
+        raise DataError(f"{p}: needs keys 'video' and 'music' ([N, D] each), found {sorted(data)}")
+    return data["video"], data["music"], data.get("ids")
+
+
+# ------------------------------------------------------------------------------------------------------ output
+def markdown_table(report: tp.Dict[str, tp.Any]) -> str:
+    meta = report.get("meta", {})
+    rows = ["| metric | value | backbone | clips |", "|---|---|---|---|"]
+    for m in ALL_METRICS:
+        if m not in report:
+            continue
+        value = report[m]
+        values = [(f"{m} {k}", v) for k, v in value.items()] if isinstance(value, dict) else [(m, value)]
+        backbone = meta.get("backbones", {}).get(m, "")
+        if isinstance(backbone, dict):
+            backbone = backbone.get("name", backbone.get("flow", backbone.get("embeddings", "")))
+        clips = meta.get("clips", {}).get(m, "")
+        if isinstance(clips, dict):
+            clips = f"{clips.get('reference')} ref / {clips.get('generated')} gen"
+        for name, v in values:
+            rows.append(f"| {name} | {v:.4f} | {backbone} | {clips} |")
+    lines = ["\n".join(rows)]
+    for m, why in meta.get("skipped", {}).items():
+        lines.append(f"- **{m} not computed**: {why}")
+    for f in meta.get("fallbacks", []):
+        lines.append(f"- **fallback backbone, not comparable with the paper**: {f}")
+    return "\n\n".join(lines) + "\n"
+
+
+def write_report(report: tp.Dict[str, tp.Any], out: tp.Union[str, Path]) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md = out.with_suffix(".md")
+    md.write_text(markdown_table(report))
+    return md
+
+
+
+Generator = tp.Callable[[tp.Dict[str, tp.Any], Path], None]
+
+
+# ------------------------------------------------------------------------------------------- generation
+def vmas_generator(model: tp.Any = None, **controls: tp.Any) -> Generator:
+    """Adapter over ``vmas.generate.generate_for_video``: loads the model once, writes ``out_wav`` for a clip."""
+    from vmas.generate import generate_for_video
+    from vmas.hub import load_model
+
+    pipe = model if hasattr(model, "codec") else load_model(model)
+
+    def generate(clip: tp.Dict[str, tp.Any], out_wav: Path) -> None:
+        if not clip.get("video"):
+            raise VmasError(f"clip {clip['id']}: manifest line has no 'video'; benchmark needs the clip video")
+        kw = dict(controls)
+        if clip.get("duration") and "duration" not in kw:
+            kw["duration"] = float(clip["duration"])
+        work = out_wav.parent / f"{out_wav.stem}.work"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            video = clip["video"]
+            start = float(clip.get("start") or 0.0)
+            if start > 0:  # curation manifests point into whole source videos: give the model just the clip
+                video = cut_clip(video, start, float(clip.get("duration") or 0.0) or None,
+                                 work / f"{clip['id']}.mp4")
+            res = generate_for_video(video, model=pipe, out_dir=work, **kw)
+            os.replace(res.wav, out_wav)
+            if res.mp4 and Path(res.mp4).is_file():  # keep the muxed video next to the final wav
+                os.replace(res.mp4, out_wav.parent.parent / f"{out_wav.stem}.mp4")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    return generate
+
+
+def cut_clip(video: tp.Union[str, Path], start: float, duration: tp.Optional[float], out: Path) -> Path:
+    """Write ``[start, start + duration)`` of ``video`` (native fps and size, no audio) to ``out`` (mp4v)."""
+    import cv2
+
+    from vmas.metrics.mv_align import read_video_frames
+
+    frames, fps = read_video_frames(str(video), start, duration)  # uint8 RGB [T, H, W, 3]
+    T, H, W, _ = frames.shape
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (W, H))
+    if not writer.isOpened():
+        raise VmasError(f"{out}: OpenCV cannot write mp4v; cut the clips beforehand and point the manifest at them")
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return out
+
+
+def run_generation(manifest: tp.Union[str, Path], out_dir: tp.Union[str, Path], generator: Generator,
+                   limit: int = 0, progress: bool = True, failures: tp.Optional[Path] = None,
+                   split: tp.Optional[str] = None) -> tp.Dict[str, int]:
+    """Generate ``out_dir/<id>.wav`` for every manifest clip (of ``split``) that has none yet; returns counts."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    partial = out_dir / ".partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    clips = read_manifest(manifest)
+    if split:
+        clips = [c for c in clips if c.get("split", split) == split]
+    clips = clips[: limit or None]
+    stats = {"generated": 0, "skipped": 0, "failed": 0}
+    bar = tqdm(clips, desc="generate", unit="clip", disable=not progress)
+    for clip in bar:
+        final = out_dir / f"{clip['id']}.wav"
+        if final.is_file() and final.stat().st_size > 0:
+            stats["skipped"] += 1
+            continue
+        tmp = partial / f"{clip['id']}.wav"
+        try:
+            generator(clip, tmp)
+            if not tmp.is_file():
+                raise VmasError(f"clip {clip['id']}: generator wrote no file at {tmp}")
+            os.replace(tmp, final)
+            stats["generated"] += 1
+        except VmasError as err:
+            stats["failed"] += 1
+            tmp.unlink(missing_ok=True)
+            if failures is not None:
+                with open(failures, "a") as f:
+                    f.write(json.dumps({"id": clip["id"], "error": str(err), "time": time.time()}) + "\n")
+        bar.set_postfix(stats)
+    shutil.rmtree(partial, ignore_errors=True)
+    return stats
+
+
+
+
+# --------------------------------------------------------------------------------------------- SynthMV benchmarks
+def load_synthmv_clips(manifest: tp.Union[str, Path], limit: int) -> tp.List[tp.Dict[str, tp.Any]]:
+    """The first ``limit`` rows of a SynthMV ``vmas_manifest.jsonl`` with their labels: ``id``, ``video`` (its own
+    audio is the reference music), ``class_id``, ``tempo_bpm`` and ``events`` (visual event times, s)."""
+    clips = []
+    for line in Path(manifest).read_text().splitlines()[:limit]:
+        row = json.loads(line)
+        labels = json.loads(Path(row["labels"]).read_text())
+        clips.append({"id": row["key"], "video": row["video"], "audio": row["video"], "start": 0.0,
+                      "class_id": labels["class_id"], "tempo_bpm": labels["tempo_bpm"],
+                      "events": [e["time"] for e in labels["events"]]})
+    return clips
+
+
+@torch.no_grad()
+def generate_windows(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k: int, batch: int = 12,
+                     tags: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None,
+                     negative: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None, guide: str = "all",
+                     tag_cfg: float = 0.0, beat_from_video: bool = False,
+                     onsets: tp.Optional[torch.Tensor] = None) -> tp.List[np.ndarray]:
+    """Music for each clip's first ``clip_seconds`` window -> one float wav ``[N]`` per clip.
+
+    ``tags`` / ``negative`` are per-clip tag lists (None = video only: the tag slots hold the learned null token);
+    ``onsets`` [N, frames]: the onset oracle's input. Beat grids are built as ``vmas generate`` builds them.
+    """
+    from vmas.data import media
+    from vmas.modules.rhythm import request_grids, tags_bpm, video_grids
+
+    c = pipe.config
+    frames_per_clip = round(c.data.clip_seconds * pipe.codec.frame_rate)
+    gen = torch.Generator().manual_seed(seed)
+    encoder = pipe.get_text_encoder() if (tags or negative) else None
+    wavs = []
+    for i in range(0, len(clips), batch):
+        chunk = clips[i: i + batch]
+        frames = torch.stack([media.read_video_frames(x["video"], fps=c.data.fps, size=c.data.image_size,
+                                                      start=0.0, duration=c.data.clip_seconds)[0] for x in chunk])
+        tag_emb = tag_mask = neg_emb = neg_mask = None
+        if tags is not None:
+            tag_emb, tag_mask = encoder(tags[i: i + batch])
+        if negative is not None:
+            neg_emb, neg_mask = encoder(negative[i: i + batch])
+        beat = None
+        if c.model.lm.beat_condition and beat_from_video:  # grids fitted to the picture
+            bpms = [tags_bpm(t) for t in tags[i: i + batch]] if tags else None
+            beat = video_grids([x["video"] for x in chunk], c.data.clip_seconds, pipe.codec.frame_rate, bpms)
+        elif tags is not None and c.model.lm.beat_condition:  # "N BPM" tags -> beat grids
+            beat = request_grids(tags[i: i + batch], pipe.codec.frame_rate)
+        codes = pipe.model.generate(frames, num_frames=frames_per_clip, tag_emb=tag_emb, tag_mask=tag_mask,
+                                    neg_emb=neg_emb, neg_mask=neg_mask, cfg=cfg_scale, top_k=top_k, generator=gen,
+                                    guide=guide, beat=beat, tag_cfg=tag_cfg,
+                                    onsets=None if onsets is None else onsets[i: i + batch])
+        wav = pipe.codec.decode(codes)[:, 0]  # [B, N]
+        wavs += [w.numpy() for w in wav]
+    return wavs
+
+
+def synthmv_judge(pipe, classifier_type) -> tp.Tuple[tp.Any, tp.Callable[[np.ndarray], np.ndarray]]:
+    """(class classifier, codec round trip) for ``pipe``'s music.
+
+    The classifier is ``classifier_type.train_default`` (``datasets.synthmv.SynthMVClassifier``, passed in because
+    the dataset generator is not part of the installed package) trained on real renders of the scored window length
+    plus their reconstructions through the model's codec, so codec artefacts alone do not move the class.
+    """
+    codec, sr = pipe.codec, pipe.codec.sample_rate
+
+    @torch.no_grad()
+    def roundtrip(wav: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(wav, dtype=torch.float32, device=pipe.device)[None, None]  # [1, 1, N]
+        return codec.decode(codec.encode(x))[0, 0, : x.shape[-1]].cpu().numpy()
+
+    if sr != 32000:
+        raise VmasError(f"SynthMV renders at 32 kHz but the model's codec runs at {sr} Hz")
+    return classifier_type.train_default(seconds=pipe.config.data.clip_seconds, transform=roundtrip), roundtrip
