@@ -41,8 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from vmas.evaluation import generate_windows as generate
+from vmas.evaluation import load_synthmv_clips as load_clips
+from vmas.evaluation import synthmv_judge
+from vmas.metrics.synthmv import mean_std, score
+
+ROOT = Path(__file__).resolve().parent.parent  # default paths of the repo's configs, data and runs
 
 VARIANTS: tp.Dict[str, tp.List[str]] = {
     "ar_only": ["loss.contrastive_weight=0.0", "loss.beat_lambda=1.0"],
@@ -104,17 +108,6 @@ def train_variants(config: str, out_root: Path, steps: int, runs: tp.Sequence[tp
     return paths
 
 
-def load_clips(manifest: Path, limit: int) -> tp.List[dict]:
-    clips = []
-    for line in manifest.read_text().splitlines()[:limit]:
-        row = json.loads(line)
-        labels = json.loads(Path(row["labels"]).read_text())
-        clips.append({"id": row["key"], "video": row["video"], "audio": row["video"], "start": 0.0,
-                      "class_id": labels["class_id"], "tempo_bpm": labels["tempo_bpm"],
-                      "events": [e["time"] for e in labels["events"]]})
-    return clips
-
-
 def oracle_onsets(clips: tp.Sequence[dict], seconds: float, sr: int, frame_rate: int) -> torch.Tensor:
     """[N, frames] float: each clip's own music onsets on the code grid, detected exactly as training detects them
     (``vmas.alignment.music_beats``); what a model with ``model.lm.onset_oracle`` is given (a diagnostic)."""
@@ -124,74 +117,6 @@ def oracle_onsets(clips: tp.Sequence[dict], seconds: float, sr: int, frame_rate:
     n = round(seconds * frame_rate)
     return torch.stack([music_beats(media.read_audio(c["video"], sr=sr, duration=seconds), sr, frame_rate, n).float()
                         for c in clips])
-
-
-@torch.no_grad()
-def generate(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k: int, batch: int = 12,
-             tags: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None,
-             negative: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None, guide: str = "all",
-             tag_cfg: float = 0.0, beat_from_video: bool = False,
-             onsets: tp.Optional[torch.Tensor] = None) -> tp.List[np.ndarray]:
-    """Music for each clip's first ``clip_seconds`` window; ``tags`` / ``negative`` are per-clip tag lists (None =
-    video only: the tag slots hold the learned null token); ``onsets`` [N, frames]: the onset oracle's input."""
-    from vmas.data import media
-    from vmas.modules.rhythm import request_grids, tags_bpm, video_grids
-
-    c = pipe.config
-    frames_per_clip = round(c.data.clip_seconds * pipe.codec.frame_rate)
-    gen = torch.Generator().manual_seed(seed)
-    encoder = pipe.get_text_encoder() if (tags or negative) else None
-    wavs = []
-    for i in range(0, len(clips), batch):
-        chunk = clips[i: i + batch]
-        frames = torch.stack([media.read_video_frames(x["video"], fps=c.data.fps, size=c.data.image_size,
-                                                      start=0.0, duration=c.data.clip_seconds)[0] for x in chunk])
-        tag_emb = tag_mask = neg_emb = neg_mask = None
-        if tags is not None:
-            tag_emb, tag_mask = encoder(tags[i: i + batch])
-        if negative is not None:
-            neg_emb, neg_mask = encoder(negative[i: i + batch])
-        beat = None
-        if c.model.lm.beat_condition and beat_from_video:  # grids fitted to the picture, as `vmas generate` does
-            bpms = [tags_bpm(t) for t in tags[i: i + batch]] if tags else None
-            beat = video_grids([x["video"] for x in chunk], c.data.clip_seconds, pipe.codec.frame_rate, bpms)
-        elif tags is not None and c.model.lm.beat_condition:  # "N BPM" tags -> beat grids, as `vmas generate` does
-            beat = request_grids(tags[i: i + batch], pipe.codec.frame_rate)
-        codes = pipe.model.generate(frames, num_frames=frames_per_clip, tag_emb=tag_emb, tag_mask=tag_mask,
-                                    neg_emb=neg_emb, neg_mask=neg_mask, cfg=cfg_scale, top_k=top_k, generator=gen,
-                                    guide=guide, beat=beat, tag_cfg=tag_cfg,
-                                    onsets=None if onsets is None else onsets[i: i + batch])
-        wav = pipe.codec.decode(codes)[:, 0]  # [B, N]
-        wavs += [w.numpy() for w in wav]
-    return wavs
-
-
-def score(wavs: tp.Sequence[np.ndarray], sr: int, clips: tp.Sequence[dict], classifier,
-          seconds: tp.Optional[float] = None) -> tp.Dict[str, float]:
-    """MV-Align, onset F1 and class accuracy of ``wavs`` against the first ``seconds`` of each clip."""
-    from vmas.metrics import MVAlign
-    from vmas.metrics.mv_align import read_video_frames
-    from vmas.metrics.synthmv import onset_f1, onset_times
-
-    mv = MVAlign(flow="farneback")
-    f1s = []
-    for wav, clip in zip(wavs, clips):
-        seconds_i = seconds or len(wav) / sr
-        frames, fps = read_video_frames(clip["video"], duration=seconds_i)
-        mv.update_media(wav, sr, frames, fps, clip["id"])
-        events = [t for t in clip["events"] if t < seconds_i]
-        f1s.append(onset_f1(onset_times(wav, sr), events, tol=0.05))
-    pred = classifier.predict(list(wavs), sr)
-    acc = float(np.mean(pred == np.array([c["class_id"] for c in clips])))
-    return {"mv_align": mv.compute(), "onset_f1": float(np.mean(f1s)), "class_acc": acc}
-
-
-def mean_std(runs: tp.Sequence[tp.Dict[str, float]]) -> tp.Dict[str, tp.Any]:
-    """[{metric: value}] over sampling seeds -> {metric: value} for one run, else {metric: {mean, std, runs}}."""
-    if len(runs) == 1:
-        return dict(runs[0])
-    return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs])),
-                "runs": [round(float(r[k]), 4) for r in runs]} for k in runs[0]}
 
 
 def over_training_seeds(models: tp.Sequence[tp.Dict[str, tp.Any]]) -> tp.Dict[str, tp.Any]:
@@ -211,19 +136,10 @@ def over_training_seeds(models: tp.Sequence[tp.Dict[str, tp.Any]]) -> tp.Dict[st
 
 
 def judge(pipe):
-    """The SynthMV class classifier for ``pipe``'s music: trained on real renders of the scored window length, plus
-    their reconstructions through the model's codec (see ``SynthMVClassifier.train_default``)."""
+    """The SynthMV class classifier for ``pipe``'s music and the codec round trip (``vmas.evaluation.synthmv_judge``)."""
     from datasets.synthmv import SynthMVClassifier
 
-    codec, sr = pipe.codec, pipe.codec.sample_rate
-
-    @torch.no_grad()
-    def roundtrip(wav: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(wav, dtype=torch.float32, device=pipe.device)[None, None]
-        return codec.decode(codec.encode(x))[0, 0, : x.shape[-1]].cpu().numpy()
-
-    assert sr == 32000, "SynthMV renders at 32 kHz"
-    return SynthMVClassifier.train_default(seconds=pipe.config.data.clip_seconds, transform=roundtrip), roundtrip
+    return synthmv_judge(pipe, SynthMVClassifier)
 
 
 def retrieval_r1(pipe, clips: tp.Sequence[dict]) -> tp.Tuple[float, float, str]:
