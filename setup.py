@@ -38,6 +38,7 @@ setup(
         "tqdm>=4.60",
         "webdataset>=0.2.90",
         "opencv-python-headless>=4.8",
+        "mir_eval>=0.8",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "hiera-transformer>=0.1.4"],

@@ -10,6 +10,8 @@ Smoke run on procedurally generated tones and clicks (no data needed):
     .venv/bin/python tools/train_codec.py --config configs/codec_synthmv.yaml --synthetic 32 \
         --out /tmp/codec.pt --steps 20
 
+Thin wrapper over :func:`vmas.codec_training.train_codec` (losses and scores are described there).
+
 Losses: multi-scale log-mel L1 + waveform L1 + RVQ commitment; codebooks are EMA-updated with k-means init and
 dead-code replacement (the ``encodec`` quantizer). No adversarial terms: on simple synthetic music the
 reconstruction losses suffice and they keep a CPU run short. Training uses random crops of ``data.clip_seconds``.
@@ -23,226 +25,17 @@ import argparse
 import json
 import os
 import sys
-import time
 import typing as tp
 from pathlib import Path
 
 # Spinning OpenMP workers make a shared, oversubscribed CPU ~10x slower (measured here); sleep instead.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torchaudio  # noqa: E402
-from torch import nn  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from vmas.config import Config, config_to_dict, load_config  # noqa: E402
-from vmas.errors import DataError, MediaError, VmasError  # noqa: E402
-from vmas.models.codec import Codec, codec_kwargs, save_codec  # noqa: E402
-from vmas.utils import seed_everything  # noqa: E402
-
-AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".mp4", ".m4a", ".mkv", ".webm")
-
-
-# ------------------------------------------------------------------------------------------------------ data
-def read_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode any audio/video file's first audio stream to mono float32 at ``sample_rate`` (PyAV)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise MediaError(f"{path}: no audio stream")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            chunks = []
-            for frame in container.decode(audio=0):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-    except av.error.FFmpegError as err:
-        raise MediaError(f"{path}: cannot decode audio ({err})") from None
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-
-
-def synth_clip(rng: np.random.Generator, seconds: float, sample_rate: int) -> np.ndarray:
-    """Procedural 'music': a tempo grid of percussive clicks/noise bursts plus enveloped harmonic notes."""
-    n = int(seconds * sample_rate)
-    t = np.arange(n) / sample_rate
-    out = np.zeros(n, np.float32)
-    bpm = rng.uniform(80, 160)
-    beat = 60.0 / bpm
-    base = 110.0 * 2 ** (rng.integers(0, 12) / 12)
-    scale = np.array([0, 2, 4, 5, 7, 9, 11, 12])
-    onset = rng.uniform(0, beat)
-    while onset < seconds:
-        i = int(onset * sample_rate)
-        if rng.random() < 0.5:  # drum: decaying noise burst
-            m = min(n - i, int(0.08 * sample_rate))
-            out[i:i + m] += 0.5 * rng.standard_normal(m) * np.exp(-np.arange(m) / (0.015 * sample_rate))
-        f0 = base * 2 ** (rng.choice(scale) / 12) * rng.choice([1, 2])
-        m = min(n - i, int(beat * sample_rate))
-        env = np.exp(-np.arange(m) / (0.25 * beat * sample_rate))
-        tt = t[:m]
-        note = sum(np.sin(2 * np.pi * f0 * h * tt) / h for h in (1, 2, 3))
-        out[i:i + m] += 0.3 * env * note
-        onset += beat * rng.choice([0.5, 1.0, 1.0, 2.0])
-    return (out / max(1.0, np.abs(out).max() / 0.9)).astype(np.float32)
-
-
-def load_dataset(audio_dir: tp.Optional[str], synthetic: int, sample_rate: int, seed: int,
-                 max_files: int) -> tp.Tuple[tp.List[np.ndarray], tp.List[str]]:
-    if synthetic:
-        rng = np.random.default_rng(seed)
-        return [synth_clip(rng, 5.0, sample_rate) for _ in range(synthetic)], [f"synth_{i}" for i in range(synthetic)]
-    root = Path(audio_dir)
-    if not root.is_dir():
-        raise DataError(f"--audio-dir {root} is not a folder (generate SynthMV with `python -m datasets.synthmv`)")
-    by_stem: tp.Dict[Path, Path] = {}
-    for p in sorted(root.rglob("*")):  # clip.wav beside clip.mp4 (SynthMV --wav): read the wav only
-        if p.suffix.lower() in AUDIO_EXTS:
-            prev = by_stem.get(p.with_suffix(""))
-            if prev is None or AUDIO_EXTS.index(p.suffix.lower()) < AUDIO_EXTS.index(prev.suffix.lower()):
-                by_stem[p.with_suffix("")] = p
-    files = sorted(by_stem.values())[:max_files]
-    if not files:
-        raise DataError(f"{root}: no audio files ({', '.join(AUDIO_EXTS)})")
-    clips, names = [], []
-    for p in files:
-        wav = read_audio(p, sample_rate)
-        if wav.size and np.abs(wav).max() > 1e-4:
-            clips.append(wav)
-            names.append(str(p.relative_to(root)))
-    if not clips:
-        raise DataError(f"{root}: every audio file is empty or silent")
-    return clips, names
-
-
-def random_crops(clips: tp.Sequence[np.ndarray], batch: int, length: int, rng: np.random.Generator) -> torch.Tensor:
-    """[B, 1, length] random crops (short clips are zero-padded); silent crops are re-drawn a few times."""
-    out = np.zeros((batch, 1, length), np.float32)
-    for b in range(batch):
-        for _ in range(4):
-            wav = clips[rng.integers(len(clips))]
-            start = rng.integers(0, max(1, wav.size - length + 1))
-            crop = wav[start:start + length]
-            if np.abs(crop).max() > 1e-3:
-                break
-        out[b, 0, :crop.size] = crop
-    return torch.from_numpy(out)
-
-
-# ---------------------------------------------------------------------------------------------------- losses
-class MultiScaleMelLoss(nn.Module):
-    """Mean L1 between log-mel spectrograms at several STFT sizes (audiocraft's ``mel`` / ``msspec`` idea)."""
-
-    def __init__(self, sample_rate: int, n_ffts: tp.Sequence[int] = (256, 512, 1024, 2048), n_mels: int = 64):
-        super().__init__()
-        self.mels = nn.ModuleList(
-            torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n, hop_length=n // 4, n_mels=min(n_mels, n // 8),
-                                                 f_min=0.0, power=1.0, center=True) for n in n_ffts)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [B, 1, N] each
-        total = x.new_zeros(())
-        for mel in self.mels:
-            mx, my = mel(x), mel(y)  # [B, 1, n_mels, frames]
-            total = total + (torch.log10(mx.clamp_min(1e-5)) - torch.log10(my.clamp_min(1e-5))).abs().mean()
-        return total / len(self.mels)
-
-
-def log_mel(wav: np.ndarray, sample_rate: int) -> np.ndarray:
-    import librosa
-
-    mel = librosa.feature.melspectrogram(y=wav, sr=sample_rate, n_fft=1024, hop_length=256, n_mels=64)
-    return np.log10(np.maximum(mel, 1e-5))
-
-
-def onset_f1(ref_times: np.ndarray, est_times: np.ndarray, tol: float = 0.05) -> float:
-    """F1 of one-to-one matches within +-tol seconds (greedy in time order, as mir_eval does for sorted onsets)."""
-    if len(ref_times) == 0 and len(est_times) == 0:
-        return 1.0
-    used = np.zeros(len(est_times), bool)
-    hits = 0
-    for r in ref_times:
-        cand = np.where(~used & (np.abs(est_times - r) <= tol))[0]
-        if cand.size:
-            used[cand[np.argmin(np.abs(est_times[cand] - r))]] = True
-            hits += 1
-    return 2.0 * hits / (len(ref_times) + len(est_times))
-
-
-@torch.no_grad()
-def evaluate(codec: Codec, clips: tp.Sequence[np.ndarray], max_seconds: float = 5.0) -> tp.Dict[str, float]:
-    """Encode/decode each held-out clip (first ``max_seconds``); log-mel L1 distance and onset F1 vs original."""
-    import librosa
-
-    codec.eval()
-    sr = codec.sample_rate
-    mel_d, f1s, used = [], [], [set() for _ in range(codec.n_q)]
-    for wav in clips:
-        wav = wav[: int(max_seconds * sr)]
-        codes = codec.encode(torch.from_numpy(wav)[None, None])  # [1, K, T]
-        for k in range(codec.n_q):
-            used[k].update(codes[0, k].tolist())
-        rec = codec.decode(codes)[0, 0, : wav.size].numpy()  # [N]
-        mel_d.append(float(np.abs(log_mel(wav, sr) - log_mel(rec, sr)).mean()))
-        ref = librosa.onset.onset_detect(y=wav, sr=sr, units="time")
-        est = librosa.onset.onset_detect(y=rec, sr=sr, units="time")
-        f1s.append(onset_f1(ref, est))
-    return {"mel_distance": float(np.mean(mel_d)), "onset_f1": float(np.mean(f1s)),
-            "codebook_usage": float(np.mean([len(u) / codec.card for u in used]))}
-
-
-# ----------------------------------------------------------------------------------------------------- train
-def train(cfg: Config, clips: tp.List[np.ndarray], names: tp.List[str], out: Path, steps: int, minutes: float,
-          eval_count: int, log: tp.Callable[[str], None] = print) -> tp.Dict[str, tp.Any]:
-    seed_everything(cfg.train.seed)
-    rng = np.random.default_rng(cfg.train.seed)
-    c = cfg.model.codec
-    codec = Codec(**codec_kwargs(c), kmeans_init=True)
-    n_eval = min(eval_count, max(1, len(clips) // 10)) if len(clips) > 1 else 0
-    train_clips, eval_clips = clips[n_eval:], (clips[:n_eval] or clips[:1])
-    crop = int(round(cfg.data.clip_seconds * c.sample_rate))
-    crop -= crop % codec.hop_length
-    mel_loss = MultiScaleMelLoss(c.sample_rate)
-    opt = torch.optim.AdamW(codec.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                            weight_decay=cfg.optim.weight_decay)
-    warm = max(1, cfg.optim.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    log(f"codec: {sum(p.numel() for p in codec.parameters()) / 1e6:.2f} M params, {c.n_q} x {c.bins} codes, "
-        f"{len(train_clips)} train / {len(eval_clips)} eval clips, crops of {crop / c.sample_rate:.2f} s")
-    before = evaluate(codec, eval_clips)
-    codec.train()
-    history: tp.List[float] = []
-    t0 = time.time()
-    step = 0
-    while step < steps and (time.time() - t0) < minutes * 60:
-        wav = random_crops(train_clips, cfg.data.batch_size, crop, rng)  # [B, 1, N]
-        o = codec(wav)
-        l_mel = mel_loss(o.recon, wav)
-        l_wav = (o.recon - wav).abs().mean()
-        loss = l_mel + l_wav + c.commitment_weight * o.commit_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(codec.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        sched.step()
-        history.append(loss.item())
-        step += 1
-        if step % max(1, cfg.train.log_every) == 0 or step == 1:
-            log(f"step {step:5d}  {time.time() - t0:6.0f}s  loss {loss.item():.4f}  mel {l_mel.item():.4f}  "
-                f"wav {l_wav.item():.4f}  commit {o.commit_loss.item():.4f}")
-    after = evaluate(codec, eval_clips)
-    k = max(1, min(20, len(history) // 5))
-    result = {"steps": step, "seconds": round(time.time() - t0, 1), "loss_first": float(np.mean(history[:k])),
-              "loss_last": float(np.mean(history[-k:])), "before": before, "after": after,
-              "eval_clips": names[:n_eval] if n_eval else names[:1]}
-    save_codec(codec, out, config=config_to_dict(cfg), codec_config=config_to_dict(c), metrics=result)
-    log(f"saved {out}: mel distance {before['mel_distance']:.3f} -> {after['mel_distance']:.3f}, onset F1 "
-        f"{before['onset_f1']:.3f} -> {after['onset_f1']:.3f}, codebook usage {after['codebook_usage']:.2f}")
-    return result
+from vmas.codec_training import load_dataset, train_codec  # noqa: E402
+from vmas.config import load_config  # noqa: E402
+from vmas.errors import DataError, VmasError  # noqa: E402
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
@@ -270,7 +63,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
         clips, names = load_dataset(args.audio_dir, args.synthetic, cfg.model.codec.sample_rate, cfg.train.seed,
                                     args.max_files)
         steps = args.steps if args.steps is not None else cfg.optim.max_steps
-        result = train(cfg, clips, names, Path(args.out), steps, args.minutes, args.eval_clips,
+        result = train_codec(cfg, clips, names, Path(args.out), steps, args.minutes, args.eval_clips,
                        log=(lambda s: print(s, file=sys.stderr)) if args.json else print)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)

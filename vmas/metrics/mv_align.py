@@ -21,36 +21,27 @@ import typing as tp
 
 import numpy as np
 
+from vmas.alignment import FARNEBACK_PARAMS, onset_times  # noqa: F401 - FARNEBACK_PARAMS re-exported
+from vmas.alignment import farneback_motion as _pair_motion
 from vmas.errors import DataError, VmasError
-
-FARNEBACK_PARAMS = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
 
 def audio_peaks(wav: np.ndarray, sr: int, target_sr: int = 22050, hop_length: int = 512) -> np.ndarray:
-    """Onset times (s) of a mono waveform, librosa defaults at 22.05 kHz."""
-    import librosa
-
+    """Onset times (s) of a mono waveform, librosa defaults at 22.05 kHz (:func:`vmas.alignment.onset_times`)."""
     from vmas.metrics.embeddings import resample
 
-    y = resample(np.asarray(wav, dtype=np.float32), sr, target_sr)
-    env = librosa.onset.onset_strength(y=y, sr=target_sr, hop_length=hop_length)
-    frames = librosa.onset.onset_detect(onset_envelope=env, sr=target_sr, hop_length=hop_length)
-    return librosa.frames_to_time(frames, sr=target_sr, hop_length=hop_length)
+    return onset_times(resample(np.asarray(wav, dtype=np.float32), sr, target_sr), target_sr, hop_length)
 
 
 def farneback_motion(frames: np.ndarray) -> np.ndarray:
-    """uint8 RGB frames [T, H, W, 3] -> mean Farneback flow magnitude per frame [T] (f[0] = f[1], as the reference)."""
-    import cv2
+    """uint8 RGB frames [T, H, W, 3] -> mean Farneback flow magnitude per frame [T] (f[0] = f[1], as the reference).
 
+    The flow itself is :func:`vmas.alignment.farneback_motion`, the same curve the training motion uses."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 2:
         raise DataError(f"MV-Align: frames must be uint8 [T>=2, H, W, 3], got {frames.shape}")
-    gray = [cv2.cvtColor(np.ascontiguousarray(f, dtype=np.uint8), cv2.COLOR_RGB2GRAY) for f in frames]
-    mags = []
-    for prev, cur in zip(gray[:-1], gray[1:]):
-        flow = cv2.calcOpticalFlowFarneback(prev, cur, None, **FARNEBACK_PARAMS)  # [H, W, 2]
-        mags.append(float(cv2.magnitude(flow[..., 0], flow[..., 1]).mean()))
-    return np.asarray([mags[0]] + mags, dtype=np.float64)  # [T]
+    mags = _pair_motion(frames).double().numpy()  # [T-1]
+    return np.concatenate([mags[:1], mags])  # [T]
 
 
 def motion_curve(frames: np.ndarray, flow: str = "farneback", **raft_kwargs) -> np.ndarray:
@@ -59,10 +50,8 @@ def motion_curve(frames: np.ndarray, flow: str = "farneback", **raft_kwargs) -> 
     if flow == "farneback":
         return farneback_motion(frames)
     if flow.startswith("raft"):
-        try:
-            from vmas.alignment import video_motion
-        except ImportError as err:
-            raise VmasError("MV-Align RAFT flow needs vmas.alignment.video_motion; use --mv-flow farneback") from err
+        from vmas.alignment import video_motion
+
         flow, _, weights = flow.partition(":")
         if weights:
             raft_kwargs.setdefault("weights", weights)
