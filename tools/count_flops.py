@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import typing as tp
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from vmas.models import hiera  # noqa: E402
+from vmas.models import hiera
 
 
 def count(model: nn.Module, x_shape: tp.Sequence[int]) -> tp.Tuple[float, torch.Size]:

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from vmas.builders import build_codec, build_encoder, build_lm  # noqa: E402
-from vmas.config import load_config  # noqa: E402
-from vmas.modules.conditioning import ConditionFuser  # noqa: E402
-from vmas.utils import count_params  # noqa: E402
+from vmas.builders import build_codec, build_encoder, build_lm
+from vmas.config import load_config
+from vmas.modules.conditioning import ConditionFuser
+from vmas.utils import count_params
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 CLAP_TEXT_PARAMS = 125_000_000

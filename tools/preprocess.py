@@ -16,13 +16,10 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vmas.config import load_config  # noqa: E402
-from vmas.data import shards  # noqa: E402
-from vmas.errors import VmasError  # noqa: E402
+from vmas.config import load_config
+from vmas.data import shards
+from vmas.errors import VmasError
 
 
 def main(argv=None) -> int:
