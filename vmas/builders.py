@@ -32,7 +32,7 @@ def build_codec(cfg: CodecConfig, load_weights: bool = True) -> nn.Module:
 
 def lm_kwargs(cfg: LMConfig) -> tp.Dict[str, tp.Any]:
     skip = {"pretrained", "cond_dropout", "tag_dropout", "time_aligned_video", "video_swap_prob", "video_fuse",
-            "input_noise", "beat_condition", "beat_dropout", "onset_oracle"}  # read by VMAS / the fuser
+            "input_noise", "beat_condition", "beat_dropout", "onset_oracle", "motion_condition"}  # read by VMAS / the fuser
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
 
 
@@ -61,7 +61,9 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
     fuser = ConditionFuser(video_dim=encoder.out_dim, dim=m.lm.dim, tag_dim=m.tags.text_dim if m.tags.enabled else 0,
                            steps_per_clip=steps, step_video=m.lm.video_fuse != "cross",
                            beat_grid=m.lm.beat_condition, step_interp=m.lm.video_fuse == "cross+interp",
-                           onset_oracle=m.lm.onset_oracle)
+                           onset_oracle=m.lm.onset_oracle,
+                           motion_fps=cfg.data.fps if m.lm.motion_condition else 0.0,
+                           frame_rate=cfg.data.frame_rate)
     contrastive = None
     codebooks = None
     if codec is not None:
@@ -78,7 +80,20 @@ def build_model(cfg: Config, codec: tp.Optional[nn.Module] = None, load_weights:
                                       min_temperature=cfg.loss.contrastive_min_temperature)
     return VMAS(encoder, lm, fuser, contrastive=contrastive, cond_dropout=m.lm.cond_dropout,
                 tag_dropout=m.lm.tag_dropout, codebooks=codebooks, video_swap_prob=m.lm.video_swap_prob,
-                input_noise=m.lm.input_noise, beat_dropout=m.lm.beat_dropout)
+                input_noise=m.lm.input_noise, beat_dropout=m.lm.beat_dropout, motion_fn=build_motion_fn(cfg))
+
+
+def build_motion_fn(cfg: Config) -> tp.Optional[tp.Callable]:
+    """uint8 frames [T,H,W,3] -> motion [T-1] for models with ``model.lm.motion_condition``: the same function and
+    flow settings the shards' motion curves were made with (``loss.motion_flow``), so generation sees what
+    training saw."""
+    if not cfg.model.lm.motion_condition:
+        return None
+    import functools
+
+    from vmas.alignment import video_motion
+
+    return functools.partial(video_motion, flow=cfg.loss.motion_flow, weights=cfg.loss.motion_weights or "DEFAULT")
 
 
 # ----------------------------------------------------------------------------------------------- losses

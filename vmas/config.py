@@ -120,6 +120,11 @@ class LMConfig:
     """How video tokens reach the LM: ``cross`` (the paper: cross-attention only), ``cross+sum`` (also add the
     video token of each step's time to the LM input; ``ConditionFuser.step_video``) or ``cross+interp`` (the same,
     linearly interpolated between token centres; ``ConditionFuser.step_interp``)."""
+    motion_condition: bool = False
+    """Add the video's motion curve (``vmas.alignment.video_motion`` with ``loss.motion_flow``, the signal the
+    beat-weighted loss already uses) around each step's time to the LM input (``ConditionFuser.motion_fps``). The
+    paper has no such path; on SynthMV with an unpredictable rhythm it is what carries note timing from the
+    picture (issue 17, docs/synthmv_results.md)."""
     onset_oracle: bool = False
     """Diagnostic (issue 17): add the music's own onsets to each step's input (``ConditionFuser.onset_oracle``),
     an upper bound for what a video path can give. Training takes them from the clips' music; generation needs

@@ -56,8 +56,10 @@ class VMAS(nn.Module):
     def __init__(self, encoder: nn.Module, lm: nn.Module, fuser: ConditionFuser,
                  contrastive: tp.Optional[nn.Module] = None, cond_dropout: float = 0.3, tag_dropout: float = 0.3,
                  codebooks: tp.Optional[torch.Tensor] = None, video_swap_prob: float = 0.0,
-                 input_noise: float = 0.0, beat_dropout: float = 0.5):
+                 input_noise: float = 0.0, beat_dropout: float = 0.5,
+                 motion_fn: tp.Optional[tp.Callable[[torch.Tensor], torch.Tensor]] = None):
         super().__init__()
+        self.motion_fn = motion_fn  # uint8 frames [T,H,W,3] -> motion [T-1], for models with the motion condition
         self.beat_dropout = beat_dropout
         self.video_swap_prob = video_swap_prob
         self.input_noise = input_noise
@@ -84,6 +86,15 @@ class VMAS(nn.Module):
             frames = normalize_frames(frames)
         param = next(self.encoder.parameters())
         return self.encoder(frames.to(device=param.device, dtype=param.dtype))
+
+    def video_motion(self, frames: tp.Optional[torch.Tensor]) -> tp.Optional[torch.Tensor]:
+        """Motion curves [B, T-1] of uint8 frames [B,T,H,W,3] for the motion condition (None when the model has
+        none, or no frames are given). Training passes the shards' precomputed curves instead (same function)."""
+        if self.fuser.motion_proj is None or frames is None:
+            return None
+        if self.motion_fn is None:
+            raise ValueError("this model has the motion condition but no motion_fn: build it with vmas.builders")
+        return torch.stack([self.motion_fn(f) for f in frames.cpu()]).to(self.fuser.motion_proj.weight.device)
 
     def _drops(self, batch: int, p: float, device: torch.device) -> tp.Optional[torch.Tensor]:
         if not self.training or p <= 0:
@@ -124,7 +135,8 @@ class VMAS(nn.Module):
                 tag_mask: tp.Optional[torch.Tensor] = None, drop_video: tp.Optional[torch.Tensor] = None,
                 drop_tags: tp.Optional[torch.Tensor] = None,
                 video_tokens: tp.Optional[torch.Tensor] = None, beat: tp.Optional[torch.Tensor] = None,
-                drop_beat: tp.Optional[torch.Tensor] = None, onsets: tp.Optional[torch.Tensor] = None) -> VMASOutput:
+                drop_beat: tp.Optional[torch.Tensor] = None, onsets: tp.Optional[torch.Tensor] = None,
+                motion: tp.Optional[torch.Tensor] = None) -> VMASOutput:
         """frames uint8 [B,T,H,W,3], codes long [B,K,T] -> logits over the delay pattern.
 
         Condition dropout is drawn in training; ``drop_video`` / ``drop_tags`` / ``drop_beat`` ([B] bool) force it
@@ -132,9 +144,12 @@ class VMAS(nn.Module):
         [B,Tv,C] skips the encoder (reuse one encoding for several branches). ``beat`` [B, 2]: beat grids of the
         clips' music (:func:`vmas.modules.rhythm.clip_grids`), used when the model has the beat condition.
         ``onsets`` [B, T] float: the music's onset frames, used only by the diagnostic onset oracle.
+        ``motion`` [B, F-1]: the clips' motion curves (motion condition); None computes them from ``frames``.
         """
         B, K, T = codes.shape
         assert K == self.n_q, f"expected {self.n_q} codebooks, got {K}"
+        if motion is None:
+            motion = self.video_motion(frames)
         if video_tokens is None:
             video_tokens = self.encode_video(frames)  # [B, Tv, C]
         if drop_video is None:
@@ -149,7 +164,7 @@ class VMAS(nn.Module):
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=drop_video, drop_tags=drop_tags)
         seq, valid = self.pattern.build(codes, self.card)  # [B, K, S], [K, S]
         step = self.fuser.step_condition(video_tokens, seq.shape[-1], drop_video, beat, drop_beat,
-                                         onsets=onsets)  # [B, S, dim] | None
+                                         onsets=onsets, motion=motion)  # [B, S, dim] | None
         logits = self.lm(self._corrupt(seq, valid), cond, cond_mask, step)  # [B, K, S, card]
         kept = torch.ones(B, dtype=torch.bool, device=codes.device) if drop_video is None else ~drop_video
         if swapped is not None:
@@ -164,7 +179,8 @@ class VMAS(nn.Module):
                  temperature: float = 1.0, prompt: tp.Optional[torch.Tensor] = None,
                  generator: tp.Optional[torch.Generator] = None, video_tokens: tp.Optional[torch.Tensor] = None,
                  progress: bool = False, guide: str = "all", beat: tp.Optional[torch.Tensor] = None,
-                 beat_start: int = 0, tag_cfg: float = 0.0, onsets: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
+                 beat_start: int = 0, tag_cfg: float = 0.0, onsets: tp.Optional[torch.Tensor] = None,
+                 motion: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample codes [B,K,num_frames] for a video window.
 
         ``guide="all"`` (SPEC §4): the CFG branch is the learned null condition (video and tags dropped); with
@@ -212,7 +228,9 @@ class VMAS(nn.Module):
             if tag_guided and guide == "both":
                 extra = [(t_unc, t_mask, t_step, tag_cfg - 1.0)]
         # per-step paths (video_fuse=cross+sum, beat grid); the unconditional / negative branches have no video -> zeros
-        step = self.fuser.step_condition(video_tokens, S, beat=beat, start=beat_start, onsets=onsets)
+        if motion is None:
+            motion = self.video_motion(frames)
+        step = self.fuser.step_condition(video_tokens, S, beat=beat, start=beat_start, onsets=onsets, motion=motion)
         return self.lm.generate(cond, cond_mask, uncond, uncond_mask, num_frames=num_frames, cfg=cfg, top_k=top_k,
                                 top_p=top_p, temperature=temperature, prompt=prompt, generator=generator,
                                 progress=progress, step_cond=step, uncond_step_cond=uncond_step, extra=extra)

@@ -23,6 +23,34 @@ from torch import nn
 from vmas.modules import rhythm
 from vmas.modules.transformer import sin_embedding
 
+MOTION_OFFSETS = (-0.12, -0.06, 0.0, 0.06, 0.12, 0.18)
+"""Seconds around each LM step at which the motion condition samples the video's motion curve. The curve has one
+value per pair of model frames (104 ms apart at 9.6 fps), so a step must see the change before and after its own
+time to place a note inside the gap between two frames; the window leans ahead because a change becomes visible
+only at the later frame of its pair."""
+
+
+def motion_features(motion: torch.Tensor, fps: float, frame_rate: float, num_steps: int, start: int = 0
+                    ) -> torch.Tensor:
+    """Per-step samples of a window's motion curve: motion [B, F-1] -> float [B, num_steps, len(MOTION_OFFSETS)].
+
+    ``motion[:, i]`` (the change between model frames ``i`` and ``i + 1``, :func:`vmas.alignment.video_motion`)
+    is placed at the midpoint of the two frames, ``(i + 0.5) / fps`` s: given only that the picture changed between
+    them, the change's expected time. Each clip's curve is divided by its maximum (flow magnitudes depend on the
+    picture size and the flow method; the condition should carry *when*, not how much), then sampled by linear
+    interpolation at ``(start + s) / frame_rate + o`` for each offset ``o``; zero outside the curve.
+    """
+    B, n = motion.shape
+    m = motion.float() / motion.float().amax(dim=1, keepdim=True).clamp_min(1e-6)  # [B, F-1] in [0, 1]
+    t = (torch.arange(num_steps, device=motion.device, dtype=torch.float32) + start) / frame_rate  # [S]
+    q = (t[:, None] + torch.tensor(MOTION_OFFSETS, device=motion.device)[None]) * fps - 0.5  # [S, O] curve index
+    inside = (q >= 0) & (q <= n - 1)
+    i0 = q.floor().clamp(0, n - 1).long()
+    i1 = (i0 + 1).clamp(max=n - 1)
+    w = (q - i0).clamp(0, 1)
+    vals = m[:, i0] * (1 - w) + m[:, i1] * w  # [B, S, O]
+    return vals * inside.to(vals.dtype)
+
 
 class ConditionFuser(nn.Module):
     """Project video / tag embeddings to the LM width and apply CFG dropout with learned null tokens.
@@ -55,11 +83,18 @@ class ConditionFuser(nn.Module):
         onset_oracle (bool): diagnostic only: also add the *music's own* onsets at each step (``onsets`` [B, S],
             1 at an onset frame) through a bias-free linear map. It is what a perfect video path could hand the LM;
             training with it separates "the encoder does not carry timing" from "the LM cannot use timing".
+        motion_fps (float): > 0 adds the video's motion curve (at this frame rate) to each step
+            (:func:`motion_features`, a bias-free linear map, dropped with the video). Why: on SynthMV with an
+            unpredictable rhythm, neither cross-attention to the learned video tokens nor the tokens added per step
+            carried note timing to the LM within the budget, while the onset oracle did (docs/synthmv_results.md);
+            the motion curve, which the beat-weighted loss already computes from the picture, carries it.
+        frame_rate (float): LM steps per second (for ``motion_fps``).
     """
 
     def __init__(self, video_dim: int, dim: int, tag_dim: int = 0, video_positions: bool = True,
                  steps_per_clip: float = 0.0, step_video: bool = False, beat_grid: bool = False,
-                 step_interp: bool = False, onset_oracle: bool = False):
+                 step_interp: bool = False, onset_oracle: bool = False, motion_fps: float = 0.0,
+                 frame_rate: float = 50.0):
         super().__init__()
         if step_video and not steps_per_clip:
             raise ValueError("step_video needs steps_per_clip (the LM steps one video window spans)")
@@ -73,6 +108,8 @@ class ConditionFuser(nn.Module):
         self.step_proj = nn.Linear(video_dim, dim) if step_video else None
         self.beat_proj = nn.Linear(rhythm.NUM_FEATURES, dim, bias=False) if beat_grid else None
         self.onset_proj = nn.Linear(1, dim, bias=False) if onset_oracle else None
+        self.motion_fps, self.frame_rate = float(motion_fps), float(frame_rate)
+        self.motion_proj = nn.Linear(len(MOTION_OFFSETS), dim, bias=False) if motion_fps > 0 else None
         if tag_dim:
             self.tag_proj = nn.Linear(tag_dim, dim)
             self.null_tags = nn.Parameter(torch.randn(dim) * 0.02)
@@ -85,7 +122,8 @@ class ConditionFuser(nn.Module):
     def step_condition(self, video: tp.Optional[torch.Tensor], num_steps: int,
                        drop_video: tp.Optional[torch.Tensor] = None, beat: tp.Optional[torch.Tensor] = None,
                        drop_beat: tp.Optional[torch.Tensor] = None, start: int = 0,
-                       onsets: tp.Optional[torch.Tensor] = None) -> tp.Optional[torch.Tensor]:
+                       onsets: tp.Optional[torch.Tensor] = None,
+                       motion: tp.Optional[torch.Tensor] = None) -> tp.Optional[torch.Tensor]:
         """The per-step additive condition [B, num_steps, dim], or None when no per-step path applies.
 
         Video (``step_video``): step ``s`` gets the projected token whose span holds LM frame ``s`` (token
@@ -95,6 +133,8 @@ class ConditionFuser(nn.Module):
         give zeros), evaluated at frames ``start + s`` (``start``: the window's first frame in the grid's frames).
         Oracle (``onset_oracle``): ``onsets`` [B, >=S'] float, the music's onset frames of this window (dropped
         with the video: it stands in for a perfect video path).
+        Motion (``motion_fps``): ``motion`` [B, F-1], the window's motion curve (:func:`motion_features`; dropped
+        with the video). ``start`` offsets the beat grid only: a motion curve always belongs to its own window.
         """
         out = None
         if self.step_proj is not None and video is not None:
@@ -119,6 +159,13 @@ class ConditionFuser(nn.Module):
                 feats = feats * (~drop_video.to(feats.device)).float()[:, None, None]
             o = self.onset_proj(feats.to(self.onset_proj.weight.dtype))  # [B, S, dim]
             out = o if out is None else out + o.to(out.dtype)
+        if self.motion_proj is not None and motion is not None:
+            feats = motion_features(motion.to(self.motion_proj.weight.device), self.motion_fps, self.frame_rate,
+                                    num_steps)  # [B, S, O]
+            if drop_video is not None:
+                feats = feats * (~drop_video.to(feats.device)).float()[:, None, None]
+            mo = self.motion_proj(feats.to(self.motion_proj.weight.dtype))  # [B, S, dim]
+            out = mo if out is None else out + mo.to(out.dtype)
         if self.beat_proj is not None and beat is not None:
             feats = rhythm.beat_features(beat.to(self.beat_proj.weight.device), num_steps, start)  # [B, S, F]
             if drop_beat is not None:

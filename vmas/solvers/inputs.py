@@ -42,14 +42,16 @@ class BatchInputs:
         beat_condition (bool): fit each clip's beat grid (``model.lm.beat_condition``).
         text_encoder (callable, optional): tag lists -> (emb [B, N, Ct], mask [B, N]); None = no tag condition.
         onset_oracle (bool): pass the clips' music onsets as ``onsets`` (``model.lm.onset_oracle``, a diagnostic).
+        motion (bool): pass the shards' motion curves as ``motion`` (``model.lm.motion_condition``).
     """
 
     def __init__(self, loss: LossConfig, data: DataConfig, max_tags: int, beat_condition: bool,
-                 text_encoder: tp.Optional[tp.Callable] = None, onset_oracle: bool = False):
+                 text_encoder: tp.Optional[tp.Callable] = None, onset_oracle: bool = False, motion: bool = False):
         self.loss, self.data = loss, data
         self.max_tags, self.beat_condition = max_tags, beat_condition
         self.text_encoder = text_encoder
         self.onset_oracle = onset_oracle
+        self.motion = motion
 
     def __call__(self, batch: tp.Mapping[str, tp.Any], device: torch.device) -> tp.Dict[str, tp.Any]:
         out = {
@@ -65,4 +67,6 @@ class BatchInputs:
             out["beat"] = clip_grids(batch["music_beats"], tags, self.data.frame_rate).to(device)  # [B, 2]
         if self.onset_oracle:  # diagnostic: the music's own onsets at each step (issue 17)
             out["onsets"] = batch["music_beats"].float().to(device)  # [B, Ta]
+        if self.motion:  # the motion condition: the curves preprocessing computed from these frames
+            out["motion"] = batch["motion"].float().to(device)  # [B, T-1]
         return out

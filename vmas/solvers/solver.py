@@ -109,7 +109,8 @@ class Solver:
 
             self.text_encoder = build_text_encoder(cfg.model.tags.text_encoder, device="cpu")
         self.inputs = BatchInputs(cfg.loss, cfg.data, cfg.model.tags.max_tags, cfg.model.lm.beat_condition,
-                                  self.text_encoder, onset_oracle=cfg.model.lm.onset_oracle)
+                                  self.text_encoder, onset_oracle=cfg.model.lm.onset_oracle,
+                                  motion=cfg.model.lm.motion_condition)
         if self._resume_from is not None:
             self.load(self._resume_from)
 

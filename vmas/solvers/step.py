@@ -28,10 +28,11 @@ class TrainStep(nn.Module):
 
     def forward(self, frames: torch.Tensor, codes: torch.Tensor, beat_weights: torch.Tensor,
                 tag_emb: tp.Optional[torch.Tensor] = None, tag_mask: tp.Optional[torch.Tensor] = None,
-                beat: tp.Optional[torch.Tensor] = None, onsets: tp.Optional[torch.Tensor] = None):
+                beat: tp.Optional[torch.Tensor] = None, onsets: tp.Optional[torch.Tensor] = None,
+                motion: tp.Optional[torch.Tensor] = None):
         """frames uint8 [B,T,H,W,3], codes long [B,K,Ta], beat_weights [B,Ta], tag_emb [B,N,Ct], beat [B,2],
-        onsets [B,Ta] (the onset oracle's input, a diagnostic)."""
+        onsets [B,Ta] (the onset oracle's input, a diagnostic), motion [B,T-1] (the motion condition's input)."""
         if tag_emb is not None:  # text-encoder output is float32; the fuser may run in bf16
             tag_emb = tag_emb.to(next(self.model.fuser.parameters()).dtype)
-        out = self.model(frames, codes, tag_emb, tag_mask, beat=beat, onsets=onsets)
+        out = self.model(frames, codes, tag_emb, tag_mask, beat=beat, onsets=onsets, motion=motion)
         return self.objective(out, {"beat_weights": beat_weights}, self.model.contrastive, self.model.codebooks)

@@ -68,11 +68,16 @@ def branch_ce(model: nn.Module, inputs: tp.Mapping[str, tp.Any]) -> tp.Dict[str,
     def flag(on: bool) -> torch.Tensor:  # [B] bool
         return torch.full((B,), on, dtype=torch.bool, device=codes.device)
 
+    def video_side(name: str, wrong: bool) -> tp.Optional[torch.Tensor]:  # per-step inputs that come with a video
+        x = inputs.get(name)
+        return x.roll(1, dims=0) if (wrong and x is not None) else x
+
     res = {}
     for br in active_branches(inputs, B):
         out = model(None, codes, *tags, drop_video=flag(br.drop_video), drop_tags=flag(br.drop_tags),
                     video_tokens=vt.roll(1, dims=0) if br.wrong_video else vt, beat=inputs.get("beat"),
-                    drop_beat=flag(br.drop_beat), onsets=inputs.get("onsets"))
+                    drop_beat=flag(br.drop_beat), onsets=video_side("onsets", br.wrong_video),
+                    motion=video_side("motion", br.wrong_video))
         ce, _ = beat_weighted_ce(out.logits, out.seq, out.valid, ones)
         res[br.name] = float(ce)
     return res
