@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from vmas.errors import CheckpointError, DataError
+from vmas.loading import load_state_dict_strict, torch_load
 from vmas.utils import to_tensor
 
 logger = logging.getLogger(__name__)
@@ -152,14 +153,10 @@ def load_raft(flow: str = "raft_small", weights: str = "DEFAULT", device: str = 
     else:
         model = factory(weights=None)
         if path is not None:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch_load(path, f"RAFT {flow} checkpoint")
             state = state.get("state_dict", state) if isinstance(state, dict) else state
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as err:
-                first = str(err).splitlines()[0]
-                raise CheckpointError(f"{path}: not a torchvision {flow} state dict ({first}); "
-                                      f"check the variant (raft_small vs raft_large)") from None
+            load_state_dict_strict(model, state, f"{path}: not a torchvision {flow} state dict",
+                                   fix="check the variant (raft_small vs raft_large)")
         else:
             logger.warning("RAFT %s with random weights: motion curves are meaningless (tests only)", flow)
     return model.eval().to(device)

@@ -125,8 +125,11 @@ def _load_torchvision(name: str, weights: str) -> tp.Tuple[torch.nn.Module, int,
 
     if weights:
         model = torchvision.models.get_model(name, weights=None)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        from vmas.loading import load_state_dict_strict, torch_load
+
+        state = torch_load(weights, f"torchvision {name} checkpoint")
+        load_state_dict_strict(model, state.get("state_dict", state) if isinstance(state, dict) else state,
+                               f"{weights}: not a torchvision {name} state dict")
     else:
         model = torchvision.models.get_model(name, weights="DEFAULT")
     # Drop the classifier so the output is the pooled feature (resnet: fc; vit/convnext/efficientnet: heads/classifier).

@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import nn
 
 from vmas.errors import CheckpointError, MediaError, VmasError
+from vmas.loading import load_clap, load_state_dict_strict, torch_load
 
 VGGISH_FILE = "vggish-10086976.pth"
 VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
@@ -187,16 +188,13 @@ def resolve_vggish_path(source: str = "vggish") -> Path:
 def load_vggish(source: str = "vggish", final_relu: bool = False) -> VGGish:
     """Load torchvggish weights (plain state dict, or wrapped under ``state_dict``/``model``)."""
     path = resolve_vggish_path(source)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path, "VGGish checkpoint")
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if key in state and isinstance(state[key], dict):
                 state = state[key]
     model = VGGish(final_relu=final_relu)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: not a torchvggish state dict (missing {missing[:3]}, unexpected "
-                              f"{unexpected[:3]}); use {VGGISH_FILE}")
+    load_state_dict_strict(model, state, f"{path}: not a torchvggish state dict", fix=f"use {VGGISH_FILE}")
     return model.eval()
 
 
@@ -260,29 +258,6 @@ class EncodecEmbedder(AudioEmbedder):
 def _clap_output(out: tp.Any) -> torch.Tensor:
     """transformers 5 may wrap projected features in a model output; unwrap to a tensor."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def load_clap(source: str):
-    """(ClapModel, ClapProcessor-like feature extractor, tokenizer or None) from a hub name or a local folder."""
-    try:
-        from transformers import AutoFeatureExtractor, AutoTokenizer, ClapFeatureExtractor, ClapModel
-    except ImportError as err:  # pragma: no cover - transformers is a core dependency
-        raise VmasError("transformers is not installed; pip install transformers") from err
-    try:
-        model = ClapModel.from_pretrained(source).eval()
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"CLAP model '{source}' is not available offline; run `huggingface-cli download "
-                              f"{source}` on a machine with internet or pass a local folder") from err
-    try:
-        fe = AutoFeatureExtractor.from_pretrained(source)
-    except (OSError, ValueError):
-        # a folder with only model weights: the feature extractor's defaults are CLAP's (48 kHz, 64 mels)
-        fe = ClapFeatureExtractor(feature_size=model.config.audio_config.num_mel_bins)
-    try:
-        tok = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        tok = None
-    return model, fe, tok
 
 
 class ClapAudioEmbedder(AudioEmbedder):

