@@ -213,13 +213,11 @@ def convert_state_dict(state: tp.Mapping[str, torch.Tensor], source: str,
 
 
 def _load_mapped(codec: Codec, state: tp.Mapping[str, torch.Tensor], source: str, where: str) -> Codec:
+    from vmas.loading import load_state_dict_strict
+
     mapped = convert_state_dict(state, source, codec.state_dict().keys())
-    missing, unexpected = codec.load_state_dict(mapped, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{where}: codec weights do not fit the architecture in its own config "
-                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
-                              f"the file is corrupt or not an EnCodec checkpoint")
-    return codec.eval()
+    return load_state_dict_strict(codec, mapped, f"{where}: codec weights do not fit the architecture in its own "
+                                  "config", fix="the file is corrupt or not an EnCodec checkpoint").eval()
 
 
 # --------------------------------------------------------------------------------------------- HF transformers
@@ -243,13 +241,11 @@ def load_hf_codec(name_or_folder: str) -> Codec:
     """transformers ``EncodecModel`` (hub name in the local cache, or a folder) -> :class:`Codec`."""
     from transformers import EncodecModel
 
-    try:
-        hf = EncodecModel.from_pretrained(name_or_folder)
-    except OSError as err:
-        raise CheckpointError(
-            f"codec '{name_or_folder}' not found locally and the hub is offline ({str(err).splitlines()[0][:80]}): "
-            f"download it with `huggingface-cli download {name_or_folder}` (or save_pretrained to a folder) and set "
-            f"model.codec.pretrained to it") from None
+    from vmas.loading import hf_pretrained
+
+    hf = hf_pretrained(EncodecModel, name_or_folder, "codec",
+                       fix=f"download it with `huggingface-cli download {name_or_folder}` (or save_pretrained to a "
+                           "folder) and set model.codec.pretrained to it")
     codec = Codec(**hf_config_to_kwargs(hf.config))
     return _load_mapped(codec, hf.state_dict(), "hf", name_or_folder)
 
@@ -319,20 +315,17 @@ def load_codec(path: tp.Union[str, os.PathLike]) -> Codec:
 
 
 def _load_own(pkg: tp.Mapping[str, tp.Any], where: str) -> Codec:
+    from vmas.loading import load_state_dict_strict
+
     codec = Codec(**pkg["kwargs"])
-    missing, unexpected = codec.load_state_dict(pkg["state_dict"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{where}: codec weights do not match their saved kwargs (missing {sorted(missing)[:3]}, "
-                              f"unexpected {sorted(unexpected)[:3]})")
-    return codec.eval()
+    return load_state_dict_strict(codec, pkg["state_dict"], f"{where}: codec weights do not match their saved "
+                                  "kwargs").eval()
 
 
 def _torch_load(path: Path) -> tp.Dict[str, tp.Any]:
-    try:
-        pkg = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise CheckpointError(f"{path}: cannot read codec checkpoint ({type(err).__name__}): re-download or "
-                              f"re-export it") from None
+    from vmas.loading import torch_load
+
+    pkg = torch_load(path, "codec checkpoint")
     if not isinstance(pkg, dict):
         raise CheckpointError(f"{path}: codec checkpoint must be a dict, got {type(pkg).__name__}")
     return pkg

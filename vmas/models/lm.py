@@ -17,9 +17,7 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
 import re
-import types
 import typing as tp
 from pathlib import Path
 
@@ -407,35 +405,11 @@ def musicgen_to_vmas_state_dict(state: tp.Mapping[str, torch.Tensor]) -> tp.Tupl
     return out, dropped
 
 
-class _Placeholder:
-    """Stands in for classes we do not have installed (audiocraft pickles an omegaconf config next to the weights)."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-class _LenientUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return _Placeholder
-
-
-_lenient_pickle = types.SimpleNamespace(Unpickler=_LenientUnpickler, load=pickle.load, __name__="vmas_lenient")
-
-
 def _torch_load(path: Path) -> tp.Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - audiocraft's file holds an omegaconf config: retry without the safe loader
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_lenient_pickle)
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+    """audiocraft's file holds an omegaconf config beside the weights: read leniently (:func:`vmas.loading.torch_load`)."""
+    from vmas.loading import torch_load
+
+    return torch_load(path, "torch checkpoint", lenient=True)
 
 
 def _load_file(path: Path) -> tp.Dict[str, torch.Tensor]:

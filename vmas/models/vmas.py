@@ -293,14 +293,9 @@ def load_pretrained(path: tp.Union[str, Path, None], device: str = "cpu", config
         if ckpt.get("codec") is not None:
             codec.load_state_dict(ckpt["codec"])
         model = build_model(cfg, codec=codec, load_weights=False)
-        try:
-            missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-        except RuntimeError as err:  # shape mismatches
-            first = [line.strip() for line in str(err).splitlines() if "size mismatch" in line][:1]
-            raise CheckpointError(f"{path}: weights do not fit the config ({first[0] if first else err})") from None
-        if unexpected or missing:
-            raise CheckpointError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected "
-                                  f"{unexpected[:3]})")
+        from vmas.loading import load_state_dict_strict
+
+        load_state_dict_strict(model, ckpt["model"], f"{path}: weights do not fit the config")
         note = ckpt.get("meta", {}).get("note", "")
     model.to(device).eval()
     codec.to(device).eval()
