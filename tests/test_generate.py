@@ -172,7 +172,7 @@ def test_tempo_becomes_a_beat_grid_continued_across_windows(tmp_path):
     assert all(beat is None for beat, _ in calls)  # no tempo asked: no grid
     assert fast.wav.read_bytes() != plain.wav.read_bytes()
     calls.clear()  # --beat-from-video: the requested tempo keeps its period, the picture's motion peaks give the phase
-    from vmas.modules.rhythm import video_grid
+    from vmas.beat_grids import video_grid
 
     generate_for_video(src, p, tmp_path / "bfv", top_k=16, seed=3, tempo=96, beat_from_video=True)
     want = video_grid(src, 4.0, 50.0, bpm=96.0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from vmas import beat_grids
 from vmas.modules import rhythm
 from vmas.modules.conditioning import ConditionFuser
 from vmas.modules.patterns import DelayPattern
@@ -58,14 +59,14 @@ def test_beat_features_by_hand():
 
 def test_grids_from_tags_and_onsets():
     on = torch.from_numpy(np.stack([_onsets(250, 30.0, 7, offbeats=(2,)), _onsets(250, 25.0, 4), np.zeros(250, bool)]))
-    grids = rhythm.clip_grids(on, [["piano", "100 BPM"], ["calm"], ["120 BPM"]], 50.0)
+    grids = beat_grids.clip_grids(on, [["piano", "100 BPM"], ["calm"], ["120 BPM"]], 50.0)
     torch.testing.assert_close(grids[0], torch.tensor([30.0, 7.0]))  # tempo from the tag, phase from the onsets
     torch.testing.assert_close(grids[1], torch.tensor([25.0, 4.0]))  # no tag: tempo from the onsets
     assert torch.isnan(grids[2]).all()  # no onsets: no grid
-    req = rhythm.request_grids([["piano", "96 bpm"], ["calm"]], 50.0)
+    req = beat_grids.request_grids([["piano", "96 bpm"], ["calm"]], 50.0)
     torch.testing.assert_close(req[0], torch.tensor([31.25, rhythm.FIRST_BEAT_S * 50.0]))
     assert torch.isnan(req[1]).all()
-    assert rhythm.request_grids([["calm"], []], 50.0) is None
+    assert beat_grids.request_grids([["calm"], []], 50.0) is None
 
 
 def test_fuser_beat_path_drop_equals_none_and_adds_to_video():
@@ -178,7 +179,7 @@ def test_video_grid_finds_the_beat_of_a_synthmv_clip(tmp_path):
     for seed, cls in ((3, 1), (5, 2)):
         clip = generate_clip(seed, cls, 5.0, 64, out_path=tmp_path / f"c{seed}.mp4")
         lab = clip.labels
-        period, first = rhythm.video_grid(tmp_path / f"c{seed}.mp4", 5.0, 50.0)
+        period, first = beat_grids.video_grid(tmp_path / f"c{seed}.mp4", 5.0, 50.0)
         bpm = 60 * 50.0 / period
         assert abs(bpm - lab["tempo_bpm"]) <= 0.015 * lab["tempo_bpm"], (bpm, lab["tempo_bpm"])
         true_period = 60 * 50.0 / lab["tempo_bpm"]

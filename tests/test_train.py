@@ -417,9 +417,9 @@ def test_solver_feeds_beat_grids_and_scores_their_gain(tmp_path, monkeypatch):
     """With model.lm.beat_condition the solver fits each clip's grid (clip_grids) and passes it to the model;
     evaluate() reports ce_no_beat (the same batch without grids) and beat_gain = ce_no_beat - ce."""
     import vmas.data.loader as loader_mod
+    from vmas.beat_grids import clip_grids
     from vmas.data.loader import collate
     from vmas.losses import beat_weighted_ce
-    from vmas.modules.rhythm import clip_grids
 
     cfg = debug_cfg(tmp_path, "data.val_shards=val-*.tar", "model.lm.beat_condition=true")
     solver = Solver(cfg)

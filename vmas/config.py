@@ -334,7 +334,7 @@ class GenerationConfig:
     drop the tags: guidance amplifies only what the tags change) or ``both`` (the two together; ``VMAS.generate``)."""
     beat_from_video: bool = False
     """Models with ``model.lm.beat_condition``: fit the beat grid to the picture's motion peaks
-    (``rhythm.video_grid``), so the music's beats land on visual events; a requested tempo keeps its tempo and takes
+    (``beat_grids.video_grid``), so the music's beats land on visual events; a requested tempo keeps its tempo and takes
     its phase from the picture. False = a grid only when a tempo is requested."""
     tag_cfg: float = 0.0
     """Guidance scale of the tags-only branch (``guide`` tags / both): how hard the user's tags are pushed against

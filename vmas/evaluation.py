@@ -506,8 +506,8 @@ def generate_windows(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float
     ``tags`` / ``negative`` are per-clip tag lists (None = video only: the tag slots hold the learned null token);
     ``onsets`` [N, frames]: the onset oracle's input. Beat grids are built as ``vmas generate`` builds them.
     """
+    from vmas.beat_grids import request_grids, tags_bpm, video_grids
     from vmas.data import media
-    from vmas.modules.rhythm import request_grids, tags_bpm, video_grids
 
     c = pipe.config
     frames_per_clip = round(c.data.clip_seconds * pipe.codec.frame_rate)

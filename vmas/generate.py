@@ -208,7 +208,7 @@ def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress
             neg_emb, neg_mask = _tag_tensors(pipe, [neg] * len(chunk))
     beat = None
     if cfg.model.lm.beat_condition:  # a requested tempo ("N BPM" tag / --tempo) or the picture gives a beat grid
-        from vmas.modules import rhythm
+        from vmas import beat_grids as rhythm
 
         if req.beat_from_video:
             beat = rhythm.video_grids([job.video for job in chunk], [job.seconds for job in chunk], fr,

@@ -142,7 +142,7 @@ class VMAS(nn.Module):
         Condition dropout is drawn in training; ``drop_video`` / ``drop_tags`` / ``drop_beat`` ([B] bool) force it
         instead (the validation pass scores the null and single-condition branches this way). ``video_tokens``
         [B,Tv,C] skips the encoder (reuse one encoding for several branches). ``beat`` [B, 2]: beat grids of the
-        clips' music (:func:`vmas.modules.rhythm.clip_grids`), used when the model has the beat condition.
+        clips' music (:func:`vmas.beat_grids.clip_grids`), used when the model has the beat condition.
         ``onsets`` [B, T] float: the music's onset frames, used only by the diagnostic onset oracle.
         ``motion`` [B, F-1]: the clips' motion curves (motion condition); None computes them from ``frames``.
         """
@@ -193,7 +193,7 @@ class VMAS(nn.Module):
         it; ``tag_cfg`` (0 = ``cfg``) also replaces ``cfg`` for ``guide="tags"``. Without any tags ``guide`` makes
         no difference.
 
-        ``beat`` [B, 2] (NaN rows = none): requested beat grids (:func:`vmas.modules.rhythm.request_grids`), in
+        ``beat`` [B, 2] (NaN rows = none): requested beat grids (:func:`vmas.beat_grids.request_grids`), in
         frames of the whole video; ``beat_start`` is this window's first frame in those frames. The grid is part of
         the user's request like the tags: only the conditional branch carries it, so CFG amplifies it too.
         """

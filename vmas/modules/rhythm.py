@@ -14,9 +14,12 @@ is also what the CFG branches and dropped training clips see.
 
 - Training: ``period`` comes from the clip's ``"N BPM"`` tag (else it is estimated from the music onsets) and
   ``first`` is fitted to the music onsets (:func:`fit_first_beat`), so the grid describes the clip's own music.
-- Inference: ``period`` from the user's tempo, ``first`` at :data:`FIRST_BEAT_S` (:func:`request_grids`); or, with
-  ``generation.beat_from_video``, both fitted to the picture's motion peaks (:func:`video_grid`; a requested tempo
-  keeps its period).
+- Inference: ``period`` from the user's tempo, ``first`` at :data:`FIRST_BEAT_S`; or, with
+  ``generation.beat_from_video``, both fitted to the picture's motion peaks (a requested tempo keeps its period).
+
+This file holds the grid math on plain arrays; turning tags, music onsets and videos into grids
+(:func:`vmas.beat_grids.clip_grids`, :func:`~vmas.beat_grids.request_grids`, :func:`~vmas.beat_grids.video_grids`)
+lives above the modules in :mod:`vmas.beat_grids`, because it parses tags and decodes video.
 """
 from __future__ import annotations
 
@@ -93,17 +96,6 @@ def estimate_period(onsets: np.ndarray, frame_rate: float,
     return float(lags[np.argmax(ac[lags])])
 
 
-def tags_bpm(tags: tp.Iterable[str]) -> tp.Optional[float]:
-    """The tempo of the first ``"N BPM"`` tag in a tag list (None if there is none)."""
-    from vmas.tags.cleaner import parse_bpm
-
-    for tag in tags:
-        bpm = parse_bpm(tag)
-        if bpm is not None:
-            return bpm
-    return None
-
-
 def fit_grid(onsets: np.ndarray, frame_rate: float, bpm: tp.Optional[float] = None,
              refine: float = 0.04) -> tp.Optional[tp.Tuple[float, float]]:
     """(period, first) of the grid that best explains an onset mask [T]; None when there are too few onsets.
@@ -123,55 +115,3 @@ def fit_grid(onsets: np.ndarray, frame_rate: float, bpm: tp.Optional[float] = No
         first, score = _best_offset(frames, p)
         best = max(best, (score, p, first))
     return float(best[1]), float(best[2])
-
-
-def clip_grids(onsets: torch.Tensor, tag_lists: tp.Sequence[tp.Sequence[str]], frame_rate: float) -> torch.Tensor:
-    """Training grids: onsets bool [B, T] (music onsets on the code grid) + each clip's tags -> beat [B, 2]
-    (NaN where neither a tempo tag nor enough onsets give a tempo)."""
-    out = torch.full((onsets.shape[0], 2), float("nan"))
-    for b, tags in enumerate(tag_lists):
-        grid = fit_grid(onsets[b].bool().cpu().numpy(), frame_rate, tags_bpm(tags))
-        if grid is not None:
-            out[b] = torch.tensor(grid)
-    return out
-
-
-def video_grid(video: tp.Any, seconds: float, frame_rate: float, bpm: tp.Optional[float] = None,
-               fps: float = 25.0, size: int = 64) -> tp.Optional[tp.Tuple[float, float]]:
-    """A grid read from the picture: motion peaks (Farneback flow at ``fps``, :func:`vmas.alignment.video_beats`)
-    on the code grid, then :func:`fit_grid` (tempo from ``bpm`` if the user asked for one, else from the peaks).
-
-    Why: the LM follows a grid far better than it reads timing from the video tokens (48 tokens per 10 s cannot
-    place a note within 20 ms), so a grid fitted to the visual events puts the music's beats on the picture's.
-    Assumes one tempo for the whole video. None for a video without clear motion peaks.
-    """
-    from vmas.alignment import video_beats, video_motion
-    from vmas.data import media
-
-    frames, _, _ = media.read_video_frames(video, fps=fps, size=size, start=0.0, duration=seconds)
-    if frames.shape[0] < 3:
-        return None
-    num_frames = max(1, round(seconds * frame_rate))
-    peaks = video_beats(video_motion(frames, flow="farneback"), num_frames=num_frames, fps=fps, frame_rate=frame_rate)
-    return fit_grid(peaks.numpy(), frame_rate, bpm)
-
-
-def video_grids(videos: tp.Sequence[tp.Any], seconds: tp.Union[float, tp.Sequence[float]], frame_rate: float,
-                bpms: tp.Optional[tp.Sequence[tp.Optional[float]]] = None) -> torch.Tensor:
-    """:func:`video_grid` for a batch -> beat [B, 2] (NaN rows where a video has no clear motion peaks)."""
-    n = len(videos)
-    secs = [seconds] * n if isinstance(seconds, (int, float)) else list(seconds)
-    bpms = list(bpms) if bpms is not None else [None] * n
-    grids = [video_grid(v, s, frame_rate, b) for v, s, b in zip(videos, secs, bpms)]
-    return torch.tensor([g if g is not None else (float("nan"), float("nan")) for g in grids])
-
-
-def request_grids(tag_lists: tp.Sequence[tp.Sequence[str]], frame_rate: float,
-                  first_beat_s: float = FIRST_BEAT_S) -> tp.Optional[torch.Tensor]:
-    """Inference grids from requested tags: beat [B, 2] with a grid for each list holding an ``"N BPM"`` tag, NaN
-    rows for the others; None when no list asks for a tempo."""
-    bpms = [tags_bpm(tags) for tags in tag_lists]
-    if all(b is None for b in bpms):
-        return None
-    return torch.tensor([[60.0 * frame_rate / b, first_beat_s * frame_rate] if b else [float("nan")] * 2
-                         for b in bpms])

@@ -10,8 +10,8 @@ import typing as tp
 import torch
 
 from vmas.alignment import beat_weights, video_beats
+from vmas.beat_grids import clip_grids
 from vmas.config import DataConfig, LossConfig
-from vmas.modules.rhythm import clip_grids
 
 
 def split_tags(text: str, max_tags: int) -> tp.List[str]:
