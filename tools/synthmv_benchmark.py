@@ -84,6 +84,8 @@ def train_variants(config: str, out_root: Path, steps: int, runs: tp.Sequence[tp
     while todo or running:
         while todo and len(running) < max(1, jobs):
             name, seed = todo.pop(0)
+            if paths[(name, seed)].exists():  # finished meanwhile (e.g. by a second benchmark on the same root)
+                continue
             out = run_dir(out_root, name, seed)
             cmd = [sys.executable, str(ROOT / "tools" / "train.py"), config, f"train.out_dir={out}",
                    f"optim.max_steps={steps}", f"train.seed={seed}", *VARIANTS[name], *extra]
