@@ -6,6 +6,7 @@ let the test check alignment numerically after the whole pipeline: the flash fra
 code frame times (t / 50) of every loaded clip must agree with each other and with the generated event times.
 """
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -414,7 +415,9 @@ def test_damaged_shard_keeps_earlier_samples(cfg, sharded, tmp_path):
 
 def test_real_codec_and_alignment_factories(cfg, curated):
     rows = _rows(curated[0] / "manifest.jsonl")[:1]
-    encoder_factory, _ = shards.default_factories(cfg)
+    from vmas.builders import build_codec
+
+    encoder_factory, _ = shards.default_factories(cfg.data, cfg.loss, functools.partial(build_codec, cfg.model.codec))
     torch.manual_seed(0)
     encode = encoder_factory()
     sample = shards.make_sample(rows[0], cfg.data, encode, farneback_align(cfg))

@@ -13,10 +13,12 @@ and beat weights from ``loss`` (``motion_flow``, ``beat_window``, ``beat_delta``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
 
+from vmas.builders import build_codec
 from vmas.config import load_config
 from vmas.data import shards
 from vmas.errors import VmasError
@@ -36,7 +38,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
-        enc, align = shards.default_factories(cfg, args.device)
+        make_codec = functools.partial(build_codec, cfg.model.codec)  # picklable: built once per worker
+        enc, align = shards.default_factories(cfg.data, cfg.loss, make_codec, args.device)
         progress = lambda r: logging.info("%s: %d clips, %.1f MB, %.1f s", r["shard"], r["num_clips"],  # noqa: E731
                                           r["bytes"] / 1e6, r["seconds"])
         summary = shards.write_shards(args.manifest, args.out, cfg.data, enc, align,

@@ -44,7 +44,7 @@ import torch
 from vmas.errors import DataError
 
 if tp.TYPE_CHECKING:
-    from vmas.config import CodecConfig, DataConfig, LossConfig
+    from vmas.config import DataConfig, LossConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,11 @@ def load_npy(data: bytes) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- default factories
-def codec_encoder(codec_cfg: "CodecConfig", device: str = "cpu") -> EncodeFn:
-    """EncodeFn from ``model.codec`` (pretrained weights when configured). Used as ``partial(codec_encoder, cfg)``."""
-    from vmas.builders import build_codec
-
-    if not codec_cfg.pretrained:  # random codec (tests, smoke runs): same weights in every worker and every re-run
-        torch.manual_seed(0)
-    codec = build_codec(codec_cfg).to(device)
+def codec_encoder(make_codec: tp.Callable[[], torch.nn.Module], device: str = "cpu") -> EncodeFn:
+    """EncodeFn over the codec that ``make_codec()`` builds (picklable, e.g. ``partial(vmas.builders.build_codec,
+    cfg.model.codec)``: shards receive the codec's builder, they never read the model config themselves)."""
+    torch.manual_seed(0)  # a random codec (tests, smoke runs): same weights in every worker and every re-run
+    codec = make_codec().to(device)
 
     def encode(wav: torch.Tensor) -> torch.Tensor:
         return codec.encode(wav.to(device)).cpu()  # [B, K, T]
@@ -150,12 +148,14 @@ def alignment_fn(loss_cfg: "LossConfig", sample_rate: int, fps: float, frame_rat
     return align
 
 
-def default_factories(cfg: tp.Any, device: str = "cpu") -> tp.Tuple[EncoderFactory, AlignFactory]:
-    """Picklable (encoder, align) factories from a full :class:`vmas.config.Config`."""
-    d = cfg.data
+def default_factories(data_cfg: "DataConfig", loss_cfg: "LossConfig", make_codec: tp.Callable[[], torch.nn.Module],
+                      device: str = "cpu") -> tp.Tuple[EncoderFactory, AlignFactory]:
+    """Picklable (encoder, align) factories: the codec from ``make_codec`` (see :func:`codec_encoder`), the
+    alignment signals from ``loss_cfg`` on ``data_cfg``'s clip grid."""
+    d = data_cfg
     ta = round(d.clip_seconds * d.frame_rate)
-    return (functools.partial(codec_encoder, cfg.model.codec, device),
-            functools.partial(alignment_fn, cfg.loss, d.sample_rate, d.fps, float(d.frame_rate), ta, device))
+    return (functools.partial(codec_encoder, make_codec, device),
+            functools.partial(alignment_fn, loss_cfg, d.sample_rate, d.fps, float(d.frame_rate), ta, device))
 
 
 # ------------------------------------------------------------------------------------------------ one clip
