@@ -231,6 +231,8 @@ def main(argv=None) -> int:
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--rescore", action="store_true", help="ignore cached scores of finished models")
     p.add_argument("--train-only", action="store_true", help="train the missing runs, then stop")
+    p.add_argument("--no-train", action="store_true",
+                   help="score finished runs only (e.g. while others still train); error if one is missing")
     p.add_argument("--beat-from-video", action="store_true",
                    help="models with a beat condition: generate with the grid fitted to each video's motion peaks")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -245,6 +247,11 @@ def main(argv=None) -> int:
         p.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
     seeds = [int(x) for x in args.train_seeds.split(",") if x != ""]
     t0 = time.time()
+    if args.no_train:
+        missing = [str(run_dir(out_root, n, s)) for n in names for s in seeds
+                   if not (run_dir(out_root, n, s) / "model.pt").exists()]
+        if missing:
+            raise SystemExit(f"--no-train: no model.pt in {', '.join(missing)}; train them first")
     paths = train_variants(args.config, out_root, args.steps, [(n, s) for n in names for s in seeds], args.retrain,
                            args.overrides, args.jobs)
     train_s = time.time() - t0
