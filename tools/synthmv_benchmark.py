@@ -172,9 +172,10 @@ def score_model(path: Path, clips: tp.Sequence[dict], args, classifier_cache: di
 
     key = json.dumps({"clips": [c["id"] for c in clips], "videos": [c["video"] for c in clips], "seed": args.seed,
                       "sample_seeds": args.sample_seeds, "cfg": args.cfg, "top_k": args.top_k,
-                      "beat_from_video": args.beat_from_video}, sort_keys=True)
+                      "beat_from_video": args.beat_from_video,
+                      "model_sha1": hashlib.sha1(path.read_bytes()).hexdigest()}, sort_keys=True)
     cache = path.parent / f"scores_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
-    if cache.exists() and not args.rescore and cache.stat().st_mtime >= path.stat().st_mtime:
+    if cache.exists() and not args.rescore:  # the key holds the model's bytes: a retrained model is rescored
         return json.loads(cache.read_text())
     pipe = load_model(path)
     if "judge" not in classifier_cache:  # every model shares the codec of the config
