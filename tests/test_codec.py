@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
+from vmas.builders import build_codec
 from vmas.config import CodecConfig, load_config
 from vmas.errors import CheckpointError, ConfigError
-from vmas.models.codec import Codec, build_codec, convert_state_dict, load_codec, save_codec
+from vmas.models.codec import Codec, convert_state_dict, load_codec, save_codec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ from vmas.cli import main
 from vmas.config import load_config
 from vmas.data.media import audio_duration, probe_video
 from vmas.generate import GenerationRequest, _window_plan, generate_for_video, generate_for_videos
-from vmas.models.vmas import load_pretrained
+from vmas.hub import load_pretrained
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 FRAME = 1 / 50  # one audio (codec) frame

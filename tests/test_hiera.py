@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from vmas.builders import build_encoder
 from vmas.config import EncoderConfig, load_config
 from vmas.errors import CheckpointError, ConfigError
 from vmas.models import hiera_utils as hu
@@ -16,7 +17,6 @@ from vmas.models.hiera import (
     PRESETS,
     VideoHiera,
     available_encoders,
-    build_from_config,
     checkpoint_filter_fn,
     hiera_base_16x224,
     hiera_debug,
@@ -129,13 +129,13 @@ def test_vmas_stage_shapes_on_meta():
 def test_presets_build_from_config(preset, tokens):
     cfg = load_config(f"configs/{preset}.yaml").model.encoder
     with torch.device("meta"):
-        model = build_from_config(cfg)
+        model = build_encoder(cfg, load_weights=False)
     assert model.out_shape() == tokens
     assert model.input_size == (cfg.num_frames, cfg.image_size, cfg.image_size)
 
 
 def test_tiny_preset_forward_gives_48_tokens():
-    model = build_from_config(load_config("configs/tiny.yaml").model.encoder).eval()
+    model = build_encoder(load_config("configs/tiny.yaml").model.encoder, load_weights=False).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 96, 64, 64))
     assert out.shape == (1, 48, 256)
@@ -145,7 +145,7 @@ def test_tiny_preset_forward_gives_48_tokens():
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="arch='hiera_huge'"):
-        build_from_config(EncoderConfig(arch="hiera_huge"))
+        build_encoder(EncoderConfig(arch="hiera_huge"))
     with pytest.raises(ConfigError, match="not divisible"):
         hiera_debug(image_size=40)
     with pytest.raises(ConfigError, match=r"built for \(24, 32, 32\)"):
@@ -156,7 +156,7 @@ def test_config_errors():
 def test_arch_geometry_mismatch_is_logged(caplog):
     cfg = EncoderConfig(arch="hiera_base_16x224")  # stock name, VMAs default geometry
     with caplog.at_level(logging.WARNING), torch.device("meta"):
-        build_from_config(cfg)
+        build_encoder(cfg, load_weights=False)
     assert "num_frames, q_strides, mask_unit_size differ" in caplog.text
 
 

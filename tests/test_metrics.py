@@ -379,8 +379,8 @@ def test_retrieval_embeddings_from_a_model(tmp_path):
 
     from vmas.config import load_config
     from vmas.data import media
+    from vmas.hub import load_pretrained
     from vmas.metrics.retrieval import model_retrieval_embeddings
-    from vmas.models.vmas import load_pretrained
 
     pipe = load_pretrained(None, config=load_config("configs/debug.yaml"))  # random weights: plumbing + numbers
     rng = np.random.default_rng(0)
@@ -423,7 +423,7 @@ def test_benchmark_with_the_real_generator_adapter(tmp_path):
 
     from vmas.config import load_config
     from vmas.evaluation import evaluate, run_generation, vmas_generator
-    from vmas.models.vmas import load_pretrained
+    from vmas.hub import load_pretrained
 
     rng = np.random.default_rng(0)
     writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (48, 48))

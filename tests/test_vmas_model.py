@@ -7,7 +7,7 @@ import torch
 from vmas.builders import build_codec, build_model
 from vmas.config import config_to_dict, load_config
 from vmas.errors import CheckpointError
-from vmas.models.vmas import load_pretrained
+from vmas.hub import load_pretrained
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

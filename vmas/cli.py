@@ -73,7 +73,7 @@ def _auto_tagger(pipe, args) -> tp.Optional[tp.Callable]:
     from vmas.tags.autotag import build_auto_tagger
 
     try:
-        return build_auto_tagger(pipe.config.model.tags.captioner, pipe.config.model.tags.llm, device=pipe.device)
+        return build_auto_tagger(pipe.spec.captioner, pipe.spec.llm, device=pipe.device)
     except VmasError as err:
         if not args.tags:
             raise

@@ -21,11 +21,12 @@ import torchaudio
 from torch import nn
 
 from vmas.alignment import onset_times
+from vmas.builders import codec_kwargs
 from vmas.config import Config, config_to_dict
 from vmas.data import media
 from vmas.errors import DataError
 from vmas.metrics.onsets import onset_f1
-from vmas.models.codec import Codec, codec_kwargs, save_codec
+from vmas.models.codec import Codec, save_codec
 from vmas.utils import seed_everything
 
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".mp4", ".m4a", ".mkv", ".webm")

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from vmas.errors import ConfigError
+from vmas.sampling import SamplingParams
 
 
 # --------------------------------------------------------------------------------------------------- sections
@@ -320,25 +321,21 @@ class TrainConfig:
 
 
 @dataclass
-class GenerationConfig:
-    """Sampling defaults (MusicGen, SPEC §4)."""
+class GenerationConfig(SamplingParams):
+    """Generation defaults of a model (MusicGen, SPEC §4). The sampling fields (``cfg``, ``top_k``, ``top_p``,
+    ``temperature``, ``guide``, ``tag_cfg``) are those of :class:`vmas.sampling.SamplingParams`, inherited so that
+    the YAML keys, the request's overrides and ``VMAS.generate`` share one list."""
 
-    cfg: float = 3.0
-    top_k: int = 250
-    top_p: float = 0.0
-    temperature: float = 1.0
     duration: float = 10.0
     seed: int = 0
-    guide: str = "all"
-    """CFG branch when the user gives tags: ``all`` (null video + null tags, SPEC §4), ``tags`` (keep the video,
-    drop the tags: guidance amplifies only what the tags change) or ``both`` (the two together; ``VMAS.generate``)."""
     beat_from_video: bool = False
     """Models with ``model.lm.beat_condition``: fit the beat grid to the picture's motion peaks
     (``beat_grids.video_grid``), so the music's beats land on visual events; a requested tempo keeps its tempo and takes
     its phase from the picture. False = a grid only when a tempo is requested."""
-    tag_cfg: float = 0.0
-    """Guidance scale of the tags-only branch (``guide`` tags / both): how hard the user's tags are pushed against
-    the picture. 0 = the same as ``cfg``."""
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams.of(self)
 
 
 @dataclass

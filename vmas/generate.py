@@ -18,7 +18,11 @@ from tqdm import tqdm
 
 from vmas.data import media
 from vmas.errors import MediaError, VmasError
+from vmas.sampling import SamplingParams
 from vmas.tags.cleaner import merge_tags
+
+if tp.TYPE_CHECKING:
+    from vmas.pipeline import GenerationSpec, VMASPipeline
 
 
 @dataclasses.dataclass
@@ -31,8 +35,9 @@ class GenerationRequest:
     tempo: tp.Optional[float] = None
     negative: tp.Sequence[str] = ()
     auto_tags: bool = False
+    # Sampling controls: the fields of :class:`vmas.sampling.SamplingParams`, optional here; None = the model's
+    # own ``generation`` config (see :meth:`resolved`; tests/test_generate.py checks the two lists agree).
     cfg: tp.Optional[float] = None
-    """Sampling controls; None = the model's own ``generation`` config (see :meth:`resolved`)."""
     top_k: tp.Optional[int] = None
     top_p: tp.Optional[float] = None
     temperature: tp.Optional[float] = None
@@ -48,11 +53,20 @@ class GenerationRequest:
     stride: tp.Optional[float] = None
     """Seconds of new music per continuation window (default: half a window)."""
 
-    def resolved(self, gen_cfg: tp.Any) -> "GenerationRequest":
-        """A copy with every unset sampling control taken from the model's ``generation`` config (a 256-entry
-        SynthMV codebook wants top-k 50, MusicGen's 2048 entries 250)."""
-        keys = ("cfg", "top_k", "top_p", "temperature", "guide", "tag_cfg", "beat_from_video")
-        return dataclasses.replace(self, **{k: getattr(gen_cfg, k) for k in keys if getattr(self, k) is None})
+    def resolved(self, defaults: tp.Any) -> "GenerationRequest":
+        """A copy with every unset sampling control (and ``beat_from_video``) taken from the model's defaults: a
+        :class:`vmas.pipeline.GenerationSpec` or a ``generation`` config (a 256-entry SynthMV codebook wants
+        top-k 50, MusicGen's 2048 entries 250)."""
+        sampling = defaults.sampling
+        given = {k: getattr(sampling, k) for k in SamplingParams.names() if getattr(self, k) is None}
+        if self.beat_from_video is None:
+            given["beat_from_video"] = defaults.beat_from_video
+        return dataclasses.replace(self, **given)
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The sampling controls of a :meth:`resolved` request."""
+        return SamplingParams.of(self)
 
 
 @dataclasses.dataclass
@@ -88,7 +102,7 @@ def _window_plan(total: int, window: int, stride: int) -> tp.List[tp.Tuple[int, 
     return plan
 
 
-def _tag_tensors(pipe, tag_lists: tp.Sequence[tp.Sequence[str]]):
+def _tag_tensors(pipe: "VMASPipeline", tag_lists: tp.Sequence[tp.Sequence[str]]):
     enc = pipe.get_text_encoder()
     if enc is None:
         return None, None
@@ -96,7 +110,7 @@ def _tag_tensors(pipe, tag_lists: tp.Sequence[tp.Sequence[str]]):
     return emb.to(pipe.device), mask.to(pipe.device)
 
 
-def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe, out_dir: tp.Union[str, Path],
+def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPipeline", out_dir: tp.Union[str, Path],
                         request: tp.Optional[GenerationRequest] = None, batch_size: int = 1,
                         auto_tagger: tp.Optional[tp.Callable] = None, progress: bool = True,
                         on_error: tp.Optional[tp.Callable[[Path, Exception], None]] = None) -> tp.List[GenerationResult]:
@@ -105,12 +119,10 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe, out_dir:
     Each file runs inside its own error boundary: a :class:`VmasError` for one file is passed to ``on_error``
     (default: re-raise) and the others still finish.
     """
-    req = (request or GenerationRequest()).resolved(pipe.config.generation)
+    req = (request or GenerationRequest()).resolved(pipe.spec)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = pipe.config
-    has_tags = cfg.model.tags.enabled
-    if not has_tags and (req.tags or req.instruments or req.genres or req.tempo or req.negative or req.auto_tags):
+    if not pipe.spec.tags and (req.tags or req.instruments or req.genres or req.tempo or req.negative or req.auto_tags):
         raise VmasError("this model has no tag branch (model.tags.enabled is false): drop --tags/--instruments/"
                         "--genres/--tempo/--negative/--auto-tags, or use a model trained with tags")
     results: tp.List[GenerationResult] = []
@@ -164,14 +176,14 @@ def generate_for_video(video: tp.Union[str, Path], model: tp.Any = None, out_dir
 
 
 # ------------------------------------------------------------------------------------------------------ internals
-def _prepare(video: Path, pipe, req: GenerationRequest, auto_tagger) -> _Job:
+def _prepare(video: Path, pipe: "VMASPipeline", req: GenerationRequest, auto_tagger) -> _Job:
     info = media.probe_video(video)
     if not info.duration or info.duration <= 0 or not info.num_frames:
         raise MediaError(f"{video}: video has no frames; pass a video with a readable video stream")
     seconds = info.duration if req.duration is None else min(info.duration, req.duration)
     fr = pipe.codec.frame_rate
     tags: tp.List[str] = []
-    if pipe.config.model.tags.enabled:
+    if pipe.spec.tags:
         auto: tp.List[str] = []
         if req.auto_tags:
             if auto_tagger is None:
@@ -182,24 +194,24 @@ def _prepare(video: Path, pipe, req: GenerationRequest, auto_tagger) -> _Job:
                 frames, _, _ = media.read_video_frames(video, fps=1.0, size=224, start=0.0, duration=min(10.0, seconds))
                 auto = auto_tagger(frames)
         tags = merge_tags(auto, req.tags, req.instruments, req.genres, req.tempo, req.negative,
-                          max_tags=pipe.config.model.tags.max_tags)
+                          max_tags=pipe.spec.max_tags)
     return _Job(video=video, info=info, seconds=seconds, num_frames=max(1, math.ceil(seconds * fr)), tags=tags)
 
 
-def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress: bool) -> int:
+def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationRequest, progress: bool) -> int:
     """Generate codes for a batch of videos window by window; returns the number of windows."""
-    cfg = pipe.config
+    spec: GenerationSpec = pipe.spec
     fr = pipe.codec.frame_rate
-    window = round(cfg.data.clip_seconds * fr)
-    stride = round((req.stride or cfg.data.clip_seconds / 2) * fr)
+    window = round(spec.window_seconds * fr)
+    stride = round((req.stride or spec.window_seconds / 2) * fr)
     if not 0 < stride <= window:
-        raise VmasError(f"stride must be in (0, {cfg.data.clip_seconds}] seconds, got {req.stride}")
+        raise VmasError(f"stride must be in (0, {spec.window_seconds}] seconds, got {req.stride}")
     total = max(job.num_frames for job in chunk)
     plan = _window_plan(total, window, stride)
     device = pipe.device
 
     tag_emb = tag_mask = neg_emb = neg_mask = None
-    if cfg.model.tags.enabled:
+    if spec.tags:
         tag_emb, tag_mask = _tag_tensors(pipe, [job.tags for job in chunk])
         if req.negative:
             from vmas.tags.cleaner import clean_tags
@@ -207,7 +219,7 @@ def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress
             neg = clean_tags(list(req.negative))
             neg_emb, neg_mask = _tag_tensors(pipe, [neg] * len(chunk))
     beat = None
-    if cfg.model.lm.beat_condition:  # a requested tempo ("N BPM" tag / --tempo) or the picture gives a beat grid
+    if spec.beat_condition:  # a requested tempo ("N BPM" tag / --tempo) or the picture gives a beat grid
         from vmas import beat_grids as rhythm
 
         if req.beat_from_video:
@@ -220,14 +232,13 @@ def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress
     codes: tp.Optional[torch.Tensor] = None  # [B, K, T]
     for start, end in tqdm(plan, desc="windows", unit="win", disable=not progress or len(plan) == 1, leave=False):
         frames = torch.stack([
-            media.read_video_frames(job.video, fps=cfg.data.fps, size=cfg.data.image_size,
-                                    start=start / fr, duration=cfg.data.clip_seconds)[0]
+            media.read_video_frames(job.video, fps=spec.fps, size=spec.image_size,
+                                    start=start / fr, duration=spec.window_seconds)[0]
             for job in chunk]).to(device)  # [B, T, H, W, 3] uint8
         prompt = None if codes is None else codes[:, :, start:]
         out = pipe.model.generate(frames, num_frames=end - start, tag_emb=tag_emb, tag_mask=tag_mask,
-                                  neg_emb=neg_emb, neg_mask=neg_mask, cfg=req.cfg, top_k=req.top_k, top_p=req.top_p,
-                                  temperature=req.temperature, prompt=prompt, generator=gen,
-                                  guide=req.guide, tag_cfg=req.tag_cfg, beat=beat, beat_start=start)  # [B, K, end-start]
+                                  neg_emb=neg_emb, neg_mask=neg_mask, sampling=req.sampling, prompt=prompt,
+                                  generator=gen, beat=beat, beat_start=start)  # [B, K, end-start]
         new = out if codes is None else out[:, :, codes.shape[-1] - start:]
         codes = new if codes is None else torch.cat([codes, new], dim=-1)
     for b, job in enumerate(chunk):
@@ -235,7 +246,7 @@ def _generate_chunk(chunk: tp.List[_Job], pipe, req: GenerationRequest, progress
     return len(plan)
 
 
-def _write_outputs(job: _Job, pipe, out_dir: Path, windows: int) -> GenerationResult:
+def _write_outputs(job: _Job, pipe: "VMASPipeline", out_dir: Path, windows: int) -> GenerationResult:
     sr = pipe.codec.sample_rate
     with torch.no_grad():
         wav = pipe.codec.decode(job.codes[None].to(pipe.device))[0, 0].float().cpu()  # [N]

@@ -4,18 +4,25 @@ A name maps to a file shipped inside the package (``vmas/assets``), a file the u
 ``$VMAS_CACHE`` (default ``~/.cache/vmas``), or a random-weight debug model built from a preset (for tests and
 for ``make demo`` before a trained model exists; it says so when loaded). Anything else is treated as a path to an
 inference checkpoint written by ``tools/train.py --export`` (or a training checkpoint directory).
+
+Presets ship inside the package as ``vmas.presets`` (``setup.py`` maps the repository's ``configs/`` there), so a
+wheel installed outside the repository builds its preset models too. Layer: above builders (it builds through
+them), below generate / cli.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import typing as tp
 from pathlib import Path
 
-from vmas.errors import CheckpointError
+from vmas.errors import CheckpointError, ConfigError
+
+if tp.TYPE_CHECKING:
+    from vmas.pipeline import VMASPipeline
 
 ASSETS = Path(__file__).parent / "assets"
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +93,75 @@ def resolve(name_or_path: tp.Union[str, os.PathLike]) -> tp.Tuple[tp.Optional[Pa
         f"unknown model '{key}': not a registered name ({', '.join(available_models())}) and no such file")
 
 
-def load_model(name_or_path: tp.Union[str, os.PathLike, None] = None, device: str = "cpu"):
-    """Load an inference-ready :class:`vmas.models.vmas.VMAS` (EMA weights, eval mode) with its codec and config."""
-    from vmas.models.vmas import load_pretrained  # local import: keeps `import vmas` light
+def preset_path(name: str) -> Path:
+    """A config preset shipped with the package (``debug.yaml``, ``paper.yaml``, ...) as a file path.
 
+    Installed (wheel or editable), presets are the package data ``vmas.presets``; in a source tree that was never
+    installed they are the repository's ``configs/`` folder.
+    """
+    try:
+        folder = importlib.resources.files("vmas.presets")
+    except ModuleNotFoundError:  # a plain source checkout on PYTHONPATH
+        folder = Path(__file__).resolve().parent.parent / "configs"
+    path = folder / name
+    if not path.is_file():
+        raise ConfigError(f"preset '{name}' is not shipped with this vmas installation (reinstall the package)")
+    return Path(str(path))
+
+
+def load_model(name_or_path: tp.Union[str, os.PathLike, None] = None, device: str = "cpu") -> "VMASPipeline":
+    """Load an inference-ready :class:`vmas.pipeline.VMASPipeline` (EMA weights, eval mode) by name or path."""
     path, entry = resolve(name_or_path or DEFAULT_MODEL)
     if path is None:
         from vmas.config import load_config
 
-        return load_pretrained(None, device=device, config=load_config(CONFIGS / entry.preset), random_note=entry.description)
+        return load_pretrained(None, device=device, config=load_config(preset_path(entry.preset)),
+                               random_note=entry.description)
     return load_pretrained(path, device=device)
+
+
+def load_pretrained(path: tp.Union[str, os.PathLike, None], device: str = "cpu", config=None,
+                    random_note: str = "") -> "VMASPipeline":
+    """Load an inference checkpoint ``{"config", "model", "codec", "meta"}`` (see docs/training.md) or, for a
+    folder, its newest ``*.pt``.
+
+    ``path=None`` with a ``config`` builds a random-weight model of that config (debug / plumbing only) and says so.
+    """
+    from vmas.builders import build_codec, build_model, build_pipeline
+
+    if path is None:
+        pipe = build_pipeline(config, note=f"WARNING: {random_note or 'random weights'}")
+    else:
+        from vmas.config import config_from_dict
+        from vmas.loading import load_state_dict_strict
+
+        ckpt, path = _read_checkpoint(Path(path))
+        cfg = config_from_dict(ckpt["config"], source=str(path))
+        codec = build_codec(cfg.model.codec, load_weights=False)
+        if ckpt.get("codec") is not None:
+            codec.load_state_dict(ckpt["codec"])
+        model = build_model(cfg, codec=codec, load_weights=False)
+        load_state_dict_strict(model, ckpt["model"], f"{path}: weights do not fit the config")
+        pipe = build_pipeline(cfg, model=model, codec=codec, note=ckpt.get("meta", {}).get("note", ""))
+    pipe.model.to(device).eval()
+    pipe.codec.to(device).eval()
+    return pipe
+
+
+def _read_checkpoint(path: Path) -> tp.Tuple[dict, Path]:
+    """(checkpoint dict, file) with one-line errors for anything that is not an inference checkpoint."""
+    import torch
+
+    if path.is_dir():
+        candidates = sorted(path.glob("*.pt"))
+        if not candidates:
+            raise CheckpointError(f"{path}: no .pt checkpoint inside (export one with tools/train.py --export)")
+        path = candidates[-1]
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad checkpoint for the user
+        raise CheckpointError(f"{path}: not a readable vmas checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not a vmas inference checkpoint (expected keys config/model/codec; "
+                              "export one with tools/train.py --export)")
+    return ckpt, path

@@ -73,7 +73,7 @@ def _ref_start(clip: tp.Dict[str, tp.Any]) -> float:
 def model_retrieval_embeddings(pipe, clips: tp.Sequence[tp.Dict[str, tp.Any]], batch_size: int = 8,
                                progress: bool = False, music_from: str = "codes"
                                ) -> tp.Tuple[torch.Tensor, torch.Tensor, tp.List[str]]:
-    """Contrastive embeddings of N test pairs from a loaded :class:`vmas.models.vmas.VMASPipeline`.
+    """Contrastive embeddings of N test pairs from a loaded :class:`vmas.pipeline.VMASPipeline`.
 
     Video: ``clip_seconds`` of the clip's video at the config's fps/size -> encoder -> ``embed_video``.
     Music: the same window of the ground-truth music -> EnCodec codes, then

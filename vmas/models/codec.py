@@ -28,10 +28,7 @@ import yaml
 from einops import rearrange
 from torch import nn
 
-from vmas.errors import CheckpointError, ConfigError
-
-if tp.TYPE_CHECKING:
-    from vmas.config import CodecConfig
+from vmas.errors import CheckpointError
 
 CODEC_FORMAT = "vmas-codec"
 """Marker of files written by :func:`save_codec`."""
@@ -143,32 +140,6 @@ class Codec(nn.Module):
         q = self.quantizer(emb, self.frame_rate)  # quantized [B, D, T], codes [K, B, T]
         recon = self.decoder(q.quantized)[..., :N]  # [B, 1, N]
         return CodecOutput(recon=recon, codes=rearrange(q.codes, "k b t -> b k t"), commit_loss=q.penalty.mean())
-
-
-# ------------------------------------------------------------------------------------------------ config -> model
-def codec_kwargs(cfg: "CodecConfig") -> tp.Dict[str, tp.Any]:
-    """Constructor kwargs of :class:`Codec` from ``model.codec`` (architecture fields only)."""
-    return dict(sample_rate=cfg.sample_rate, channels=cfg.channels, n_filters=cfg.n_filters, ratios=list(cfg.ratios),
-                dimension=cfg.dimension, n_residual_layers=cfg.n_residual_layers, lstm=cfg.lstm, n_q=cfg.n_q,
-                bins=cfg.bins, causal=cfg.causal, pad_mode=cfg.pad_mode, true_skip=cfg.true_skip,
-                decay=cfg.ema_decay, threshold_ema_dead_code=cfg.dead_code_threshold)
-
-
-def build_codec(cfg: "CodecConfig") -> Codec:
-    """Random codec from ``model.codec`` or, with ``cfg.pretrained``, the checkpoint's own architecture + weights.
-
-    A checkpoint decides its architecture; the config's ``n_q``, ``bins`` and ``sample_rate`` must agree with it
-    because the LM's vocabulary and the data pipeline are sized from them.
-    """
-    if not cfg.pretrained:
-        return Codec(**codec_kwargs(cfg))
-    codec = load_pretrained_codec(cfg.pretrained)
-    got = (codec.n_q, codec.card, codec.sample_rate)
-    want = (cfg.n_q, cfg.bins, cfg.sample_rate)
-    if got != want:
-        raise ConfigError(f"codec '{cfg.pretrained}' has (n_q, bins, sample_rate) = {got} but model.codec says {want}:"
-                          f" set model.codec.n_q/bins/sample_rate to {got}")
-    return codec
 
 
 # ----------------------------------------------------------------------------------------------- key mapping

@@ -138,8 +138,8 @@ class PatchEmbed(nn.Module):
 
 # --------------------------------------------------------------------------------------------------- encoder
 class VideoHiera(nn.Module):
-    """Hiera video encoder with per-stage Q-pool strides (VMAs). Constructor args are plain data and map 1:1 onto
-    :class:`vmas.config.EncoderConfig` (minus ``arch``, ``pretrained``, ``freeze``).
+    """Hiera video encoder with per-stage Q-pool strides (VMAs). Constructor args are plain data; the fields of
+    ``model.encoder`` reach them by name through :func:`vmas.builders.build_encoder`.
 
     Args:
         num_frames (int): input frames T (the temporal position table has ``T / patch_stride[0]`` rows).
@@ -337,32 +337,6 @@ ENCODERS: tp.Dict[str, tp.Callable[..., VideoHiera]] = {
 
 def available_encoders() -> tp.List[str]:
     return sorted(ENCODERS)
-
-
-_NOT_ARCH = ("arch", "pretrained", "freeze")
-
-
-def encoder_kwargs(cfg: tp.Any) -> tp.Dict[str, tp.Any]:
-    """``EncoderConfig`` -> ``VideoHiera`` kwargs (every field except arch/pretrained/freeze)."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in _NOT_ARCH}
-
-
-def build_from_config(cfg: tp.Any) -> VideoHiera:
-    """Adapter for :mod:`vmas.builders` (``cfg``: :class:`vmas.config.EncoderConfig`).
-
-    The config section is the full geometry. ``arch`` names the preset it is meant to be; for the two real presets
-    a geometry that differs from the preset is logged, so ``arch: hiera_base_16x224`` left with the VMAs default
-    strides does not pass silently. Weights are loaded by the builder through :func:`load_hiera_weights`.
-    """
-    if cfg.arch not in ENCODERS:
-        raise ConfigError(f"model.encoder.arch='{cfg.arch}' is unknown: use one of {', '.join(available_encoders())}")
-    kwargs = encoder_kwargs(cfg)
-    if cfg.arch != "hiera_debug":
-        diff = [k for k, v in PRESETS[cfg.arch].items() if v != kwargs[k]]
-        if diff:
-            logger.warning("model.encoder.arch=%s but %s differ from that preset; building what the config says",
-                           cfg.arch, ", ".join(diff))
-    return VideoHiera(**kwargs)
 
 
 # --------------------------------------------------------------------------------------------------- pretrained

@@ -85,6 +85,19 @@ def _guide(h: torch.Tensor, cfg: float, extra_weights: tp.Sequence[float] = ()) 
     return out
 
 
+class GuidanceBranch(tp.NamedTuple):
+    """One unconditional branch of classifier-free guidance, run in the same batch as the conditional one.
+
+    ``weight`` w enters the guided hidden state as ``w (c - u)``. A NamedTuple so that it still unpacks like the
+    ``(cond, mask, step_cond, weight)`` tuples callers passed before it had a name.
+    """
+
+    cond: torch.Tensor  # [B, L, dim] condition tokens of the branch
+    mask: tp.Optional[torch.Tensor]  # [B, L] bool (True = attend); None = all
+    step_cond: tp.Optional[torch.Tensor]  # [B, >=S, dim] per-step additive condition; None = zeros
+    weight: float
+
+
 # ----------------------------------------------------------------------------------------------------- the model
 @dataclasses.dataclass
 class LMState:
@@ -280,8 +293,7 @@ class MusicLM(nn.Module):
                  generator: tp.Optional[torch.Generator] = None, progress: bool = False,
                  use_cache: bool = True, step_cond: tp.Optional[torch.Tensor] = None,
                  uncond_step_cond: tp.Optional[torch.Tensor] = None,
-                 extra: tp.Sequence[tp.Tuple[torch.Tensor, tp.Optional[torch.Tensor], tp.Optional[torch.Tensor], float]] = ()
-                 ) -> torch.Tensor:
+                 extra: tp.Sequence[GuidanceBranch] = ()) -> torch.Tensor:
         """Sample codes [B, K, num_frames] for cond [B, L, dim] (cond_mask [B, L] bool, True = attend).
 
         With ``uncond`` ([B, L', dim], e.g. the learned null condition or a negative prompt) both branches run as
@@ -291,20 +303,21 @@ class MusicLM(nn.Module):
         ``use_cache=False`` recomputes the whole prefix every step (the benchmark's baseline; same samples).
         ``step_cond`` / ``uncond_step_cond`` [B, >=S, dim]: per-step additive conditions of the two branches (see
         :meth:`hidden`; a missing unconditional one is zeros).
-        ``extra``: more guidance branches ``(cond_i [B, L_i, dim], mask_i, step_cond_i or None, w_i)``, all run in
-        the same batch: ``logits = c + (cfg - 1) (c - u) + Σ_i w_i (c - u_i)`` (with none, exactly the usual
+        ``extra``: more guidance branches (:class:`GuidanceBranch`: ``cond_i [B, L_i, dim], mask_i, step_cond_i or
+        None, w_i``), all run in the same batch: ``logits = c + (cfg - 1) (c - u) + Σ_i w_i (c - u_i)`` (with none, exactly the usual
         ``u + cfg (c - u)``). Used for two-condition guidance (video and tags, ``VMAS.generate(guide="both")``).
         """
         B = cond.shape[0]
         K, S = self.n_q, self.pattern.num_steps(num_frames)
         device = self.out_norm.weight.device
+        extra = [GuidanceBranch(*e) for e in extra]
         guided = uncond is not None and (cfg != 1.0 or len(extra) > 0)
         n_branches = 2 + len(extra) if guided else 1
-        weights = [w for *_, w in extra] if guided else []
+        weights = [e.weight for e in extra] if guided else []
         if guided:
-            step_in = [step_cond, uncond_step_cond] + [e[2] for e in extra]
+            step_in = [step_cond, uncond_step_cond] + [e.step_cond for e in extra]
             cond, cond_mask = self._stack_conditions([(cond, cond_mask), (uncond, uncond_mask),
-                                                      *[(e[0], e[1]) for e in extra]])
+                                                      *[(e.cond, e.mask) for e in extra]])
             if any(st is not None for st in step_in):
                 ref = next(st for st in step_in if st is not None)
                 step_cond = torch.cat([torch.zeros_like(ref) if st is None else st for st in step_in], dim=0)

@@ -4,22 +4,22 @@ Training (``forward``) works on precomputed EnCodec codes; the codec itself stay
 never in the optimiser). Its codebooks are copied in as a buffer because the contrastive loss maps predicted
 token distributions into codebook space (SPEC §5).
 
-Inference goes through :class:`VMASPipeline`, which bundles the model with its codec, config and (lazily) the tag
-text encoder, and is what :func:`vmas.load_model` returns.
+Inference goes through :class:`vmas.pipeline.VMASPipeline` (model + codec + generation settings), which
+:func:`vmas.load_model` returns; loading and building live above this file (:mod:`vmas.hub`, :mod:`vmas.builders`).
 """
 from __future__ import annotations
 
 import dataclasses
 import typing as tp
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from vmas.data.media import normalize_frames
-from vmas.errors import CheckpointError
+from vmas.models.lm import GuidanceBranch
 from vmas.modules.conditioning import ConditionFuser
 from vmas.modules.patterns import DelayPattern
+from vmas.sampling import SamplingParams
 
 
 @dataclasses.dataclass
@@ -175,128 +175,89 @@ class VMAS(nn.Module):
     @torch.no_grad()
     def generate(self, frames: tp.Optional[torch.Tensor], num_frames: int, tag_emb: tp.Optional[torch.Tensor] = None,
                  tag_mask: tp.Optional[torch.Tensor] = None, neg_emb: tp.Optional[torch.Tensor] = None,
-                 neg_mask: tp.Optional[torch.Tensor] = None, cfg: float = 3.0, top_k: int = 250, top_p: float = 0.0,
-                 temperature: float = 1.0, prompt: tp.Optional[torch.Tensor] = None,
-                 generator: tp.Optional[torch.Generator] = None, video_tokens: tp.Optional[torch.Tensor] = None,
-                 progress: bool = False, guide: str = "all", beat: tp.Optional[torch.Tensor] = None,
-                 beat_start: int = 0, tag_cfg: float = 0.0, onsets: tp.Optional[torch.Tensor] = None,
-                 motion: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Sample codes [B,K,num_frames] for a video window.
+                 neg_mask: tp.Optional[torch.Tensor] = None, sampling: tp.Optional[SamplingParams] = None, *,
+                 prompt: tp.Optional[torch.Tensor] = None, generator: tp.Optional[torch.Generator] = None,
+                 video_tokens: tp.Optional[torch.Tensor] = None, progress: bool = False,
+                 beat: tp.Optional[torch.Tensor] = None, beat_start: int = 0,
+                 onsets: tp.Optional[torch.Tensor] = None, motion: tp.Optional[torch.Tensor] = None,
+                 **overrides: tp.Any) -> torch.Tensor:
+        """Sample codes [B,K,num_frames] for a video window (frames uint8 [B,T,H,W,3] or ``video_tokens``).
 
-        ``guide="all"`` (SPEC §4): the CFG branch is the learned null condition (video and tags dropped); with
-        negative tags it is "no video + negative tags", so guidance pushes away from them (SONIQUE's negative
-        prompt). ``guide="tags"``, used when the user gives tags or negative tags: the CFG branch keeps the video
-        and drops only the tags (or holds the negative tags), so guidance amplifies what the user's tags change on
-        top of the picture instead of amplifying the picture too (otherwise a picture that contradicts the tags
-        is amplified as much as the tags are). ``guide="both"`` runs the two branches together (three-way batch):
-        ``c + (cfg-1)(c - u_all) + (tag_cfg-1)(c - u_tags)``, amplifying the picture *and* what the tags add to
-        it; ``tag_cfg`` (0 = ``cfg``) also replaces ``cfg`` for ``guide="tags"``. Without any tags ``guide`` makes
-        no difference.
+        ``sampling`` (default :class:`SamplingParams`) says how tokens are drawn and how guidance is formed; single
+        fields may also be given as keywords (``cfg=1.0, top_k=5``), which override it. The guidance branches
+        are chosen by :func:`guidance_branches` (``sampling.guide``).
 
         ``beat`` [B, 2] (NaN rows = none): requested beat grids (:func:`vmas.beat_grids.request_grids`), in
         frames of the whole video; ``beat_start`` is this window's first frame in those frames. The grid is part of
         the user's request like the tags: only the conditional branch carries it, so CFG amplifies it too.
+        ``prompt`` [B,K,T0] codes are continued; ``onsets`` / ``motion`` feed the onset oracle / motion condition.
         """
-        if guide not in ("all", "tags", "both"):
-            raise ValueError(f"guide must be 'all', 'tags' or 'both', not {guide!r}")
+        sampling = dataclasses.replace(sampling or SamplingParams(), **overrides).check()
         if video_tokens is None and frames is not None:
             video_tokens = self.encode_video(frames)
         B = video_tokens.shape[0] if video_tokens is not None else tag_emb.shape[0]
-        dev = self.fuser.null_video.device
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, batch_size=B)
-        uncond = uncond_mask = uncond_step = None
-        extra = []
         S = self.pattern.num_steps(num_frames)
-        tag_cfg = tag_cfg or cfg
-        if cfg != 1.0:
-            all_drop = torch.ones(B, dtype=torch.bool, device=dev)
-            tag_guided = guide != "all" and (tag_emb is not None or neg_emb is not None) and video_tokens is not None
-            if tag_guided:
-                if neg_emb is not None:  # picture + negative tags
-                    t_unc, t_mask = self.fuser(video_tokens, neg_emb, neg_mask, batch_size=B)
-                else:  # picture, tags dropped
-                    t_unc, t_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_tags=all_drop, batch_size=B)
-                t_step = self.fuser.step_condition(video_tokens, S)
-            if tag_guided and guide == "tags":
-                uncond, uncond_mask, uncond_step = t_unc, t_mask, t_step
-                cfg = tag_cfg
-            elif neg_emb is not None:
-                uncond, uncond_mask = self.fuser(video_tokens, neg_emb, neg_mask, drop_video=all_drop, batch_size=B)
-            else:
-                uncond, uncond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=all_drop,
-                                                 drop_tags=all_drop, batch_size=B)
-            if tag_guided and guide == "both":
-                extra = [(t_unc, t_mask, t_step, tag_cfg - 1.0)]
+        guidance = guidance_branches(self.fuser, video_tokens, tag_emb, tag_mask, neg_emb, neg_mask, sampling, S, B)
         # per-step paths (video_fuse=cross+sum, beat grid); the unconditional / negative branches have no video -> zeros
         if motion is None:
             motion = self.video_motion(frames)
         step = self.fuser.step_condition(video_tokens, S, beat=beat, start=beat_start, onsets=onsets, motion=motion)
-        return self.lm.generate(cond, cond_mask, uncond, uncond_mask, num_frames=num_frames, cfg=cfg, top_k=top_k,
-                                top_p=top_p, temperature=temperature, prompt=prompt, generator=generator,
-                                progress=progress, step_cond=step, uncond_step_cond=uncond_step, extra=extra)
+        u = guidance.uncond
+        return self.lm.generate(cond, cond_mask, None if u is None else u.cond, None if u is None else u.mask,
+                                num_frames=num_frames, cfg=guidance.cfg, top_k=sampling.top_k, top_p=sampling.top_p,
+                                temperature=sampling.temperature, prompt=prompt, generator=generator,
+                                progress=progress, step_cond=step, uncond_step_cond=None if u is None else u.step_cond,
+                                extra=guidance.extra)
 
 
-# ----------------------------------------------------------------------------------------------- inference bundle
+# ------------------------------------------------------------------------------------------------------- guidance
 @dataclasses.dataclass
-class VMASPipeline:
-    """Everything inference needs: model (EMA weights, eval mode), codec, config, and a note on provenance."""
+class Guidance:
+    """The guidance of one generation call: the main scale and the unconditional branches it is applied to.
 
-    model: VMAS
-    codec: nn.Module
-    config: tp.Any
-    note: str = ""
-    text_encoder: tp.Any = None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def get_text_encoder(self):
-        """The tag text encoder named by the config (built on first use; None when the tag branch is off)."""
-        if self.text_encoder is None and self.config.model.tags.enabled:
-            from vmas.tags.text_encoder import build_text_encoder
-
-            self.text_encoder = build_text_encoder(self.config.model.tags.text_encoder, device=self.device)
-        return self.text_encoder
-
-
-def load_pretrained(path: tp.Union[str, Path, None], device: str = "cpu", config=None,
-                    random_note: str = "") -> VMASPipeline:
-    """Load an inference checkpoint ``{"config", "model", "codec", "meta"}`` (see docs/training.md).
-
-    ``path=None`` with a ``config`` builds a random-weight model of that config (debug / plumbing only) and says so.
+    ``MusicLM.generate`` computes ``c + (cfg - 1)(c - u) + Σ_i w_i (c - u_i)`` from the main branch ``uncond``
+    (weight ``cfg - 1``) and the ``extra`` branches (weights ``w_i``).
     """
-    from vmas.builders import build_codec, build_model
-    from vmas.config import config_from_dict
 
-    if path is None:
-        cfg = config
-        codec = build_codec(cfg.model.codec)
-        model = build_model(cfg, codec=codec)
-        note = f"WARNING: {random_note or 'random weights'}"
-    else:
-        path = Path(path)
-        if path.is_dir():
-            candidates = sorted(path.glob("*.pt"))
-            if not candidates:
-                raise CheckpointError(f"{path}: no .pt checkpoint inside (export one with tools/train.py --export)")
-            path = candidates[-1]
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad checkpoint for the user
-            raise CheckpointError(f"{path}: not a readable vmas checkpoint ({type(err).__name__}: {err})") from None
-        if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-            raise CheckpointError(f"{path}: not a vmas inference checkpoint (expected keys config/model/codec; "
-                                  "export one with tools/train.py --export)")
-        cfg = config_from_dict(ckpt["config"], source=str(path))
-        codec = build_codec(cfg.model.codec, load_weights=False)
-        if ckpt.get("codec") is not None:
-            codec.load_state_dict(ckpt["codec"])
-        model = build_model(cfg, codec=codec, load_weights=False)
-        from vmas.loading import load_state_dict_strict
+    cfg: float
+    uncond: tp.Optional[GuidanceBranch] = None  # None = no guidance (cfg 1)
+    extra: tp.List[GuidanceBranch] = dataclasses.field(default_factory=list)
 
-        load_state_dict_strict(model, ckpt["model"], f"{path}: weights do not fit the config")
-        note = ckpt.get("meta", {}).get("note", "")
-    model.to(device).eval()
-    codec.to(device).eval()
-    return VMASPipeline(model=model, codec=codec, config=cfg, note=note)
+
+def guidance_branches(fuser: ConditionFuser, video_tokens: tp.Optional[torch.Tensor],
+                      tag_emb: tp.Optional[torch.Tensor], tag_mask: tp.Optional[torch.Tensor],
+                      neg_emb: tp.Optional[torch.Tensor], neg_mask: tp.Optional[torch.Tensor],
+                      sampling: SamplingParams, num_steps: int, batch: int) -> Guidance:
+    """The guidance policy, in one place: which unconditional branches a request is guided against.
+
+    ``guide="all"`` (SPEC §4): the branch is the learned null condition (video and tags dropped); with negative
+    tags it is "no video + negative tags", so guidance pushes away from them (SONIQUE's negative prompt).
+    ``guide="tags"``, used when the user gives tags or negative tags: the branch keeps the video and drops only the
+    tags (or holds the negative tags), so guidance amplifies what the user's tags change on top of the picture
+    instead of amplifying the picture too (otherwise a picture that contradicts the tags is amplified as much as the
+    tags are). ``guide="both"`` runs the two branches together (three-way batch):
+    ``c + (cfg-1)(c - u_all) + (tag_cfg-1)(c - u_tags)``, amplifying the picture *and* what the tags add to it;
+    ``tag_cfg`` (0 = ``cfg``) also replaces ``cfg`` for ``guide="tags"``. Without any tags ``guide`` makes no
+    difference. ``num_steps``: LM steps of the window (the tags branch keeps the picture's per-step inputs).
+    """
+    cfg = sampling.cfg
+    if cfg == 1.0:
+        return Guidance(cfg=cfg)
+    tag_cfg = sampling.tag_cfg or cfg
+    every = torch.ones(batch, dtype=torch.bool, device=fuser.null_video.device)
+    tag_branch = None
+    if sampling.guide != "all" and (tag_emb is not None or neg_emb is not None) and video_tokens is not None:
+        if neg_emb is not None:  # picture + negative tags
+            t_cond, t_mask = fuser(video_tokens, neg_emb, neg_mask, batch_size=batch)
+        else:  # picture, tags dropped
+            t_cond, t_mask = fuser(video_tokens, tag_emb, tag_mask, drop_tags=every, batch_size=batch)
+        tag_branch = GuidanceBranch(t_cond, t_mask, fuser.step_condition(video_tokens, num_steps), tag_cfg - 1.0)
+        if sampling.guide == "tags":
+            return Guidance(cfg=tag_cfg, uncond=tag_branch)
+    if neg_emb is not None:  # no picture, negative tags
+        u_cond, u_mask = fuser(video_tokens, neg_emb, neg_mask, drop_video=every, batch_size=batch)
+    else:  # the learned null condition
+        u_cond, u_mask = fuser(video_tokens, tag_emb, tag_mask, drop_video=every, drop_tags=every, batch_size=batch)
+    return Guidance(cfg=cfg, uncond=GuidanceBranch(u_cond, u_mask, None, cfg - 1.0),
+                    extra=[tag_branch] if tag_branch is not None else [])

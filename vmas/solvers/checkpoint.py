@@ -202,7 +202,7 @@ def export_inference(path: tp.Union[str, Path], config: tp.Mapping[str, tp.Any],
                      codec_state: tp.Optional[tp.Mapping[str, torch.Tensor]], meta: tp.Mapping[str, tp.Any]) -> Path:
     """Write the one-file inference checkpoint that ``vmas.hub.load_model(path)`` and ``vmas`` CLI load.
 
-    Format (a ``torch.save`` dict; agreed with ``vmas.models.vmas.load_pretrained``, see docs/training.md)::
+    Format (a ``torch.save`` dict; agreed with ``vmas.hub.load_pretrained``, see docs/training.md)::
 
         {"config": config_to_dict(cfg),          # full Config as plain dict (model sizes, generation defaults)
          "model":  {name: tensor},               # VMAS.state_dict() keys, EMA weights (float32)
