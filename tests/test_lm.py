@@ -8,7 +8,13 @@ from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from vmas.errors import CheckpointError
-from vmas.models.lm import MusicLM, load_musicgen_lm_weights, musicgen_to_vmas_state_dict, sample_tokens
+from vmas.models.lm import (
+    GuidanceBranch,
+    MusicLM,
+    load_musicgen_lm_weights,
+    musicgen_to_vmas_state_dict,
+    sample_tokens,
+)
 from vmas.modules.transformer import additive_mask
 
 DIM, LAYERS, HEADS, FFN, K, CARD = 32, 2, 4, 64, 4, 24
@@ -363,3 +369,38 @@ def test_two_condition_guidance_matches_reference_loop():
                 if 0 <= s - k < T:
                     seq[:, k, s] = token[:, k]
     assert torch.equal(got[0], model.pattern.revert(seq)) and torch.equal(got[1], got[0])
+
+
+def test_typed_guidance_branch_is_the_old_tuple():
+    """GuidanceBranch unpacks like the (cond, mask, step_cond, weight) tuples callers passed before; both give the
+    same codes."""
+    model = get_debug_model().eval()
+    cond, mask = conditions(B=2, L=4)
+    uncond, u2 = torch.randn(2, 2, DIM), torch.randn(2, 5, DIM)
+    branch = GuidanceBranch(u2, None, None, 1.5)
+    assert tuple(branch) == (u2, None, None, 1.5) and branch.weight == 1.5
+    typed, plain = [model.generate(cond, mask, uncond, None, num_frames=5, top_k=4, extra=[e],
+                                   generator=torch.Generator().manual_seed(2)) for e in (branch, tuple(branch))]
+    assert torch.equal(typed, plain)
+
+
+def test_bench_generate_tool_runs_at_debug_size(tmp_path):
+    """tools/bench_generate.py --json (the README's speed numbers) at toy size, as a user runs it: the LM is built
+    through vmas.builders (its own skip list once fell behind LMConfig), and its correctness checks hold."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_generate.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(tool), "--json", "--dim", "32", "--layers", "1", "--heads", "2",
+                           "--ffn", "64", "--card", "32", "--frames", "12", "--cond-len", "5", "--top-k", "8",
+                           "--repeat", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["greedy_matches_hf"] and result["hf_output_ok"] and result["recompute_same_codes"]
+    assert result["setup"]["steps"] == 12 + 4 - 1  # frames + n_q - 1 pattern steps
+    # MusicGen-medium (paper preset), ours and transformers' decoder: the same parameter count
+    assert result["params_paper_lm"] == result["params_paper_lm_hf"] > 1.8e9
+    assert result["ours_cached_tok_s"] > 0 and result["cached_over_recompute"] > 0

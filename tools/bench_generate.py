@@ -17,7 +17,6 @@ transformers' count for the same decoder config.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -32,8 +31,10 @@ import torch  # noqa: E402
 from transformers import MusicgenDecoderConfig, MusicgenForCausalLM  # noqa: E402
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # noqa: E402
 
-from vmas.config import LMConfig  # noqa: E402
-from vmas.models.lm import MusicLM, musicgen_to_vmas_state_dict  # noqa: E402
+from vmas.builders import build_fuser, build_lm  # noqa: E402
+from vmas.config import LMConfig, load_config  # noqa: E402
+from vmas.hub import preset_path  # noqa: E402
+from vmas.models.lm import musicgen_to_vmas_state_dict  # noqa: E402
 from vmas.utils import count_params  # noqa: E402
 
 
@@ -44,20 +45,16 @@ def hf_config(dim: int, layers: int, heads: int, ffn: int, n_q: int, card: int) 
 
 
 def paper_param_counts() -> dict:
-    """MusicGen-medium decoder, ours vs transformers, on the meta device (no memory); plus our condition projections."""
-    lm = LMConfig()
-    kwargs = {f.name: getattr(lm, f.name) for f in dataclasses.fields(lm)
-              if f.name not in ("pretrained", "cond_dropout", "tag_dropout")}
+    """MusicGen-medium decoder (the paper preset), ours vs transformers, on the meta device (no memory); plus our
+    condition projections (the fuser for the paper's 768-wide video tokens). Built through vmas.builders, as
+    training builds them."""
+    cfg = load_config(preset_path("paper.yaml"))
+    lm = cfg.model.lm
     with torch.device("meta"):
-        ours = count_params(MusicLM(**kwargs))
+        ours = count_params(build_lm(lm, load_weights=False))
         hf = count_params(MusicgenForCausalLM(hf_config(lm.dim, lm.num_layers, lm.num_heads, lm.ffn_dim, lm.n_q,
                                                         lm.card)))
-        try:
-            from vmas.modules.conditioning import ConditionFuser
-
-            fuser = count_params(ConditionFuser(video_dim=768, dim=lm.dim, tag_dim=512))
-        except Exception:  # noqa: BLE001 - another part of the package; report without it
-            fuser = None
+        fuser = count_params(build_fuser(cfg, video_dim=768))
     return {"params_paper_lm": ours, "params_paper_lm_hf": hf, "params_condition_projections": fuser}
 
 
@@ -99,8 +96,8 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     hf = MusicgenForCausalLM(hf_config(args.dim, args.layers, args.heads, args.ffn, args.n_q, args.card))
     hf = hf.to(device).eval()
-    ours = MusicLM(dim=args.dim, num_layers=args.layers, num_heads=args.heads, ffn_dim=args.ffn, n_q=args.n_q,
-                   card=args.card)
+    ours = build_lm(LMConfig(dim=args.dim, num_layers=args.layers, num_heads=args.heads, ffn_dim=args.ffn,
+                             n_q=args.n_q, card=args.card), load_weights=False)
     ours.load_state_dict(musicgen_to_vmas_state_dict(hf.state_dict())[0], strict=True)
     ours = ours.to(device).eval()
     cond = torch.randn(1, args.cond_len, args.dim, device=device)
