@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from vmas.builders import build_codec, build_encoder, build_lm
+from vmas.builders import build_codec, build_encoder, build_fuser, build_lm
 from vmas.config import load_config
-from vmas.modules.conditioning import ConditionFuser
 from vmas.utils import count_params
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -31,8 +30,7 @@ def estimate(cfg, dtype: str = "bf16", batch: int = 1) -> dict:
         encoder = build_encoder(cfg.model.encoder, load_weights=False)
         lm = build_lm(cfg.model.lm, load_weights=False)
         codec = build_codec(cfg.model.codec, load_weights=False)
-        fuser = ConditionFuser(encoder.out_dim, cfg.model.lm.dim,
-                               cfg.model.tags.text_dim if cfg.model.tags.enabled else 0)
+        fuser = build_fuser(cfg, encoder.out_dim)
     lm_cfg, data = cfg.model.lm, cfg.data
     fuser_params = count_params(fuser)
     params = {"encoder": count_params(encoder), "lm": count_params(lm), "codec": count_params(codec),
