@@ -17,8 +17,12 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["vmas", "vmas.*", "datasets", "datasets.*"]),
-    package_data={"vmas": ["assets/*", "assets/**/*"]},
+    # Only `vmas` is installed. The repository's top-level `datasets/` (run as `python -m datasets.synthmv` from the
+    # repository root) is not: a top-level `datasets` package would shadow Hugging Face `datasets`.
+    # The presets in `configs/` ship as package data `vmas.presets` (read by vmas.hub through importlib.resources).
+    packages=find_packages(include=["vmas", "vmas.*"]) + ["vmas.presets"],
+    package_dir={"vmas.presets": "configs"},
+    package_data={"vmas": ["assets/*", "assets/**/*"], "vmas.presets": ["*.yaml", "deepspeed/*.json"]},
     install_requires=[
         "torch>=2.4,<2.15",
         "torchvision>=0.19,<0.30",
