@@ -62,3 +62,39 @@ def test_overrides_inheritance_and_roundtrip(tmp_path):
     dump_config(cfg, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == cfg
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_one_kwargs_rule_for_every_section():
+    """builders.constructor_kwargs passes every field by name unless builders.NOT_ARGS says who reads it; a new field
+    that is neither is an error when the module is built (the stale skip list that broke bench_generate)."""
+    import dataclasses
+
+    from vmas.builders import NOT_ARGS, build_lm, constructor_kwargs
+    from vmas.config import CodecConfig, EncoderConfig, LMConfig
+    from vmas.models.codec import Codec
+    from vmas.models.hiera import VideoHiera
+    from vmas.models.lm import MusicLM
+
+    for section, target in [(EncoderConfig(), VideoHiera), (CodecConfig(), Codec), (LMConfig(), MusicLM)]:
+        kwargs = constructor_kwargs(section, target)
+        names = {f.name for f in dataclasses.fields(section)}
+        assert len(kwargs) + len(NOT_ARGS[type(section)]) == len(names)  # each field: an argument or declared
+    assert constructor_kwargs(CodecConfig(ema_decay=0.5), Codec)["decay"] == 0.5  # the one renamed pair
+    lm = LMConfig(dim=24, num_layers=1, num_heads=2, ffn_dim=8, card=8)
+    assert constructor_kwargs(lm, MusicLM) == dict(dim=24, num_layers=1, num_heads=2, ffn_dim=8, n_q=4, card=8,
+                                                   dropout=0.0, max_period=10000.0, grad_checkpointing=False)
+    Extended = dataclasses.make_dataclass("Extended", [("new_knob", float, 0.5)], bases=(LMConfig,))
+    with pytest.raises(TypeError, match="new_knob is not an argument of MusicLM"):
+        build_lm(Extended(dim=24, num_layers=1, num_heads=2, ffn_dim=8, card=8))
+
+
+def test_generation_config_extends_the_sampling_params():
+    import dataclasses
+
+    from vmas.config import GenerationConfig
+    from vmas.sampling import SamplingParams
+
+    gen = load_config(CONFIGS / "synthmv_tiny.yaml").generation
+    assert isinstance(gen, SamplingParams) and isinstance(gen.sampling, SamplingParams)
+    assert gen.sampling == SamplingParams(**{k: getattr(gen, k) for k in SamplingParams.names()})
+    assert set(SamplingParams.names()) < {f.name for f in dataclasses.fields(GenerationConfig)}

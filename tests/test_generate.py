@@ -179,3 +179,18 @@ def test_tempo_becomes_a_beat_grid_continued_across_windows(tmp_path):
     for beat, _ in calls:
         torch.testing.assert_close(beat, torch.tensor([want]))
     assert want[0] == 31.25
+
+
+def test_request_overrides_every_sampling_param_and_resolves_from_the_spec():
+    from vmas.builders import build_generation_spec
+    from vmas.sampling import SamplingParams
+
+    fields = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
+    assert all(fields[name] is None for name in SamplingParams.names())  # each one optional: None = the model's
+    cfg = load_config(CONFIGS / "synthmv_tiny.yaml")
+    spec = build_generation_spec(cfg)
+    assert (spec.window_seconds, spec.fps, spec.image_size) == (cfg.data.clip_seconds, cfg.data.fps,
+                                                                cfg.data.image_size)
+    req = GenerationRequest(top_k=7, guide="tags").resolved(spec)
+    assert req.sampling == dataclasses.replace(cfg.generation.sampling, top_k=7, guide="tags")
+    assert req.beat_from_video == cfg.generation.beat_from_video

@@ -216,3 +216,34 @@ def test_guide_tags_keeps_the_video_in_the_cfg_branch(setup, monkeypatch):
     assert seen["cfg"] == 6.0
     with pytest.raises(ValueError, match="guide"):
         model.generate(frames, 5, guide="video")
+
+
+def test_random_codec_is_the_same_on_every_build_path():
+    """An untrained codec defines the tokens in the shards, so the solver (any train.seed), the shard writer, the
+    export / debug model (load_pretrained) must all build the same one; and building it leaves the caller's random
+    stream where a plain Codec() build leaves it, so models built after it keep their weights (issue 16)."""
+    import functools
+
+    from vmas.builders import codec_kwargs
+    from vmas.data.shards import codec_encoder
+    from vmas.models.codec import Codec
+
+    cfg = load_config(CONFIGS / "debug.yaml")
+    torch.manual_seed(5)  # the solver: seed_everything(train.seed), then build_codec
+    solver = build_codec(cfg.model.codec)
+    torch.manual_seed(0)
+    pipe = load_pretrained(None, config=cfg)  # the debug model, and tools/train.py --export, use build_codec too
+    ref = solver.state_dict()
+    other = pipe.codec.state_dict()
+    assert ref.keys() == other.keys() and all(torch.equal(ref[k], other[k]) for k in ref)
+    wav = torch.randn(2, 1, 3200, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    encode = codec_encoder(functools.partial(build_codec, cfg.model.codec))  # the shard writer's codec
+    assert torch.equal(encode(wav), solver.encode(wav))
+    assert solver.encode(wav).unique().numel() > 4  # random but not degenerate: the comparison means something
+    torch.manual_seed(3)
+    Codec(**codec_kwargs(cfg.model.codec))
+    after_plain = torch.rand(4)
+    torch.manual_seed(3)
+    build_codec(cfg.model.codec)
+    assert torch.equal(torch.rand(4), after_plain)

@@ -56,7 +56,8 @@ def constructor_kwargs(section: tp.Any, target: tp.Callable) -> tp.Dict[str, tp.
     """
     kind = type(section)
     params = inspect.signature(target).parameters
-    skip, renamed = NOT_ARGS.get(kind, {}), RENAMED.get(kind, {})
+    declared = next((k for k in kind.__mro__ if k in NOT_ARGS or k in RENAMED), kind)  # a subclass extends its base
+    skip, renamed = NOT_ARGS.get(declared, {}), RENAMED.get(declared, {})
     fields = {f.name for f in dataclasses.fields(section)}
     stale = sorted((set(skip) | set(renamed)) - fields)
     if stale:
