@@ -139,7 +139,7 @@ def over_training_seeds(models: tp.Sequence[tp.Dict[str, tp.Any]]) -> tp.Dict[st
 
 def judge(pipe):
     """The SynthMV class classifier for ``pipe``'s music and the codec round trip (``vmas.evaluation.synthmv_judge``)."""
-    from datasets.synthmv import SynthMVClassifier
+    from vmas.synthmv import SynthMVClassifier
 
     return synthmv_judge(pipe, SynthMVClassifier)
 

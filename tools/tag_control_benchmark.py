@@ -29,7 +29,7 @@ KEYS = ("no_tags", "tags_same", "tags_other", "negative", "tempo_within_8pct", "
 
 def class_tags(cls: int) -> tp.List[str]:
     """The tag words SynthMV attaches to a class, without the tempo."""
-    from datasets.synthmv import CLASSES
+    from vmas.synthmv import CLASSES
 
     c = CLASSES[cls]
     tempo_word = {"slow": "slow tempo", "medium": "medium tempo", "fast": "fast tempo"}[c.tempo_family]
@@ -54,9 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from datasets.synthmv import CLASSES, SynthMVClassifier, estimate_tempo
     from vmas.evaluation import generate_windows, load_synthmv_clips, synthmv_judge
     from vmas.hub import load_model
+    from vmas.synthmv import CLASSES, SynthMVClassifier, estimate_tempo
 
     pipe = load_model(args.model)
     if not pipe.config.model.tags.enabled:

@@ -541,7 +541,7 @@ def generate_windows(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float
 def synthmv_judge(pipe, classifier_type) -> tp.Tuple[tp.Any, tp.Callable[[np.ndarray], np.ndarray]]:
     """(class classifier, codec round trip) for ``pipe``'s music.
 
-    The classifier is ``classifier_type.train_default`` (``datasets.synthmv.SynthMVClassifier``, passed in because
+    The classifier is ``classifier_type.train_default`` (``vmas.synthmv.SynthMVClassifier``, passed in because
     the dataset generator is not part of the installed package) trained on real renders of the scored window length
     plus their reconstructions through the model's codec, so codec artefacts alone do not move the class.
     """

@@ -1,7 +1,7 @@
 """SynthMV-specific scores (issue 10): onset-to-event F1 and the class classifier's accuracy.
 
 SynthMV labels every visual event time, and every event is a note onset in the real music, so a model whose music
-follows the picture puts onsets at those times. The class classifier (``datasets.synthmv.SynthMVClassifier``,
+follows the picture puts onsets at those times. The class classifier (``vmas.synthmv.SynthMVClassifier``,
 kNN on log-mel statistics of real SynthMV renders) judges whether the instrument/key/tempo family matches the
 video's scene class.
 """
