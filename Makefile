@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench
+.PHONY: install sysdeps demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,7 +30,16 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m vmas demo
 
-test: install
+# System packages the tests use: espeak-ng renders real speech for the audio-mixing tests (tests/test_mixing.py
+# skips them, saying so, when it is missing and cannot be installed here).
+sysdeps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) >/dev/null \
+	      || echo "warning: could not install espeak-ng; the speech tests will be skipped"; \
+	  else echo "note: espeak-ng is missing (apt-get install espeak-ng as root); the speech tests will be skipped"; fi; }
+
+test: install sysdeps
 	$(BIN)/python -m pytest -q tests
 
 # SynthMV end to end (issues 10, 11; about 15 min of data + codec + shards on 2 cores, then the benchmarks;

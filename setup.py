@@ -43,6 +43,8 @@ setup(
         "webdataset>=0.2.90",
         "opencv-python-headless>=4.8",
         "mir_eval>=0.8",
+        "pyloudnorm>=0.1.1",  # BS.1770 loudness of the finished track (vmas.mixing)
+        "silero-vad>=5.1",  # voice activity for ducking; its model ships in the wheel (vmas.mixing)
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "hiera-transformer>=0.1.4"],
