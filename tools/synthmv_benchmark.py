@@ -239,7 +239,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("overrides", nargs="*", help="extra config overrides for every variant")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # all cores, unless OMP_NUM_THREADS says otherwise (several scorers at once: 1 thread each is much faster than
+    # oversubscribed intra-op threads)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
 
     out_root = Path(args.out)
     names = [n for n in args.variants.split(",") if n]
