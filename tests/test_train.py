@@ -333,7 +333,8 @@ def test_deepspeed_kill_and_resume(tmp_path, ds_reference):
 
 
 def test_shard_stream_resume_skips_consumed_batches(tmp_path, monkeypatch):
-    """Shard mode: the loader stream is replayed and the saved number of batches skipped."""
+    """Shard mode without saved reader positions (a checkpoint from before O(1) resume, or a loader that does not
+    track them): the loader stream is replayed and the saved number of batches skipped."""
     import vmas.data.loader as loader_mod
     from vmas.solvers.solver import DataStream
 

@@ -76,7 +76,19 @@ def iter_tar_samples(url: str) -> tp.Iterator[tp.Dict[str, tp.Any]]:
 
     A truncated or corrupt shard ends its iteration with a warning; what was read before the damage is kept.
     """
+    for _, sample in indexed_tar_samples(url):
+        yield sample
+
+
+def indexed_tar_samples(url: str, skip: int = 0, want: tp.Optional[tp.Container[int]] = None
+                        ) -> tp.Iterator[tp.Tuple[int, tp.Dict[str, tp.Any]]]:
+    """(index in the shard, sample) pairs of :func:`iter_tar_samples`.
+
+    ``skip``: pass over the first ``skip`` samples without keeping their bytes (seeking into a shard on resume);
+    ``want``: only the samples whose index is in it (re-reading a saved shuffle buffer).
+    """
     sample: tp.Dict[str, tp.Any] = {}
+    index, key_now = -1, None
     try:
         with _open(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
@@ -84,16 +96,20 @@ def iter_tar_samples(url: str) -> tp.Iterator[tp.Dict[str, tp.Any]]:
                     continue
                 name = member.name.rsplit("/", 1)[-1]
                 key, _, ext = name.partition(".")
-                if sample and sample["__key__"] != key:
-                    yield sample
-                    sample = {}
+                if key != key_now:
+                    if sample:
+                        yield index, sample
+                        sample = {}
+                    index, key_now = index + 1, key
+                if index < skip or (want is not None and index not in want):
+                    continue  # the tar stream moves past the member's data without keeping it
                 sample["__key__"] = key
                 sample[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as err:
         log.warning("shard %s is damaged (%s): keeping the samples read before the damage", url, err)
         sample = {}  # the sample in progress may be incomplete
     if sample:
-        yield sample
+        yield index, sample
 
 
 def decode_sample(raw: tp.Mapping[str, tp.Any], data_cfg: "DataConfig") -> tp.Dict[str, tp.Any]:
@@ -134,6 +150,7 @@ def collate(samples: tp.Sequence[tp.Mapping[str, tp.Any]]) -> tp.Dict[str, tp.An
         "tags": [s["tags"] for s in samples],
         "key": [s["key"] for s in samples],
         "start": torch.tensor([s["start"] for s in samples], dtype=torch.float32),  # [B]
+        **({"__pos__": samples[-1]["__pos__"]} if "__pos__" in samples[-1] else {}),  # stream position after it
     }
 
 
@@ -147,102 +164,200 @@ class ShardStream(IterableDataset):
         shuffle: shuffle shard order and samples (training); False keeps manifest order (evaluation).
         repeat: loop over epochs forever (epoch += 1 each pass), so ranks with fewer samples never run dry first.
         decode: False yields raw tar members (tests and tools that only need keys).
+        track_position: attach ``"__pos__"`` to every decoded sample: the reader's position *after* it (see
+            :meth:`resume_from`); :func:`collate` keeps the batch's last one.
+        block: readers take blocks of ``block`` consecutive samples of the global order in turn (sample-level split
+            over every shard): evaluation with ``block = batch size`` gives each rank whole batches of the 1-rank
+            order, so sharded validation forms the same batches as one rank does.
+
+    **Position** (O(1) resume): a reader's stream is fixed by (epoch, where it is in its shard list, the shuffle
+    RNG, which samples sit in the shuffle buffer). ``"__pos__"`` holds exactly that, with buffer entries as
+    references (shard, index in shard), so resuming opens one shard at the saved sample, re-reads the referenced
+    buffer samples (bounded by the buffer size, whatever the step) and continues with the identical sequence.
     """
 
     def __init__(self, shards: tp.Union[str, tp.Sequence[str]], data_cfg: "DataConfig", rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True, repeat: bool = False, decode: bool = True):
+                 world_size: int = 1, shuffle: bool = True, repeat: bool = False, decode: bool = True,
+                 track_position: bool = False, block: int = 0):
         super().__init__()
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
         self.shards = expand_shards(shards)
         self.cfg, self.rank, self.world_size = data_cfg, rank, world_size
         self.shuffle, self.repeat, self.decode = shuffle, repeat, decode
+        self.track_position, self.block = track_position, block
         self.epoch = 0
+        self.resume: tp.Dict[int, tp.Dict[str, tp.Any]] = {}
+        self.worker_offset = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_from(self, positions: tp.Mapping[int, tp.Mapping[str, tp.Any]], worker_offset: int = 0) -> None:
+        """Continue each reader from its saved ``"__pos__"`` (reader id -> position; a reader without one starts
+        at the beginning). ``worker_offset``: dataloader worker ``w`` plays reader ``(w + offset) % workers`` of this
+        rank, so the first batch after resume comes from the reader whose turn it was (batches alternate workers)."""
+        self.resume = {int(k): dict(v) for k, v in positions.items()}
+        self.worker_offset = worker_offset
 
     def _reader(self) -> tp.Tuple[int, int]:
         """(global reader id, number of readers) over ranks x dataloader workers."""
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.rank * nw + wid, self.world_size * nw
+        return self.rank * nw + (wid + self.worker_offset) % nw, self.world_size * nw
 
     def assignment(self, epoch: int, reader: int, readers: int) -> tp.Tuple[tp.List[str], int, int]:
         """(shards this reader opens, sample stride, sample offset) for one epoch."""
         order = list(self.shards)
         if self.shuffle:
             random.Random(f"shards:{self.cfg.seed}:{epoch}").shuffle(order)
-        if len(order) >= readers:
+        if len(order) >= readers and not self.block:
             return order[reader::readers], 1, 0
         return order, readers, reader  # few shards: split at sample level so every reader gets work
 
-    def _epoch_samples(self, epoch: int) -> tp.Iterator[tp.Dict[str, tp.Any]]:
-        """Raw samples (tar member bytes) of this reader for one epoch, in shard order."""
+    def _epoch_samples(self, epoch: int, start: tp.Sequence[int] = (0, 0, 0)
+                       ) -> tp.Iterator[tp.Tuple[tp.Tuple[int, int], tp.Dict[str, tp.Any], tp.Tuple[int, int, int]]]:
+        """(ref, raw sample, position after it) of this reader for one epoch, in shard order, from ``start``.
+
+        ``ref`` = (index in this epoch's shard list, index in the shard); a position = (shard, sample in it,
+        samples of the epoch's shard list passed so far), the point the next sample is read from.
+        """
         reader, readers = self._reader()
         shards, stride, offset = self.assignment(epoch, reader, readers)
-        i = 0
-        for url in shards:
-            for raw in iter_tar_samples(url):
-                if i % stride == offset:
-                    yield raw
+        block = max(1, self.block)
+        cursor, member, i = start
+        for c in range(cursor, len(shards)):
+            first = member if c == cursor else 0
+            for m, raw in indexed_tar_samples(shards[c], skip=first):
+                take = (i // block) % stride == offset
                 i += 1
+                if take:
+                    yield (c, m), raw, (c, m + 1, i)
 
-    def _decoded(self, raws: tp.Iterator[tp.Dict[str, tp.Any]]) -> tp.Iterator[tp.Dict[str, tp.Any]]:
-        for raw in raws:
+    def _fetch(self, epoch: int, refs: tp.Sequence[tp.Sequence[int]]) -> tp.List[tp.Dict[str, tp.Any]]:
+        """Raw samples of saved buffer references, in the given order (one pass per shard they come from)."""
+        reader, readers = self._reader()
+        shards, _, _ = self.assignment(epoch, reader, readers)
+        by_shard: tp.Dict[int, tp.Set[int]] = {}
+        for c, m in refs:
+            by_shard.setdefault(int(c), set()).add(int(m))
+        got: tp.Dict[tp.Tuple[int, int], tp.Dict[str, tp.Any]] = {}
+        for c, wanted in sorted(by_shard.items()):
+            for m, raw in indexed_tar_samples(shards[c], skip=min(wanted), want=wanted):
+                got[(c, m)] = raw
+        missing = [tuple(r) for r in refs if (int(r[0]), int(r[1])) not in got]
+        if missing:
+            raise DataError(f"resume: shuffle-buffer samples {missing[:3]} are gone from their shards (did the shards "
+                            "change since the checkpoint?)")
+        return [got[(int(c), int(m))] for c, m in refs]
+
+    def _shuffled(self, it, epoch: int, state: tp.Optional[tp.Mapping[str, tp.Any]] = None):
+        """Buffer shuffle of ``_epoch_samples`` output, yielding (raw, position dict after it)."""
+        reader, readers = self._reader()
+        base = {"reader": reader, "readers": readers, "epoch": epoch}
+        size = self.cfg.shuffle_buffer
+        pos = tuple(state["input"]) if state else (0, 0, 0)
+        if not self.shuffle or size <= 1:
+            for _, x, pos in it:
+                yield x, {**base, "input": pos, "rng": None, "buf": [], "drain": False}
+            return
+        rng = random.Random(f"samples:{self.cfg.seed}:{epoch}:{reader}:{readers}")
+        refs: tp.List[tp.Tuple[int, int]] = []
+        buf: tp.List[tp.Any] = []
+        if state is not None:
+            refs = [tuple(r) for r in state["buf"]]
+            buf = self._fetch(epoch, refs)
+            if state["drain"]:  # input was exhausted and the buffer shuffled: the rest of it, in order
+                for k, x in enumerate(buf):
+                    yield x, {**base, "input": pos, "rng": None, "buf": refs[k + 1:], "drain": True}
+                return
+            rng.setstate(_rng_state(state["rng"]))
+        for ref, x, pos in it:
+            if len(buf) < size:
+                buf.append(x)
+                refs.append(ref)
+                continue
+            j = rng.randrange(size)
+            buf[j], x = x, buf[j]
+            refs[j] = ref
+            yield x, {**base, "input": pos, "rng": rng.getstate(), "buf": list(refs), "drain": False}
+        order = list(range(len(buf)))
+        rng.shuffle(order)  # the same permutation rng.shuffle(buf) makes
+        refs = [refs[k] for k in order]
+        for n, k in enumerate(order):
+            yield buf[k], {**base, "input": pos, "rng": None, "buf": refs[n + 1:], "drain": True}
+
+    def _decoded(self, raws):
+        """(raw, position) -> decoded samples (position attached when tracked); unreadable samples are skipped."""
+        for raw, pos in raws:
             try:
-                yield decode_sample(raw, self.cfg)
+                sample = decode_sample(raw, self.cfg)
             except DataError:
                 raise  # stale shards vs config: the user must fix this, not skip everything
             except Exception as err:
                 log.warning("skip sample %s: %s", raw.get("__key__"), err)
-
-    def _shuffled(self, it: tp.Iterator[tp.Any], epoch: int) -> tp.Iterator[tp.Any]:
-        size = self.cfg.shuffle_buffer
-        if not self.shuffle or size <= 1:
-            yield from it
-            return
-        reader, readers = self._reader()
-        rng = random.Random(f"samples:{self.cfg.seed}:{epoch}:{reader}:{readers}")
-        buf: tp.List[tp.Any] = []
-        for x in it:
-            if len(buf) < size:
-                buf.append(x)
                 continue
-            j = rng.randrange(size)
-            buf[j], x = x, buf[j]
-            yield x
-        rng.shuffle(buf)
-        yield from buf
-
-    def _from_cache(self, epoch: int) -> tp.Iterator[tp.Dict[str, tp.Any]]:
-        """``data.cache_decoded``: the first epoch streams (and keeps) decoded samples, later epochs are
-        permutations of the kept list, seeded like the stream (seed, epoch, reader), so resume replays them."""
-        cache: tp.List[tp.Dict[str, tp.Any]] = []
-        for sample in self._decoded(self._shuffled(self._epoch_samples(epoch), epoch)):
-            cache.append(sample)
+            if self.track_position:
+                sample["__pos__"] = pos
             yield sample
+
+    def _from_cache(self, epoch: int, state: tp.Optional[tp.Mapping[str, tp.Any]] = None):
+        """``data.cache_decoded``: the first epoch streams (and keeps) decoded samples, later epochs are
+        permutations of the kept list, seeded like the stream (seed, epoch, reader).
+
+        Resume re-streams the first epoch into the cache (decoding the dataset once, as a fresh start of this mode
+        does, whatever the step) and continues at the saved epoch and count."""
+        reader, readers = self._reader()
+        first = state["first_epoch"] if state else epoch
+        base = {"reader": reader, "readers": readers, "cache": True, "first_epoch": first}
+        cache: tp.List[tp.Dict[str, tp.Any]] = []
+        skip = state["n"] if state and state["epoch"] == first else None
+        for sample in self._decoded(self._shuffled(self._epoch_samples(first), first)):
+            sample.pop("__pos__", None)
+            cache.append(sample)
+            if state is None or (skip is not None and len(cache) > skip):
+                yield self._tag(sample, {**base, "epoch": first, "n": len(cache)})
+        epoch, start = first, 0
+        if state is not None and state["epoch"] != first:
+            epoch, start = state["epoch"] - 1, state["n"]
         while self.repeat:
             epoch += 1
-            reader, readers = self._reader()
             order = list(range(len(cache)))
             if self.shuffle:
                 random.Random(f"cache:{self.cfg.seed}:{epoch}:{reader}:{readers}").shuffle(order)
-            yield from (cache[i] for i in order)
+            for n in range(start, len(order)):
+                yield self._tag(cache[order[n]], {**base, "epoch": epoch, "n": n + 1})
+            start = 0
+
+    def _tag(self, sample: tp.Dict[str, tp.Any], pos: tp.Dict[str, tp.Any]) -> tp.Dict[str, tp.Any]:
+        return {**sample, "__pos__": pos} if self.track_position else sample
 
     def __iter__(self) -> tp.Iterator[tp.Dict[str, tp.Any]]:
-        epoch = self.epoch
+        reader, readers = self._reader()
+        state = self.resume.get(reader)
+        if state is not None and state.get("readers") != readers:
+            raise DataError(f"resume: the saved stream position was made by {state.get('readers')} readers (ranks x "
+                            f"data.num_workers), this run has {readers}: resume with the same layout")
         if self.cfg.cache_decoded and self.decode:
-            yield from self._from_cache(epoch)
+            yield from self._from_cache(self.epoch, state)
             return
+        epoch = state["epoch"] if state else self.epoch
         while True:
             # The buffer holds compressed samples (~50 KB), decoding happens on the way out: a decoded paper clip
             # is 96 x 224² x 3 = 14 MB, so a 2000-clip buffer of decoded frames would need 29 GB per worker.
-            raws = self._shuffled(self._epoch_samples(epoch), epoch)
-            yield from (raws if not self.decode else self._decoded(raws))
+            start = tuple(state["input"]) if state else (0, 0, 0)
+            raws = self._shuffled(self._epoch_samples(epoch, start), epoch, state)
+            yield from (self._decoded(raws) if self.decode else (x for x, _ in raws))
+            state = None
             if not self.repeat:
                 return
             epoch += 1
+
+
+def _rng_state(state: tp.Sequence[tp.Any]) -> tp.Tuple[tp.Any, ...]:
+    """``random.Random.getstate()`` back from its saved (possibly list-ified) form."""
+    version, internal, gauss = state
+    return int(version), tuple(int(v) for v in internal), gauss
 
 
 def num_clips(shards: tp.Union[str, tp.Sequence[str]]) -> tp.Optional[int]:
@@ -258,7 +373,8 @@ def num_clips(shards: tp.Union[str, tp.Sequence[str]]) -> tp.Optional[int]:
 
 def build_loader(data_cfg: "DataConfig", shards: tp.Union[str, tp.Sequence[str], None] = None, rank: int = 0,
                  world_size: int = 1, train: bool = True, repeat: bool = False, epoch: int = 0,
-                 batch_size: tp.Optional[int] = None, num_workers: tp.Optional[int] = None) -> DataLoader:
+                 batch_size: tp.Optional[int] = None, num_workers: tp.Optional[int] = None,
+                 track_position: bool = False, block: int = 0) -> DataLoader:
     """``DataLoader`` over :class:`ShardStream` yielding DEVELOPERS.md batch dicts.
 
     Args:
@@ -268,11 +384,14 @@ def build_loader(data_cfg: "DataConfig", shards: tp.Union[str, tp.Sequence[str],
         train: shuffle and drop the last incomplete batch; False = fixed order, keep every clip.
         repeat: infinite stream over epochs (training by steps).
         epoch: starting epoch (reshuffles); also ``loader.dataset.set_epoch(e)`` between epochs.
+        track_position: batches carry ``"__pos__"``, the stream position after them (O(1) resume through
+            ``loader.dataset.resume_from``); ``block``: see :class:`ShardStream` (sharded validation).
     """
     shards = shards if shards is not None else (data_cfg.train_shards if train else data_cfg.val_shards)
     if not shards:
         raise DataError(f"no shards given: set data.{'train' if train else 'val'}_shards (e.g. data/shards/train-*.tar)")
-    ds = ShardStream(shards, data_cfg, rank=rank, world_size=world_size, shuffle=train, repeat=repeat)
+    ds = ShardStream(shards, data_cfg, rank=rank, world_size=world_size, shuffle=train, repeat=repeat,
+                     track_position=track_position, block=block)
     ds.set_epoch(epoch)
     workers = data_cfg.num_workers if num_workers is None else num_workers
     return DataLoader(ds, batch_size=batch_size or data_cfg.batch_size, num_workers=workers, collate_fn=collate,
