@@ -263,3 +263,73 @@ def test_music_gain_sets_the_balance_and_loudness_off_keeps_levels(speech):
     assert M.integrated_loudness(plain.music, SR) == pytest.approx(-24.0, abs=0.1)  # no fades in `plain`
     assert _db(lower.music[: track.size][pause]) - _db(plain.music[: track.size][pause]) == pytest.approx(-6.0, abs=0.05)
     assert np.allclose(plain.audio[: track.size], orig + plain.music[: track.size], atol=1e-6)  # the original untouched
+
+
+# ------------------------------------------------------------------------------------------- end to end
+def _video_only_mp4(path, seconds: float, fps: int = 25, size=(32, 48)):
+    """An mp4 with a video stream and no audio stream."""
+    from fractions import Fraction
+
+    import av
+
+    rng = np.random.default_rng(1)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = size[1], size[0], "yuv420p"
+        for k in range(round(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray((rng.random((*size, 3)) * 255).astype(np.uint8), format="rgb24")
+            frame.pts, frame.time_base = k, Fraction(1, fps)
+            for pkt in vs.encode(frame):
+                out.mux(pkt)
+        for pkt in vs.encode(None):
+            out.mux(pkt)
+    return path
+
+
+@pytest.mark.slow
+def test_vmas_generate_keeps_speech_and_hits_the_loudness(tmp_path, capsys):
+    """`vmas generate` (debug model) on a video with espeak speech in its audio track, and on one with no audio
+    stream: the first keeps the voice (same waveform, same level up to the loudness normalisation) under the
+    music at -14 LUFS; the second gets the music alone at -14 LUFS; both decoded mp4s stay <= -1 dBTP (after
+    AAC). NAME.wav stays the music alone, as the model made it."""
+    from datasets.synthmv import write_mp4
+    from vmas.cli import main
+    from vmas.data import media
+
+    a, b = (_espeak(s, MUSIC_SR) for s in SENTENCES)
+    one, pause = np.zeros(MUSIC_SR), np.zeros(round(1.5 * MUSIC_SR))
+    voice = np.concatenate([one, a, pause, b, one]).astype(np.float32)
+    t1 = 1.0 + a.size / MUSIC_SR
+    truth = [(1.0, t1), (t1 + 1.5, t1 + 1.5 + b.size / MUSIC_SR)]
+    seconds = voice.size / MUSIC_SR
+    frames = (np.random.default_rng(0).random((round(seconds * 25), 32, 48, 3)) * 255).astype(np.uint8)
+    talk = write_mp4(tmp_path / "talk.mp4", frames, voice, fps=25)
+    silent = _video_only_mp4(tmp_path / "silent.mp4", 4.0)
+    out = tmp_path / "out"
+    rc = main(["generate", str(talk), str(silent), "-o", str(out), "--model", "vmas-debug-random", "--top-k", "16",
+               "-q"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "talk.mp4" in printed and "audio: keep" in printed and "audio: replace" in printed
+
+    orig = media.read_audio(talk, sr=SR).numpy().astype(np.float64)
+    mixed = media.read_audio(out / "talk.mp4", sr=SR).numpy().astype(np.float64)
+    n = min(orig.size, mixed.size)
+    spoken = _mask(truth, n, SR)
+    level = _pyloudnorm(mixed, SR)
+    diff = _db(mixed[:n][spoken]) - _db(orig[:n][spoken])
+    alone = M.normalize_loudness(orig, SR, -14.0, -1.0)[0]
+    diff_alone = _db(alone[:n][spoken]) - _db(orig[:n][spoken])
+    corr = np.corrcoef(mixed[:n][spoken], orig[:n][spoken])[0, 1]
+    print(f"talk.mp4: {level:.2f} LUFS, {_fft_true_peak(mixed):.2f} dBTP, voice {diff:+.2f} dB "
+          f"(alone {diff_alone:+.2f}), correlation {corr:.3f}")
+    assert abs(level + 14.0) <= 0.5 and _fft_true_peak(mixed) <= -1.0
+    assert abs(diff - diff_alone) <= 1.0 and corr > 0.85
+
+    music = media.read_audio(out / "silent.mp4", sr=MUSIC_SR).numpy().astype(np.float64)
+    raw = media.read_audio(out / "silent.wav", sr=MUSIC_SR).numpy().astype(np.float64)
+    print(f"silent.mp4: {_pyloudnorm(music, MUSIC_SR):.2f} LUFS, {_fft_true_peak(music):.2f} dBTP "
+          f"(the model's raw music: {_pyloudnorm(raw, MUSIC_SR):.2f} LUFS)")
+    assert abs(_pyloudnorm(music, MUSIC_SR) + 14.0) <= 0.5 and _fft_true_peak(music) <= -1.0
+    k = min(music.size, raw.size)
+    mid = slice(MUSIC_SR, k - 2 * MUSIC_SR)  # inside the fades
+    assert np.corrcoef(music[mid], raw[mid])[0, 1] > 0.9  # the music alone, louder

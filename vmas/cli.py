@@ -44,11 +44,39 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
                         "from the video unless --tempo is given); default: the model's generation.beat_from_video")
     p.add_argument("--tag-cfg", type=float, default=None, help="guidance scale of the tags branch (--guide tags/both): "
                    "raise it when the tags should win over the picture; default: the model's generation.tag_cfg")
+    _add_mix_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same audio)")
     p.add_argument("--duration", type=float, default=None, help="generate at most this many seconds per video")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--batch-size", type=int, default=1, help="videos generated together")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _lufs(text: str) -> tp.Optional[float]:
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a loudness in LUFS (e.g. -14) or 'off', got {text!r}") from None
+
+
+def _add_mix_args(p: argparse.ArgumentParser) -> None:
+    """The finished track (issue 24, :mod:`vmas.mixing`); defaults come from :class:`vmas.mixing.MixOptions`."""
+    from vmas.mixing import MIX_MODES, MixOptions
+
+    d = MixOptions()
+    p.add_argument("--mix", choices=MIX_MODES, default=None,
+                   help="keep: the music under the video's own audio; replace: the music alone; default: keep when "
+                        "the video has an audio stream, replace otherwise")
+    p.add_argument("--duck", type=float, default=d.duck, metavar="DB",
+                   help="with keep: dB the music dips while someone speaks in the video (0 = no ducking)")
+    p.add_argument("--music-gain", type=float, default=d.music_gain, metavar="DB",
+                   help="with keep: music level relative to the loudness of the video's own audio (between "
+                        "sentences); with replace: a plain gain before --loudness")
+    p.add_argument("--loudness", type=_lufs, default=d.loudness, metavar="LUFS",
+                   help=f"integrated loudness of the finished track (BS.1770), true peak <= {d.true_peak:g} dBTP; "
+                        "'off' = no normalisation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,9 +113,15 @@ def run_generate(args) -> int:
     from vmas.errors import VmasError
     from vmas.generate import GenerationRequest, generate_for_videos
     from vmas.hub import load_model
+    from vmas.mixing import MixOptions
     from vmas.tags.cleaner import split_tag_arg
     from vmas.utils import resolve_device
 
+    try:
+        mixing = MixOptions(mix=args.mix, duck=args.duck, music_gain=args.music_gain, loudness=args.loudness)
+    except VmasError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     pipe = load_model(args.model, device=str(resolve_device(args.device)))
     if pipe.note:
         print(pipe.note, file=sys.stderr)
@@ -96,7 +130,8 @@ def run_generate(args) -> int:
         tempo=args.tempo, negative=split_tag_arg(args.negative), auto_tags=args.auto_tags,
         seed=args.seed, duration=args.duration, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
         temperature=args.temperature, guide=args.guide, tag_cfg=args.tag_cfg,
-        beat_from_video=args.beat_from_video)  # None = the model's generation config
+        beat_from_video=args.beat_from_video,  # None = the model's generation config
+        mixing=mixing)
     failed: tp.List[Path] = []
 
     def on_error(path: Path, err: Exception) -> None:
@@ -112,7 +147,8 @@ def run_generate(args) -> int:
                                   auto_tagger=tagger, progress=not args.quiet, on_error=on_error)
     for r in results:
         tags = f"  tags: {', '.join(r.tags)}" if r.tags else ""
-        print(f"{r.mp4}  ({r.duration:.2f} s, {r.windows} window(s)){tags}")
+        audio = f"  audio: {r.mix['mode']}, {r.mix['loudness']:.1f} LUFS" if r.mix else ""
+        print(f"{r.mp4}  ({r.duration:.2f} s, {r.windows} window(s)){tags}{audio}")
     if failed:
         print(f"{len(failed)} of {len(args.video)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
@@ -125,7 +161,8 @@ def run_demo(args) -> int:
     name = args.model or DEFAULT_MODEL
     entry = _MODELS.get(name)
     print(f"vmas demo: model '{name}'" + (f" ({entry.description})" if entry else ""))
-    ns = build_parser().parse_args(["generate", str(example), "-o", args.output_dir, "--model", name])
+    # the example's own audio is SynthMV's reference music, not a voice to keep: the demo replaces it
+    ns = build_parser().parse_args(["generate", str(example), "-o", args.output_dir, "--model", name, "--mix", "replace"])
     return run_generate(ns)
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from vmas.data import media
 from vmas.errors import MediaError, VmasError
+from vmas.mixing import MixOptions
 from vmas.sampling import SamplingParams
 from vmas.tags.cleaner import merge_tags
 
@@ -52,6 +53,9 @@ class GenerationRequest:
     """Generate music for at most this many seconds of each video (the rest of the video stays silent)."""
     stride: tp.Optional[float] = None
     """Seconds of new music per continuation window (default: half a window)."""
+    mixing: MixOptions = dataclasses.field(default_factory=MixOptions)
+    """The finished track in ``NAME.mp4`` (keep or replace the video's own audio, ducking under speech, music gain,
+    loudness): :class:`vmas.mixing.MixOptions`."""
 
     def resolved(self, defaults: tp.Any) -> "GenerationRequest":
         """A copy with every unset sampling control (and ``beat_from_video``) taken from the model's defaults: a
@@ -77,6 +81,9 @@ class GenerationResult:
     duration: float
     tags: tp.List[str]
     windows: int
+    mix: tp.Dict[str, tp.Any] = dataclasses.field(default_factory=dict)
+    """The finished track of ``mp4``: mode, loudness (LUFS) and true peak (dBTP) measured on the decoded mp4,
+    normalisation gain, speech intervals (:meth:`vmas.mixing.MixResult.summary`)."""
 
 
 @dataclasses.dataclass
@@ -151,7 +158,7 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPip
             continue
         for job in chunk:
             try:
-                results.append(_write_outputs(job, pipe, out_dir, windows))
+                results.append(_write_outputs(job, pipe, out_dir, windows, req.mixing))
             except VmasError as err:
                 fail(job.video, err)
             bar.update(1)
@@ -164,14 +171,19 @@ def generate_for_video(video: tp.Union[str, Path], model: tp.Any = None, out_dir
     """One call from Python: ``generate_for_video("clip.mp4", tags=["piano"], tempo=96)``.
 
     ``model`` is a loaded pipeline, a registered name or a checkpoint path (default: the package's default model).
+    The audio options of :class:`vmas.mixing.MixOptions` can be given by name (``mix="keep", duck=-12,
+    music_gain=-4, loudness=-14``) or as ``mixing=MixOptions(...)``.
     """
     from vmas.hub import load_model
 
     pipe = model if hasattr(model, "codec") else load_model(model)
-    fields = {f.name for f in dataclasses.fields(GenerationRequest)}
+    fields = {f.name for f in dataclasses.fields(GenerationRequest)} | set(MixOptions.names())
     unknown = set(controls) - fields
     if unknown:
         raise VmasError(f"unknown generation option(s) {sorted(unknown)}; valid: {sorted(fields)}")
+    audio = {k: controls.pop(k) for k in MixOptions.names() if k in controls}
+    if audio:
+        controls["mixing"] = dataclasses.replace(controls.get("mixing") or MixOptions(), **audio)
     return generate_for_videos([video], pipe, out_dir, GenerationRequest(**controls), progress=False)[0]
 
 
@@ -246,7 +258,8 @@ def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationR
     return len(plan)
 
 
-def _write_outputs(job: _Job, pipe: "VMASPipeline", out_dir: Path, windows: int) -> GenerationResult:
+def _write_outputs(job: _Job, pipe: "VMASPipeline", out_dir: Path, windows: int,
+                   mixing: tp.Optional[MixOptions] = None) -> GenerationResult:
     sr = pipe.codec.sample_rate
     with torch.no_grad():
         wav = pipe.codec.decode(job.codes[None].to(pipe.device))[0, 0].float().cpu()  # [N]
@@ -257,7 +270,31 @@ def _write_outputs(job: _Job, pipe: "VMASPipeline", out_dir: Path, windows: int)
         wav = wav * (0.99 / peak)
     stem = job.video.stem
     wav_path, mp4_path = out_dir / f"{stem}.wav", out_dir / f"{stem}.mp4"
-    media.write_wav(wav_path, wav, sr)
-    media.mux_audio(job.video, wav_path, mp4_path)
+    media.write_wav(wav_path, wav, sr)  # the music alone, as the model made it (what evaluation reads)
+    mix = _mux_finished(job, wav.numpy(), sr, mp4_path, mixing or MixOptions())
     return GenerationResult(video=job.video, wav=wav_path, mp4=mp4_path, duration=job.seconds, tags=job.tags,
-                            windows=windows)
+                            windows=windows, mix=mix)
+
+
+MIX_RATE = 48000
+"""Rate of the finished track when the video's own audio is kept (video audio's usual rate; the music is resampled)."""
+
+
+def _mux_finished(job: _Job, music, sr: int, mp4_path: Path, opts: MixOptions) -> tp.Dict[str, tp.Any]:
+    """Mux the finished track (:func:`vmas.mixing.finish_audio`: the music over or instead of the video's own audio
+    stream) into ``mp4_path``, keeping the decoded AAC's true peak under the ceiling; returns the measurements."""
+    from vmas import mixing
+
+    mode = opts.resolve_mode(job.info.has_audio)
+    if mode == "keep" and not job.info.has_audio:
+        raise MediaError(f"{job.video}: --mix keep needs an audio stream and this video has none; use --mix replace")
+    original = media.read_audio(job.video, sr=MIX_RATE, duration=job.info.duration).numpy() if mode == "keep" else None
+    res = mixing.finish_audio(music, sr, original, MIX_RATE, dataclasses.replace(opts, mix=mode), headroom=0.5)
+
+    def encode(audio):
+        media.mux_audio(job.video, audio, mp4_path, sr=res.sample_rate)
+        return media.read_audio(mp4_path, sr=res.sample_rate).numpy()
+
+    _, decoded = mixing.encode_within_ceiling(res.audio, res.sample_rate, opts.true_peak, encode)
+    return dict(res.summary(), loudness=round(mixing.integrated_loudness(decoded, res.sample_rate), 2),
+                true_peak=round(mixing.true_peak(decoded, res.sample_rate), 2))

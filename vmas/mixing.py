@@ -112,6 +112,13 @@ class MixResult:
     original_loudness: tp.Optional[float] = None
     """Integrated loudness of the original audio (LUFS; None with ``replace``)."""
 
+    def summary(self) -> tp.Dict[str, tp.Any]:
+        """The numbers without the arrays (what :class:`vmas.generate.GenerationResult` keeps)."""
+        return {"mode": self.mode, "sample_rate": self.sample_rate, "loudness": round(self.loudness, 2),
+                "true_peak": round(self.true_peak, 2), "gain_db": round(self.gain_db, 2),
+                "original_loudness": None if self.original_loudness is None else round(self.original_loudness, 2),
+                "speech": [(round(a, 3), round(b, 3)) for a, b in self.speech]}
+
 
 # ----------------------------------------------------------------------------------------------- small helpers
 def db_to_gain(db: tp.Union[float, np.ndarray]) -> tp.Union[float, np.ndarray]:
@@ -407,5 +414,24 @@ def finish_audio(music: np.ndarray, music_sr: int, original: tp.Optional[np.ndar
                      true_peak=true_peak(out, sr), original_loudness=original_loudness)
 
 
+def encode_within_ceiling(audio: np.ndarray, sr: int, ceiling: float,
+                          encode: tp.Callable[[np.ndarray], np.ndarray], tries: int = 2) -> tp.Tuple[np.ndarray, np.ndarray]:
+    """Write ``audio`` with a lossy encoder and keep the *decoded* true peak under ``ceiling`` dBTP.
+
+    ``encode(audio) -> decoded`` writes the file and returns what a player will decode from it (same rate). AAC's
+    decoded peaks can sit up to ~0.5 dB above the PCM's; :func:`finish_audio`'s ``headroom`` usually absorbs that,
+    and when it does not, the audio is lowered by the excess and encoded again. Returns ``(audio, decoded)``.
+    """
+    decoded = encode(audio)
+    for _ in range(tries):
+        over = true_peak(decoded, sr) - ceiling
+        if over <= 0:
+            break
+        audio = (audio * db_to_gain(-over - 0.05)).astype(audio.dtype)
+        decoded = encode(audio)
+    return audio, decoded
+
+
 __all__ = ["MixOptions", "MixResult", "MIX_MODES", "finish_audio", "speech_intervals", "ducking_gain", "fade_gain",
-           "integrated_loudness", "true_peak", "peak_envelope", "limiter_gain", "normalize_loudness", "resample", "db_to_gain"]
+           "integrated_loudness", "true_peak", "peak_envelope", "limiter_gain", "normalize_loudness",
+           "encode_within_ceiling", "resample", "db_to_gain"]
