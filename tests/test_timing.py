@@ -11,11 +11,15 @@ from vmas.solvers.solver import Solver
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_onset_oracle_and_interp_path_are_trained(tmp_path):
-    cfg = load_config(ROOT / "configs" / "debug.yaml", [
+def two_step_cfg(tmp_path, *overrides):
+    """Debug preset, torch engine, 2 steps, no condition dropout (every clip feeds its per-step paths)."""
+    return load_config(ROOT / "configs" / "debug.yaml", [
         f"train.out_dir={tmp_path}", "train.engine=torch", "train.progress=false", "optim.max_steps=2",
-        "train.save_every=100", "optim.warmup_steps=0", "model.lm.cond_dropout=0", "model.lm.onset_oracle=true",
-        "model.lm.video_fuse=cross+interp"])
+        "train.save_every=100", "optim.warmup_steps=0", "model.lm.cond_dropout=0", *overrides])
+
+
+def test_onset_oracle_and_interp_path_are_trained(tmp_path):
+    cfg = two_step_cfg(tmp_path, "model.lm.onset_oracle=true", "model.lm.video_fuse=cross+interp")
     solver = Solver(cfg)
     fuser = solver.model.fuser
     before = {"onset": fuser.onset_proj.weight.detach().clone(), "step": fuser.step_proj.weight.detach().clone()}
@@ -67,10 +71,7 @@ def test_motion_features_hand_values():
 def test_motion_condition_trains_and_generation_computes_motion_from_frames(tmp_path):
     from vmas.builders import build_model
 
-    cfg = load_config(ROOT / "configs" / "debug.yaml", [
-        f"train.out_dir={tmp_path}", "train.engine=torch", "train.progress=false", "optim.max_steps=2",
-        "train.save_every=100", "optim.warmup_steps=0", "model.lm.cond_dropout=0", "model.lm.motion_condition=true",
-        "loss.motion_flow=farneback"])
+    cfg = two_step_cfg(tmp_path, "model.lm.motion_condition=true", "loss.motion_flow=farneback")
     solver = Solver(cfg)
     w0 = solver.model.fuser.motion_proj.weight.detach().clone()
     solver.fit()
