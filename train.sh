@@ -12,12 +12,13 @@
 #   MASTER_ADDR     rank-0 host (default 127.0.0.1, or the first hostfile entry)
 #   MASTER_PORT     rendezvous port (default 29500)
 #   PYTHON          interpreter (default .venv/bin/python next to this script, else python3)
+#   ENTRY           script each rank runs (default tools/train.py; tools/check_zero.py checks every ZeRO stage)
 # See docs/training.md for SLURM and hostfile recipes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 if [[ $# -lt 1 || "$1" == -h || "$1" == --help ]]; then
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 PYTHON="${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}"
@@ -45,5 +46,6 @@ if [[ "$NGPU" -gt 0 ]]; then
 else                                              # CPU: DeepSpeed picks its CPU accelerator, gloo on loopback
     LAUNCH+=(--num_gpus "${NPROC:-1}" --master_addr "${MASTER_ADDR:-127.0.0.1}")
 fi
-echo "launch: ${LAUNCH[*]} tools/train.py $*" >&2
-exec "${LAUNCH[@]}" tools/train.py "$@"
+ENTRY="${ENTRY:-tools/train.py}"
+echo "launch: ${LAUNCH[*]} $ENTRY $*" >&2
+exec "${LAUNCH[@]}" "$ENTRY" "$@"

@@ -19,6 +19,7 @@ Values marked "default (ours)" in SPEC are our choices and stay configurable her
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing as tp
 from dataclasses import dataclass, field
@@ -278,6 +279,14 @@ class OptimConfig:
     freeze: tp.List[str] = field(default_factory=list)
     """Extra parameter-name prefixes to freeze, e.g. ``[encoder]`` or ``[lm.transformer.layers.0]`` (the codec is
     never trained; ``model.encoder.freeze`` freezes the encoder too)."""
+    lora_rank: int = 0
+    """LoRA adapters (fine-tuning, ``vmas.solvers.lora``): rank of the low-rank update added to every ``nn.Linear``
+    under ``lora_targets``, whose other weights are then frozen; 0 = off. Adapters train with ``optim.lr`` and are
+    merged into the weights of the export."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator: the update is ``(lora_alpha / lora_rank) · B A``."""
+    lora_targets: tp.List[str] = field(default_factory=lambda: ["lm.transformer."])
+    """Module-name prefixes whose linear layers get adapters (default: every LM transformer block)."""
 
 
 @dataclass
@@ -314,6 +323,18 @@ class TrainConfig:
     ce, ce_video, ce_tags, ce_null, cond_gain, video_gain) into the log, TensorBoard and summary history. 0 = off."""
     eval_batches: int = 0
     """Validation batches per evaluation (0 = the whole of ``data.val_shards``)."""
+    init_from: str = ""
+    """Fine-tuning: start from these weights instead of ``model.*.pretrained`` / random ones, an inference export
+    (``model.pt``, the EMA weights) or a training checkpoint folder (its ``ema.pt``). The architecture of ``model``
+    must match; every loaded part trains with ``optim.lr_pretrained``. Unlike ``--resume`` the optimiser, schedule,
+    data position and step start fresh."""
+    early_stop: int = 0
+    """Stop when the validation ``ce`` (``train.eval_every``) has not improved for this many evaluations in a row,
+    then save and export as at the end (0 = off)."""
+    eval_batch_size: int = 0
+    """Clips per validation batch (0 = ``data.batch_size``). Validation is sharded over ranks in whole batches of
+    the 1-rank order, so keep it fixed to compare runs with different world sizes (``ce_wrong_video`` pairs clips
+    within a batch)."""
     device: str = "auto"
     """Single-process device for ``engine: torch``; DeepSpeed uses its accelerator (CUDA, else CPU)."""
     progress: bool = True
@@ -400,15 +421,17 @@ def _set_override(data: dict, dotted: str, raw: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path: tp.Union[str, Path, None] = None, overrides: tp.Sequence[str] = ()) -> Config:
+def load_config(path: tp.Union[str, Path, None] = None, overrides: tp.Sequence[str] = (),
+                base: tp.Optional[tp.Mapping[str, tp.Any]] = None) -> Config:
     """Load a YAML preset (or the defaults when ``path`` is None) and apply ``key.sub=value`` overrides.
 
-    A preset may start with ``base: other.yaml`` (relative to itself) to inherit and override another preset.
+    A preset may start with ``base: other.yaml`` (relative to itself) to inherit and override another preset;
+    ``base`` (a config dict, e.g. a checkpoint's stored config) is the layer under the preset (fine-tuning).
     """
-    data: dict = {}
-    source = "<defaults>"
+    data: dict = copy.deepcopy(dict(base)) if base else {}
+    source = "<defaults>" if not base else "<base checkpoint config>"
     if path is not None:
-        data = _read_yaml(Path(path))
+        _deep_update(data, _read_yaml(Path(path)))
         source = str(path)
     for item in overrides:
         if "=" not in item:

@@ -42,6 +42,10 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
         from vmas.config import config_from_dict, config_to_dict, load_config
 
         cfg = load_config(args.config, args.overrides)
+        if cfg.train.init_from:  # fine-tuning: the preset is layered on the base model's own stored config
+            from vmas.solvers.export import stored_config
+
+            cfg = load_config(args.config, args.overrides, base=stored_config(cfg.train.init_from))
         if args.synthetic:
             cfg.train.synthetic = True
         cfg = config_from_dict(config_to_dict(cfg))  # re-validate after CLI flags

@@ -13,7 +13,9 @@ import torch
 
 from vmas.builders import build_codec
 from vmas.config import Config, config_to_dict
+from vmas.errors import CheckpointError
 from vmas.solvers.checkpoint import export_inference, read_meta
+from vmas.solvers.lora import merge_lora
 
 
 def export_ema(path: tp.Union[str, Path], cfg: Config, ema_state: tp.Mapping[str, tp.Any],
@@ -24,6 +26,8 @@ def export_ema(path: tp.Union[str, Path], cfg: Config, ema_state: tp.Mapping[str
     """
     prefix = "model."
     weights = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in ema_state["shadow"].items()}
+    if cfg.optim.lora_rank:  # fine-tuned with adapters: fold them into the weights (a plain VMAS state dict)
+        weights = merge_lora(weights, cfg.optim.lora_alpha / cfg.optim.lora_rank)
     meta = {"step": step, "ema_decay": ema_state["decay"], "ema_every": ema_state["every"],
             "ema_updates": ema_state["num_updates"], "note": f"{cfg.name} step {step} (EMA weights)"}
     return export_inference(path, config_to_dict(cfg), weights, codec_state, meta)
@@ -36,3 +40,60 @@ def export_checkpoint(cfg: Config, folder: tp.Union[str, Path], out: tp.Union[st
     ema = torch.load(folder / "ema.pt", map_location="cpu", weights_only=False)
     codec = build_codec(cfg.model.codec)
     return export_ema(out, cfg, ema, codec.state_dict(), meta["step"])
+
+
+def load_init_weights(model: torch.nn.Module, source: tp.Union[str, Path]) -> None:
+    """``train.init_from``: load an inference export (``model.pt``: its EMA weights) or a training checkpoint folder
+    (its ``ema.pt``) into ``model``, strictly (the fine-tuning config must describe the same architecture)."""
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "ema.pt").is_file():
+            raise CheckpointError(f"train.init_from={path}: no ema.pt (expected a training checkpoint folder "
+                                  "checkpoints/step_XXXXXXXX or an exported model.pt)")
+        state = torch.load(path / "ema.pt", map_location="cpu", weights_only=False)["shadow"]
+    elif path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(blob, dict) or "model" not in blob:
+            raise CheckpointError(f"train.init_from={path}: not a vmas export (no 'model' entry; see docs/training.md)")
+        state = blob["model"]
+    else:
+        raise CheckpointError(f"train.init_from={path}: no such file or folder")
+    state = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"train.init_from={path} does not fit model.* of this config (missing {missing[:2]}, "
+                              f"unexpected {unexpected[:2]}, shape differs {shapes[:2]}): use the base model's "
+                              "model section")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def stored_config(source: tp.Union[str, Path]) -> tp.Dict[str, tp.Any]:
+    """The config dict stored with an export (``model.pt``) or a training checkpoint folder (``meta.json``): the
+    layer a fine-tuning preset sits on, so ``model.*``, the data shapes and the generation defaults are the base
+    model's own (``tools/train.py`` with ``train.init_from``)."""
+    path = Path(source)
+    if path.is_dir():
+        return dict(read_meta(path)["config"])
+    if not path.is_file():
+        raise CheckpointError(f"train.init_from={path}: no such file or folder")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(blob, dict) or "config" not in blob:
+        raise CheckpointError(f"train.init_from={path}: not a vmas export (no 'config' entry)")
+    return dict(blob["config"])
+
+
+def init_codec(cfg: Config) -> torch.nn.Module:
+    """The codec of a fine-tuning run: the one stored in the ``train.init_from`` export when it has one (the
+    tokenizer the base model was trained with, whatever ``model.codec.pretrained`` points to on this machine),
+    else ``build_codec(cfg.model.codec)``."""
+    import dataclasses
+
+    path = Path(cfg.train.init_from)
+    blob = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else {}
+    if not blob.get("codec"):
+        return build_codec(cfg.model.codec)
+    codec = build_codec(dataclasses.replace(cfg.model.codec, pretrained=""))
+    codec.load_state_dict(blob["codec"])
+    return codec

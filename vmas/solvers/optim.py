@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vmas.errors import ConfigError
+from vmas.solvers.lora import LORA_KEYS
 
 if tp.TYPE_CHECKING:
     from vmas.config import Config, OptimConfig
@@ -48,6 +49,8 @@ def apply_freeze(model: nn.Module, prefixes: tp.Sequence[str]) -> tp.List[str]:
 
 def pretrained_prefixes(cfg: "Config") -> tp.List[str]:
     """Module prefixes whose weights come from a pretrained checkpoint (they train with ``optim.lr_pretrained``)."""
+    if cfg.train.init_from:  # fine-tuning: the whole model comes from a checkpoint
+        return [""]
     out = []
     if cfg.model.encoder.pretrained:
         out.append("encoder.")
@@ -70,7 +73,8 @@ def param_groups(model: nn.Module, optim: "OptimConfig",
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "pretrained" if any(name.startswith(pre) for pre in pretrained) else "new"
+        loaded = any(name.startswith(pre) for pre in pretrained) and not name.endswith(LORA_KEYS)
+        part = "pretrained" if loaded else "new"  # LoRA adapters are new even inside a loaded module
         buckets.setdefault((part, _no_decay(name, p)), []).append(p)
     groups = []
     for (part, no_decay), params in sorted(buckets.items()):

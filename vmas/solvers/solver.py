@@ -44,14 +44,15 @@ from vmas.solvers.distributed import barrier, dist_env, mean_over_ranks
 from vmas.solvers.ds_config import deepspeed_config
 from vmas.solvers.ema import EMA
 from vmas.solvers.engines import build_engine
-from vmas.solvers.export import export_ema
+from vmas.solvers.export import export_ema, init_codec, load_init_weights
 from vmas.solvers.inputs import BatchInputs, run_beat_weights
+from vmas.solvers.lora import apply_lora
 from vmas.solvers.monitor import TrainMonitor
 from vmas.solvers.optim import apply_freeze, build_optimizer, build_scheduler, param_groups, pretrained_prefixes
 from vmas.solvers.step import TrainStep
 from vmas.solvers.stream import DataStream
 from vmas.solvers.synthetic import SyntheticClips
-from vmas.solvers.validation import evaluate_branches
+from vmas.solvers.validation import evaluate_sharded
 from vmas.utils import seed_everything
 
 log = logging.getLogger("vmas.train")
@@ -87,10 +88,14 @@ class Solver:
         cfg = self.cfg
         # same seed on every rank: identical initial weights (DeepSpeed also broadcasts rank 0's)
         seed_everything(cfg.train.seed)
-        self.codec = build_codec(cfg.model.codec)
+        self.codec = build_codec(cfg.model.codec) if not cfg.train.init_from else init_codec(cfg)
         self.model = model if model is not None else build_model(cfg, codec=self.codec)
+        if cfg.train.init_from:  # fine-tuning: the weights of an export or checkpoint (the step starts at 0)
+            load_init_weights(self.model, cfg.train.init_from)
         if cfg.optim.freeze:
             apply_freeze(self.model, cfg.optim.freeze)
+        if cfg.optim.lora_rank:
+            apply_lora(self.model, cfg.optim.lora_targets, cfg.optim.lora_rank, cfg.optim.lora_alpha)
         groups = param_groups(self.model, cfg.optim, pretrained_prefixes(cfg))
         self.param_summary = {g["name"]: sum(p.numel() for p in g["params"]) for g in groups}
         self.frozen_params = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
@@ -172,9 +177,28 @@ class Solver:
         branch), ``ce_wrong_video`` the video of the next clip in the batch; with the beat condition, every branch
         but ``ce_null`` carries the clip's beat grid and ``ce_no_beat`` is video + tags without it. See
         :mod:`vmas.solvers.validation` for the gains.
+
+        Sharded: rank ``r`` scores the batches ``r, r + world, ...`` of the 1-rank order (``ShardStream(block=B)``)
+        through the engine's forward (ZeRO-3 safe), and the sums are all-reduced, so every rank returns the
+        1-rank result. ``max_batches`` counts global batches; all ranks call this.
         """
-        loader = shard_loader.build_loader(self.cfg.data, self.cfg.data.val_shards, train=False)
-        res = evaluate_branches(self.model, loader, self._to_device, max_batches)
+        cfg = self.cfg
+        B = cfg.train.eval_batch_size or cfg.data.batch_size
+        loader = shard_loader.build_loader(cfg.data, cfg.data.val_shards, rank=self.rank, world_size=self.world,
+                                           train=False, batch_size=B, block=B)
+        nw = max(cfg.data.num_workers, 1)  # rank r's k-th batch is block (k // nw)·world·nw + r·nw + k % nw
+
+        def global_index(k: int) -> int:
+            return (k // nw) * self.world * nw + self.rank * nw + k % nw
+
+        def call(inputs, names):
+            return self.engine(**inputs, validate=list(names))
+
+        def dummy():  # for a rank with fewer batches than another (ZeRO-3 forwards are collective)
+            return shard_loader.collate([SyntheticClips(cfg, cfg.train.seed, 1).clip(0)])
+
+        res = evaluate_sharded(call, self.engine.module, loader, self._to_device, max_batches, self.rank,
+                               self.world, global_index, dummy)
         if not res["clips"]:
             raise ConfigError(f"data.val_shards={self.cfg.data.val_shards!r} holds no clips")
         return res
@@ -196,6 +220,7 @@ class Solver:
         start_step, t0 = self.step, time.time()
         last_ckpt = None
         values: tp.Dict[str, float] = {}
+        best_val, bad_evals, stopped_early = math.inf, 0, False
         while self.step < max_steps:
             values = self.train_step()
             if not math.isfinite(values["loss"]):
@@ -207,12 +232,20 @@ class Solver:
             self.history.append({"step": self.step, **{k: round(v, 6) for k, v in values.items()}})
             monitor.train(self.step, values, clips_per_s, eta)
             if t.eval_every and cfg.data.val_shards and (self.step % t.eval_every == 0 or self.step == max_steps):
-                ev = self.evaluate(t.eval_batches)
+                ev = self.evaluate(t.eval_batches)  # all-reduced: every rank takes the same early-stop decision
                 self.history[-1].update({f"val_{k}": round(v, 6) for k, v in ev.items()})
                 monitor.val(self.step, ev)
-            if self.step % t.save_every == 0 or self.step == max_steps:
+                if ev["ce"] < best_val:
+                    best_val, bad_evals = ev["ce"], 0
+                else:
+                    bad_evals += 1
+                stopped_early = bool(t.early_stop) and bad_evals >= t.early_stop
+                if stopped_early and self.is_main:
+                    log.info("early stop at step %d: val ce %.4f has not improved on %.4f for %d evaluations",
+                             self.step, ev["ce"], best_val, bad_evals)
+            if self.step % t.save_every == 0 or self.step == max_steps or stopped_early:
                 last_ckpt = self.save()
-            if stop_after is not None and self.step >= stop_after:
+            if stopped_early or (stop_after is not None and self.step >= stop_after):
                 break
         wall = time.time() - t0
         summary = {"name": cfg.name, "steps": self.step, "resumed_from_step": start_step, "world_size": self.world,
@@ -220,10 +253,11 @@ class Solver:
                    "final": values, "wall_s": round(wall, 2),
                    "clips_per_s": round((self.step - start_step) * self.global_batch / max(wall, 1e-9), 3),
                    "loss_curve": [h["loss"] for h in self.history],
-                   "checkpoint": str(last_ckpt) if last_ckpt else None, "export": None}
+                   "checkpoint": str(last_ckpt) if last_ckpt else None, "export": None,
+                   "early_stopped": stopped_early, "best_val_ce": best_val if math.isfinite(best_val) else None}
         monitor.close()
         if self.is_main:
-            if self.step >= max_steps:
+            if self.step >= max_steps or stopped_early:
                 summary["export"] = str(self.export())
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         barrier()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from vmas.losses.objective import VMASObjective
+from vmas.solvers.validation import branch_losses
 
 
 class TrainStep(nn.Module):
@@ -29,10 +30,17 @@ class TrainStep(nn.Module):
     def forward(self, frames: torch.Tensor, codes: torch.Tensor, beat_weights: torch.Tensor,
                 tag_emb: tp.Optional[torch.Tensor] = None, tag_mask: tp.Optional[torch.Tensor] = None,
                 beat: tp.Optional[torch.Tensor] = None, onsets: tp.Optional[torch.Tensor] = None,
-                motion: tp.Optional[torch.Tensor] = None):
+                motion: tp.Optional[torch.Tensor] = None, validate: tp.Optional[tp.Sequence[str]] = None):
         """frames uint8 [B,T,H,W,3], codes long [B,K,Ta], beat_weights [B,Ta], tag_emb [B,N,Ct], beat [B,2],
-        onsets [B,Ta] (the onset oracle's input, a diagnostic), motion [B,T-1] (the motion condition's input)."""
+        onsets [B,Ta] (the onset oracle's input, a diagnostic), motion [B,T-1] (the motion condition's input).
+
+        ``validate`` (branch names): return the CE [len(validate)] of each validation branch instead of the loss,
+        so validation runs through the engine's forward (ZeRO-3 gathers partitioned weights there, bf16 casts)."""
         if tag_emb is not None:  # text-encoder output is float32; the fuser may run in bf16
             tag_emb = tag_emb.to(next(self.model.fuser.parameters()).dtype)
+        if validate is not None:
+            inputs = {"frames": frames, "codes": codes, "beat_weights": beat_weights, "tag_emb": tag_emb,
+                      "tag_mask": tag_mask, "beat": beat, "onsets": onsets, "motion": motion}
+            return branch_losses(self.model, inputs, validate)
         out = self.model(frames, codes, tag_emb, tag_mask, beat=beat, onsets=onsets, motion=motion)
         return self.objective(out, {"beat_weights": beat_weights}, self.model.contrastive, self.model.codebooks)
