@@ -17,7 +17,8 @@ One job per module:
     step.py         model + objective (what engines wrap) engines.py     torch / DeepSpeed engines
     optim.py, ema.py  optimiser, schedule, EMA            checkpoint.py  atomic checkpoints, resume
     validation.py   per-condition-branch CE               monitor.py     TensorBoard, progress, log lines
-    export.py       the inference export                  cli.py         ``tools/train.py``
+    export.py       the inference export, init_from       cli.py         ``tools/train.py``
+    lora.py         LoRA adapters (fine-tuning)
 
 Both engines checkpoint model, optimiser, scheduler, EMA, data position and every RNG, so a resumed run
 continues the exact same trajectory.
