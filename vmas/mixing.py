@@ -298,7 +298,7 @@ def peak_envelope(x: np.ndarray, sr: int) -> np.ndarray:
     return peak
 
 
-def limiter_gain(x: np.ndarray, sr: int, ceiling_db: float, stages: tp.Sequence[float] = (0.002, 0.04),
+def limiter_gain(x: np.ndarray, sr: int, ceiling_db: float, stages: tp.Sequence[float] = (0.001, 0.01),
                  envelope: tp.Optional[np.ndarray] = None) -> np.ndarray:
     """Look-ahead peak limiter: a smooth gain ``[N] <= 1`` such that ``x * gain`` stays under ``ceiling_db`` at
     every oversampled (true) peak.
@@ -306,8 +306,9 @@ def limiter_gain(x: np.ndarray, sr: int, ceiling_db: float, stages: tp.Sequence[
     Each stage takes, for every sample, the smallest gain needed over the next ``w`` seconds and averages that
     over the previous ``w`` seconds: the result is never above what any peak needs (each average includes the
     peak's own window) and ramps down over ``w`` seconds before the peak and up over ``w`` after it. A short stage
-    then a long one gives smooth, rounded ramps (2 + 40 ms by default). ``envelope`` is :func:`peak_envelope` of
-    ``x`` when the caller already has it.
+    then a longer one gives smooth, rounded ramps (1 + 10 ms by default: on a peaky voice a 40 ms release holds
+    the gain down through whole syllables and costs ~4 dB more limiting for the same loudness). ``envelope`` is
+    :func:`peak_envelope` of ``x`` when the caller already has it.
     """
     peak = peak_envelope(x, sr) if envelope is None else envelope
     ceiling = float(db_to_gain(ceiling_db))
