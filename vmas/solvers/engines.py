@@ -143,6 +143,12 @@ class DeepSpeedEngine:
                                               load_lr_scheduler_states=True)
         if path is None:
             raise CheckpointError(f"{folder}: DeepSpeed could not load engine/ (saved with another engine?)")
+        if self.engine.zero_optimization_partition_weights():
+            # ZeRO-3: loading leaves some parameters gathered (status AVAILABLE); the first step then records a
+            # fetch trace that later steps do not follow and DeepSpeed stops with "tracing error at step N ...
+            # expected the next 2 parameters in the parameter fetch queue" (deepspeedai/DeepSpeed#3599). Release
+            # them all so the resumed run starts from the same partitioned state as a fresh one.
+            self.engine.empty_partition_cache()
 
 
 def build_engine(cfg: Config, module: nn.Module, optimizer, scheduler, world_size: int, local_rank: int) -> Engine:
