@@ -81,3 +81,14 @@ def test_tag_control_benchmark_at_debug_size(tmp_path):
     assert json.loads(out.read_text()) == result and result["meta"]["clips"] == 2
     for key in ("no_tags", "tags_same", "tags_other", "negative", "tempo_within_8pct"):
         assert 0.0 <= result[key] <= 1.0
+
+
+@pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="needs Debian espeak-ng (make test installs it)")
+def test_mix_report_before_and_after(tmp_path):
+    # the README's before/after measurement, with the random debug model: the old behaviour loses the voice, the
+    # defaults keep it and land on the loudness target
+    out = run(["tools/mix_report.py", "--out", tmp_path, "--model", "vmas-debug-random"], ROOT)
+    report = json.loads(out.stdout[out.stdout.index("{"):])  # generate's one-line summaries come first
+    before, after = report["before (--mix replace --loudness off)"], report["after (defaults)"]
+    assert abs(after["loudness_lufs"] + 14.0) < 0.5 and after["true_peak_dbtp"] <= -1.0
+    assert after["voice_correlation"] > 0.5 > before["voice_correlation"]
