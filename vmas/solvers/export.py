@@ -61,12 +61,13 @@ def load_init_weights(model: torch.nn.Module, source: tp.Union[str, Path]) -> No
     state = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
+    # same element count is fine (old exports keep a 0-dim temperature; the module reshapes it when loading)
+    shapes = [k for k in set(own) & set(state) if own[k].numel() != state[k].numel()]
     if missing or unexpected or shapes:
         raise CheckpointError(f"train.init_from={path} does not fit model.* of this config (missing {missing[:2]}, "
                               f"unexpected {unexpected[:2]}, shape differs {shapes[:2]}): use the base model's "
                               "model section")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})  # strict
 
 
 def stored_config(source: tp.Union[str, Path]) -> tp.Dict[str, tp.Any]:
