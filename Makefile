@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install sysdeps demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench
+.PHONY: install sysdeps real-music demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,7 +39,21 @@ sysdeps:
 	      || echo "warning: could not install espeak-ng; the speech tests will be skipped"; \
 	  else echo "note: espeak-ng is missing (apt-get install espeak-ng as root); the speech tests will be skipped"; fi; }
 
-test: install sysdeps
+# Real recorded music for the reference-parity and music-only tests: Debian's drascula-music (31 Ogg Vorbis tracks,
+# 47 min, BSD-like licence), unpacked with dpkg -x into .cache/real_music (never committed). Tests that need it skip,
+# saying why, when it cannot be had (no apt-get, no network to the Debian mirror).
+REAL_MUSIC := .cache/real_music
+real-music:
+	@test -n "$$(ls $(REAL_MUSIC)/*.ogg 2>/dev/null)" || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    rm -rf $(REAL_MUSIC).tmp && mkdir -p $(REAL_MUSIC).tmp && cd $(REAL_MUSIC).tmp && \
+	    (apt-get download -qq drascula-music >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get download -qq drascula-music >/dev/null 2>&1)) && \
+	    dpkg -x drascula-music_*.deb x && cd - >/dev/null && mkdir -p $(REAL_MUSIC) && \
+	    mv $(REAL_MUSIC).tmp/x/usr/share/scummvm/drascula/audio/*.ogg $(REAL_MUSIC)/ && rm -rf $(REAL_MUSIC).tmp \
+	    || echo "warning: could not fetch drascula-music; the real-music tests will be skipped"; \
+	  else echo "note: apt-get is missing; the real-music tests will be skipped"; fi; }
+
+test: install sysdeps real-music
 	$(BIN)/python -m pytest -q tests
 
 # SynthMV end to end (issues 10, 11; about 15 min of data + codec + shards on 2 cores, then the benchmarks;

@@ -48,3 +48,17 @@ def tiny_clap(tmp_path_factory):
     ClapFeatureExtractor(feature_size=64).save_pretrained(path)
     AutoTokenizer.from_pretrained(str(minilm_default_path())).save_pretrained(path)
     return path
+
+
+REAL_MUSIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "real_music")
+
+
+@pytest.fixture(scope="session")
+def real_music():
+    """Sorted paths of real recorded music (Debian drascula-music Oggs, fetched by `make real-music`); skips if absent."""
+    from pathlib import Path
+
+    files = sorted(Path(os.environ.get("VMAS_REAL_MUSIC", REAL_MUSIC)).glob("*.ogg"))
+    if not files:
+        pytest.skip("no real recorded music: run `make real-music` (apt-get download drascula-music, as root)")
+    return files
