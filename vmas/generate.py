@@ -120,11 +120,13 @@ def _tag_tensors(pipe: "VMASPipeline", tag_lists: tp.Sequence[tp.Sequence[str]])
 def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPipeline", out_dir: tp.Union[str, Path],
                         request: tp.Optional[GenerationRequest] = None, batch_size: int = 1,
                         auto_tagger: tp.Optional[tp.Callable] = None, progress: bool = True,
-                        on_error: tp.Optional[tp.Callable[[Path, Exception], None]] = None) -> tp.List[GenerationResult]:
+                        on_error: tp.Optional[tp.Callable[[Path, Exception], None]] = None,
+                        on_window: tp.Optional[tp.Callable[[int, int], None]] = None) -> tp.List[GenerationResult]:
     """Generate music for each video and write ``NAME.wav`` and ``NAME.mp4`` (video stream copied) to ``out_dir``.
 
     Each file runs inside its own error boundary: a :class:`VmasError` for one file is passed to ``on_error``
-    (default: re-raise) and the others still finish.
+    (default: re-raise) and the others still finish. ``on_window(done, total)`` is called after each generation
+    window of a batch (the web page's progress bar, :mod:`vmas.app`).
     """
     req = (request or GenerationRequest()).resolved(pipe.spec)
     out_dir = Path(out_dir)
@@ -150,7 +152,7 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPip
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i: i + batch_size]
         try:
-            windows = _generate_chunk(chunk, pipe, req, progress)
+            windows = _generate_chunk(chunk, pipe, req, progress, on_window)
         except VmasError as err:
             for job in chunk:
                 fail(job.video, err)
@@ -167,12 +169,13 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPip
 
 
 def generate_for_video(video: tp.Union[str, Path], model: tp.Any = None, out_dir: tp.Union[str, Path] = "outputs",
-                       **controls) -> GenerationResult:
+                       on_window: tp.Optional[tp.Callable[[int, int], None]] = None, **controls) -> GenerationResult:
     """One call from Python: ``generate_for_video("clip.mp4", tags=["piano"], tempo=96)``.
 
     ``model`` is a loaded pipeline, a registered name or a checkpoint path (default: the package's default model).
     The audio options of :class:`vmas.mixing.MixOptions` can be given by name (``mix="keep", duck=-12,
-    music_gain=-4, loudness=-14``) or as ``mixing=MixOptions(...)``.
+    music_gain=-4, loudness=-14``) or as ``mixing=MixOptions(...)``. ``on_window(done, total)`` reports progress
+    after each generation window.
     """
     from vmas.hub import load_model
 
@@ -184,7 +187,8 @@ def generate_for_video(video: tp.Union[str, Path], model: tp.Any = None, out_dir
     audio = {k: controls.pop(k) for k in MixOptions.names() if k in controls}
     if audio:
         controls["mixing"] = dataclasses.replace(controls.get("mixing") or MixOptions(), **audio)
-    return generate_for_videos([video], pipe, out_dir, GenerationRequest(**controls), progress=False)[0]
+    return generate_for_videos([video], pipe, out_dir, GenerationRequest(**controls), progress=False,
+                               on_window=on_window)[0]
 
 
 # ------------------------------------------------------------------------------------------------------ internals
@@ -210,7 +214,8 @@ def _prepare(video: Path, pipe: "VMASPipeline", req: GenerationRequest, auto_tag
     return _Job(video=video, info=info, seconds=seconds, num_frames=max(1, math.ceil(seconds * fr)), tags=tags)
 
 
-def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationRequest, progress: bool) -> int:
+def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationRequest, progress: bool,
+                    on_window: tp.Optional[tp.Callable[[int, int], None]] = None) -> int:
     """Generate codes for a batch of videos window by window; returns the number of windows."""
     spec: GenerationSpec = pipe.spec
     fr = pipe.codec.frame_rate
@@ -242,7 +247,8 @@ def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationR
 
     gen = torch.Generator(device="cpu").manual_seed(req.seed)
     codes: tp.Optional[torch.Tensor] = None  # [B, K, T]
-    for start, end in tqdm(plan, desc="windows", unit="win", disable=not progress or len(plan) == 1, leave=False):
+    for done, (start, end) in enumerate(tqdm(plan, desc="windows", unit="win", disable=not progress or len(plan) == 1,
+                                             leave=False), start=1):
         frames = torch.stack([
             media.read_video_frames(job.video, fps=spec.fps, size=spec.image_size,
                                     start=start / fr, duration=spec.window_seconds)[0]
@@ -253,6 +259,8 @@ def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationR
                                   generator=gen, beat=beat, beat_start=start)  # [B, K, end-start]
         new = out if codes is None else out[:, :, codes.shape[-1] - start:]
         codes = new if codes is None else torch.cat([codes, new], dim=-1)
+        if on_window is not None:
+            on_window(done, len(plan))
     for b, job in enumerate(chunk):
         job.codes = codes[b, :, : job.num_frames].cpu()
     return len(plan)
