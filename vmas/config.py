@@ -250,6 +250,13 @@ class DataConfig:
     a paper-size clip is 14 MB decoded; a 48 x 32² SynthMV window is 0.15 MB). Removes video decoding, which
     otherwise dominates a tiny model's step time on the CPU."""
     curation: CurationConfig = field(default_factory=CurationConfig)
+    unpaired_shards: str = ""
+    """Music-only shards (no frames: ``tools/preprocess_music.py``, issue 25) drawn beside ``train_shards``. Their
+    clips train the LM with the learned null video condition and their tags, stay out of the contrastive loss and
+    take beat weights from their own music onsets (SONIQUE's unpaired music)."""
+    unpaired_fraction: float = 0.0
+    """Share of training clips drawn from ``unpaired_shards``, interleaved at an exact ratio (clip ``i`` of a reader
+    is music-only iff ``floor((i+1)·f) > floor(i·f)``). 0 = paired only: the loader is today's, bitwise."""
 
 
 @dataclass

@@ -500,8 +500,11 @@ def generate_windows(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float
                      tags: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None,
                      negative: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None, guide: str = "all",
                      tag_cfg: float = 0.0, beat_from_video: bool = False,
-                     onsets: tp.Optional[torch.Tensor] = None) -> tp.List[np.ndarray]:
+                     onsets: tp.Optional[torch.Tensor] = None, video: bool = True) -> tp.List[np.ndarray]:
     """Music for each clip's first ``clip_seconds`` window -> one float wav ``[N]`` per clip.
+
+    ``video=False``: tags-only generation (the video slots hold the learned null condition, as for music-only
+    training clips; issue 25), which needs ``tags``.
 
     ``tags`` / ``negative`` are per-clip tag lists (None = video only: the tag slots hold the learned null token);
     ``onsets`` [N, frames]: the onset oracle's input. Beat grids are built as ``vmas generate`` builds them.
@@ -510,6 +513,8 @@ def generate_windows(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float
     from vmas.data import media
 
     c = pipe.config
+    if not video and tags is None:
+        raise VmasError("generate_windows(video=False) is tags-only generation: pass tags")
     frames_per_clip = round(c.data.clip_seconds * pipe.codec.frame_rate)
     gen = torch.Generator().manual_seed(seed)
     encoder = pipe.get_text_encoder() if (tags or negative) else None
@@ -517,7 +522,8 @@ def generate_windows(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float
     for i in range(0, len(clips), batch):
         chunk = clips[i: i + batch]
         frames = torch.stack([media.read_video_frames(x["video"], fps=c.data.fps, size=c.data.image_size,
-                                                      start=0.0, duration=c.data.clip_seconds)[0] for x in chunk])
+                                                      start=0.0, duration=c.data.clip_seconds)[0]
+                              for x in chunk]) if video else None
         tag_emb = tag_mask = neg_emb = neg_mask = None
         if tags is not None:
             tag_emb, tag_mask = encoder(tags[i: i + batch])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import random
 import tarfile
 import typing as tp
@@ -117,12 +118,16 @@ def decode_sample(raw: tp.Mapping[str, tp.Any], data_cfg: "DataConfig") -> tp.Di
     d = data_cfg
     T, Ta = d.num_frames, round(d.clip_seconds * d.frame_rate)
     key = raw["__key__"]
-    ext = next((e for e in _FORMAT_OF_EXT if e in raw), None)
-    if ext is None:
-        raise DataError(f"sample {key}: no frames member ({', '.join(_FORMAT_OF_EXT)})")
-    frames = torch.from_numpy(decode_frames(raw[ext], _FORMAT_OF_EXT[ext]))  # [T, H, W, 3]
-    codes = torch.from_numpy(load_npy(raw["codes.npy"]).astype(np.int64))  # [K, Ta]
     meta = json.loads(raw["json"]) if "json" in raw else {}
+    has_video = meta.get("has_video", True)
+    ext = next((e for e in _FORMAT_OF_EXT if e in raw), None)
+    if ext is None and has_video:
+        raise DataError(f"sample {key}: no frames member ({', '.join(_FORMAT_OF_EXT)})")
+    if has_video:
+        frames = torch.from_numpy(decode_frames(raw[ext], _FORMAT_OF_EXT[ext]))  # [T, H, W, 3]
+    else:  # music-only clip (issue 25): zero frames keep the batch layout; the model never sees them (null video)
+        frames = torch.zeros((T, d.image_size, d.image_size, 3), dtype=torch.uint8)
+    codes = torch.from_numpy(load_npy(raw["codes.npy"]).astype(np.int64))  # [K, Ta]
     if tuple(frames.shape) != (T, d.image_size, d.image_size, 3) or codes.shape[-1] != Ta:
         raise DataError(f"sample {key}: frames {tuple(frames.shape)}, codes {tuple(codes.shape)} but the data config "
                         f"wants [{T}, {d.image_size}, {d.image_size}, 3] and [K, {Ta}]: re-run tools/preprocess.py "
@@ -131,11 +136,13 @@ def decode_sample(raw: tp.Mapping[str, tp.Any], data_cfg: "DataConfig") -> tp.Di
         "frames": frames,  # uint8 [T, H, W, 3]
         "codes": codes,  # long [K, Ta]
         "music_beats": torch.from_numpy(load_npy(raw["music_beats.npy"]).astype(bool)),  # [Ta]
-        "motion": torch.from_numpy(load_npy(raw["motion.npy"]).astype(np.float32)),  # [T-1]
+        "motion": (torch.from_numpy(load_npy(raw["motion.npy"]).astype(np.float32)) if has_video
+                   else torch.zeros(T - 1)),  # [T-1]
         "beat_weights": torch.from_numpy(load_npy(raw["beat_weights.npy"]).astype(np.float32)),  # [Ta]
         "tags": raw.get("tags.txt", b"").decode(),
         "key": key,
         "start": float(meta.get("start", 0.0)),
+        "has_video": bool(has_video),
     }
 
 
@@ -150,6 +157,7 @@ def collate(samples: tp.Sequence[tp.Mapping[str, tp.Any]]) -> tp.Dict[str, tp.An
         "tags": [s["tags"] for s in samples],
         "key": [s["key"] for s in samples],
         "start": torch.tensor([s["start"] for s in samples], dtype=torch.float32),  # [B]
+        "has_video": torch.tensor([s.get("has_video", True) for s in samples], dtype=torch.bool),  # [B]
         **({"__pos__": samples[-1]["__pos__"]} if "__pos__" in samples[-1] else {}),  # stream position after it
     }
 
@@ -354,6 +362,61 @@ class ShardStream(IterableDataset):
             epoch += 1
 
 
+def is_unpaired(i: int, fraction: float) -> bool:
+    """Whether clip ``i`` (0-based, per reader) of a mixed stream is drawn from the music-only stream.
+
+    Exact interleaving instead of coin flips: after ``n`` clips, ``floor(n·f)`` of them are music-only, so every
+    window of a run holds the configured share (no batch is all music by chance) and the choice needs no RNG state
+    to resume. f = 1/3 gives paired, paired, music, paired, paired, music, ..."""
+    return math.floor((i + 1) * fraction + 1e-9) > math.floor(i * fraction + 1e-9)
+
+
+class MixedStream(IterableDataset):
+    """Paired and music-only samples interleaved at ``fraction`` (``data.unpaired_fraction``, issue 25).
+
+    Each part is its own :class:`ShardStream` (its shards split over ranks and workers, shuffled, repeated), so a
+    music-only corpus of any size mixes in at a fixed ratio. Position: both parts' positions and the count ``n`` of
+    clips this reader has given, so :meth:`resume_from` continues both parts and the interleaving exactly.
+    """
+
+    def __init__(self, paired: ShardStream, unpaired: ShardStream, fraction: float):
+        super().__init__()
+        if not 0.0 < fraction < 1.0:
+            raise DataError(f"data.unpaired_fraction must be in (0, 1) to mix music-only clips, got {fraction}")
+        self.paired, self.unpaired, self.fraction = paired, unpaired, fraction
+        self.track_position = paired.track_position
+        self.resume: tp.Dict[int, tp.Dict[str, tp.Any]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.paired.set_epoch(epoch)
+        self.unpaired.set_epoch(epoch)
+
+    def resume_from(self, positions: tp.Mapping[int, tp.Mapping[str, tp.Any]], worker_offset: int = 0) -> None:
+        self.resume = {int(k): dict(v) for k, v in positions.items()}
+        parts = {name: {k: v[name] for k, v in self.resume.items() if v.get(name) is not None}
+                 for name in ("paired", "unpaired")}
+        self.paired.resume_from(parts["paired"], worker_offset)
+        self.unpaired.resume_from(parts["unpaired"], worker_offset)
+
+    def __iter__(self) -> tp.Iterator[tp.Dict[str, tp.Any]]:
+        reader, readers = self.paired._reader()
+        state = self.resume.get(reader, {})
+        n = int(state.get("n", 0))
+        last = {"paired": state.get("paired"), "unpaired": state.get("unpaired")}
+        its = {"paired": iter(self.paired), "unpaired": iter(self.unpaired)}
+        while True:
+            part = "unpaired" if is_unpaired(n, self.fraction) else "paired"
+            try:
+                sample = next(its[part])
+            except StopIteration:  # a part without repeat ran out: the mixed epoch ends with it
+                return
+            n += 1
+            if self.track_position:
+                last[part] = sample.pop("__pos__", None)
+                sample["__pos__"] = {"reader": reader, "readers": readers, "n": n, **last}
+            yield sample
+
+
 def _rng_state(state: tp.Sequence[tp.Any]) -> tp.Tuple[tp.Any, ...]:
     """``random.Random.getstate()`` back from its saved (possibly list-ified) form."""
     version, internal, gauss = state
@@ -390,8 +453,15 @@ def build_loader(data_cfg: "DataConfig", shards: tp.Union[str, tp.Sequence[str],
     shards = shards if shards is not None else (data_cfg.train_shards if train else data_cfg.val_shards)
     if not shards:
         raise DataError(f"no shards given: set data.{'train' if train else 'val'}_shards (e.g. data/shards/train-*.tar)")
-    ds = ShardStream(shards, data_cfg, rank=rank, world_size=world_size, shuffle=train, repeat=repeat,
-                     track_position=track_position, block=block)
+    ds: IterableDataset = ShardStream(shards, data_cfg, rank=rank, world_size=world_size, shuffle=train,
+                                      repeat=repeat, track_position=track_position, block=block)
+    if train and data_cfg.unpaired_fraction > 0:  # issue 25: music-only clips mixed in; 0 = the line above alone
+        if not data_cfg.unpaired_shards:
+            raise DataError(f"data.unpaired_fraction={data_cfg.unpaired_fraction} but data.unpaired_shards is empty: "
+                            "point it at music-only shards (tools/preprocess_music.py) or set the fraction to 0")
+        music = ShardStream(data_cfg.unpaired_shards, data_cfg, rank=rank, world_size=world_size, shuffle=True,
+                            repeat=repeat, track_position=track_position)
+        ds = MixedStream(ds, music, data_cfg.unpaired_fraction)
     ds.set_epoch(epoch)
     workers = data_cfg.num_workers if num_workers is None else num_workers
     return DataLoader(ds, batch_size=batch_size or data_cfg.batch_size, num_workers=workers, collate_fn=collate,

@@ -141,11 +141,30 @@ def alignment_fn(loss_cfg: "LossConfig", sample_rate: int, fps: float, frame_rat
     """AlignFn over :func:`vmas.alignment.precompute_alignment` (music onsets, motion curve, beat weights)."""
     from vmas.alignment import precompute_alignment
 
-    def align(wav: torch.Tensor, frames: torch.Tensor) -> tp.Mapping[str, torch.Tensor]:
+    def align(wav: torch.Tensor, frames: tp.Optional[torch.Tensor]) -> tp.Mapping[str, torch.Tensor]:
+        if frames is None:  # music-only clip (issue 25): see music_only_alignment
+            return music_only_alignment(wav, sample_rate, num_music_frames, loss_cfg, frame_rate)
         return precompute_alignment(wav, sample_rate, frames, fps, num_music_frames, loss_cfg, frame_rate=frame_rate,
                                     device=device)
 
     return align
+
+
+def music_only_alignment(wav: torch.Tensor, sample_rate: int, num_music_frames: int, loss_cfg: "LossConfig",
+                         frame_rate: float = 50.0) -> tp.Dict[str, torch.Tensor]:
+    """Alignment signals of a clip without video (issue 25): the music's own onsets and beat weights from them only.
+
+    With no picture there is no video beat to overlap with, so every onset counts as aligned: ``W[t] = 1`` at the
+    music's onset frames and ``λ`` elsewhere (:func:`vmas.alignment.beat_weights` with video beats everywhere).
+    λ keeps its meaning of "weight of a frame that is not a beat the model should place", relative to the beats;
+    λ = 1 is still the plain objective. No motion curve (the loader fills zeros and marks the clip ``has_video``
+    False).
+    """
+    from vmas.alignment import beat_weights, music_beats
+
+    bm = music_beats(wav, sample_rate, frame_rate=int(round(frame_rate)), num_frames=num_music_frames)  # [Ta]
+    w = beat_weights(bm, torch.ones_like(bm, dtype=torch.bool), delta=loss_cfg.beat_delta, lam=loss_cfg.beat_lambda)
+    return {"music_beats": bm, "beat_weights": w}
 
 
 def default_factories(data_cfg: "DataConfig", loss_cfg: "LossConfig", make_codec: tp.Callable[[], torch.nn.Module],
@@ -164,6 +183,8 @@ def make_sample(row: tp.Mapping[str, tp.Any], data_cfg: "DataConfig", encode: En
     """Read, tokenize and precompute one manifest clip -> tar members ``{ext: bytes}`` (plus ``__key__``)."""
     from vmas.data import media
 
+    if row.get("video") is None:  # music-only clip (issue 25): no frames member
+        return make_music_sample(row, data_cfg, encode, align)
     d = data_cfg
     T, Ta, N = d.num_frames, round(d.clip_seconds * d.frame_rate), round(d.clip_seconds * d.sample_rate)
     start = float(row["start"])
@@ -196,6 +217,47 @@ def make_sample(row: tp.Mapping[str, tp.Any], data_cfg: "DataConfig", encode: En
         "codes.npy": _npy(codes.numpy().astype(np.int16)),
         "music_beats.npy": _npy(beats.numpy()),
         "motion.npy": _npy(motion.numpy().astype(np.float32)),
+        "beat_weights.npy": _npy(weights.numpy().astype(np.float32)),
+        "tags.txt": str(row.get("tags") or "").encode(),
+        "json": json.dumps(meta).encode(),
+    }
+
+
+def make_music_sample(row: tp.Mapping[str, tp.Any], data_cfg: "DataConfig", encode: EncodeFn, align: AlignFn
+                      ) -> tp.Dict[str, bytes]:
+    """A manifest clip without video (``"video": null``, audio in ``row["audio"]``) -> tar members without frames.
+
+    ``align(wav, None)`` gives the music-only signals (:func:`music_only_alignment`); ``json`` says
+    ``"has_video": false`` and the loader fills zero frames / motion for the batch layout (issue 25)."""
+    from vmas.data import media
+
+    d = data_cfg
+    Ta, N = round(d.clip_seconds * d.frame_rate), round(d.clip_seconds * d.sample_rate)
+    start = float(row["start"])
+    if not row.get("audio"):
+        raise DataError(f"music-only clip {row.get('key')}: no 'audio' path in its manifest row")
+    wav = media.read_audio(row["audio"], sr=d.sample_rate, start=start, duration=d.clip_seconds)
+    wav = torch.as_tensor(wav, dtype=torch.float32)[:N]  # [N]
+    if wav.shape[-1] < N:
+        raise DataError(f"music-only clip {row.get('key')}: {wav.shape[-1] / d.sample_rate:.2f} s of audio from "
+                        f"{start:g} s, shorter than the {d.clip_seconds:g} s clip")
+    codes = encode(wav[None, None])  # [1, K, T']
+    if codes.shape[-1] < Ta:
+        raise DataError(f"codec gave {codes.shape[-1]} frames for {d.clip_seconds} s, expected >= {Ta}: "
+                        f"data.frame_rate must equal the codec's frame rate")
+    codes = codes[0, :, :Ta]  # [K, Ta]
+    al = align(wav, None)
+    beats = torch.as_tensor(al["music_beats"]).bool()[:Ta]  # [Ta]
+    weights = torch.as_tensor(al["beat_weights"]).float()[:Ta]  # [Ta]
+    assert beats.shape == (Ta,) and weights.shape == (Ta,), f"alignment shapes {tuple(beats.shape)}, want [{Ta}]"
+    assert int(codes.max()) < 2**15, "codes stored as int16"
+    meta = {"key": row["key"], "source_id": row.get("source_id", ""), "video": None, "has_video": False,
+            "audio": row["audio"], "start": start, "duration": d.clip_seconds, "split": row.get("split", ""),
+            "frame_rate": d.frame_rate, "sample_rate": d.sample_rate, "n_q": int(codes.shape[0])}
+    return {
+        "__key__": row["key"],
+        "codes.npy": _npy(codes.numpy().astype(np.int16)),
+        "music_beats.npy": _npy(beats.numpy()),
         "beat_weights.npy": _npy(weights.numpy().astype(np.float32)),
         "tags.txt": str(row.get("tags") or "").encode(),
         "json": json.dumps(meta).encode(),

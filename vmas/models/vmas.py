@@ -136,7 +136,7 @@ class VMAS(nn.Module):
                 drop_tags: tp.Optional[torch.Tensor] = None,
                 video_tokens: tp.Optional[torch.Tensor] = None, beat: tp.Optional[torch.Tensor] = None,
                 drop_beat: tp.Optional[torch.Tensor] = None, onsets: tp.Optional[torch.Tensor] = None,
-                motion: tp.Optional[torch.Tensor] = None) -> VMASOutput:
+                motion: tp.Optional[torch.Tensor] = None, no_video: tp.Optional[torch.Tensor] = None) -> VMASOutput:
         """frames uint8 [B,T,H,W,3], codes long [B,K,T] -> logits over the delay pattern.
 
         Condition dropout is drawn in training; ``drop_video`` / ``drop_tags`` / ``drop_beat`` ([B] bool) force it
@@ -145,6 +145,9 @@ class VMAS(nn.Module):
         clips' music (:func:`vmas.beat_grids.clip_grids`), used when the model has the beat condition.
         ``onsets`` [B, T] float: the music's onset frames, used only by the diagnostic onset oracle.
         ``motion`` [B, F-1]: the clips' motion curves (motion condition); None computes them from ``frames``.
+        ``no_video`` [B] bool: clips without a picture (music-only training data, issue 25): their video condition
+        is always the learned null one, they never lend their (blank) picture to a swap and they are not
+        ``video_kept`` (no contrastive pair). Applied after the dropout draws, so the random stream is unchanged.
         """
         B, K, T = codes.shape
         assert K == self.n_q, f"expected {self.n_q} codebooks, got {K}"
@@ -158,7 +161,12 @@ class VMAS(nn.Module):
             drop_tags = self._drops(B, self.tag_dropout, codes.device)
         if drop_beat is None and beat is not None:
             drop_beat = self._drops(B, self.beat_dropout, codes.device)
+        if no_video is not None:
+            no_video = no_video.to(codes.device).bool()
+            drop_video = no_video if drop_video is None else (drop_video | no_video)
         swapped = self._swaps(B, tag_emb, drop_video, drop_tags, codes.device)
+        if swapped is not None and no_video is not None:
+            swapped = swapped & ~no_video.roll(1, dims=0)  # the picture a swap would lend is blank
         if swapped is not None:  # these clips see the next clip's picture but keep their own tags and music
             video_tokens = torch.where(swapped[:, None, None], video_tokens.roll(1, dims=0), video_tokens)
         cond, cond_mask = self.fuser(video_tokens, tag_emb, tag_mask, drop_video=drop_video, drop_tags=drop_tags)

@@ -37,6 +37,11 @@ def check_config(cfg: Config, world_size: int) -> int:
         raise ConfigError(f"optim.max_steps ({o.max_steps}) must be >= 1 and optim.warmup_steps >= 0")
     if not t.synthetic:
         _check_train_shards(d.train_shards)
+    if not 0.0 <= d.unpaired_fraction < 1.0:
+        raise ConfigError(f"data.unpaired_fraction must be in [0, 1), got {d.unpaired_fraction} (the share of "
+                          "music-only clips; 0 = paired only)")
+    if d.unpaired_fraction > 0 and not t.synthetic:
+        _check_train_shards(d.unpaired_shards, "data.unpaired_shards")
     if t.deepspeed_config and not Path(t.deepspeed_config).is_file():
         raise ConfigError(f"train.deepspeed_config: {t.deepspeed_config} not found (see configs/deepspeed/)")
     enc_frames = cfg.model.encoder.num_frames
@@ -46,10 +51,10 @@ def check_config(cfg: Config, world_size: int) -> int:
     return product
 
 
-def _check_train_shards(pattern) -> None:
+def _check_train_shards(pattern, key: str = "data.train_shards") -> None:
     """Local shards must exist (remote ``://`` and ``pipe:`` sources are only found out when read)."""
     if not pattern:
-        raise ConfigError("data.train_shards is empty: point it at the training shards "
+        raise ConfigError(f"{key} is empty: point it at the training shards "
                           "(e.g. data/shards/train-{000000..000099}.tar) or run with --synthetic")
     try:
         shards = expand_shards(pattern)
@@ -58,5 +63,5 @@ def _check_train_shards(pattern) -> None:
     local = [s for s in shards if "://" not in s and not s.startswith("pipe:")]
     missing = [s for s in local if not Path(s).is_file()]
     if missing:
-        raise ConfigError(f"data.train_shards: {len(missing)} of {len(shards)} shards do not exist "
+        raise ConfigError(f"{key}: {len(missing)} of {len(shards)} shards do not exist "
                           f"(first: {missing[0]}); fix the path or run with --synthetic")

@@ -30,6 +30,10 @@ def run_beat_weights(batch: tp.Mapping[str, tp.Any], loss: LossConfig, data: Dat
     bm = batch["music_beats"].bool()  # [B, Ta]
     vb = torch.stack([video_beats(m, num_frames=bm.shape[-1], window=loss.beat_window, fps=data.fps,
                                   frame_rate=data.frame_rate) for m in batch["motion"]])  # [B, Ta]
+    if "has_video" in batch and not bool(batch["has_video"].all()):
+        # music-only clips (issue 25): no picture, so every music onset counts as aligned (W = 1 at onsets, λ
+        # elsewhere), as vmas.data.shards.music_only_alignment stored them
+        vb = torch.where(batch["has_video"].bool()[:, None], vb, torch.ones_like(vb))
     return beat_weights(bm, vb, delta=loss.beat_delta, lam=loss.beat_lambda).float()
 
 
@@ -69,4 +73,6 @@ class BatchInputs:
             out["onsets"] = batch["music_beats"].float().to(device)  # [B, Ta]
         if self.motion:  # the motion condition: the curves preprocessing computed from these frames
             out["motion"] = batch["motion"].float().to(device)  # [B, T-1]
+        if "has_video" in batch and not bool(batch["has_video"].all()):  # music-only clips in the batch (issue 25)
+            out["no_video"] = ~batch["has_video"].bool().to(device)  # [B]; absent when all are paired: today's call
         return out

@@ -1,0 +1,279 @@
+"""Does the tag branch learn from music without video? (issue 25) Measured on SynthMV with classes held out.
+
+SynthMV's 6 classes are split: the ``--held-out`` classes (default 4 and 5) appear in training ONLY as music-only
+clips (their audio and tags, no video: ``vmas.data.music_only.as_music_only`` rows -> shards without frames), the
+others as paired clips, as today. Two models train with the same steps and seeds:
+
+- ``with_unpaired``     paired shards + music-only shards mixed at ``data.unpaired_fraction`` (default: the held-out
+                        share of the clips, 2/6)
+- ``without_unpaired``  paired shards only (``data.unpaired_fraction=0``): the held-out classes are never heard
+
+Each model then generates tags-only music (null video condition, ``generate_windows(video=False)``) for the held-out
+SynthMV test videos' tags and the paired classes' tags, and video-only music for the paired classes' videos; the
+codec-aware SynthMV classifier (``vmas.evaluation.synthmv_judge``) judges the class. Printed keys, each
+``{mean, std}`` over the runs (sampling seeds x training seeds; the per-run values are in ``meta.runs``):
+
+- ``unpaired_tags_class_acc``     with_unpaired, held-out classes, tags only
+- ``paired_tags_class_acc``       with_unpaired, paired classes, tags only
+- ``without_unpaired_class_acc``  without_unpaired, held-out classes, tags only (the baseline)
+- ``paired``                      both models on the paired classes (tags only, and video only): what mixing in
+                                  music-only clips costs the paired classes
+
+Everything is made here and cached (a fresh clone needs only the package): SynthMV videos
+(``<data>/train|test``), the codec of the shipped demo model (``vmas/assets/vmas-synthmv-demo.pt``, so no codec
+training), paired and music-only shards, the trained runs (``<out>/<variant>/seed<N>/model.pt``; an interrupted run
+resumes from its checkpoint) and each model's scores (``scores_<key>.json``).
+
+    python tools/unpaired_benchmark.py --json
+    python tools/unpaired_benchmark.py --json --train-seeds 0,1 --steps 600 --out runs/unpaired
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent  # default paths of the repo's configs, data and runs
+
+VARIANTS = ("with_unpaired", "without_unpaired")
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def make_data(args) -> tp.Dict[str, tp.Any]:
+    """SynthMV train/test videos, the demo codec, paired + music-only shards (each step skipped when done)."""
+    from vmas.builders import build_codec
+    from vmas.config import load_config
+    from vmas.data import shards
+    from vmas.data.music_only import as_music_only
+    from vmas.synthmv import generate_dataset
+
+    data = Path(args.data)
+    for split, num, seed, window in (("train", args.train_videos, 0, 5.0), ("test", args.test_videos, 1, None)):
+        if not (data / split / "vmas_manifest.jsonl").exists():
+            print(f"SynthMV {split}: {num} videos", file=sys.stderr)
+            generate_dataset(data / split, num, seed=seed, split=split, window=window, workers=1)
+    codec_path = data / "codec.pt"
+    cfg = load_config(args.config, [f"model.codec.pretrained={codec_path}"])
+    if not codec_path.exists():
+        extract_codec(Path(args.codec_from), cfg, codec_path)
+    held = set(args.held_out)
+    rows = shards.read_manifest(data / "train" / "vmas_manifest.jsonl")
+    paired = [r for r in rows if r["class_id"] not in held]
+    music = [as_music_only(r) for r in rows if r["class_id"] in held]
+    enc, align = shards.default_factories(cfg.data, cfg.loss, functools.partial(build_codec, cfg.model.codec))
+    out = {}
+    for name, part in (("paired", paired), ("music", music)):
+        summary = shards.write_shards(part, data / "shards" / name, cfg.data, enc, align, splits=["train"],
+                                      workers=args.preprocess_workers)
+        out[name] = {"clips": summary["clips"], "rejected": summary["rejected"]}
+        print(f"{name} shards: {summary}", file=sys.stderr)
+    return {"codec": str(codec_path), "paired": str(data / "shards" / "paired" / "train-*.tar"),
+            "music": str(data / "shards" / "music" / "train-*.tar"), "counts": out,
+            "fraction": len(music) / max(1, len(rows))}
+
+
+def extract_codec(export: Path, cfg, out: Path) -> None:
+    """The codec stored in an inference export (``vmas.solvers.export``) -> a codec file for ``model.codec.pretrained``."""
+    import dataclasses
+
+    from vmas.builders import build_codec
+    from vmas.loading import torch_load
+    from vmas.models.codec import save_codec
+
+    blob = torch_load(export)
+    codec = build_codec(dataclasses.replace(cfg.model.codec, pretrained=""))
+    codec.load_state_dict(blob["codec"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_codec(codec, out, source=str(export))
+
+
+# ------------------------------------------------------------------------------------------------------ train
+def run_dir(out_root: Path, name: str, seed: int) -> Path:
+    return out_root / name / f"seed{seed}"
+
+
+def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[str, int]]
+               ) -> tp.Dict[tp.Tuple[str, int], Path]:
+    """Train the missing (variant, seed) runs, ``--jobs`` at once (one thread each); a run with a checkpoint
+    resumes from it; a run is finished when its ``model.pt`` exists."""
+    from vmas.solvers.checkpoint import latest_checkpoint
+
+    out_root = Path(args.out)
+    paths = {(n, s): run_dir(out_root, n, s) / "model.pt" for n, s in runs}
+    todo = [k for k, p in paths.items() if not p.exists()]
+    fraction = args.fraction if args.fraction is not None else data["fraction"]
+    common = [f"model.codec.pretrained={data['codec']}", f"data.train_shards={data['paired']}", "data.val_shards=''",
+              "train.eval_every=0", f"optim.max_steps={args.steps}", "train.save_every=100", *args.overrides]
+    extra = {"with_unpaired": [f"data.unpaired_shards={data['music']}", f"data.unpaired_fraction={fraction}"],
+             "without_unpaired": ["data.unpaired_fraction=0"]}
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1")
+    running: tp.Dict[tp.Tuple[str, int], tp.Tuple[subprocess.Popen, tp.Any]] = {}
+    while todo or running:
+        while todo and len(running) < max(1, args.jobs):
+            name, seed = todo.pop(0)
+            out = run_dir(out_root, name, seed)
+            cmd = [sys.executable, str(ROOT / "tools" / "train.py"), args.config, f"train.out_dir={out}",
+                   f"train.seed={seed}", *common, *extra[name]]
+            if latest_checkpoint(out / "checkpoints") is not None:
+                cmd.append("--resume")
+            out.mkdir(parents=True, exist_ok=True)
+            log = open(out / "train.log", "a")
+            print(f"training {name} seed {seed}: {' '.join(cmd[2:])}", file=sys.stderr)
+            running[(name, seed)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT),
+                                     log)
+        time.sleep(1)
+        for key, (proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[key]
+            if proc.returncode != 0 or not paths[key].exists():
+                for other, _ in running.values():
+                    other.terminate()
+                raise SystemExit(f"training {key[0]} seed {key[1]} failed: see {run_dir(out_root, *key) / 'train.log'}")
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------------ score
+def score_model(path: Path, clips: tp.Sequence[dict], held: tp.Collection[int], args, shared: dict
+                ) -> tp.Dict[str, tp.List[float]]:
+    """Per sampling seed: class accuracy of tags-only music for the held-out / paired test clips and of video-only
+    music for the paired ones. Cached beside the model, keyed by the model's bytes, the clips and the settings."""
+    from vmas.evaluation import generate_windows, synthmv_judge
+    from vmas.hub import load_model
+    from vmas.synthmv import SynthMVClassifier
+
+    key = json.dumps({"clips": [c["id"] for c in clips], "held": sorted(held), "seed": args.seed,
+                      "sample_seeds": args.sample_seeds, "cfg": args.cfg, "top_k": args.top_k,
+                      "model_sha1": hashlib.sha1(path.read_bytes()).hexdigest()}, sort_keys=True)
+    cache = path.parent / f"scores_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    pipe = load_model(path)
+    if "judge" not in shared:  # every model shares the codec
+        shared["judge"] = synthmv_judge(pipe, SynthMVClassifier)[0]
+    clf, sr = shared["judge"], pipe.codec.sample_rate
+    truth = np.array([c["class_id"] for c in clips])
+    out_mask = np.isin(truth, list(held))
+    tags = [c["tags"] for c in clips]
+    paired_clips = [c for c, o in zip(clips, out_mask) if not o]
+    res: tp.Dict[str, tp.List[float]] = {"held_out_tags": [], "paired_tags": [], "paired_video": []}
+    for seed in range(args.seed, args.seed + args.sample_seeds):
+        pred = clf.predict(generate_windows(pipe, clips, seed, args.cfg, args.top_k, tags=tags, video=False), sr)
+        res["held_out_tags"].append(round(float(np.mean(pred[out_mask] == truth[out_mask])), 4))
+        res["paired_tags"].append(round(float(np.mean(pred[~out_mask] == truth[~out_mask])), 4))
+        pred_v = clf.predict(generate_windows(pipe, paired_clips, seed, args.cfg, args.top_k), sr)
+        res["paired_video"].append(round(float(np.mean(pred_v == truth[~out_mask])), 4))
+    cache.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def summary(values: tp.Sequence[float]) -> tp.Dict[str, float]:
+    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
+
+
+def test_clips(manifest: Path, limit: int) -> tp.List[dict]:
+    """The SynthMV test clips with their labelled tags (the tags a user would give for that music)."""
+    from vmas.evaluation import load_synthmv_clips
+    from vmas.solvers.inputs import split_tags
+
+    clips = load_synthmv_clips(manifest, limit)
+    rows = {json.loads(line)["key"]: json.loads(line) for line in manifest.read_text().splitlines() if line.strip()}
+    for c in clips:
+        c["tags"] = split_tags(rows[c["id"]]["tags"], 16)
+    return clips
+
+
+def provenance() -> tp.Dict[str, tp.Any]:
+    """Commit, date, machine and load of the run, for the committed JSON's meta."""
+    import datetime
+    import platform
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs" / "synthmv_tiny.yaml"))
+    p.add_argument("--data", default=str(ROOT / "data" / "unpaired"), help="SynthMV videos, codec and shards")
+    p.add_argument("--out", default=str(ROOT / "runs" / "unpaired"), help="trained runs and results.json")
+    p.add_argument("--codec-from", default=str(ROOT / "vmas" / "assets" / "vmas-synthmv-demo.pt"),
+                   help="inference export whose codec tokenizes the music (SynthMV's)")
+    p.add_argument("--held-out", default="4,5", help="classes seen in training only as music-only clips")
+    p.add_argument("--train-videos", type=int, default=480, help="SynthMV training videos (2 windows of 5 s each)")
+    p.add_argument("--test-videos", type=int, default=36, help="held-out SynthMV test videos (6 per class)")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps per run (same for both variants)")
+    p.add_argument("--fraction", type=float, default=None,
+                   help="data.unpaired_fraction of with_unpaired (default: the held-out classes' share of the clips)")
+    p.add_argument("--train-seeds", default="0", help="comma-separated training seeds")
+    p.add_argument("--sample-seeds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0, help="first sampling seed")
+    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
+    p.add_argument("--preprocess-workers", type=int, default=0, help="shard-writing processes (0 = this process)")
+    p.add_argument("--train-only", action="store_true", help="make the data and train the missing runs, then stop")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("overrides", nargs="*", help="extra config overrides for every run")
+    args = p.parse_args(argv)
+    args.held_out = [int(x) for x in args.held_out.split(",") if x != ""]
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    t0 = time.time()
+    data = make_data(args)
+    seeds = [int(x) for x in args.train_seeds.split(",") if x != ""]
+    paths = train_runs(args, data, [(n, s) for s in seeds for n in VARIANTS])
+    train_s = time.time() - t0
+    if args.train_only:
+        return 0
+    clips = test_clips(Path(args.data) / "test" / "vmas_manifest.jsonl", args.test_videos)
+    shared: tp.Dict[str, tp.Any] = {}
+    scores = {(n, s): score_model(paths[(n, s)], clips, args.held_out, args, shared) for n in VARIANTS for s in seeds}
+
+    def pooled(name: str, metric: str) -> tp.List[float]:
+        return [v for s in seeds for v in scores[(name, s)][metric]]
+
+    result: tp.Dict[str, tp.Any] = {
+        "unpaired_tags_class_acc": summary(pooled("with_unpaired", "held_out_tags")),
+        "paired_tags_class_acc": summary(pooled("with_unpaired", "paired_tags")),
+        "without_unpaired_class_acc": summary(pooled("without_unpaired", "held_out_tags")),
+        "paired": {n: {"tags_class_acc": summary(pooled(n, "paired_tags")),
+                       "video_class_acc": summary(pooled(n, "paired_video"))} for n in VARIANTS},
+    }
+    result["meta"] = {
+        "held_out_classes": args.held_out, "test_clips": len(clips),
+        "held_out_test_clips": sum(c["class_id"] in args.held_out for c in clips), "steps": args.steps,
+        "training_seeds": seeds, "sampling_seeds": list(range(args.seed, args.seed + args.sample_seeds)),
+        "spread": "mean and population std over all (training seed, sampling seed) runs",
+        "runs": {f"{n}/seed{s}": scores[(n, s)] for n in VARIANTS for s in seeds},
+        "unpaired_fraction": args.fraction if args.fraction is not None else data["fraction"],
+        "train_clips": data["counts"], "cfg": args.cfg, "top_k": args.top_k, "config": args.config,
+        "codec_from": args.codec_from, "overrides": list(args.overrides), "train_seconds": round(train_s, 1),
+        "total_seconds": round(time.time() - t0, 1),
+        "command": "python tools/unpaired_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **provenance()}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
