@@ -3,6 +3,7 @@
     vmas generate clip.mp4 other.mp4 -o out/ --tags "piano, ambient" --tempo 96 --negative "drums"
     vmas models
     vmas demo
+    vmas app --model vmas-synthmv-demo     # the web page (vmas.app)
 """
 from __future__ import annotations
 
@@ -91,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("-o", "--output_dir", default="outputs/demo")
     demo.add_argument("--model", default=None, help="defaults to the package's default model")
+    from vmas.app import add_app_args  # no Gradio import until the page is built
+
+    app = sub.add_parser("app", help="a web page (Gradio): upload a video, steer the music, download the result",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_app_args(app)
     return parser
 
 
@@ -181,6 +187,10 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
             return 0
         if args.command == "demo":
             return run_demo(args)
+        if args.command == "app":
+            from vmas.app import run_app
+
+            return run_app(args)
         return run_generate(args)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,0 +1,274 @@
+"""``vmas app``: a web page for creators (Gradio) over the same library call as ``vmas generate``.
+
+    vmas app --model vmas-synthmv-demo                 # http://127.0.0.1:7860
+    vmas app --host 0.0.0.0 --port 8080 --max-file-mb 50 --max-seconds 60
+
+Upload a video (or take the bundled example), steer the music with the fields of ``vmas generate`` (tags,
+instruments, genres, tempo, negative tags, guidance, beat from video, seed, the finished-track options) and press
+Generate: the page plays the video with its music and offers NAME.mp4 and NAME.wav for download.
+
+The page has no generation logic of its own: :func:`request_controls` maps the form onto the keyword arguments of
+:func:`vmas.generate.generate_for_video` (the CLI's flags, same defaults: None = the model's ``generation`` config)
+and :func:`run_request` makes that one call. What the page adds is serving: one model loaded at start-up, a queue that
+runs one request at a time (the model is not shared between threads), a progress bar fed by the library's
+``on_window`` callback, deployer-set input limits, and errors shown as the one line the CLI prints (the server keeps
+serving). Nothing leaves the machine: Gradio's analytics are off, its fonts are local, ``--share`` (a public tunnel
+through Gradio's servers) is off unless asked for.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import tempfile
+import typing as tp
+from pathlib import Path
+
+# Gradio reports usage to its servers and checks for new versions unless told not to; set before it is imported.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from vmas.errors import MediaError, VmasError  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+EXAMPLE = Path(__file__).parent / "assets" / "example.mp4"
+DEFAULT = "model default"
+"""Choice label for a control left to the model's ``generation`` config (the CLI's unset flag)."""
+
+
+@dataclasses.dataclass
+class AppLimits:
+    """What a deployer lets one request use (``vmas app --max-file-mb/--max-seconds/--max-queue``).
+
+    Args:
+        max_file_mb: largest upload in MB; Gradio refuses bigger files while uploading, and :func:`check_limits`
+            checks again on the server.
+        max_seconds: longest video accepted, in seconds (generation time grows linearly with it).
+        max_queue: requests waiting behind the running one; more are turned away with "queue full".
+    """
+
+    max_file_mb: float = 200.0
+    max_seconds: float = 300.0
+    max_queue: int = 16
+
+    def __post_init__(self):
+        if not self.max_file_mb > 0 or not self.max_seconds > 0 or self.max_queue < 1:
+            raise VmasError(f"app limits must be positive (got --max-file-mb {self.max_file_mb}, --max-seconds "
+                            f"{self.max_seconds}, --max-queue {self.max_queue})")
+
+
+def check_limits(video: Path, limits: AppLimits) -> None:
+    """Refuse an upload over the deployer's limits with one line naming the limit and its flag."""
+    size_mb = video.stat().st_size / 1e6
+    if size_mb > limits.max_file_mb:
+        raise MediaError(f"{video.name}: file is {size_mb:.1f} MB, this server accepts at most {limits.max_file_mb:g} "
+                         "MB (vmas app --max-file-mb); upload a shorter or more compressed video")
+    from vmas.data.media import probe_video
+
+    info = probe_video(video)
+    if info.duration and info.duration > limits.max_seconds:
+        raise MediaError(f"{video.name}: video is {info.duration:.1f} s long, this server accepts at most "
+                         f"{limits.max_seconds:g} s (vmas app --max-seconds); trim it first")
+
+
+def _number(value: tp.Any) -> tp.Optional[float]:
+    """A Gradio number field: empty means unset (None), like an absent CLI flag."""
+    return None if value is None or value == "" else float(value)
+
+
+def request_controls(tags: str = "", instruments: str = "", genres: str = "", tempo: tp.Any = None,
+                     negative: str = "", guide: str = DEFAULT, cfg: tp.Any = None, tag_cfg: tp.Any = None,
+                     beat_from_video: str = DEFAULT, seed: tp.Any = 0, duration: tp.Any = None,
+                     top_k: tp.Any = None, top_p: tp.Any = None, temperature: tp.Any = None,
+                     mix: str = "auto", duck: tp.Any = None, music_gain: tp.Any = None,
+                     loudness: tp.Any = None) -> tp.Dict[str, tp.Any]:
+    """The form's fields as keyword arguments of :func:`vmas.generate.generate_for_video`.
+
+    Text fields are comma-separated like the CLI's ``--tags``; an empty number or "model default" is the CLI's
+    absent flag (the model's ``generation`` config decides). Mixing defaults are :class:`vmas.mixing.MixOptions`'s;
+    an empty loudness turns normalisation off (the CLI's ``--loudness off``).
+    """
+    from vmas.mixing import MixOptions
+    from vmas.tags.cleaner import split_tag_arg
+
+    mix_defaults = MixOptions()
+    tempo = _number(tempo)
+    top_k = _number(top_k)
+    controls = dict(
+        tags=split_tag_arg([tags or ""]), instruments=split_tag_arg([instruments or ""]),
+        genres=split_tag_arg([genres or ""]), negative=split_tag_arg([negative or ""]),
+        tempo=tempo or None,  # 0 = no tempo, as an empty field
+        guide=None if guide in (None, DEFAULT) else guide,
+        cfg=_number(cfg), tag_cfg=_number(tag_cfg), top_k=None if top_k is None else int(top_k),
+        top_p=_number(top_p), temperature=_number(temperature),
+        beat_from_video=None if beat_from_video in (None, DEFAULT) else beat_from_video == "on",
+        seed=int(_number(seed) or 0), duration=_number(duration),
+        mix=None if mix in (None, "", "auto") else mix,
+        duck=mix_defaults.duck if _number(duck) is None else _number(duck),
+        music_gain=mix_defaults.music_gain if _number(music_gain) is None else _number(music_gain),
+        loudness=_number(loudness))
+    return controls
+
+
+def run_request(pipe: tp.Any, video: tp.Union[str, Path, None], controls: tp.Dict[str, tp.Any], limits: AppLimits,
+                out_root: Path, on_window: tp.Optional[tp.Callable[[int, int], None]] = None):
+    """One page request: check the limits, then the one library call; returns its ``GenerationResult``.
+
+    Each request writes into its own folder under ``out_root`` (two uploads named ``clip.mp4`` do not collide).
+    """
+    from vmas.generate import generate_for_video
+
+    if not video:
+        raise MediaError("no video: upload one (or click the example below the upload box), then press Generate")
+    video = Path(video)
+    check_limits(video, limits)
+    out_root.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(tempfile.mkdtemp(prefix="request-", dir=out_root))
+    return generate_for_video(video, pipe, out_dir, on_window=on_window, **controls)
+
+
+def _one_line(err: Exception, video: tp.Optional[str]) -> str:
+    """The CLI's error line; the upload's server-side cache path is shown as the file name the user picked."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if video:
+        text = text.replace(str(video), Path(video).name)
+    return text
+
+
+def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = None,
+              out_root: tp.Union[str, Path] = "outputs/app"):
+    """The Gradio Blocks page for one loaded pipeline (not launched; :func:`launch` does that)."""
+    try:
+        import gradio as gr
+    except ImportError:
+        raise VmasError("the web page needs Gradio: pip install 'vmas[app]' (or `make install`)") from None
+    from vmas.mixing import MIX_MODES, MixOptions
+
+    limits = limits or AppLimits()
+    out_root = Path(out_root)
+    mix_defaults = MixOptions()
+    spec = pipe.spec
+    has_tags = bool(spec.tags)
+
+    def generate(video, tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg, beat_from_video, seed,
+                 duration, top_k, top_p, temperature, mix, duck, music_gain, loudness, progress=gr.Progress()):
+        progress(0.0, desc="reading the video")
+        try:
+            controls = request_controls(tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg,
+                                        beat_from_video, seed, duration, top_k, top_p, temperature, mix, duck,
+                                        music_gain, loudness)
+            result = run_request(pipe, video, controls, limits, out_root,
+                                 on_window=lambda done, total: progress((done, total), desc="windows", unit="window"))
+        except VmasError as err:  # the CLI's one line, in the page; the server keeps serving
+            log.info("request refused: %s", err)
+            raise gr.Error(f"error: {_one_line(err, video)}", duration=None, print_exception=False) from None
+        except (ValueError, TypeError, OSError) as err:  # a malformed field or an unreadable upload
+            log.warning("request failed", exc_info=True)
+            raise gr.Error(f"error: {_one_line(err, video)}", duration=None, print_exception=False) from None
+        mix_note = (f"audio: {result.mix['mode']}, {result.mix['loudness']:.1f} LUFS, true peak "
+                    f"{result.mix['true_peak']:.1f} dBTP" if result.mix else "")
+        summary = f"{result.mp4.name}: {result.duration:.2f} s of music, {result.windows} window(s). {mix_note}"
+        return str(result.mp4), [str(result.mp4), str(result.wav)], ", ".join(result.tags), summary
+
+    with gr.Blocks(title="vmas: music for your video", analytics_enabled=False) as page:
+        gr.Markdown(f"# vmas: background music for your video\nModel **{model_name}**"
+                    + (f": {pipe.note}" if getattr(pipe, "note", None) else "")
+                    + f". Videos up to {limits.max_file_mb:g} MB and {limits.max_seconds:g} s.")
+        with gr.Row():
+            with gr.Column():
+                video = gr.Video(label="Video", sources=["upload"], elem_id="video")
+                gr.Examples([[str(EXAMPLE)]], inputs=[video], label="Example")
+                with gr.Group(visible=has_tags):
+                    tags = gr.Textbox(label="Tags", placeholder="piano, ambient, calm", elem_id="tags")
+                    instruments = gr.Textbox(label="Instruments", placeholder="cello, harp", elem_id="instruments")
+                    genres = gr.Textbox(label="Genres", placeholder="lo-fi, jazz", elem_id="genres")
+                    tempo = gr.Number(label="Tempo (BPM, empty = from tags / the video)", value=None,
+                                      minimum=0, elem_id="tempo")
+                    negative = gr.Textbox(label="Negative tags (steer away from)", placeholder="drums, vocals",
+                                          elem_id="negative")
+                with gr.Accordion("Guidance and sampling", open=False):
+                    guide = gr.Dropdown([DEFAULT, "all", "tags", "both"], value=DEFAULT, label="Guidance mode",
+                                        info="all: against no video + no tags; tags: against the video without your "
+                                             "tags (the tags win over the picture); both", elem_id="guide")
+                    cfg = gr.Number(label=f"Guidance scale (empty = {spec.sampling.cfg:g})", value=None,
+                                    elem_id="cfg")
+                    tag_cfg = gr.Number(label=f"Tags guidance scale (empty = {spec.sampling.tag_cfg:g})",
+                                        value=None, elem_id="tag_cfg")
+                    beat = gr.Radio([DEFAULT, "on", "off"], value=DEFAULT, label="Beat from video",
+                                    info="put the music's beats on the picture's motion peaks", elem_id="beat")
+                    top_k = gr.Number(label=f"Top-k (empty = {spec.sampling.top_k})", value=None, precision=0)
+                    top_p = gr.Number(label=f"Top-p (empty = {spec.sampling.top_p:g})", value=None)
+                    temperature = gr.Number(label=f"Temperature (empty = {spec.sampling.temperature:g})",
+                                            value=None)
+                    seed = gr.Number(label="Seed (same seed = same music)", value=0, precision=0, elem_id="seed")
+                    duration = gr.Number(label="Music for at most this many seconds (empty = whole video)",
+                                         value=None, minimum=0, elem_id="duration")
+                with gr.Accordion("Finished audio", open=False):
+                    mix = gr.Radio(["auto", *MIX_MODES], value="auto", label="Mix",
+                                   info="keep: music under the video's own sound; replace: music alone; auto: keep "
+                                        "when the video has sound", elem_id="mix")
+                    duck = gr.Number(label="Duck under speech (dB)", value=mix_defaults.duck, elem_id="duck")
+                    music_gain = gr.Number(label="Music gain (dB)", value=mix_defaults.music_gain,
+                                           elem_id="music_gain")
+                    loudness = gr.Number(label="Loudness (LUFS, empty = off)", value=mix_defaults.loudness,
+                                         elem_id="loudness")
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column():
+                result = gr.Video(label="Video with its music", interactive=False, elem_id="result")
+                files = gr.File(label="Download (mp4, wav)", file_count="multiple", interactive=False,
+                                elem_id="files")
+                used = gr.Textbox(label="Tags used", interactive=False, elem_id="used_tags")
+                summary = gr.Markdown(elem_id="summary")
+        button.click(generate, [video, tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg, beat, seed,
+                                duration, top_k, top_p, temperature, mix, duck, music_gain, loudness],
+                     [result, files, used, summary], concurrency_limit=1, api_name="generate")
+    # one request at a time: the loaded model is not shared between threads; others wait in the queue (position shown)
+    page.queue(default_concurrency_limit=1, max_size=limits.max_queue)
+    return page
+
+
+def launch(model: tp.Optional[str] = None, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           limits: tp.Optional[AppLimits] = None, device: str = "auto", out_root: tp.Union[str, Path] = "outputs/app",
+           block: bool = True):
+    """Load the model once and serve the page; returns the Gradio app (``block=False``: the server runs in a
+    background thread, for tests and notebooks)."""
+    from vmas.hub import DEFAULT_MODEL, load_model
+    from vmas.utils import resolve_device
+
+    limits = limits or AppLimits()
+    name = model or DEFAULT_MODEL
+    pipe = load_model(name, device=str(resolve_device(device)))
+    page = build_app(pipe, name, limits, out_root)
+    out_root = Path(out_root).resolve()
+    out_root.mkdir(parents=True, exist_ok=True)
+    page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                max_file_size=f"{limits.max_file_mb:g}mb", allowed_paths=[str(out_root), str(EXAMPLE.parent)],
+                ssr_mode=False, show_error=False, inbrowser=False, footer_links=[])
+    return page
+
+
+def add_app_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``vmas app`` (the CLI owns the parser; the page's own knobs live here)."""
+    d = AppLimits()
+    p.add_argument("--model", default=None, help="registered model name (see `vmas models`) or checkpoint path "
+                   "(default: the package's default model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--share", action="store_true", help="also open a public *.gradio.live link through Gradio's "
+                   "servers (needs the internet; off by default)")
+    p.add_argument("--max-file-mb", type=float, default=d.max_file_mb, help="largest upload accepted, MB")
+    p.add_argument("--max-seconds", type=float, default=d.max_seconds, help="longest video accepted, seconds")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests that may wait behind the running one")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("-o", "--output-dir", default="outputs/app", help="each request's NAME.mp4/NAME.wav go in a "
+                   "folder of their own under this one")
+
+
+def run_app(args: argparse.Namespace) -> int:
+    """``vmas app``: serve until interrupted."""
+    limits = AppLimits(max_file_mb=args.max_file_mb, max_seconds=args.max_seconds, max_queue=args.max_queue)
+    launch(args.model, host=args.host, port=args.port, share=args.share, limits=limits, device=args.device,
+           out_root=args.output_dir)
+    return 0
