@@ -219,6 +219,33 @@ class CurationConfig:
     test_fraction: float = 0.02
     """Split by video (hash of the source id + split_seed); never by clip. A split file overrides this."""
     split_seed: int = 0
+    videos_per_part: int = 50
+    """Videos per curation part (``parts/part-NNNNNN.jsonl`` + done-marker): the unit that ranks own, that a
+    re-run after a crash skips when finished, and whose order fixes the manifest's (issue 20)."""
+    max_reject_share: float = 0.5
+    """A run fails loudly (non-zero exit) when it keeps no video, or when one reject reason takes more than this
+    share of the input videos: a filter set on the wrong scale must not silently empty a dataset (issue 18)."""
+
+
+@dataclass
+class PreprocessConfig:
+    """How ``tools/preprocess.py`` feeds the device (issue 20). Shards do not depend on these settings: the same
+    manifest gives the same bytes for any batch size, worker count or world size (tested)."""
+
+    clip_batch: int = 8
+    """Clips per device step: EnCodec encodes them as one ``[B, 1, N]`` batch (codes equal one clip at a time) and
+    RAFT runs their frame pairs in chunks of ``loss.motion_batch`` pairs across clip boundaries."""
+    decode_workers: int = 2
+    """DataLoader worker processes that decode the next clips (video frames, audio) and compress their frames
+    while the device works on the current batch; 0 = decode in the main process."""
+    prefetch: int = 2
+    """Clips each decode worker keeps ready (DataLoader ``prefetch_factor``)."""
+    flow_amp: bool = True
+    """bf16 autocast for RAFT on CUDA (about 2x on recent GPUs; the motion curve is a mean over the frame, so bf16
+    rounding moves it by far less than the beat picker's window). Ignored on CPU."""
+    codec_amp: bool = False
+    """bf16 autocast for the EnCodec encoder on CUDA. Off: codes are nearest-codebook argmins, bf16 rounding flips
+    near-ties, so shards written on GPU would no longer equal a CPU run's."""
 
 
 @dataclass
@@ -245,6 +272,8 @@ class DataConfig:
     """How frames are stored in shards: ``mp4`` (H.264, smallest) or ``jpg`` (one JPEG per frame, fastest decode)."""
     frame_quality: int = 23
     """x264 CRF for ``mp4`` (lower = better) or JPEG quality 1-100 for ``jpg``."""
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    """Device batching and decode workers of ``tools/preprocess.py``."""
     cache_decoded: bool = False
     """Keep every decoded clip in memory after the first epoch and reshuffle from memory (small datasets only:
     a paper-size clip is 14 MB decoded; a 48 x 32² SynthMV window is 0.15 MB). Removes video decoding, which
