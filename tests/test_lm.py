@@ -1,4 +1,5 @@
 """MusicLM: causality, streaming == full pass, parity with transformers' MusicGen, weight loading, sampling, CFG."""
+import collections
 import sys
 import types
 
@@ -149,18 +150,20 @@ def test_load_audiocraft_state_dict_bin(tmp_path, monkeypatch):
     state = dict(source.state_dict())
     state["condition_provider.conditioners.description.output_proj.weight"] = torch.randn(DIM, 16)
     state["condition_provider.conditioners.description.output_proj.bias"] = torch.randn(DIM)
-    fake = types.ModuleType("fake_omegaconf")
+    fake = types.ModuleType("omegaconf.dictconfig")
 
-    class DictConfig:  # pickled by reference to a module that will not exist when loading
+    class DictConfig:  # pickled by reference to omegaconf, which is not installed when loading
         pass
 
-    DictConfig.__module__, DictConfig.__qualname__ = "fake_omegaconf", "DictConfig"
+    DictConfig.__module__, DictConfig.__qualname__ = "omegaconf.dictconfig", "DictConfig"
     fake.DictConfig = DictConfig
-    monkeypatch.setitem(sys.modules, "fake_omegaconf", fake)
+    monkeypatch.setitem(sys.modules, "omegaconf", types.ModuleType("omegaconf"))
+    monkeypatch.setitem(sys.modules, "omegaconf.dictconfig", fake)
     cfg = DictConfig()
-    cfg.content = {"transformer_lm": {"dim": DIM}}
+    cfg.content = {"transformer_lm": {"dim": DIM}, "flags": collections.defaultdict(dict, {"a": {"b": 1}})}
     torch.save({"best_state": state, "xp.cfg": cfg, "version": "1.0", "exported": True}, tmp_path / "state_dict.bin")
-    monkeypatch.delitem(sys.modules, "fake_omegaconf")
+    monkeypatch.delitem(sys.modules, "omegaconf.dictconfig")
+    monkeypatch.delitem(sys.modules, "omegaconf")
 
     target = get_debug_model()
     dropped = load_musicgen_lm_weights(target, tmp_path)  # the folder; the file path works the same

@@ -150,17 +150,14 @@ def load_pretrained(path: tp.Union[str, os.PathLike, None], device: str = "cpu",
 
 def _read_checkpoint(path: Path) -> tp.Tuple[dict, Path]:
     """(checkpoint dict, file) with one-line errors for anything that is not an inference checkpoint."""
-    import torch
+    from vmas.loading import torch_load
 
     if path.is_dir():
         candidates = sorted(path.glob("*.pt"))
         if not candidates:
             raise CheckpointError(f"{path}: no .pt checkpoint inside (export one with tools/train.py --export)")
         path = candidates[-1]
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad checkpoint for the user
-        raise CheckpointError(f"{path}: not a readable vmas checkpoint ({type(err).__name__}: {err})") from None
+    ckpt = torch_load(path, "vmas checkpoint")  # torch's safe unpickler: a downloaded file cannot run code
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a vmas inference checkpoint (expected keys config/model/codec; "
                               "export one with tools/train.py --export)")

@@ -1,7 +1,8 @@
 """Reading weights from disk and from the Hugging Face cache: one place for the three things every loader does.
 
-- :func:`torch_load`: ``torch.load`` on the CPU, the safe (``weights_only``) unpickler first; audiocraft files pickle
-  an omegaconf config beside the weights, so ``lenient=True`` retries with an unpickler that stubs unknown classes.
+- :func:`torch_load`: ``torch.load`` on the CPU with torch's safe (``weights_only``) unpickler, always: a downloaded
+  file cannot run code. audiocraft files pickle an omegaconf config beside the weights, so ``lenient=True`` reads
+  an explicit allow-list of such classes (:data:`STUBBED_GLOBALS`) into inert placeholders; anything else is refused.
 - :func:`load_state_dict_strict`: every key must match; a mismatch is one :class:`CheckpointError` line naming the
   first missing/unexpected keys (or the first shape mismatch) instead of torch's multi-page RuntimeError.
 - :func:`hf_pretrained`: ``cls.from_pretrained`` from the local cache or a folder (the hub is offline here); a
@@ -14,17 +15,23 @@ the bottom of the package (it imports only :mod:`vmas.errors`), so models, metri
 from __future__ import annotations
 
 import os
-import pickle
-import types
+import re
 import typing as tp
 
 import torch
 
 from vmas.errors import CheckpointError
 
+STUBBED_GLOBALS = ("omegaconf.", "typing.Any")
+"""The explicit allow-list of foreign classes a checkpoint may pickle besides tensors and plain containers
+(:func:`torch_load` with ``lenient=True``): audiocraft pickles its omegaconf config (and the ``typing.Any`` inside
+it) beside the weights. Names starting with one of these are read into inert :class:`_Placeholder` objects; their
+code (and omegaconf itself) is never imported or run. Plain data types (``builtins.dict``, ``defaultdict``) are
+read as plain data."""
+
 
 class _Placeholder:
-    """Stands in for classes we do not have installed (audiocraft pickles an omegaconf config next to the weights)."""
+    """Stands in for an allow-listed class (:data:`STUBBED_GLOBALS`): keeps the pickled state as data, runs nothing."""
 
     def __init__(self, *args, **kwargs):
         pass
@@ -33,33 +40,66 @@ class _Placeholder:
         self.state = state
 
 
-class _LenientUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return _Placeholder
+def _plain_dict(*args, **kwargs) -> dict:
+    """``defaultdict(factory)`` read as a plain dict (torch's safe unpickler fills only exact dicts)."""
+    return {}
 
 
-_lenient_pickle = types.SimpleNamespace(Unpickler=_LenientUnpickler, load=pickle.load, __name__="vmas_lenient")
+_PLAIN_TYPES: tp.Dict[str, tp.Callable] = {
+    **{f"builtins.{t.__name__}": t for t in (dict, list, tuple, set, frozenset, int, float, str, bool, bytes)},
+    "collections.defaultdict": _plain_dict}
+"""Plain data types such configs name (``defaultdict(dict)``): they build only data."""
+
+
+def _allowed(name: str) -> bool:
+    return name in _PLAIN_TYPES or any(name == g or (g.endswith(".") and name.startswith(g)) for g in STUBBED_GLOBALS)
+
+
+def _stand_in(name: str) -> type:
+    if name in _PLAIN_TYPES:
+        return _PLAIN_TYPES[name]
+    module, _, qualname = name.rpartition(".")
+    return type(qualname, (_Placeholder,), {"__module__": module})
+
+
+def _unsupported_global(err: Exception) -> tp.Optional[str]:
+    """The ``module.name`` torch's safe unpickler refused (None for other failures)."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else None
 
 
 def torch_load(path: tp.Union[str, os.PathLike], what: str = "torch checkpoint", lenient: bool = False) -> tp.Any:
-    """``torch.load(path)`` on the CPU with the safe unpickler; ``lenient`` retries unreadable objects with stubs.
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors, numbers, strings and containers only.
 
-    Any failure (missing file, truncated download, foreign pickle) raises ``CheckpointError("{path}: not a readable
-    {what} (...)")``.
+    ``lenient`` also reads the foreign classes of :data:`STUBBED_GLOBALS` (audiocraft's omegaconf config) as inert
+    placeholders, still through torch's safe unpickler. Anything else a pickle names (``os.system``, a class whose
+    ``__reduce__`` runs code) is refused before it is imported: ``CheckpointError("{path}: refused to load ...")``.
+    Any other failure (missing file, truncated download) raises ``CheckpointError("{path}: not a readable {what}
+    (...)")``.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        if not lenient:
+        name = _unsupported_global(err)
+        if name is None:
             raise CheckpointError(f"{path}: not a readable {what} ({type(err).__name__}): re-download or "
                                   "re-export it") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_lenient_pickle)
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) pickle: judge it by the first refused name
+        names = [name]
+    refused = [n for n in names if not lenient or not _allowed(n)]
+    if refused:
+        raise CheckpointError(f"{path}: refused to load this {what}: it pickles '{refused[0]}', which could run code "
+                              "when loaded; only tensors and plain data are read (get the weights as a state dict or "
+                              "safetensors file)")
+    try:
+        with torch.serialization.safe_globals([(_stand_in(n), n) for n in names]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from None
+        name = _unsupported_global(err)
+        why = f"it pickles '{name}'" if name else f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        raise CheckpointError(f"{path}: not a readable {what} ({why})") from None
 
 
 def load_state_dict_strict(module: torch.nn.Module, state: tp.Mapping[str, torch.Tensor], what: str,

@@ -34,14 +34,27 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------------- sampling
-def _exponential(shape: tp.Sequence[int], device: torch.device, generator: tp.Optional[torch.Generator]):
-    """Exp(1) noise drawn on the generator's device (so a CPU generator also drives a CUDA model), then moved."""
+Generators = tp.Union[torch.Generator, tp.Sequence[torch.Generator], None]
+"""One generator for the whole batch, or one per batch row (per-video streams: a video's samples then do not
+depend on what it is batched with, ``vmas generate --batch-size``)."""
+
+
+def _exponential(shape: tp.Sequence[int], device: torch.device, generator: Generators):
+    """Exp(1) noise drawn on the generator's device (so a CPU generator also drives a CUDA model), then moved.
+
+    A list of generators draws row ``b`` of ``shape[0]`` from ``generator[b]``: ``shape[1:]`` numbers each, the
+    same numbers a single generator draws for a batch of one.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([_exponential(shape[1:], device, g) for g in generator])
     gen_device = generator.device if generator is not None else device
     return torch.empty(shape, device=gen_device).exponential_(generator=generator).to(device)
 
 
 def sample_tokens(logits: torch.Tensor, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0,
-                  generator: tp.Optional[torch.Generator] = None) -> torch.Tensor:
+                  generator: Generators = None) -> torch.Tensor:
     """logits [..., card] -> token ids [...].
 
     top_p > 0: nucleus sampling (top_k ignored, as audiocraft); else top_k > 0: the k most likely tokens; else the
@@ -66,7 +79,7 @@ def sample_tokens(logits: torch.Tensor, top_k: int = 250, top_p: float = 0.0, te
 
 
 def _burn_noise(logits_shape: tp.Sequence[int], top_k: int, top_p: float, temperature: float, device: torch.device,
-                generator: tp.Optional[torch.Generator]) -> None:
+                generator: Generators) -> None:
     """Consume exactly the noise :func:`sample_tokens` would (prompt steps keep the rng stream aligned)."""
     if temperature <= 0:
         return
@@ -290,7 +303,7 @@ class MusicLM(nn.Module):
                  uncond: tp.Optional[torch.Tensor] = None, uncond_mask: tp.Optional[torch.Tensor] = None,
                  num_frames: int = 500, cfg: float = 3.0, top_k: int = 250, top_p: float = 0.0,
                  temperature: float = 1.0, prompt: tp.Optional[torch.Tensor] = None,
-                 generator: tp.Optional[torch.Generator] = None, progress: bool = False,
+                 generator: Generators = None, progress: bool = False,
                  use_cache: bool = True, step_cond: tp.Optional[torch.Tensor] = None,
                  uncond_step_cond: tp.Optional[torch.Tensor] = None,
                  extra: tp.Sequence[GuidanceBranch] = ()) -> torch.Tensor:
