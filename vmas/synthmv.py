@@ -2,6 +2,7 @@
 
     .venv/bin/python -m datasets.synthmv --out data/synthmv/train --num 100 --seed 0      (or python -m vmas.synthmv)
     .venv/bin/python -m datasets.synthmv --out data/synthmv/val --num 20 --seed 1 --split val
+    .venv/bin/python -m datasets.synthmv --out data/synthmv/scenes --num 6 --seed 2 --scenes 3 --seconds 30   (cuts)
 
 Each clip is a real mp4 (H.264 video + AAC audio, 32 kHz mono) plus a labels JSON beside it, and the folder gets
 an index ``manifest.jsonl`` (one line per clip). Two kinds of link between video and music:
@@ -393,6 +394,76 @@ def generate_clip(seed: int, cls: tp.Optional[int] = None, seconds: float = 10.0
     return SynthClip(frames=frames, wav=wav, labels=labels)
 
 
+# ------------------------------------------------------------------------------------- multi-scene videos
+MIN_SCENE_SECONDS = 2.0
+"""Shortest scene of a multi-scene clip: long enough for a few notes, so each segment's class can be heard."""
+
+
+def plan_scenes(seed: int, scenes: int, seconds: float, classes: tp.Optional[tp.Sequence[int]] = None
+                ) -> tp.Tuple[tp.List[float], tp.List[int]]:
+    """(cut times s, class of each scene) of a multi-scene clip (issue 22).
+
+    Cuts lie on the 25 fps frame grid (so on the 50 Hz code grid and on whole audio samples too); scene lengths are
+    ``seconds / scenes`` jittered by up to +-30 % and at least :data:`MIN_SCENE_SECONDS`. Consecutive scenes
+    always have different classes (a cut that keeps the class would not be a musical section change).
+    """
+    if scenes < 1 or seconds < scenes * MIN_SCENE_SECONDS:
+        raise ValueError(f"{scenes} scenes need at least {scenes * MIN_SCENE_SECONDS:g} s, got {seconds:g} s")
+    rng = np.random.default_rng([seed, scenes, 6700417])
+    base = seconds / scenes
+    cuts: tp.List[float] = []
+    for i in range(1, scenes):
+        lo = max((cuts[-1] if cuts else 0.0) + MIN_SCENE_SECONDS, i * base - 0.3 * base)
+        hi = min(seconds - (scenes - i) * MIN_SCENE_SECONDS, i * base + 0.3 * base)
+        cuts.append(round(float(rng.uniform(lo, max(lo, hi))) * FPS) / FPS)
+    if classes is None:
+        classes = [int(rng.integers(len(CLASSES)))]
+        for _ in range(1, scenes):
+            classes.append(int((classes[-1] + rng.integers(1, len(CLASSES))) % len(CLASSES)))
+    if len(classes) != scenes:
+        raise ValueError(f"need one class per scene ({scenes}), got {len(classes)}")
+    return cuts, [int(c) for c in classes]
+
+
+def generate_multiscene(seed: int, scenes: int = 3, seconds: float = 30.0, size: int = 64,
+                        classes: tp.Optional[tp.Sequence[int]] = None, out_path: tp.Union[str, Path, None] = None,
+                        rhythm: str = "steady") -> SynthClip:
+    """A clip of ``scenes`` SynthMV scenes joined by hard cuts: picture and music change class at each cut.
+
+    Each scene is an ordinary SynthMV clip of its own length (own class, tempo and seed, rendered by
+    :func:`generate_clip`), so within a scene every SynthMV property holds; the labels add ``cuts`` (s) and
+    ``segments`` ([{start, end, class_id, class_name, tempo_bpm}]), shift every event to the whole clip's time,
+    and keep ``class_id`` / ``tags`` of the first scene for tools that expect one class per clip.
+    """
+    cuts, classes = plan_scenes(seed, scenes, seconds, classes)
+    bounds = [0.0, *cuts, float(seconds)]
+    frames, wavs, events, segments = [], [], [], []
+    for i, cls in enumerate(classes):
+        start, end = bounds[i], bounds[i + 1]
+        part = generate_clip(clip_seed(seed, 1000 + i), cls, end - start, size, rhythm=rhythm)
+        frames.append(part.frames[: round((end - start) * FPS)])
+        wavs.append(part.wav[: round((end - start) * SAMPLE_RATE)])
+        f0 = round(start * FPS)
+        events += [dict(ev, time=round(ev["time"] + start, 6), frame=ev["frame"] + f0,
+                        code_frame=ev["code_frame"] + 2 * f0, scene=i) for ev in part.labels["events"]]
+        segments.append({"start": start, "end": end, "class_id": cls, "class_name": CLASSES[cls].name,
+                         "tempo_bpm": part.labels["tempo_bpm"], "tags": part.labels["tags"]})
+    first = segments[0]
+    c0 = CLASSES[first["class_id"]]
+    labels = {"seed": int(seed), "class_id": first["class_id"], "class_name": first["class_name"],
+              "instrument": c0.instrument, "key": c0.key, "tempo_bpm": first["tempo_bpm"], "tags": first["tags"], "rhythm": rhythm, "seconds": float(seconds),
+              "fps": FPS, "sample_rate": SAMPLE_RATE, "code_rate": CODE_RATE, "size": size, "scenes": scenes,
+              "cuts": cuts, "segments": segments, "events": events, "onsets": [ev["time"] for ev in events]}
+    clip = SynthClip(frames=np.concatenate(frames), wav=np.concatenate(wavs).astype(np.float32), labels=labels)
+    if out_path is not None:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        write_mp4(out_path, clip.frames, clip.wav)
+        labels["file"] = out_path.name
+        out_path.with_suffix(".json").write_text(json.dumps(labels, indent=1))
+    return clip
+
+
 # ----------------------------------------------------------------------------------------------- classifier
 def audio_features(wav: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Timbre/pitch profile of a clip, float32 [80]: mean and std over time of a 40-band log-mel spectrogram.
@@ -497,29 +568,39 @@ def clip_seed(seed: int, index: int) -> int:
     return int(np.random.default_rng([seed, index]).integers(2 ** 31))
 
 
-def _job(args: tp.Tuple[Path, int, int, float, int, bool, str]) -> dict:
-    out, seed, index, seconds, size, wav, rhythm = args
-    cls = index % len(CLASSES)  # balanced classes
+def _job(args: tp.Tuple[Path, int, int, float, int, bool, str, int]) -> dict:
+    out, seed, index, seconds, size, wav, rhythm, scenes = args
+    cls = index % len(CLASSES)  # balanced classes (of the first scene)
     name = f"synthmv_{seed:04d}_{index:05d}"
-    clip = generate_clip(clip_seed(seed, index), cls, seconds, size, out_path=out / f"{name}.mp4", write_wav=wav,
-                         rhythm=rhythm)
+    if scenes > 1:
+        _, classes = plan_scenes(clip_seed(seed, index), scenes, seconds)
+        classes = [(c - classes[0] + cls) % len(CLASSES) for c in classes]  # rotate: still distinct neighbours
+        clip = generate_multiscene(clip_seed(seed, index), scenes, seconds, size, classes, out / f"{name}.mp4",
+                                   rhythm)
+    else:
+        clip = generate_clip(clip_seed(seed, index), cls, seconds, size, out_path=out / f"{name}.mp4", write_wav=wav,
+                             rhythm=rhythm)
     lab = clip.labels
-    return {"id": name, "path": f"{name}.mp4", "labels": f"{name}.json", "start": 0.0, "duration": lab["seconds"],
+    extra = {"scenes": scenes, "cuts": lab["cuts"], "segment_classes": [g["class_id"] for g in lab["segments"]]
+             } if scenes > 1 else {}
+    return {**extra, "id": name, "path": f"{name}.mp4", "labels": f"{name}.json", "start": 0.0, "duration": lab["seconds"],
             "class_id": lab["class_id"], "class_name": lab["class_name"], "instrument": lab["instrument"],
             "key": lab["key"], "tempo_bpm": lab["tempo_bpm"], "tags": lab["tags"], "num_events": len(lab["events"])}
 
 
 def generate_dataset(out: tp.Union[str, Path], num: int, seed: int = 0, seconds: float = 10.0, size: int = 64,
                      workers: int = 0, split: str = "train", wav: bool = False,
-                     window: tp.Optional[float] = None, rhythm: str = "steady") -> Path:
-    """Write ``num`` clips, ``manifest.jsonl`` and ``vmas_manifest.jsonl`` (see :func:`write_vmas_manifest`) into
+                     window: tp.Optional[float] = None, rhythm: str = "steady", scenes: int = 1) -> Path:
+    """Write ``num`` clips (``scenes`` > 1: multi-scene clips, :func:`generate_multiscene`), ``manifest.jsonl`` and ``vmas_manifest.jsonl`` (see :func:`write_vmas_manifest`) into
     ``out``; returns the path of ``manifest.jsonl``.
 
     Clip ``i`` has class ``i % 6`` and seed ``clip_seed(seed, i)``, so the output is the same for any ``workers``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(out, seed, i, seconds, size, wav, rhythm) for i in range(num)]
+    if scenes > 1 and wav:
+        raise ValueError("--wav is not supported with --scenes (write single-scene clips for codec training)")
+    jobs = [(out, seed, i, seconds, size, wav, rhythm, scenes) for i in range(num)]
     workers = workers or min(len(jobs), os.cpu_count() or 1, 8)
     if workers > 1 and len(jobs) > 1:
         with mp.get_context("fork" if sys.platform != "win32" else "spawn").Pool(workers) as pool:
@@ -567,12 +648,17 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
                    help="cut clips into windows of this many seconds in vmas_manifest.jsonl (e.g. 5 for synthmv_tiny)")
     p.add_argument("--rhythm", choices=RHYTHMS, default="steady",
                    help="note timing: a metronome grid, or a renewal process the music's past cannot predict")
+    p.add_argument("--scenes", type=int, default=1,
+                   help="scenes per clip joined by hard cuts; picture and music change class at each cut (labels: "
+                        "cuts, segments)")
     args = p.parse_args(argv)
+    if args.scenes < 1 or args.seconds < args.scenes * MIN_SCENE_SECONDS:
+        p.error(f"--scenes N needs N >= 1 and --seconds >= {MIN_SCENE_SECONDS:g} * N")
     if args.num < 1 or args.seconds <= 1.0 or args.size < 16 or args.size % 2:
         p.error("need --num >= 1, --seconds > 1 and an even --size >= 16")
     t0 = time.time()
     manifest = generate_dataset(args.out, args.num, args.seed, args.seconds, args.size, args.workers, args.split,
-                                args.wav, args.window, args.rhythm)
+                                args.wav, args.window, args.rhythm, args.scenes)
     dt = time.time() - t0
     print(f"wrote {args.num} clips to {args.out} ({manifest.name}) in {dt:.1f} s ({args.num / dt:.1f} clips/s)")
     return 0

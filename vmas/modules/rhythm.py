@@ -36,19 +36,25 @@ NUM_FEATURES = 5
 
 
 def beat_features(beat: tp.Optional[torch.Tensor], num_steps: int, start: int = 0) -> tp.Optional[torch.Tensor]:
-    """beat [B, 2] (period frames, beat frame; NaN = no grid) -> features [B, num_steps, 5] for frames
+    """beat [B, 2] (period frames, beat frame; NaN = no grid), or per-frame grids [B, N, 2] of the whole video,
+    -> features [B, num_steps, 5] for frames
     ``start .. start + num_steps - 1`` (LM step ``s`` predicts frame ``s`` of the first codebook). Zero rows where
     there is no grid."""
     if beat is None:
         return None
     beat = beat.float()
     frames = torch.arange(num_steps, device=beat.device, dtype=torch.float32) + start  # [S]
-    has = torch.isfinite(beat).all(dim=1)  # [B]
-    period = torch.where(has, beat[:, 0], torch.ones_like(beat[:, 0]))
-    first = torch.where(has, beat[:, 1], torch.zeros_like(beat[:, 1]))
-    phase = 2 * math.pi * (frames[None] - first[:, None]) / period[:, None]  # [B, S] radians, 0 on each beat
+    if beat.dim() == 3:  # per-frame grids [B, N, 2] (a bent grid, vmas.structure.hit_grid): row f holds frame f's
+        rows = frames.long().clamp(0, beat.shape[1] - 1)  # frames past the end keep the last row
+        beat = beat[:, rows]  # [B, S, 2]
+    else:
+        beat = beat[:, None].expand(-1, num_steps, -1)  # [B, S, 2]
+    has = torch.isfinite(beat).all(dim=-1)  # [B, S]
+    period = torch.where(has, beat[..., 0], torch.ones_like(beat[..., 0]))
+    first = torch.where(has, beat[..., 1], torch.zeros_like(beat[..., 1]))
+    phase = 2 * math.pi * (frames[None] - first) / period  # [B, S] radians, 0 on each beat
     feats = torch.stack([phase.sin(), phase.cos(), (2 * phase).sin(), (2 * phase).cos(), torch.ones_like(phase)], -1)
-    return feats * has[:, None, None].float()
+    return feats * has[..., None].float()
 
 
 def _best_offset(frames: np.ndarray, period: float, resolution: float = 0.25,
