@@ -17,10 +17,14 @@ is the last one, which is how a short video is padded; its real duration is repo
 """
 from __future__ import annotations
 
+import heapq
+import logging
 import re
 import typing as tp
 import wave
+from collections import OrderedDict
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,7 @@ from einops import rearrange
 from vmas.errors import MediaError
 
 PathLike = tp.Union[str, Path]
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,37 +137,196 @@ def _decord_reader(path: Path):
     return vr
 
 
-def _frame_times(vr, path: Path) -> np.ndarray:
-    """Per-frame presentation times in seconds, float64 [N] (decord reads them from the packets' pts)."""
+def _decord_times(vr) -> tp.Optional[np.ndarray]:
+    """decord's per-frame presentation times in seconds, float64 [N]; None when it cannot give them."""
     try:
-        ts = np.asarray(vr.get_frame_timestamp(np.arange(len(vr))), dtype=np.float64)[:, 0]  # [N]
-    except Exception as err:
-        raise MediaError(f"{path}: cannot read frame timestamps ({_short(err)}); re-encode the file") from None
-    if not np.all(np.isfinite(ts)):
-        raise MediaError(f"{path}: frames without timestamps; re-encode the file (e.g. ffmpeg -i in.mp4 out.mp4)")
-    return ts
+        return np.asarray(vr.get_frame_timestamp(np.arange(len(vr))), dtype=np.float64)[:, 0]  # [N]
+    except Exception:
+        return None
 
 
-def _info_from(path: Path, ts: np.ndarray, width: int, height: int, has_audio: bool) -> VideoInfo:
-    n = len(ts)
-    dt = float(np.median(np.diff(ts))) if n > 1 else 0.0
-    if dt <= 0:  # a single frame, or broken pts: a 1/25 s still is the least surprising answer
-        dt = 1.0 / 25.0
-    duration = float(ts[-1] + dt)
-    return VideoInfo(path=path, duration=duration, fps=n / duration, width=width, height=height, num_frames=n,
-                     has_audio=has_audio)
+@dataclass
+class _Span:
+    """What a demux-only pass over the video packets says about the stream's timing (no decoding)."""
+
+    times: np.ndarray
+    """Presentation times of the non-empty packets, sorted, seconds after the first one, float64 [P]."""
+    duration: float
+    """Last presentation time - first + the median frame interval: the stream's duration as players see it."""
+    codec: str
+    format: str
+    """Container format names as FFmpeg reports them (e.g. ``avi``, ``mov,mp4,m4a,3gp,3g2,mj2``)."""
+
+
+def _packet_span(path: Path) -> _Span:
+    """Timing of the video stream from its packets' pts (dts where a packet has none).
+
+    This is the container's own account, which is what a muxed copy of the stream will last; decord's per-frame
+    times are wrong for some files (an AVI holding B-frames: the first frames come back with times of -3.7e17 s).
+    """
+    with _open_av(path) as container:
+        stream = container.streams.video[0]
+        tb = stream.time_base
+        codec, fmt = stream.codec_context.name, container.format.name
+        pts: tp.List[int] = []
+        try:
+            for pkt in container.demux(stream):
+                if pkt.size <= 0:
+                    continue
+                t = pkt.pts if pkt.pts is not None else pkt.dts
+                if t is not None:
+                    pts.append(t)
+        except Exception:  # a truncated tail: the packets before it still count
+            pass
+        header = float(stream.duration * tb) if stream.duration and tb else 0.0
+    if not pts or not tb:
+        return _Span(times=np.zeros(1), duration=header or 1.0 / 25.0, codec=codec, format=fmt)
+    t = np.unique(np.asarray(pts, np.int64))  # [P] sorted; AVI B-frame streams repeat none, MPEG-TS may
+    times = (t - t[0]).astype(np.float64) * float(tb)
+    dt = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+    if dt <= 0:  # a single frame: the header's duration, else a 1/25 s still (the least surprising answer)
+        dt = header if 0 < header < 10 else 1.0 / 25.0
+    return _Span(times=times, duration=float(times[-1] + dt), codec=codec, format=fmt)
+
+
+def _times_agree(a: tp.Optional[np.ndarray], b: np.ndarray) -> bool:
+    """decord's frame times ``a`` [N] describe the same frames as the packets' ``b`` [P]: same count, increasing,
+    within half a frame interval of each other once both start at their first frame."""
+    if a is None or len(a) != len(b) or not np.all(np.isfinite(a)):
+        return False
+    if len(a) == 1:
+        return abs(a[0]) < 1.0
+    if np.any(np.diff(a) <= 0):
+        return False
+    tol = 0.5 * float(np.median(np.diff(b)))
+    return abs(a[0]) <= tol + 1e-6 and bool(np.max(np.abs((a - a[0]) - b)) <= tol + 1e-6)
+
+
+class _Source:
+    """An opened video: header, frame times, duration, and the decoder that returns its frames.
+
+    Two ways to get frames: decord by frame index (random access, the normal case), or, when decord's times do
+    not agree with the container's (AVI with B-frames), a sequential PyAV decoder that counts frames as they come
+    out (a decoder emits frames in display order, so the k-th frame out is frame k whatever the timestamps say).
+    Generation reads a long video window by window, in order: the sequential decoder resumes where the previous
+    window stopped, so reading a whole video costs one pass (time linear in its length, memory one chunk).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.width, self.height, self.has_audio, self.rotation = _header(path)
+        self.span = _packet_span(path)
+        self.vr = _decord_reader(path)
+        ts = _decord_times(self.vr)
+        self.by_index = _times_agree(ts, self.span.times)
+        if self.by_index:
+            self.times = ts  # [N] as before: decord's times (exact for VFR)
+        else:
+            n = len(self.vr)
+            # the packets' times when they name one frame each, else an even grid over the stream's duration
+            self.times = (self.span.times if len(self.span.times) == n
+                          else np.arange(n, dtype=np.float64) * self.span.duration / n)
+            log.info("%s: decord's frame times disagree with the container's; decoding in order with PyAV", path)
+        self._seq = None  # (container, frame iterator, index of the next frame, last frame) for the PyAV reader
+
+    def info(self) -> VideoInfo:
+        n = len(self.times)
+        return VideoInfo(path=self.path, duration=self.span.duration, fps=n / self.span.duration, width=self.width,
+                         height=self.height, num_frames=n, has_audio=self.has_audio)
+
+    def frames(self, want: np.ndarray, size: tp.Optional[int]) -> torch.Tensor:
+        """Frames number ``want`` [u] (sorted, unique), resized (``size``) chunk by chunk: ``uint8 [u, H, W, 3]``.
+
+        Chunks hold at most ~64 MB of source pixels (8 frames of 1080p, 1 of 8000x8000), so a huge frame size
+        never multiplies by the window length."""
+        chunk = max(1, min(8, (64 << 20) // max(1, self.width * self.height * 3)))
+        out = []
+        for i in range(0, len(want), chunk):
+            part = want[i:i + chunk]
+            batch = self._decord(part) if self.by_index else self._sequential(part)
+            out.append(batch if size is None else resize_center_crop(batch, size))
+        return torch.cat(out)
+
+    def _decord(self, idx: np.ndarray) -> torch.Tensor:
+        try:
+            return torch.from_numpy(self.vr.get_batch(idx.tolist()).asnumpy())  # [u, h, w, 3]
+        except Exception as err:
+            # decord 0.6 mis-sizes its output for some frame sizes (e.g. 48x96, 72x128 portrait): PyAV decodes the
+            # same frames, found by their timestamps; a truly broken file fails there too
+            return _frames_av(self.path, self.times[idx], _short(err), self.rotation)
+
+    def _sequential(self, idx: np.ndarray) -> torch.Tensor:
+        import av
+
+        if self._seq is None or self._seq[2] > idx[0]:  # first read, or a window before the decoder's position
+            self.close()
+            container = _open_av(self.path)
+            self._seq = [container, _decoded_frames(container, container.streams.video[0]), 0, None]
+        state, out = self._seq, []
+        for k in idx:
+            while state[2] <= k:
+                try:
+                    frame = next(state[1], None)
+                except av.error.FFmpegError as err:
+                    raise MediaError(f"{self.path}: decoding failed ({_short(err)}); the file may be truncated or "
+                                     "corrupt, re-encode it") from None
+                if frame is None:  # fewer frames than counted: the last one stands in (as for a short video)
+                    if state[3] is None:
+                        raise MediaError(f"{self.path}: no frame decodes; the file may be corrupt, re-encode it")
+                    break
+                state[3] = np.rot90(frame.to_ndarray(format="rgb24"), k=self.rotation // 90)
+                state[2] += 1
+            out.append(np.ascontiguousarray(state[3]))
+        return torch.from_numpy(np.stack(out))
+
+    def close(self) -> None:
+        if self._seq is not None:
+            self._seq[0].close()
+            self._seq = None
+
+
+def _decoded_frames(container, stream) -> tp.Iterator:
+    """Frames of ``stream`` in display order; packets the decoder rejects are skipped (as FFmpeg's tools do)."""
+    import av
+
+    for pkt in container.demux(stream):
+        try:
+            yield from pkt.decode()
+        except av.error.EOFError:
+            return
+        except av.error.InvalidDataError:
+            continue
+
+
+# Open sources, most recently used last. Generation reads a video window by window and probes it before muxing:
+# reopening it each time would re-scan its index (decord and our packet pass both read every packet), which makes
+# a long video quadratic in its length. Keyed by the file's identity, so an edited file is reopened.
+_SOURCES: "OrderedDict[tp.Tuple[str, int, int], _Source]" = OrderedDict()
+_MAX_SOURCES = 4
+
+
+def _source(path: Path) -> _Source:
+    _check_file(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    src = _SOURCES.pop(key, None)
+    if src is None:
+        src = _Source(path)
+        while len(_SOURCES) >= _MAX_SOURCES:
+            _SOURCES.popitem(last=False)[1].close()
+    _SOURCES[key] = src
+    return src
 
 
 def probe_video(path: PathLike) -> VideoInfo:
     """Duration, frame rate, size, frame count and audio presence of a video file.
 
-    Raises :class:`MediaError` for a missing file, a non-media file, no video stream or zero frames.
+    The duration is the container's (last packet's presentation time - first + one frame interval), the length a
+    muxed copy of the video stream lasts. Raises :class:`MediaError` for a missing file, a non-media file, no video
+    stream or zero frames.
     """
     path = Path(path)
-    width, height, has_audio, _ = _header(path)
-    vr = _decord_reader(path)
-    ts = _frame_times(vr, path)
-    return _info_from(path, ts, width, height, has_audio)
+    return _source(path).info()
 
 
 # ---------------------------------------------------------------------------------------------------- frames
@@ -189,40 +353,22 @@ def read_video_frames(path: PathLike, fps: float = 9.6, size: tp.Optional[int] =
     Returns:
         frames ``uint8 [T, H, W, 3]``, timestamps ``float64 [T]`` (source time of each returned frame, s),
         and the :class:`VideoInfo` of the file (true duration).
+
+    Only the window's frames are decoded, a few at a time, and resized as they come (memory: one chunk of source
+    frames plus the window at ``size``); consecutive windows of one file reuse its opened decoder.
     """
     path = Path(path)
     if fps <= 0 or duration <= 0:
         raise MediaError(f"{path}: fps ({fps}) and duration ({duration}) must be positive")
     if start < 0:
         raise MediaError(f"{path}: start ({start}) must be >= 0")
-    width, height, has_audio, rotation = _header(path)
-    # decoded at the source size (decord's own resize mis-sizes some portrait outputs), resized here in chunks
-    vr = _decord_reader(path)
-    ts = _frame_times(vr, path)  # [N]
-    info = _info_from(path, ts, width, height, has_audio)
-
+    src = _source(path)
     num = round(duration * fps)
     targets = start + np.arange(num, dtype=np.float64) / fps  # [T]
-    idx = nearest_indices(ts, targets)  # [T]
+    idx = nearest_indices(src.times, targets)  # [T]
     uniq, inverse = np.unique(idx, return_inverse=True)
-    chunks, decord_error = [], None
-    for i in range(0, len(uniq), _CHUNK):  # bounded memory: a 1080p chunk of 8 frames is ~50 MB
-        want = uniq[i:i + _CHUNK]
-        try:
-            if decord_error is not None:
-                raise RuntimeError(decord_error)
-            batch = torch.from_numpy(vr.get_batch(want.tolist()).asnumpy())  # [u, h, w, 3]
-        except Exception as err:
-            # decord 0.6 mis-sizes its output for some frame sizes (e.g. 48x96, 72x128 portrait): PyAV decodes
-            # the same frames, found by their timestamps; a truly broken file fails there too
-            decord_error = _short(err)
-            batch = _frames_av(path, ts[want], decord_error, rotation)
-        chunks.append(batch if size is None else resize_center_crop(batch, size))
-    frames = torch.cat(chunks)[torch.from_numpy(inverse.reshape(-1))]  # [T, H, W, 3]
-    return frames.contiguous(), ts[idx], info
-
-
-_CHUNK = 8
+    frames = src.frames(uniq, size)[torch.from_numpy(inverse.reshape(-1))]  # [T, H, W, 3]
+    return frames.contiguous(), src.times[idx], src.info()
 
 
 def _frames_av(path: Path, times: np.ndarray, why: str, rotation: int = 0) -> torch.Tensor:
@@ -294,7 +440,9 @@ def read_audio(path: PathLike, sr: int = 32000, start: float = 0.0, duration: tp
                allow_missing: bool = False) -> torch.Tensor:
     """Mono float32 audio ``[N]`` at ``sr`` from a video or audio file.
 
-    The channels are averaged, then resampled with a windowed-sinc filter (torchaudio). With ``duration`` the
+    The channels are mixed down (:func:`downmix_weights`: stereo is the mean of its channels, 5.1 follows
+    ITU-R BS.775 without the LFE), then resampled with a windowed-sinc filter (torchaudio). Packets that fail to
+    decode are skipped (logged with a count) and their time left silent. With ``duration`` the
     result has exactly ``round(duration * sr)`` samples (zero-padded past the end of the stream); without it, it
     runs to the end. A file with no audio stream raises :class:`MediaError`, or with ``allow_missing`` returns
     silence as long as the requested window (or the video) would be.
@@ -338,16 +486,38 @@ def _origin(container) -> float:
     return 0.0
 
 
+# Mono downmix weights by channel name: ITU-R BS.775's stereo downmix (L' = L + 0.707 C + 0.707 Ls, R' likewise,
+# LFE left out as FFmpeg does) followed by the mean of L' and R'. Stereo is then the plain mean of its channels,
+# and a voice in the centre channel keeps the level it has in a stereo mix (0.707 + 0.707, halved, per side).
+_DOWNMIX = {"FL": 0.5, "FR": 0.5, "FC": 0.7071, "LFE": 0.0, "BC": 0.7071,
+            "BL": 0.3536, "BR": 0.3536, "SL": 0.3536, "SR": 0.3536}
+
+
+def downmix_weights(names: tp.Sequence[str]) -> np.ndarray:
+    """Weights ``[C]`` that turn channels named ``names`` (FFmpeg's: FL, FR, FC, LFE, BL, BR, SL, SR, ...) into
+    mono. One channel is itself; a layout with a name outside the table gets the plain mean."""
+    if len(names) == 1:
+        return np.ones(1, np.float32)
+    if all(n in _DOWNMIX for n in names):
+        return np.asarray([_DOWNMIX[n] for n in names], np.float32)
+    return np.full(len(names), 1.0 / len(names), np.float32)
+
+
 def _decode_audio(container, stream, path: Path, start: float, duration: tp.Optional[float], origin: float = 0.0):
     """Decode [start, start+duration) (seconds after ``origin``) of ``stream`` to mono float32 at its own rate:
-    (samples [n], rate)."""
+    (samples [n], rate).
+
+    As robust as FFmpeg's own tools: a packet the decoder rejects (a damaged AC3 sync word, an MP3 frame cut by an
+    AVI chunk) is skipped and counted, not the end of the stream. Its time span is filled with silence when the next
+    frame's timestamp says audio is missing, so what follows stays in sync with the picture.
+    """
     import av
 
     rate = stream.codec_context.sample_rate or stream.rate
     if not rate:
         raise MediaError(f"{path}: audio stream has no sample rate; re-encode the audio")
-    # planar float at the native rate and layout: no rate change, so swr adds no delay; we average the channels
-    # ourselves (swr's downmix scales stereo by 1/sqrt(2) per channel, which is not the mean)
+    # planar float at the native rate and layout: no rate change, so swr adds no delay; we downmix ourselves (swr's
+    # stereo -> mono scales each channel by 1/sqrt(2), which is not the mean)
     resampler = av.AudioResampler(format="fltp", rate=rate)
     tb = stream.time_base
     if start > 0 and tb:
@@ -358,26 +528,53 @@ def _decode_audio(container, stream, path: Path, start: float, duration: tp.Opti
     end = None if duration is None else start + duration
     chunks: tp.List[np.ndarray] = []
     first_time: tp.Optional[float] = None
-    got = 0
+    got = packets = skipped = 0
+    reason, lost = "", False  # why the last skipped packet failed; a packet was skipped since the last frame
+    weights: tp.Dict[tp.Tuple[str, ...], np.ndarray] = {}
+
+    def add(out) -> None:
+        nonlocal got
+        names = tuple(c.name for c in out.layout.channels)
+        w = weights.setdefault(names, downmix_weights(names))
+        arr = w @ out.to_ndarray().astype(np.float32)  # [C] @ [C, n] -> [n]
+        chunks.append(arr)
+        got += arr.size
+
     try:
-        for frame in container.decode(stream):
-            t = float(frame.pts * tb) - origin if frame.pts is not None and tb else None
-            for out in resampler.resample(frame):
-                arr = out.to_ndarray().astype(np.float32).mean(axis=0)  # [C, n] -> [n]
+        for pkt in container.demux(stream):
+            packets += pkt.size > 0
+            try:
+                frames = pkt.decode()
+            except av.error.EOFError:
+                break
+            except av.error.FFmpegError as err:
+                skipped, reason, lost = skipped + 1, _short(err), True
+                continue
+            for frame in frames:
+                t = float(frame.pts * tb) - origin if frame.pts is not None and tb else None
                 if first_time is None:
                     first_time = t if t is not None else 0.0
-                chunks.append(arr)
-                got += arr.size
+                elif lost and t is not None:  # fill the skipped packets' span (measured from this frame's time)
+                    gap = round((t - first_time) * rate) - got
+                    if gap > 0:
+                        chunks.append(np.zeros(gap, np.float32))
+                        got += gap
+                lost = False
+                for out in resampler.resample(frame):
+                    add(out)
             if end is not None and first_time is not None and first_time + got / rate >= end:
                 break
         for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().astype(np.float32).mean(axis=0))
-    except av.error.FFmpegError as err:
-        if not chunks:
-            raise MediaError(f"{path}: cannot decode the audio stream ({_short(err)}); the file may be "
-                             "truncated or corrupt") from None
-        # a truncated tail: keep what decoded, the caller zero-pads to the requested length
-    wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+            add(out)
+    except av.error.FFmpegError as err:  # a truncated tail: keep what decoded, the caller zero-pads
+        reason = _short(err)
+    if not chunks:
+        raise MediaError(f"{path}: cannot decode the audio stream ({reason or 'no audio frames'}); the file may "
+                         "be truncated or corrupt")
+    if skipped:
+        log.warning("%s: skipped %d of %d audio packets that failed to decode (%s); their time is silent", path,
+                    skipped, packets, reason)
+    wav = np.concatenate(chunks)
     first_time = 0.0 if first_time is None else first_time
     offset = round((start - first_time) * rate)  # samples to drop (>0) or zeros to prepend (<0)
     if offset > 0:
@@ -410,20 +607,99 @@ def write_wav(path: PathLike, wav: tp.Union[torch.Tensor, np.ndarray], sr: int) 
     return path
 
 
+MP4_COPY_CODECS = ("h264", "hevc", "av1", "vp9", "mpeg4")
+"""Video codecs copied into an MP4 as they are (MP4 stores them natively and players decode them). Any other codec
+(MS-MPEG4, MJPEG, Cinepak, Indeo, MPEG-2, VP8, ...) and any video in an AVI (whose demuxer invents presentation
+times from chunk order, so B-frames come out mistimed) is re-encoded to H.264 instead."""
+REENCODE_CRF = 18
+"""x264 constant-rate factor of a re-encoded video: 18 is visually close to a decent source."""
+
+
+def mp4_video_plan(path: PathLike) -> str:
+    """``"copy"`` when the video stream of ``path`` goes into an MP4 as it is, else ``"h264"`` (re-encode)."""
+    span = _source(Path(path)).span
+    return "copy" if span.codec in MP4_COPY_CODECS and span.format != "avi" else "h264"
+
+
+def reencode_h264(video_path: PathLike, out_path: PathLike, crf: int = REENCODE_CRF,
+                  preset: str = "veryfast") -> Path:
+    """A video-only MP4 holding the picture of ``video_path`` as H.264: decoded frame k at the time
+    :func:`read_video_frames` gives frame k (the first at 0), so the frame count, frame timing and duration are
+    the source's as :func:`probe_video` reports them. Packets the decoder rejects are skipped, as FFmpeg does.
+    Odd frame sizes use 4:4:4 (4:2:0 needs even sizes)."""
+    import av
+
+    video_path, out_path = Path(video_path), Path(out_path)
+    src = _source(video_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _open_av(video_path) as inp, av.open(str(out_path), "w", format="mp4") as out:
+            vin = inp.streams.video[0]
+            tb = vin.time_base or Fraction(1, 90000)
+            rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+            step = max(1, round(1 / (float(rate) * float(tb))))  # one frame interval in the stream's time base
+            w, h = vin.codec_context.width, vin.codec_context.height
+            vout = out.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
+            vout.width, vout.height = w, h
+            vout.pix_fmt = "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
+            vout.time_base = vout.codec_context.time_base = tb
+            if src.rotation:
+                vout.set_display_rotation(src.rotation)
+            last = None  # pts of the last frame written (output time base = the source's)
+            for k, frame in enumerate(_decoded_frames(inp, vin)):
+                # frame k shows at the time our reader gives frame k (the container's times, not a decoder's
+                # pts that AVI B-frames scramble); frames beyond the count follow one interval apart
+                pts = round(float(src.times[k]) / float(tb)) if k < len(src.times) else None
+                if pts is None or (last is not None and pts <= last):
+                    pts = 0 if last is None else last + step
+                last = pts
+                frame = frame.reformat(format=vout.pix_fmt)  # fresh frame: no side data (rotation) carried over
+                frame.pts, frame.time_base = pts, tb
+                for pkt in vout.encode(frame):
+                    out.mux(pkt)
+            if last is None:
+                raise MediaError(f"{video_path}: no frame decodes; the file may be corrupt, re-encode it")
+            for pkt in vout.encode(None):
+                out.mux(pkt)
+    except MediaError:
+        out_path.unlink(missing_ok=True)
+        raise
+    except Exception as err:
+        out_path.unlink(missing_ok=True)
+        raise MediaError(f"{video_path}: re-encoding the video to H.264 failed ({_short(err)})") from None
+    return out_path
+
+
+def mp4_video_source(video_path: PathLike, work_dir: PathLike) -> tp.Tuple[Path, str]:
+    """(a file whose video stream can be copied into an MP4, one line saying how it was made).
+
+    The file is ``video_path`` itself when its codec goes into an MP4 as it is (``"copied"``); otherwise a
+    temporary H.264 re-encode in ``work_dir`` (the caller deletes it; see :func:`reencode_h264`). Made once, it
+    can be muxed with several audio tracks (the loudness loop re-encodes the audio, not the picture).
+    """
+    video_path = Path(video_path)
+    if mp4_video_plan(video_path) == "copy":
+        return video_path, "video copied"
+    codec = _source(video_path).span.codec
+    tmp = Path(work_dir) / f".{video_path.stem}.h264.tmp.mp4"
+    reencode_h264(video_path, tmp)
+    return tmp, f"video re-encoded to H.264 (CRF {REENCODE_CRF}; MP4 does not take {codec} from {video_path.suffix})"
+
+
 def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.ndarray], out_path: PathLike,
               sr: tp.Optional[int] = None, bitrate: int = 128_000) -> Path:
     """Copy of ``video_path`` with ``wav`` as its (only) audio track.
 
-    The video stream is copied packet by packet (no re-encode, so no quality loss and no drift); the audio is
-    encoded as AAC at ``sr`` and padded with silence or trimmed so it lasts exactly as long as the video. Any
-    audio track already in the video is dropped.
+    The video stream is copied packet by packet when the output takes its codec (no re-encode, so no quality loss
+    and no drift; :data:`MP4_COPY_CODECS`), else re-encoded to H.264 with the same frame times
+    (:func:`reencode_h264`; a warning says so). The audio is encoded as AAC at ``sr`` and padded with silence or
+    trimmed so it lasts exactly as long as the video stream written (its container duration). Any audio track
+    already in the video is dropped. Packets are interleaved as they are read: memory does not grow with length.
 
     Args:
         wav: a wav/audio file path (read at ``sr``, or its own rate when ``sr`` is None) or a float tensor/array
             ``[N]`` / ``[1, N]`` at ``sr`` (required then).
     """
-    import av
-
     video_path, out_path = Path(video_path), Path(out_path)
     if isinstance(wav, (str, Path)):
         wav_path = Path(wav)
@@ -438,35 +714,50 @@ def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.nda
             raise MediaError(f"{out_path}: mux_audio needs sr= when wav is an array")
         samples = (wav.detach().cpu().float().numpy() if isinstance(wav, torch.Tensor)
                    else np.asarray(wav, np.float32)).reshape(-1)
-    info = probe_video(video_path)
-    n = round(info.duration * sr)
-    samples = np.pad(samples.astype(np.float32), (0, max(0, n - samples.size)))[:n]
+    source, how = mp4_video_source(video_path, out_path.parent)
+    try:
+        if source != video_path:
+            log.warning("%s: %s", video_path, how)
+        return _mux_copy(source, video_path, samples, sr, out_path, bitrate)
+    finally:
+        if source != video_path:
+            source.unlink(missing_ok=True)
 
+
+def _mux_copy(source: Path, video_path: Path, samples: np.ndarray, sr: int, out_path: Path, bitrate: int) -> Path:
+    """Mux the video stream of ``source`` (copied) with ``samples`` [N] at ``sr`` (AAC, fitted to the video's
+    duration) into ``out_path``, through a temporary file so a failure leaves nothing half-written."""
+    import av
+
+    n = round(_packet_span(source).duration * sr)
+    samples = np.pad(samples.astype(np.float32), (0, max(0, n - samples.size)))[:n]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.stem + ".tmp" + out_path.suffix)
     try:
-        with _open_av(video_path) as src, av.open(str(tmp), "w") as dst:
+        with _open_av(source) as src, av.open(str(tmp), "w") as dst:
             vin = src.streams.video[0]
             vout = dst.add_stream_from_template(vin)
             aout = dst.add_stream("aac", rate=sr, layout="mono")
             aout.bit_rate = bitrate
-            packets = []  # (time in s, packet) for both streams, muxed in time order
-            for pkt in src.demux(vin):
-                if pkt.dts is None:  # the demuxer's flush packet
-                    continue
-                pkt.stream = vout
-                packets.append((float(pkt.dts * pkt.time_base), 0, pkt))
-            step = 1024
-            for i in range(0, n, step):
-                chunk = samples[i:i + step][None]  # [1, n]
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = sr, i
-                for pkt in aout.encode(frame):
-                    packets.append((float(pkt.dts * pkt.time_base), 1, pkt))
-            for pkt in aout.encode(None):
-                packets.append((float(pkt.dts * pkt.time_base), 1, pkt))
-            packets.sort(key=lambda p: (p[0], p[1]))
-            for _, _, pkt in packets:
+
+            def video():  # (time in s, stream order, packet), in dts order as demuxed
+                for pkt in src.demux(vin):
+                    if pkt.dts is None:  # the demuxer's flush packet
+                        continue
+                    pkt.stream = vout
+                    yield float(pkt.dts * pkt.time_base), 0, pkt
+
+            def audio():
+                for i in range(0, n, 1024):
+                    chunk = samples[i:i + 1024][None]  # [1, n]
+                    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
+                    frame.sample_rate, frame.pts = sr, i
+                    for pkt in aout.encode(frame):
+                        yield float(pkt.dts * pkt.time_base), 1, pkt
+                for pkt in aout.encode(None):
+                    yield float(pkt.dts * pkt.time_base), 1, pkt
+
+            for _, _, pkt in heapq.merge(video(), audio(), key=lambda p: (p[0], p[1])):
                 dst.mux(pkt)
         tmp.replace(out_path)
     except MediaError:
@@ -491,4 +782,5 @@ def audio_duration(path: PathLike) -> float:
 
 
 __all__ = ["VideoInfo", "probe_video", "read_video_frames", "read_audio", "write_wav", "mux_audio",
+           "mp4_video_plan", "mp4_video_source", "reencode_h264", "MP4_COPY_CODECS", "downmix_weights",
            "normalize_frames", "nearest_indices", "resize_center_crop", "audio_duration", "IMAGENET_MEAN", "IMAGENET_STD"]
