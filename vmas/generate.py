@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
+import tempfile
 import typing as tp
 from pathlib import Path
 
@@ -85,6 +88,30 @@ class GenerationResult:
     """The finished track of ``mp4``: mode, loudness (LUFS) and true peak (dBTP) measured on the decoded mp4,
     normalisation gain, speech intervals (:meth:`vmas.mixing.MixResult.summary`)."""
 
+    @property
+    def has_tags(self) -> bool:
+        """The user asked for tags (their own or automatic), a tempo or negative tags."""
+        return bool(self.tags or self.instruments or self.genres or self.tempo or self.negative or self.auto_tags)
+
+    def ineffective(self, spec: "GenerationSpec") -> tp.List[str]:
+        """One line per control of this (unresolved) request that changes nothing for a model with ``spec``.
+
+        The CLI prints them as warnings, so a flag that does nothing is never silently accepted.
+        """
+        notes = []
+        if self.guide in ("tags", "both") and not self.has_tags:
+            notes.append(f"--guide {self.guide} has no effect without --tags/--negative (no tags to guide with): "
+                         "guidance runs against the null condition")
+        if self.tag_cfg is not None and not self.has_tags:
+            notes.append("--tag-cfg has no effect without --tags/--negative")
+        if self.beat_from_video and not spec.beat_condition:
+            notes.append("--beat-from-video has no effect: this model has no beat condition "
+                         "(model.lm.beat_condition is false)")
+        top_p = spec.sampling.top_p if self.top_p is None else self.top_p
+        if self.top_k is not None and top_p > 0:
+            notes.append(f"--top-k has no effect while top-p is {top_p:g} (nucleus sampling wins; pass --top-p 0)")
+        return notes
+
 
 @dataclasses.dataclass
 class _Job:
@@ -110,6 +137,10 @@ def _window_plan(total: int, window: int, stride: int) -> tp.List[tp.Tuple[int, 
 
 
 def _tag_tensors(pipe: "VMASPipeline", tag_lists: tp.Sequence[tp.Sequence[str]]):
+    """(emb [B, N, dim], mask [B, N]) of the tag lists, or (None, None) when no list holds a tag: the model then uses
+    its learned null tag token (what an empty list gives too), and the text encoder is never loaded."""
+    if not any(tag_lists):
+        return None, None
     enc = pipe.get_text_encoder()
     if enc is None:
         return None, None
@@ -117,21 +148,83 @@ def _tag_tensors(pipe: "VMASPipeline", tag_lists: tp.Sequence[tp.Sequence[str]])
     return emb.to(pipe.device), mask.to(pipe.device)
 
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".3gp",
+                  ".ts", ".mts")
+"""What ``vmas generate FOLDER`` picks up from a folder (by suffix, case-insensitive)."""
+
+OUTPUT_SUFFIXES = (".wav", ".mp4", ".mkv", ".mov")
+"""Files a video ``NAME`` may produce in the output folder (``NAME.wav`` + the muxed video's container)."""
+
+
+def expand_inputs(paths: tp.Sequence[tp.Union[str, Path]]) -> tp.List[Path]:
+    """Files as given; a folder becomes its video files (:data:`VIDEO_SUFFIXES`, sorted, not recursive).
+
+    A folder without videos raises a one-line :class:`MediaError`; a missing file is kept (generation reports it
+    in its own error boundary, so the other files still run).
+    """
+    out: tp.List[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
+            if not found:
+                raise MediaError(f"{path}: folder holds no video files ({', '.join(VIDEO_SUFFIXES[:5])}, ...)")
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
+def check_output_dir(out_dir: tp.Union[str, Path]) -> Path:
+    """Create ``out_dir`` and prove it writable before any generation (one :class:`MediaError` line otherwise)."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".vmas-write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise MediaError(f"output folder {out_dir} is not writable ({err.strerror or type(err).__name__}): choose "
+                         "another with -o") from None
+    return out_dir
+
+
+def _output_conflict(video: Path, out_dir: Path, overwrite: bool, taken: tp.Dict[str, Path]) -> tp.Optional[str]:
+    """Why ``video``'s outputs cannot be written (None = they can): they would replace the input itself, another
+    input of the run has the same name, or they exist and ``overwrite`` is off."""
+    stem = video.stem
+    outputs = [out_dir / f"{stem}{ext}" for ext in OUTPUT_SUFFIXES]
+    if video.exists() and any(o.exists() and o.samefile(video) for o in outputs):
+        return "its output would replace the input itself; choose another output folder with -o"
+    if stem in taken:
+        return f"same output name as {taken[stem]} ({out_dir / stem}.*); rename one of them"
+    existing = [o for o in outputs if o.exists()]
+    if existing and not overwrite:
+        return f"{existing[0]} already exists; pass --overwrite to replace it"
+    return None
+
+
 def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPipeline", out_dir: tp.Union[str, Path],
                         request: tp.Optional[GenerationRequest] = None, batch_size: int = 1,
                         auto_tagger: tp.Optional[tp.Callable] = None, progress: bool = True,
                         on_error: tp.Optional[tp.Callable[[Path, Exception], None]] = None,
-                        on_window: tp.Optional[tp.Callable[[int, int], None]] = None) -> tp.List[GenerationResult]:
+                        on_window: tp.Optional[tp.Callable[[int, int], None]] = None,
+                        overwrite: bool = True) -> tp.List[GenerationResult]:
     """Generate music for each video and write ``NAME.wav`` and ``NAME.mp4`` (video stream copied) to ``out_dir``.
 
     Each file runs inside its own error boundary: a :class:`VmasError` for one file is passed to ``on_error``
     (default: re-raise) and the others still finish. ``on_window(done, total)`` is called after each generation
-    window of a batch (the web page's progress bar, :mod:`vmas.app`).
+    window of a batch (the web page's progress bar, :mod:`vmas.app`). ``overwrite=False`` skips (as an error) a
+    video whose outputs already exist. Outputs are written into a hidden folder inside ``out_dir`` and renamed
+    into place when complete, so an interrupted run (Ctrl-C) never leaves a half-written file under a final name.
+
+    Every video has its own random generator seeded with ``request.seed``: a video's music does not depend on the
+    batch size or on the other videos of its batch.
     """
+    if batch_size < 1:
+        raise VmasError(f"batch size must be at least 1, got {batch_size}")
     req = (request or GenerationRequest()).resolved(pipe.spec)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not pipe.spec.tags and (req.tags or req.instruments or req.genres or req.tempo or req.negative or req.auto_tags):
+    out_dir = check_output_dir(out_dir)
+    if not pipe.spec.tags and req.has_tags:
         raise VmasError("this model has no tag branch (model.tags.enabled is false): drop --tags/--instruments/"
                         "--genres/--tempo/--negative/--auto-tags, or use a model trained with tags")
     results: tp.List[GenerationResult] = []
@@ -142,9 +235,15 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPip
         on_error(path, err)
 
     jobs: tp.List[_Job] = []
+    taken: tp.Dict[str, Path] = {}
     for video in map(Path, videos):
+        conflict = _output_conflict(video, out_dir, overwrite, taken)
+        if conflict:
+            fail(video, MediaError(f"{video}: {conflict}"))
+            continue
         try:
             jobs.append(_prepare(video, pipe, req, auto_tagger))
+            taken[video.stem] = video
         except VmasError as err:
             fail(video, err)
 
@@ -160,12 +259,29 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPip
             continue
         for job in chunk:
             try:
-                results.append(_write_outputs(job, pipe, out_dir, windows, req.mixing))
+                results.append(_write_atomically(job, pipe, out_dir, windows, req.mixing))
             except VmasError as err:
                 fail(job.video, err)
             bar.update(1)
     bar.close()
     return results
+
+
+def _write_atomically(job: "_Job", pipe: "VMASPipeline", out_dir: Path, windows: int,
+                      mixing: MixOptions) -> GenerationResult:
+    """:func:`_write_outputs` into a hidden folder of ``out_dir``, then every finished file renamed into place (a
+    rename within one file system is atomic); the folder is removed whatever happens, Ctrl-C included."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".vmas-{job.video.stem}-", dir=out_dir))
+    try:
+        res = _write_outputs(job, pipe, tmp, windows, mixing)
+        moved: tp.Dict[Path, Path] = {}
+        for f in sorted(tmp.iterdir(), key=lambda f: f.suffix == ".mp4"):  # the video last: it marks completion
+            os.replace(f, out_dir / f.name)
+            moved[f] = out_dir / f.name
+        return dataclasses.replace(res, **{k: moved[v] for k, v in vars(res).items() if isinstance(v, Path)
+                                           and v in moved})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def generate_for_video(video: tp.Union[str, Path], model: tp.Any = None, out_dir: tp.Union[str, Path] = "outputs",
@@ -175,11 +291,12 @@ def generate_for_video(video: tp.Union[str, Path], model: tp.Any = None, out_dir
     ``model`` is a loaded pipeline, a registered name or a checkpoint path (default: the package's default model).
     The audio options of :class:`vmas.mixing.MixOptions` can be given by name (``mix="keep", duck=-12,
     music_gain=-4, loudness=-14``) or as ``mixing=MixOptions(...)``. ``on_window(done, total)`` reports progress
-    after each generation window.
+    after each generation window. ``overwrite=False`` refuses to replace existing outputs.
     """
     from vmas.hub import load_model
 
     pipe = model if hasattr(model, "codec") else load_model(model)
+    overwrite = controls.pop("overwrite", True)
     fields = {f.name for f in dataclasses.fields(GenerationRequest)} | set(MixOptions.names())
     unknown = set(controls) - fields
     if unknown:
@@ -188,7 +305,7 @@ def generate_for_video(video: tp.Union[str, Path], model: tp.Any = None, out_dir
     if audio:
         controls["mixing"] = dataclasses.replace(controls.get("mixing") or MixOptions(), **audio)
     return generate_for_videos([video], pipe, out_dir, GenerationRequest(**controls), progress=False,
-                               on_window=on_window)[0]
+                               on_window=on_window, overwrite=overwrite)[0]
 
 
 # ------------------------------------------------------------------------------------------------------ internals
@@ -245,7 +362,8 @@ def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationR
         else:
             beat = rhythm.request_grids([job.tags for job in chunk], fr)
 
-    gen = torch.Generator(device="cpu").manual_seed(req.seed)
+    # one generator per video: its music is the same whatever it is batched with (and equals batch size 1)
+    gens = [torch.Generator(device="cpu").manual_seed(req.seed) for _ in chunk]
     codes: tp.Optional[torch.Tensor] = None  # [B, K, T]
     for done, (start, end) in enumerate(tqdm(plan, desc="windows", unit="win", disable=not progress or len(plan) == 1,
                                              leave=False), start=1):
@@ -256,7 +374,7 @@ def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationR
         prompt = None if codes is None else codes[:, :, start:]
         out = pipe.model.generate(frames, num_frames=end - start, tag_emb=tag_emb, tag_mask=tag_mask,
                                   neg_emb=neg_emb, neg_mask=neg_mask, sampling=req.sampling, prompt=prompt,
-                                  generator=gen, beat=beat, beat_start=start)  # [B, K, end-start]
+                                  generator=gens, beat=beat, beat_start=start)  # [B, K, end-start]
         new = out if codes is None else out[:, :, codes.shape[-1] - start:]
         codes = new if codes is None else torch.cat([codes, new], dim=-1)
         if on_window is not None:
