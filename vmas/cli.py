@@ -1,6 +1,7 @@
 """The ``vmas`` command (also ``python -m vmas``): a thin wrapper over :mod:`vmas.generate`.
 
     vmas generate clip.mp4 other.mp4 -o out/ --tags "piano, ambient" --tempo 96 --negative "drums"
+    vmas generate clips/ -o out/ --set model.tags.captioner=DIR --auto-tags --overwrite
     vmas models
     vmas demo
     vmas app --model vmas-synthmv-demo     # the web page (vmas.app)
@@ -17,25 +18,58 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``vmas generate: error: argument --duration: ... (see vmas generate --help)``
+    instead of the usage block followed by the error."""
+
+    def error(self, message: str) -> tp.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: tp.Optional[float] = None, high: tp.Optional[float] = None, open_low: bool = False,
+            what: str = "") -> tp.Callable[[str], tp.Any]:
+    """An argparse ``type`` for a finite ``kind`` (int/float) in [low, high] (``open_low``: (low, high]); a bad value
+    is one line naming the range."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+                from None
+        too_low = low is not None and (value <= low if open_low else value < low)
+        if value != value or value in (float("inf"), float("-inf")) or too_low or (high is not None and value > high):
+            rng = ("> " if open_low else ">= ") + f"{low:g}" if low is not None else ""
+            rng = f"{rng} and <= {high:g}" if high is not None else rng
+            raise argparse.ArgumentTypeError(f"must be {what or rng}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+_POSITIVE = _number(float, 0, open_low=True, what="a positive number of seconds")
+_FINITE = _number(float)
+
+
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
     from vmas.hub import DEFAULT_MODEL
 
-    p.add_argument("video", nargs="+", help="input video file(s)")
+    p.add_argument("video", nargs="+", help="input video file(s), or folders: every video file inside")
     p.add_argument("-o", "--output_dir", "--output-dir", dest="output_dir", default="outputs",
                    help="folder for NAME.wav and NAME.mp4")
     p.add_argument("--model", default=DEFAULT_MODEL, help="registered model name (see `vmas models`) or checkpoint path")
     p.add_argument("--tags", action="append", default=[], help='comma-separated tags, e.g. "piano, jazz"')
     p.add_argument("--instruments", action="append", default=[], help='instruments to add, e.g. "cello, harp"')
     p.add_argument("--genres", action="append", default=[], help='genres to add, e.g. "lo-fi"')
-    p.add_argument("--tempo", type=float, default=None, help="tempo in BPM (wins over automatic tags)")
+    p.add_argument("--tempo", type=_number(float, 0, 1000, open_low=True), default=None,
+                   help="tempo in BPM (wins over automatic tags)")
     p.add_argument("--negative", action="append", default=[], help='tags to steer away from, e.g. "drums, vocals"')
     p.add_argument("--auto-tags", action="store_true", help="derive tags from the video (captioner + LLM)")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's "
+    p.add_argument("--cfg", type=_number(float, 0), default=None, help="classifier-free guidance scale (default: the model's "
                    "generation.cfg, 3 for MusicGen-style models)")
-    p.add_argument("--top-k", type=int, default=None, help="top-k sampling, 0 = off (default: the model's "
+    p.add_argument("--top-k", type=_number(int, 0), default=None, help="top-k sampling, 0 = off (default: the model's "
                    "generation.top_k)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, 0 = off (default: the model's)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
+    p.add_argument("--top-p", type=_number(float, 0, 1), default=None, help="nucleus sampling, 0 = off (default: the model's)")
+    p.add_argument("--temperature", type=_number(float, 0), default=None, help="sampling temperature (default: the model's)")
     p.add_argument("--guide", choices=["all", "tags", "both"], default=None,
                    help="with --tags/--negative: guide against no video + no tags (all), against the video without "
                         "your tags (tags: the tags win over a contradicting picture), or both at once; default: the "
@@ -43,22 +77,33 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beat-from-video", action=argparse.BooleanOptionalAction, default=None,
                    help="models with a beat condition: put the music's beats on the picture's motion peaks (tempo "
                         "from the video unless --tempo is given); default: the model's generation.beat_from_video")
-    p.add_argument("--tag-cfg", type=float, default=None, help="guidance scale of the tags branch (--guide tags/both): "
+    p.add_argument("--tag-cfg", type=_number(float, 0), default=None, help="guidance scale of the tags branch (--guide tags/both): "
                    "raise it when the tags should win over the picture; default: the model's generation.tag_cfg")
     _add_mix_args(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same audio)")
-    p.add_argument("--duration", type=float, default=None, help="generate at most this many seconds per video")
+    p.add_argument("--cuts", default="none", metavar="auto|none|T1,T2",
+                   help="section boundaries: detected scene changes (auto), none (one continuous piece), or your "
+                        "edit's cut times in seconds; after a cut the music restarts on the new scene, crossfaded")
+    p.add_argument("--hits", default=None, metavar="T1,T2",
+                   help="times (s) that should get an accent (a note onset), through the model's beat grid")
+    p.add_argument("--seed", type=_number(int, 0, 2 ** 63 - 1), default=0,
+                   help="random seed: the same seed gives the same audio, whatever --batch-size")
+    p.add_argument("--duration", type=_POSITIVE, default=None,
+                   help="music (and output video) for at most this many seconds of each video")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--batch-size", type=int, default=1, help="videos generated together")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--batch-size", type=_number(int, 1), default=1, help="videos generated together")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a config value of the loaded model for this run, e.g. model.tags.captioner=DIR or "
+                        "generation.top_k=100 (repeatable; KEY= clears a string)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing NAME.wav / NAME.mp4 in the output folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (weight loading included)")
 
 
 def _lufs(text: str) -> tp.Optional[float]:
     if text.strip().lower() in ("off", "none"):
         return None
     try:
-        return float(text)
-    except ValueError:
+        return _FINITE(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a loudness in LUFS (e.g. -14) or 'off', got {text!r}") from None
 
 
@@ -70,9 +115,9 @@ def _add_mix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mix", choices=MIX_MODES, default=None,
                    help="keep: the music under the video's own audio; replace: the music alone; default: keep when "
                         "the video has an audio stream, replace otherwise")
-    p.add_argument("--duck", type=float, default=d.duck, metavar="DB",
+    p.add_argument("--duck", type=_FINITE, default=d.duck, metavar="DB",
                    help="with keep: dB the music dips while someone speaks in the video (0 = no ducking)")
-    p.add_argument("--music-gain", type=float, default=d.music_gain, metavar="DB",
+    p.add_argument("--music-gain", type=_FINITE, default=d.music_gain, metavar="DB",
                    help="with keep: music level relative to the loudness of the video's own audio (between "
                         "sentences); with replace: a plain gain before --loudness")
     p.add_argument("--loudness", type=_lufs, default=d.loudness, metavar="LUFS",
@@ -81,7 +126,7 @@ def _add_mix_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vmas", description="Generate background music for videos.",
+    parser = _Parser(prog="vmas", description="Generate background music for videos.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="music for one or more videos",
@@ -137,6 +182,7 @@ def run_generate(args) -> int:
         seed=args.seed, duration=args.duration, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
         temperature=args.temperature, guide=args.guide, tag_cfg=args.tag_cfg,
         beat_from_video=args.beat_from_video,  # None = the model's generation config
+        cuts=args.cuts, hits=args.hits,
         mixing=mixing)
     failed: tp.List[Path] = []
 

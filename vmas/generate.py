@@ -56,6 +56,13 @@ class GenerationRequest:
     """Generate music for at most this many seconds of each video (the rest of the video stays silent)."""
     stride: tp.Optional[float] = None
     """Seconds of new music per continuation window (default: half a window)."""
+    cuts: tp.Union[str, tp.Sequence[float], None] = None
+    """Section boundaries (issue 22, :mod:`vmas.structure`): ``"auto"`` (detected scene changes), ``"none"`` / None
+    (plain continuation) or comma-separated seconds (a locked edit). After a cut the music restarts on the new
+    scene's frames, with a short crossfade."""
+    hits: tp.Optional[tp.Union[str, tp.Sequence[float]]] = None
+    """Accent times (s; comma-separated or a list): a beat of the model's beat grid on each (needs
+    ``model.lm.beat_condition``)."""
     mixing: MixOptions = dataclasses.field(default_factory=MixOptions)
     """The finished track in ``NAME.mp4`` (keep or replace the video's own audio, ducking under speech, music gain,
     loudness): :class:`vmas.mixing.MixOptions`."""
@@ -121,6 +128,7 @@ class _Job:
     num_frames: int  # code frames to generate
     tags: tp.List[str]
     codes: tp.Optional[torch.Tensor] = None  # [K, T] generated so far
+    audio: tp.Any = None  # float32 [N]: the music already decoded (sections joined by vmas.structure)
 
 
 def _window_plan(total: int, window: int, stride: int) -> tp.List[tp.Tuple[int, int]]:
@@ -364,6 +372,11 @@ def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationR
 
     # one generator per video: its music is the same whatever it is batched with (and equals batch size 1)
     gens = [torch.Generator(device="cpu").manual_seed(req.seed) for _ in chunk]
+    if req.cuts not in (None, "none") or req.hits:  # sections at scene cuts, accents at hit points (issue 22)
+        from vmas import structure
+
+        return structure.generate_chunk(chunk, pipe, req.cuts, req.hits, req.sampling, req.seed, stride, tag_emb,
+                                        tag_mask, neg_emb, neg_mask, beat)
     codes: tp.Optional[torch.Tensor] = None  # [B, K, T]
     for done, (start, end) in enumerate(tqdm(plan, desc="windows", unit="win", disable=not progress or len(plan) == 1,
                                              leave=False), start=1):
@@ -387,8 +400,11 @@ def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationR
 def _write_outputs(job: _Job, pipe: "VMASPipeline", out_dir: Path, windows: int,
                    mixing: tp.Optional[MixOptions] = None) -> GenerationResult:
     sr = pipe.codec.sample_rate
-    with torch.no_grad():
-        wav = pipe.codec.decode(job.codes[None].to(pipe.device))[0, 0].float().cpu()  # [N]
+    if job.audio is not None:  # decoded and joined by vmas.structure (--cuts / --hits)
+        wav = torch.as_tensor(job.audio, dtype=torch.float32)
+    else:
+        with torch.no_grad():
+            wav = pipe.codec.decode(job.codes[None].to(pipe.device))[0, 0].float().cpu()  # [N]
     n = round(job.seconds * sr)
     wav = torch.nn.functional.pad(wav, (0, max(0, n - wav.numel())))[:n]
     peak = wav.abs().max()

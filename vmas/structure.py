@@ -289,7 +289,7 @@ def _section_frames(video: tp.Any, spec: tp.Any, start_s: float, end_s: float) -
     ts = np.asarray(ts)
     later = np.flatnonzero(ts >= end_s - 1e-3)
     if later.size and later[0] > 0:
-        frames[later] = frames[later[0] - 1]
+        frames[later] = frames[later[0] - 1].clone()
     return frames
 
 
@@ -337,3 +337,24 @@ def generate_sections(pipe: tp.Any, video: tp.Any, num_frames: int, cuts: tp.Seq
     wav = join_sections(wavs, [round(s.start * sr / fr) for s in sections], total, round(overlap * sr / fr))
     joined = torch.cat([p[:, : s.end - s.start] for p, s in zip(parts, sections)], dim=-1)  # [K, num_frames]
     return joined.cpu(), wav, n_windows
+
+
+def generate_chunk(chunk: tp.Sequence[tp.Any], pipe: tp.Any, cuts: tp.Union[str, tp.Sequence[float], None],
+                   hits: tp.Union[str, tp.Sequence[float], None], sampling: tp.Any, seed: int, stride: int, tag_emb: tp.Optional[torch.Tensor] = None, tag_mask: tp.Optional[torch.Tensor] = None,
+                   neg_emb: tp.Optional[torch.Tensor] = None, neg_mask: tp.Optional[torch.Tensor] = None,
+                   beat: tp.Optional[torch.Tensor] = None) -> int:
+    """:func:`generate_sections` for each job of a :mod:`vmas.generate` batch (one video at a time: each has its
+    own cuts): sets ``job.codes`` [K, T] and ``job.audio`` (the crossfaded music, float32 [N]); returns the largest
+    number of windows. Tensors are the batch's ([B, ...]); row ``b`` belongs to ``chunk[b]``. Each video has its
+    own generator seeded with ``seed``, so its music does not depend on what it is batched with."""
+    hit_times = parse_times(hits, "--hits")
+    check_hits(hit_times, pipe.spec.beat_condition)
+    n_windows = 0
+    for b, job in enumerate(chunk):
+        row = [None if x is None else x[b: b + 1] for x in (tag_emb, tag_mask, neg_emb, neg_mask, beat)]
+        job.codes, job.audio, n = generate_sections(
+            pipe, job.video, job.num_frames, resolve_cuts(cuts, job.video, job.seconds),
+            [t for t in hit_times if t < job.seconds], sampling, torch.Generator(device="cpu").manual_seed(seed),
+            stride, *row[:4], beat=row[4])
+        n_windows = max(n_windows, n)
+    return n_windows
