@@ -23,6 +23,7 @@ pass cheap fakes and workers never share a model across a fork.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -45,6 +46,7 @@ from vmas.errors import DataError
 
 if tp.TYPE_CHECKING:
     from vmas.config import DataConfig, LossConfig
+    from vmas.data.ranks import RankInfo
 
 log = logging.getLogger(__name__)
 
@@ -124,30 +126,85 @@ def load_npy(data: bytes) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- default factories
-def codec_encoder(make_codec: tp.Callable[[], torch.nn.Module], device: str = "cpu") -> EncodeFn:
+def _autocast(device: str, enabled: bool) -> tp.ContextManager:
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU bf16 is slower than fp32 and changes results)."""
+    if enabled and str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def codec_encoder(make_codec: tp.Callable[[], torch.nn.Module], device: str = "cpu", amp: bool = False) -> EncodeFn:
     """EncodeFn over the codec that ``make_codec()`` builds (picklable, e.g. ``partial(vmas.builders.build_codec,
-    cfg.model.codec)``: shards receive the codec's builder, they never read the model config themselves)."""
+    cfg.model.codec)``: shards receive the codec's builder, they never read the model config themselves).
+
+    It takes whole batches ``[B, 1, N]``: the encoder is convolutional/recurrent per item, so a batch gives the
+    codes of each clip encoded alone (checked in tests) in far fewer device calls."""
     torch.manual_seed(0)  # a random codec (tests, smoke runs): same weights in every worker and every re-run
     codec = make_codec().to(device)
 
     def encode(wav: torch.Tensor) -> torch.Tensor:
-        return codec.encode(wav.to(device)).cpu()  # [B, K, T]
+        with _autocast(device, amp):
+            return codec.encode(wav.to(device)).cpu()  # [B, K, T]
 
     return encode
 
 
-def alignment_fn(loss_cfg: "LossConfig", sample_rate: int, fps: float, frame_rate: float, num_music_frames: int,
-                 device: str = "cpu") -> AlignFn:
-    """AlignFn over :func:`vmas.alignment.precompute_alignment` (music onsets, motion curve, beat weights)."""
-    from vmas.alignment import precompute_alignment
+class Aligner:
+    """AlignFn over :func:`vmas.alignment.precompute_alignment` (music onsets, motion curve, beat weights), with a
+    :meth:`batch` that runs RAFT over the frame pairs of several clips at once.
 
-    def align(wav: torch.Tensor, frames: tp.Optional[torch.Tensor]) -> tp.Mapping[str, torch.Tensor]:
+    ``align(wav [N], frames uint8 [T, H, W, 3] | None)`` -> dict (``None`` = music-only clip, see
+    :func:`music_only_alignment`)."""
+
+    def __init__(self, loss_cfg: "LossConfig", sample_rate: int, fps: float, frame_rate: float, num_music_frames: int,
+                 device: str = "cpu", amp: bool = False):
+        self.loss_cfg, self.sample_rate, self.fps, self.frame_rate = loss_cfg, sample_rate, fps, frame_rate
+        self.num_music_frames, self.device, self.amp = num_music_frames, device, amp
+
+    def __call__(self, wav: torch.Tensor, frames: tp.Optional[torch.Tensor]) -> tp.Mapping[str, torch.Tensor]:
+        from vmas.alignment import precompute_alignment
+
         if frames is None:  # music-only clip (issue 25): see music_only_alignment
-            return music_only_alignment(wav, sample_rate, num_music_frames, loss_cfg, frame_rate)
-        return precompute_alignment(wav, sample_rate, frames, fps, num_music_frames, loss_cfg, frame_rate=frame_rate,
-                                    device=device)
+            return music_only_alignment(wav, self.sample_rate, self.num_music_frames, self.loss_cfg, self.frame_rate)
+        with _autocast(self.device, self.amp):
+            return precompute_alignment(wav, self.sample_rate, frames, self.fps, self.num_music_frames,
+                                        self.loss_cfg, frame_rate=self.frame_rate, device=self.device)
 
-    return align
+    def batch(self, wavs: tp.Sequence[torch.Tensor], frames: tp.Sequence[tp.Optional[torch.Tensor]]
+              ) -> tp.List[tp.Mapping[str, torch.Tensor]]:
+        """Same results as ``[self(w, f) for ...]``; with RAFT, the frames of all clips go through one
+        :func:`vmas.alignment.video_motion` call, chunked by ``loss.motion_batch`` pairs, so the device sees full
+        batches even for short clips. Concatenating clips adds one pair across each boundary; it is computed and
+        dropped (1 of ``T`` pairs: ~1 % at 96 frames)."""
+        from vmas.alignment import beat_weights, load_raft, music_beats, video_beats, video_motion
+
+        flow = self.loss_cfg.motion_flow
+        video = [i for i, f in enumerate(frames) if f is not None]
+        if flow == "farneback" or len(video) < 2:  # OpenCV on the CPU: nothing to batch
+            return [self(w, f) for w, f in zip(wavs, frames)]
+        clips = [torch.as_tensor(frames[i]) for i in video]  # uint8 [T_i, H, W, 3]
+        model = load_raft(flow, self.loss_cfg.motion_weights or "DEFAULT", str(self.device))
+        with _autocast(self.device, self.amp):
+            curve = video_motion(torch.cat(clips), flow=flow, device=self.device, batch_size=self.loss_cfg.motion_batch,
+                                 model=model)  # [sum T_i - 1]
+        out: tp.List[tp.Optional[tp.Mapping[str, torch.Tensor]]] = [None] * len(frames)
+        pos, c = 0, self.loss_cfg
+        for i, clip in zip(video, clips):
+            motion = curve[pos: pos + len(clip) - 1].float()  # [T_i - 1]; skips the boundary pair after it
+            pos += len(clip)
+            bm = music_beats(wavs[i], self.sample_rate, frame_rate=int(round(self.frame_rate)),
+                             num_frames=self.num_music_frames)
+            bv = video_beats(motion, num_frames=self.num_music_frames, window=c.beat_window, fps=self.fps,
+                             frame_rate=self.frame_rate)
+            out[i] = {"music_beats": bm, "motion": motion, "video_beats": bv,
+                      "beat_weights": beat_weights(bm, bv, delta=c.beat_delta, lam=c.beat_lambda)}
+        return [o if o is not None else self(wavs[i], None) for i, o in enumerate(out)]
+
+
+def alignment_fn(loss_cfg: "LossConfig", sample_rate: int, fps: float, frame_rate: float, num_music_frames: int,
+                 device: str = "cpu", amp: bool = False) -> AlignFn:
+    """AlignFn over :func:`vmas.alignment.precompute_alignment` (see :class:`Aligner`)."""
+    return Aligner(loss_cfg, sample_rate, fps, frame_rate, num_music_frames, device, amp)
 
 
 def music_only_alignment(wav: torch.Tensor, sample_rate: int, num_music_frames: int, loss_cfg: "LossConfig",
@@ -170,24 +227,47 @@ def music_only_alignment(wav: torch.Tensor, sample_rate: int, num_music_frames: 
 def default_factories(data_cfg: "DataConfig", loss_cfg: "LossConfig", make_codec: tp.Callable[[], torch.nn.Module],
                       device: str = "cpu") -> tp.Tuple[EncoderFactory, AlignFactory]:
     """Picklable (encoder, align) factories: the codec from ``make_codec`` (see :func:`codec_encoder`), the
-    alignment signals from ``loss_cfg`` on ``data_cfg``'s clip grid."""
+    alignment signals from ``loss_cfg`` on ``data_cfg``'s clip grid; mixed precision from ``data.preprocess``."""
     d = data_cfg
     ta = round(d.clip_seconds * d.frame_rate)
-    return (functools.partial(codec_encoder, make_codec, device),
-            functools.partial(alignment_fn, loss_cfg, d.sample_rate, d.fps, float(d.frame_rate), ta, device))
+    return (functools.partial(codec_encoder, make_codec, device, d.preprocess.codec_amp),
+            functools.partial(alignment_fn, loss_cfg, d.sample_rate, d.fps, float(d.frame_rate), ta, device,
+                              d.preprocess.flow_amp))
 
 
 # ------------------------------------------------------------------------------------------------ one clip
-def make_sample(row: tp.Mapping[str, tp.Any], data_cfg: "DataConfig", encode: EncodeFn, align: AlignFn
-                ) -> tp.Dict[str, bytes]:
-    """Read, tokenize and precompute one manifest clip -> tar members ``{ext: bytes}`` (plus ``__key__``)."""
+@dataclasses.dataclass
+class LoadedClip:
+    """A manifest clip after the CPU stage (decode + frame compression), before the device stage.
+
+    ``frames`` uint8 [T, S, S, 3] and ``frames_member`` (the compressed bytes) are None for a music-only clip;
+    ``error`` is set instead of everything else when the clip could not be read."""
+
+    row: dict
+    wav: tp.Optional[torch.Tensor] = None  # float [N]
+    frames: tp.Optional[torch.Tensor] = None  # uint8 [T, S, S, 3]
+    frame_times: tp.Optional[tp.List[float]] = None  # clip-relative source times of the frames, s
+    frames_member: tp.Optional[bytes] = None
+    error: tp.Optional[str] = None
+
+
+def load_clip(row: tp.Mapping[str, tp.Any], data_cfg: "DataConfig", compress: bool = True) -> LoadedClip:
+    """CPU stage of one clip: frames (resized, cropped), mono audio at ``data.sample_rate`` and, with ``compress``,
+    the frames member's bytes. Raises :class:`DataError` / media errors on bad clips (see :func:`try_load_clip`)."""
     from vmas.data import media
 
-    if row.get("video") is None:  # music-only clip (issue 25): no frames member
-        return make_music_sample(row, data_cfg, encode, align)
     d = data_cfg
-    T, Ta, N = d.num_frames, round(d.clip_seconds * d.frame_rate), round(d.clip_seconds * d.sample_rate)
+    T, N = d.num_frames, round(d.clip_seconds * d.sample_rate)
     start = float(row["start"])
+    if row.get("video") is None:  # music-only clip (issue 25): no frames member
+        if not row.get("audio"):
+            raise DataError(f"music-only clip {row.get('key')}: no 'audio' path in its manifest row")
+        wav = torch.as_tensor(media.read_audio(row["audio"], sr=d.sample_rate, start=start,
+                                               duration=d.clip_seconds), dtype=torch.float32)[:N]  # [N]
+        if wav.shape[-1] < N:
+            raise DataError(f"music-only clip {row.get('key')}: {wav.shape[-1] / d.sample_rate:.2f} s of audio from "
+                            f"{start:g} s, shorter than the {d.clip_seconds:g} s clip")
+        return LoadedClip(dict(row), wav)
     frames, times, _ = media.read_video_frames(row["video"], fps=d.fps, size=d.image_size, start=start,
                                                duration=d.clip_seconds)  # [T, S, S, 3]
     if frames.shape[0] != T:
@@ -195,73 +275,115 @@ def make_sample(row: tp.Mapping[str, tp.Any], data_cfg: "DataConfig", encode: En
                         f"set data.num_frames to round(clip_seconds * fps)")
     wav = media.read_audio(row.get("audio") or row["video"], sr=d.sample_rate, start=start, duration=d.clip_seconds)
     wav = torch.as_tensor(wav, dtype=torch.float32)[:N]  # [N]
-    codes = encode(wav[None, None])  # [1, K, T']
+    frames = torch.as_tensor(np.ascontiguousarray(frames))
+    member = encode_frames(frames.numpy(), d.frame_format, d.frame_quality, d.fps) if compress else None
+    return LoadedClip(dict(row), wav, frames, [round(float(t) - start, 6) for t in np.asarray(times)], member)
+
+
+def try_load_clip(row: tp.Mapping[str, tp.Any], data_cfg: "DataConfig") -> LoadedClip:
+    """:func:`load_clip` that never raises: a bad clip comes back with ``error`` set (it becomes a reject)."""
+    try:
+        return load_clip(row, data_cfg)
+    except Exception as err:  # one bad clip never stops a shard
+        text = str(err).strip().splitlines()
+        return LoadedClip(dict(row), error=f"{type(err).__name__}: {text[0] if text else ''}")
+
+
+def _pack(clip: LoadedClip, codes: torch.Tensor, al: tp.Mapping[str, torch.Tensor], data_cfg: "DataConfig"
+          ) -> tp.Dict[str, bytes]:
+    """Device results of one clip -> tar members ``{ext: bytes}`` (plus ``__key__``). codes long [K, T'>=Ta]."""
+    d, row = data_cfg, clip.row
+    T, Ta = d.num_frames, round(d.clip_seconds * d.frame_rate)
     if codes.shape[-1] < Ta:
         raise DataError(f"codec gave {codes.shape[-1]} frames for {d.clip_seconds} s, expected >= {Ta}: "
                         f"data.frame_rate must equal the codec's frame rate")
-    codes = codes[0, :, :Ta]  # [K, Ta]
-    al = align(wav, torch.as_tensor(frames))
+    codes = codes[:, :Ta]  # [K, Ta]
+    assert int(codes.max()) < 2**15, "codes stored as int16"
     beats = torch.as_tensor(al["music_beats"]).bool()[:Ta]  # [Ta]
-    motion = torch.as_tensor(al["motion"]).float()  # [T-1]
     weights = torch.as_tensor(al["beat_weights"]).float()[:Ta]  # [Ta]
+    start = float(row["start"])
+    common = {"codes.npy": _npy(codes.numpy().astype(np.int16)), "music_beats.npy": _npy(beats.numpy())}
+    tail = {"beat_weights.npy": _npy(weights.numpy().astype(np.float32)),
+            "tags.txt": str(row.get("tags") or "").encode()}
+    if clip.frames is None:  # music-only: no frames, no motion; json says has_video false
+        assert beats.shape == (Ta,) and weights.shape == (Ta,), f"alignment shapes {tuple(beats.shape)}, want [{Ta}]"
+        meta = {"key": row["key"], "source_id": row.get("source_id", ""), "video": None, "has_video": False,
+                "audio": row["audio"], "start": start, "duration": d.clip_seconds, "split": row.get("split", ""),
+                "frame_rate": d.frame_rate, "sample_rate": d.sample_rate, "n_q": int(codes.shape[0])}
+        return {"__key__": row["key"], **common, **tail, "json": json.dumps(meta).encode()}
+    motion = torch.as_tensor(al["motion"]).float()  # [T-1]
     assert beats.shape == (Ta,) and weights.shape == (Ta,) and motion.shape == (T - 1,), \
         f"alignment shapes {tuple(beats.shape)}, {tuple(motion.shape)}, {tuple(weights.shape)}; want [{Ta}], [{T - 1}]"
-    assert int(codes.max()) < 2**15, "codes stored as int16"
     meta = {"key": row["key"], "source_id": row.get("source_id", ""), "video": row["video"], "start": start,
             "duration": d.clip_seconds, "split": row.get("split", ""), "fps": d.fps, "frame_rate": d.frame_rate,
             "sample_rate": d.sample_rate, "num_frames": T, "image_size": d.image_size, "frame_format": d.frame_format,
-            "n_q": int(codes.shape[0]), "frame_times": [round(float(t) - start, 6) for t in np.asarray(times)]}
-    return {
-        "__key__": row["key"],
-        FRAME_EXT[d.frame_format]: encode_frames(np.asarray(frames), d.frame_format, d.frame_quality, d.fps),
-        "codes.npy": _npy(codes.numpy().astype(np.int16)),
-        "music_beats.npy": _npy(beats.numpy()),
-        "motion.npy": _npy(motion.numpy().astype(np.float32)),
-        "beat_weights.npy": _npy(weights.numpy().astype(np.float32)),
-        "tags.txt": str(row.get("tags") or "").encode(),
-        "json": json.dumps(meta).encode(),
-    }
+            "n_q": int(codes.shape[0]), "frame_times": clip.frame_times}
+    frames = clip.frames_member
+    if frames is None:
+        frames = encode_frames(clip.frames.numpy(), d.frame_format, d.frame_quality, d.fps)
+    return {"__key__": row["key"], FRAME_EXT[d.frame_format]: frames, **common,
+            "motion.npy": _npy(motion.numpy().astype(np.float32)), **tail, "json": json.dumps(meta).encode()}
 
 
-def make_music_sample(row: tp.Mapping[str, tp.Any], data_cfg: "DataConfig", encode: EncodeFn, align: AlignFn
-                      ) -> tp.Dict[str, bytes]:
-    """A manifest clip without video (``"video": null``, audio in ``row["audio"]``) -> tar members without frames.
+def process_clips(clips: tp.Sequence[LoadedClip], data_cfg: "DataConfig", encode: EncodeFn, align: AlignFn
+                  ) -> tp.List[tp.Union[tp.Dict[str, bytes], str]]:
+    """Device stage of a batch: one codec call per group of equal-length clips, one batched alignment call; returns
+    each clip's tar members, or its one-line error. A failing batch is retried clip by clip, so one bad clip never
+    takes its neighbours with it."""
+    out: tp.List[tp.Union[tp.Dict[str, bytes], str]] = [c.error or "" for c in clips]
+    good = [i for i, c in enumerate(clips) if c.error is None]
+    codes: tp.Dict[int, torch.Tensor] = {}
+    by_len: tp.Dict[int, tp.List[int]] = {}
+    for i in good:  # equal lengths batch exactly (read_audio pads windows, so this is every clip in practice)
+        by_len.setdefault(clips[i].wav.shape[-1], []).append(i)
+    for group in by_len.values():
+        try:
+            batch = encode(torch.stack([clips[i].wav for i in group])[:, None])  # [B, 1, N] -> [B, K, T']
+            codes.update({i: batch[j] for j, i in enumerate(group)})
+        except Exception:
+            for i in group:
+                try:
+                    codes[i] = encode(clips[i].wav[None, None])[0]
+                except Exception as err:
+                    out[i] = _one_line(err)
+    good = [i for i in good if i in codes]
+    wavs, frames = [clips[i].wav for i in good], [clips[i].frames for i in good]
+    try:
+        aligned = align.batch(wavs, frames) if hasattr(align, "batch") else [align(w, f) for w, f in zip(wavs, frames)]
+    except Exception:
+        aligned = []
+        for w, f in zip(wavs, frames):
+            try:
+                aligned.append(align(w, f))
+            except Exception as err:
+                aligned.append(err)
+    for i, al in zip(good, aligned):
+        if isinstance(al, Exception):
+            out[i] = _one_line(al)
+            continue
+        try:
+            out[i] = _pack(clips[i], codes[i], al, data_cfg)
+        except Exception as err:
+            out[i] = _one_line(err)
+    return out
 
-    ``align(wav, None)`` gives the music-only signals (:func:`music_only_alignment`); ``json`` says
-    ``"has_video": false`` and the loader fills zero frames / motion for the batch layout (issue 25)."""
-    from vmas.data import media
 
-    d = data_cfg
-    Ta, N = round(d.clip_seconds * d.frame_rate), round(d.clip_seconds * d.sample_rate)
-    start = float(row["start"])
-    if not row.get("audio"):
-        raise DataError(f"music-only clip {row.get('key')}: no 'audio' path in its manifest row")
-    wav = media.read_audio(row["audio"], sr=d.sample_rate, start=start, duration=d.clip_seconds)
-    wav = torch.as_tensor(wav, dtype=torch.float32)[:N]  # [N]
-    if wav.shape[-1] < N:
-        raise DataError(f"music-only clip {row.get('key')}: {wav.shape[-1] / d.sample_rate:.2f} s of audio from "
-                        f"{start:g} s, shorter than the {d.clip_seconds:g} s clip")
-    codes = encode(wav[None, None])  # [1, K, T']
-    if codes.shape[-1] < Ta:
-        raise DataError(f"codec gave {codes.shape[-1]} frames for {d.clip_seconds} s, expected >= {Ta}: "
-                        f"data.frame_rate must equal the codec's frame rate")
-    codes = codes[0, :, :Ta]  # [K, Ta]
-    al = align(wav, None)
-    beats = torch.as_tensor(al["music_beats"]).bool()[:Ta]  # [Ta]
-    weights = torch.as_tensor(al["beat_weights"]).float()[:Ta]  # [Ta]
-    assert beats.shape == (Ta,) and weights.shape == (Ta,), f"alignment shapes {tuple(beats.shape)}, want [{Ta}]"
-    assert int(codes.max()) < 2**15, "codes stored as int16"
-    meta = {"key": row["key"], "source_id": row.get("source_id", ""), "video": None, "has_video": False,
-            "audio": row["audio"], "start": start, "duration": d.clip_seconds, "split": row.get("split", ""),
-            "frame_rate": d.frame_rate, "sample_rate": d.sample_rate, "n_q": int(codes.shape[0])}
-    return {
-        "__key__": row["key"],
-        "codes.npy": _npy(codes.numpy().astype(np.int16)),
-        "music_beats.npy": _npy(beats.numpy()),
-        "beat_weights.npy": _npy(weights.numpy().astype(np.float32)),
-        "tags.txt": str(row.get("tags") or "").encode(),
-        "json": json.dumps(meta).encode(),
-    }
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def make_sample(row: tp.Mapping[str, tp.Any], data_cfg: "DataConfig", encode: EncodeFn, align: AlignFn
+                ) -> tp.Dict[str, bytes]:
+    """Read, tokenize and precompute one manifest clip -> tar members ``{ext: bytes}`` (plus ``__key__``).
+    Raises :class:`DataError` with the clip's problem (the shard writer turns it into a reject instead)."""
+    (res,) = process_clips([load_clip(row, data_cfg)], data_cfg, encode, align)
+    if isinstance(res, str):
+        raise DataError(f"clip {row.get('key')}: {res}")
+    return res
+
+
+make_music_sample = make_sample  # rows with "video": null take the music-only path inside make_sample
 
 
 # ------------------------------------------------------------------------------------------------ shard plans
@@ -278,8 +400,11 @@ class ShardPlan:
 
 
 def read_manifest(path: tp.Union[str, Path]) -> tp.List[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist: write it with python -m datasets.disco_mv first")
     rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines()):
+    for n, line in enumerate(path.read_text().splitlines()):
         if line.strip():
             try:
                 rows.append(json.loads(line))
@@ -315,42 +440,116 @@ def is_done(out_dir: Path, plan: ShardPlan) -> bool:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    """tmp file named by host and pid (unique across the nodes sharing a folder) + rename: readers never see half."""
+    from vmas.data.ranks import writer_tag
+
+    tmp = path.with_name(f"{path.name}.tmp.{writer_tag()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
+def _drop_stale_temps(out: Path, plans: tp.Sequence[ShardPlan]) -> None:
+    """Temp files of *these* shards are leftovers of a crashed run of their owner: never valid, safe to drop. Other
+    ranks' temp files are left alone (they may be writing them right now)."""
+    for plan in plans:
+        for stale in [*out.glob(f"{plan.name}.tmp.*"), *out.glob(f"{plan.name}.done.tmp.*")]:
+            stale.unlink(missing_ok=True)
+
+
+class _ShardWriter:
+    """One shard being written: tmp tar named by host and pid, renamed when complete, then its done-marker."""
+
+    def __init__(self, plan: ShardPlan, out_dir: Path):
+        from vmas.data.ranks import writer_tag
+
+        self.plan, self.out, self.t0 = plan, out_dir, time.perf_counter()
+        self.final = out_dir / plan.name
+        self.tmp = self.final.with_name(f"{self.final.name}.tmp.{writer_tag()}")
+        self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.rejects: tp.List[dict] = []
+        self.written = 0
+
+    def add(self, row: dict, result: tp.Union[tp.Dict[str, bytes], str]) -> None:
+        if isinstance(result, str):
+            self.rejects.append({"key": row.get("key"), "video": row.get("video"), "start": row.get("start"),
+                                 "reason": "preprocess_failed", "detail": result})
+            log.warning("skip %s: %s", row.get("key"), result)
+            return
+        sample = dict(result)
+        key = sample.pop("__key__")
+        for ext, data in sample.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed mtime: identical bytes on re-run
+            self.tar.addfile(info, io.BytesIO(data))
+        self.written += 1
+
+    def close(self) -> dict:
+        self.tar.close()
+        os.replace(self.tmp, self.final)
+        result = {"shard": self.plan.name, "digest": self.plan.digest, "num_clips": self.written,
+                  "bytes": self.final.stat().st_size, "rejects": self.rejects,
+                  "seconds": round(time.perf_counter() - self.t0, 3)}
+        _atomic_write_bytes(_marker(self.out, self.plan), json.dumps(result).encode())
+        return result
+
+
 def write_shard(plan: ShardPlan, out_dir: Path, data_cfg: "DataConfig", encode: EncodeFn, align: AlignFn) -> dict:
-    """Write one shard (tmp file + rename, then its done-marker). Bad clips become rejects, never exceptions."""
-    t0 = time.perf_counter()
-    final = out_dir / plan.name
-    tmp = final.with_name(f"{final.name}.tmp.{os.getpid()}")
-    rejects, written = [], 0
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for row in plan.rows:
-            try:
-                sample = make_sample(row, data_cfg, encode, align)
-            except Exception as err:  # one bad clip never stops the shard
-                text = str(err).strip().splitlines()
-                rejects.append({"key": row.get("key"), "video": row.get("video"), "start": row.get("start"),
-                                "reason": "preprocess_failed",
-                                "detail": f"{type(err).__name__}: {text[0] if text else ''}"})
-                log.warning("skip %s: %s", row.get("key"), rejects[-1]["detail"])
-                continue
-            key = sample.pop("__key__")
-            for ext, data in sample.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed mtime: identical bytes on re-run
-                tar.addfile(info, io.BytesIO(data))
-            written += 1
-    os.replace(tmp, final)
-    result = {"shard": plan.name, "digest": plan.digest, "num_clips": written, "bytes": final.stat().st_size,
-              "rejects": rejects, "seconds": round(time.perf_counter() - t0, 3)}
-    _atomic_write_bytes(_marker(out_dir, plan), json.dumps(result).encode())
-    return result
+    """Write one shard in this process (tmp file + rename, then its done-marker); bad clips become rejects."""
+    return next(iter(_stream_shards([plan], Path(out_dir), data_cfg, encode, align, decode_workers=0)))
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def _identity(x: tp.Any) -> tp.Any:
+    return x
+
+
+class _Clips(torch.utils.data.Dataset):
+    """Manifest rows -> :class:`LoadedClip` (the CPU stage), for DataLoader workers."""
+
+    def __init__(self, rows: tp.Sequence[dict], data_cfg: "DataConfig"):
+        self.rows, self.cfg = list(rows), data_cfg
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> LoadedClip:
+        return try_load_clip(self.rows[i], self.cfg)
+
+
+def _decode_worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decode workers share the cores with the device loop
+
+
+def _stream_shards(plans: tp.Sequence[ShardPlan], out: Path, data_cfg: "DataConfig", encode: EncodeFn,
+                   align: AlignFn, decode_workers: int) -> tp.Iterator[dict]:
+    """Write ``plans`` in order; yields each shard's result as soon as its marker is written.
+
+    CPU decoding (DataLoader workers, ``decode_workers`` processes, in manifest order) runs ahead of the device
+    loop here, which takes ``data.preprocess.clip_batch`` clips of a shard at a time (:func:`process_clips`)."""
+    p = data_cfg.preprocess
+    rows = [row for plan in plans for row in plan.rows]
+    if not rows:
+        return
+    kwargs = dict(multiprocessing_context="spawn", prefetch_factor=max(1, p.prefetch),
+                  worker_init_fn=_decode_worker_init) if decode_workers > 0 else {}
+    clips = iter(torch.utils.data.DataLoader(_Clips(rows, data_cfg), batch_size=None, shuffle=False,
+                                             num_workers=decode_workers, collate_fn=_identity, **kwargs))
+    step = max(1, p.clip_batch)
+    for plan in plans:
+        writer = _ShardWriter(plan, out)
+        try:
+            for lo in range(0, len(plan.rows), step):
+                batch = [next(clips) for _ in plan.rows[lo: lo + step]]
+                for clip, res in zip(batch, process_clips(batch, data_cfg, encode, align)):
+                    writer.add(clip.row, res)
+            result = writer.close()
+        except BaseException:
+            writer.tar.close()
+            writer.tmp.unlink(missing_ok=True)
+            raise
+        yield result
+
+
 _WORKER: tp.Dict[str, tp.Any] = {}
 
 
@@ -367,24 +566,43 @@ def _work(plan: ShardPlan) -> dict:
 def write_shards(manifest: tp.Union[str, Path, tp.Sequence[dict]], out_dir: tp.Union[str, Path],
                  data_cfg: "DataConfig", encoder_factory: EncoderFactory, align_factory: AlignFactory,
                  splits: tp.Sequence[str] = ("train", "val", "test"), workers: int = 0,
-                 on_shard_done: tp.Optional[tp.Callable[[dict], None]] = None) -> dict:
-    """Write every unfinished shard of ``splits``; returns a summary (counts, clips/s, bytes/clip).
+                 on_shard_done: tp.Optional[tp.Callable[[dict], None]] = None,
+                 rank: tp.Optional["RankInfo"] = None, decode_workers: tp.Optional[int] = None) -> dict:
+    """Write this rank's unfinished shards of ``splits``; returns a summary (counts, clips/s, bytes/clip).
 
     Args:
         manifest: path of ``manifest.jsonl`` or its rows.
         out_dir: shard folder (``<split>-NNNNNN.tar`` + ``.done`` markers + ``<split>.index.json``).
-        encoder_factory / align_factory: called once per worker process to build the codec / alignment callables.
-        workers: 0 = in this process; N = N spawned processes, one shard at a time each.
+        encoder_factory / align_factory: called once per writer process to build the codec / alignment callables.
+        workers: 0 = this process writes (device batches of ``data.preprocess.clip_batch`` clips, decoding in
+            ``decode_workers`` DataLoader workers); N = N spawned processes, one whole shard at a time each (CPU
+            hosts without a launcher).
         on_shard_done: called with each finished shard's result (progress bars, tests that inject a crash).
+        rank: this process's :class:`vmas.data.ranks.RankInfo` (default: rank 0 of 1). Shard ``i`` of the plan
+            (splits in order) belongs to rank ``i mod world_size``; a rank writes and cleans up only its own.
+        decode_workers: default ``data.preprocess.decode_workers``.
+
+    The split indexes (``<split>.index.json``), ``preprocess_rejects.jsonl`` and ``preprocess_summary.json`` are
+    rebuilt from the done-markers by the rank that finds every shard done (so the last rank to finish writes
+    them); :func:`merge` does it by hand and shows a partial run.
     """
+    from vmas.data.ranks import RankInfo
+
+    info = rank or RankInfo()
     rows = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    plans = [p for s in splits for p in plan_shards(rows, s, data_cfg.clips_per_shard)]
+    if not plans:
+        where = manifest if isinstance(manifest, (str, Path)) else "the manifest rows"
+        raise DataError(f"{where} has no clips of split(s) {', '.join(splits)}: curation kept nothing (see its "
+                        f"rejects.jsonl and summary.json) or --splits names splits the manifest does not have")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.tmp.*"):  # leftovers of a crashed run: never valid, always safe to drop
-        stale.unlink()
-    plans = [p for s in splits for p in plan_shards(rows, s, data_cfg.clips_per_shard)]
-    todo = [p for p in plans if not is_done(out, p)]
-    log.info("%d shards planned, %d already done, %d to write", len(plans), len(plans) - len(todo), len(todo))
+    mine = info.mine(plans)
+    _drop_stale_temps(out, mine)
+    todo = [p for p in mine if not is_done(out, p)]
+    log.info("%s: %d shards planned, %d mine, %d of them already done, %d to write", info, len(plans), len(mine),
+             len(mine) - len(todo), len(todo))
+    dw = data_cfg.preprocess.decode_workers if decode_workers is None else decode_workers
     t0 = time.perf_counter()
     fresh: tp.List[dict] = []
     if todo and workers > 0:
@@ -396,32 +614,54 @@ def write_shards(manifest: tp.Union[str, Path, tp.Sequence[dict]], out_dir: tp.U
                     on_shard_done(res)
     elif todo:
         encode, align = encoder_factory(), align_factory()
-        for plan in todo:
-            fresh.append(write_shard(plan, out, data_cfg, encode, align))
+        for res in _stream_shards(todo, out, data_cfg, encode, align, dw):
+            fresh.append(res)
             if on_shard_done:
-                on_shard_done(fresh[-1])
+                on_shard_done(res)
     elapsed = time.perf_counter() - t0
-    return _finish(out, plans, splits, fresh, elapsed)
+    new_clips = sum(r["num_clips"] + len(r["rejects"]) for r in fresh)
+    mine_summary = {"rank": info.rank, "world_size": info.world_size, "shards_owned": len(mine),
+                    "shards_written": len(fresh), "shards_skipped": len(mine) - len(todo),
+                    "clips_written": sum(r["num_clips"] for r in fresh), "seconds": round(elapsed, 3),
+                    "clips_per_s": round(new_clips / elapsed, 3) if fresh and elapsed > 0 else 0.0}
+    state = merge(rows, out, data_cfg, splits, only_if_complete=True)
+    summary = {**state, **mine_summary}
+    if state["complete"]:
+        _atomic_write_bytes(out / "preprocess_summary.json", json.dumps(summary, indent=1).encode())
+    return summary
 
 
-def _finish(out: Path, plans: tp.Sequence[ShardPlan], splits: tp.Sequence[str], fresh: tp.Sequence[dict],
-            elapsed: float) -> dict:
-    """Per-split index files and an aggregated rejects file, rebuilt from the done-markers (so re-runs agree)."""
-    results = {p.name: json.loads(_marker(out, p).read_text()) for p in plans}
+def merge(manifest: tp.Union[str, Path, tp.Sequence[dict]], out_dir: tp.Union[str, Path], data_cfg: "DataConfig",
+          splits: tp.Sequence[str] = ("train", "val", "test"), only_if_complete: bool = False) -> dict:
+    """Rebuild ``<split>.index.json`` and ``preprocess_rejects.jsonl`` from the done-markers; returns the state.
+
+    The index lists finished shards only and says ``"complete": false`` plus the missing shards' names while
+    some are not done, so a partial run is visible (and trainable) without waiting. With ``only_if_complete``
+    (what every rank does when it stops) nothing is written unless every shard is done: two ranks finishing at
+    once then write the same bytes, and a rank that stops early never overwrites the last rank's complete index
+    with an older partial one.
+    """
+    rows = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    out = Path(out_dir)
+    plans = [p for s in splits for p in plan_shards(rows, s, data_cfg.clips_per_shard)]
+    done = {p.name: json.loads(_marker(out, p).read_text()) for p in plans if is_done(out, p)}
+    missing = [p.name for p in plans if p.name not in done]
+    state = {"shards": len(plans), "shards_done": len(done), "complete": not missing,
+             "missing": missing[:20] + ([f"... {len(missing) - 20} more"] if len(missing) > 20 else []),
+             "clips": sum(r["num_clips"] for r in done.values()),
+             "rejected": sum(len(r["rejects"]) for r in done.values()),
+             "bytes": sum(r["bytes"] for r in done.values())}
+    state["bytes_per_clip"] = round(state["bytes"] / state["clips"]) if state["clips"] else 0
+    if missing and only_if_complete:
+        return state
     for split in splits:
-        mine = [results[p.name] for p in plans if p.name.startswith(f"{split}-")]
-        if mine:
+        names = [p.name for p in plans if p.name.startswith(f"{split}-")]
+        if names:
+            mine = [done[n] for n in names if n in done]
             index = {"split": split, "num_clips": sum(r["num_clips"] for r in mine),
+                     "complete": all(n in done for n in names), "missing": [n for n in names if n not in done],
                      "shards": [{"name": r["shard"], "num_clips": r["num_clips"], "bytes": r["bytes"]} for r in mine]}
             _atomic_write_bytes(out / f"{split}.index.json", json.dumps(index, indent=1).encode())
-    rejects = [rj for r in results.values() for rj in r["rejects"]]
+    rejects = [rj for p in plans if p.name in done for rj in done[p.name]["rejects"]]
     _atomic_write_bytes(out / "preprocess_rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects).encode())
-    clips = sum(r["num_clips"] for r in results.values())
-    total_bytes = sum(r["bytes"] for r in results.values())
-    new_clips = sum(r["num_clips"] + len(r["rejects"]) for r in fresh)
-    summary = {"shards": len(plans), "shards_written": len(fresh), "shards_skipped": len(plans) - len(fresh),
-               "clips": clips, "rejected": len(rejects), "bytes": total_bytes,
-               "bytes_per_clip": round(total_bytes / clips) if clips else 0, "seconds": round(elapsed, 3),
-               "clips_per_s": round(new_clips / elapsed, 3) if fresh and elapsed > 0 else 0.0}
-    _atomic_write_bytes(out / "preprocess_summary.json", json.dumps(summary, indent=1).encode())
-    return summary
+    return state
