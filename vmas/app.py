@@ -34,8 +34,6 @@ from vmas.errors import MediaError, VmasError  # noqa: E402
 log = logging.getLogger(__name__)
 
 EXAMPLE = Path(__file__).parent / "assets" / "example.mp4"
-DEFAULT = "model default"
-"""Choice label for a control left to the model's ``generation`` config (the CLI's unset flag)."""
 
 
 @dataclasses.dataclass
@@ -63,7 +61,7 @@ def check_limits(video: Path, limits: AppLimits) -> None:
     """Refuse an upload over the deployer's limits with one line naming the limit and its flag."""
     size_mb = video.stat().st_size / 1e6
     if size_mb > limits.max_file_mb:
-        raise MediaError(f"{video.name}: file is {size_mb:.1f} MB, this server accepts at most {limits.max_file_mb:g} "
+        raise MediaError(f"{video.name}: file is {size_mb:.2f} MB, this server accepts at most {limits.max_file_mb:g} "
                          "MB (vmas app --max-file-mb); upload a shorter or more compressed video")
     from vmas.data.media import probe_video
 
@@ -73,43 +71,45 @@ def check_limits(video: Path, limits: AppLimits) -> None:
                          f"{limits.max_seconds:g} s (vmas app --max-seconds); trim it first")
 
 
-def _number(value: tp.Any) -> tp.Optional[float]:
-    """A Gradio number field: empty means unset (None), like an absent CLI flag."""
-    return None if value is None or value == "" else float(value)
+def _number(value: tp.Any, cast: tp.Callable = float) -> tp.Any:
+    """A Gradio number field; a cleared field (None) is the CLI's absent flag (the model's config decides)."""
+    return None if value is None or value == "" else cast(value)
 
 
-def request_controls(tags: str = "", instruments: str = "", genres: str = "", tempo: tp.Any = None,
-                     negative: str = "", guide: str = DEFAULT, cfg: tp.Any = None, tag_cfg: tp.Any = None,
-                     beat_from_video: str = DEFAULT, seed: tp.Any = 0, duration: tp.Any = None,
+def _off(value: tp.Any) -> tp.Optional[float]:
+    """Fields where 0 means "not given" (tempo, duration, loudness): 0 is no valid value for them."""
+    value = _number(value)
+    return value or None
+
+
+def request_controls(tags: str = "", instruments: str = "", genres: str = "", tempo: tp.Any = 0,
+                     negative: str = "", guide: tp.Optional[str] = None, cfg: tp.Any = None, tag_cfg: tp.Any = None,
+                     beat_from_video: tp.Optional[str] = None, seed: tp.Any = 0, duration: tp.Any = 0,
                      top_k: tp.Any = None, top_p: tp.Any = None, temperature: tp.Any = None,
                      mix: str = "auto", duck: tp.Any = None, music_gain: tp.Any = None,
-                     loudness: tp.Any = None) -> tp.Dict[str, tp.Any]:
+                     loudness: tp.Any = 0) -> tp.Dict[str, tp.Any]:
     """The form's fields as keyword arguments of :func:`vmas.generate.generate_for_video`.
 
-    Text fields are comma-separated like the CLI's ``--tags``; an empty number or "model default" is the CLI's
-    absent flag (the model's ``generation`` config decides). Mixing defaults are :class:`vmas.mixing.MixOptions`'s;
-    an empty loudness turns normalisation off (the CLI's ``--loudness off``).
+    Text fields are comma-separated like the CLI's ``--tags``. The page fills the sampling fields with the model's
+    own ``generation`` values, so an untouched form asks for exactly what ``vmas generate`` without flags does;
+    None (a cleared field) leaves the value to the model too. Tempo, duration and loudness use 0 for "not given"
+    (the CLI's absent ``--tempo``/``--duration`` and ``--loudness off``); mix ``auto`` is the CLI's absent ``--mix``.
     """
     from vmas.mixing import MixOptions
     from vmas.tags.cleaner import split_tag_arg
 
     mix_defaults = MixOptions()
-    tempo = _number(tempo)
-    top_k = _number(top_k)
-    controls = dict(
+    return dict(
         tags=split_tag_arg([tags or ""]), instruments=split_tag_arg([instruments or ""]),
-        genres=split_tag_arg([genres or ""]), negative=split_tag_arg([negative or ""]),
-        tempo=tempo or None,  # 0 = no tempo, as an empty field
-        guide=None if guide in (None, DEFAULT) else guide,
-        cfg=_number(cfg), tag_cfg=_number(tag_cfg), top_k=None if top_k is None else int(top_k),
+        genres=split_tag_arg([genres or ""]), negative=split_tag_arg([negative or ""]), tempo=_off(tempo),
+        guide=guide or None, cfg=_number(cfg), tag_cfg=_number(tag_cfg), top_k=_number(top_k, int),
         top_p=_number(top_p), temperature=_number(temperature),
-        beat_from_video=None if beat_from_video in (None, DEFAULT) else beat_from_video == "on",
-        seed=int(_number(seed) or 0), duration=_number(duration),
+        beat_from_video=None if beat_from_video is None else beat_from_video == "on",
+        seed=_number(seed, int) or 0, duration=_off(duration),
         mix=None if mix in (None, "", "auto") else mix,
         duck=mix_defaults.duck if _number(duck) is None else _number(duck),
         music_gain=mix_defaults.music_gain if _number(music_gain) is None else _number(music_gain),
-        loudness=_number(loudness))
-    return controls
+        loudness=_off(loudness))
 
 
 def run_request(pipe: tp.Any, video: tp.Union[str, Path, None], controls: tp.Dict[str, tp.Any], limits: AppLimits,
@@ -145,11 +145,13 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
     except ImportError:
         raise VmasError("the web page needs Gradio: pip install 'vmas[app]' (or `make install`)") from None
     from vmas.mixing import MIX_MODES, MixOptions
+    from vmas.sampling import GUIDES
 
     limits = limits or AppLimits()
     out_root = Path(out_root)
     mix_defaults = MixOptions()
     spec = pipe.spec
+    sampling = spec.sampling
     has_tags = bool(spec.tags)
 
     def generate(video, tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg, beat_from_video, seed,
@@ -184,27 +186,28 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
                     tags = gr.Textbox(label="Tags", placeholder="piano, ambient, calm", elem_id="tags")
                     instruments = gr.Textbox(label="Instruments", placeholder="cello, harp", elem_id="instruments")
                     genres = gr.Textbox(label="Genres", placeholder="lo-fi, jazz", elem_id="genres")
-                    tempo = gr.Number(label="Tempo (BPM, empty = from tags / the video)", value=None,
-                                      minimum=0, elem_id="tempo")
+                    tempo = gr.Number(label="Tempo (BPM; 0 = from the tags / the video)", value=0, minimum=0,
+                                      elem_id="tempo")
                     negative = gr.Textbox(label="Negative tags (steer away from)", placeholder="drums, vocals",
                                           elem_id="negative")
+                # the model's own generation values, shown as they are: an untouched form = `vmas generate`
                 with gr.Accordion("Guidance and sampling", open=False):
-                    guide = gr.Dropdown([DEFAULT, "all", "tags", "both"], value=DEFAULT, label="Guidance mode",
+                    guide = gr.Dropdown(list(GUIDES), value=sampling.guide, label="Guidance mode",
                                         info="all: against no video + no tags; tags: against the video without your "
                                              "tags (the tags win over the picture); both", elem_id="guide")
-                    cfg = gr.Number(label=f"Guidance scale (empty = {spec.sampling.cfg:g})", value=None,
-                                    elem_id="cfg")
-                    tag_cfg = gr.Number(label=f"Tags guidance scale (empty = {spec.sampling.tag_cfg:g})",
-                                        value=None, elem_id="tag_cfg")
-                    beat = gr.Radio([DEFAULT, "on", "off"], value=DEFAULT, label="Beat from video",
-                                    info="put the music's beats on the picture's motion peaks", elem_id="beat")
-                    top_k = gr.Number(label=f"Top-k (empty = {spec.sampling.top_k})", value=None, precision=0)
-                    top_p = gr.Number(label=f"Top-p (empty = {spec.sampling.top_p:g})", value=None)
-                    temperature = gr.Number(label=f"Temperature (empty = {spec.sampling.temperature:g})",
-                                            value=None)
+                    cfg = gr.Number(label="Guidance scale (1 = none)", value=sampling.cfg, elem_id="cfg")
+                    tag_cfg = gr.Number(label="Tags guidance scale (guide tags/both; 0 = the guidance scale)",
+                                        value=sampling.tag_cfg, elem_id="tag_cfg")
+                    beat = gr.Radio(["on", "off"], value="on" if spec.beat_from_video else "off",
+                                    label="Beat from video", elem_id="beat",
+                                    info="models with a beat condition: the music's beats on the picture's motion "
+                                         "peaks")
+                    top_k = gr.Number(label="Top-k (0 = off)", value=sampling.top_k, precision=0, elem_id="top_k")
+                    top_p = gr.Number(label="Top-p (0 = off)", value=sampling.top_p, elem_id="top_p")
+                    temperature = gr.Number(label="Temperature", value=sampling.temperature, elem_id="temperature")
                     seed = gr.Number(label="Seed (same seed = same music)", value=0, precision=0, elem_id="seed")
-                    duration = gr.Number(label="Music for at most this many seconds (empty = whole video)",
-                                         value=None, minimum=0, elem_id="duration")
+                    duration = gr.Number(label="Music for at most this many seconds (0 = the whole video)", value=0,
+                                         minimum=0, elem_id="duration")
                 with gr.Accordion("Finished audio", open=False):
                     mix = gr.Radio(["auto", *MIX_MODES], value="auto", label="Mix",
                                    info="keep: music under the video's own sound; replace: music alone; auto: keep "
@@ -212,8 +215,8 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
                     duck = gr.Number(label="Duck under speech (dB)", value=mix_defaults.duck, elem_id="duck")
                     music_gain = gr.Number(label="Music gain (dB)", value=mix_defaults.music_gain,
                                            elem_id="music_gain")
-                    loudness = gr.Number(label="Loudness (LUFS, empty = off)", value=mix_defaults.loudness,
-                                         elem_id="loudness")
+                    loudness = gr.Number(label="Loudness (LUFS; 0 = no normalisation)",
+                                         value=mix_defaults.loudness or 0, elem_id="loudness")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 result = gr.Video(label="Video with its music", interactive=False, elem_id="result")
