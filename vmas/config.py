@@ -196,11 +196,14 @@ class LossConfig:
 class CurationConfig:
     """DISCO-MV-style curation (SPEC §6): which videos and clips make it into the manifest."""
 
-    variety_threshold: float = 0.7
-    """Keep a video when the mean pairwise cosine similarity of its frame embeddings is below this (paper: 0.7)."""
-    embedder: str = "pixels"
-    """Frame embedding for the variety filter: ``pixels`` (8x8 thumbnails, no weights), ``histogram`` (RGB colour
-    histogram, no weights), ``timm:<model name>`` or ``torchvision:<model name>`` (pretrained image model)."""
+    variety_threshold: float = 0.0
+    """Keep a video when the mean pairwise cosine similarity of its frame embeddings is below this. 0 = the
+    embedder's own scale: 0.7 (paper) for a pretrained image model, the measured weight-free values of
+    ``vmas.data.curation.WEIGHT_FREE_THRESHOLDS`` for ``pixels`` / ``histogram`` (docs/data.md, issue 18)."""
+    embedder: str = "auto"
+    """Frame embedding for the variety filter: ``auto`` (CLIP ViT-B/16 through timm when its weights are in the
+    local cache or ``embedder_weights``, else ``pixels``, said in the log), ``pixels`` (8x8 thumbnails, no weights),
+    ``histogram`` (RGB colour histogram, no weights), ``timm:<model name>`` or ``torchvision:<model name>``."""
     embedder_weights: str = ""
     """Local weights file for a timm/torchvision embedder (empty = the library's own hub download/cache)."""
     variety_frames: int = 16

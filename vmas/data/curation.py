@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
@@ -33,6 +34,9 @@ from vmas.errors import ConfigError, DataError, VmasError
 
 if tp.TYPE_CHECKING:
     from vmas.config import CurationConfig
+    from vmas.data.ranks import RankInfo
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 SPLITS = ("train", "val", "test")
@@ -144,13 +148,66 @@ def _load_torchvision(name: str, weights: str) -> tp.Tuple[torch.nn.Module, int,
     return model, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def build_embedder(spec: str = "pixels", weights: str = "", device: str = "cpu") -> Embedder:
-    """Frame embedder from ``data.curation.embedder`` / ``embedder_weights``."""
-    if spec == "pixels":
+AUTO_EMBEDDER = "timm:vit_base_patch16_clip_224.openai"
+"""What ``embedder: auto`` uses when its weights are on this machine: a CLIP image tower, the kind of pretrained
+embedding the paper's 0.7 threshold was set on."""
+AUTO_EMBEDDER_HUB = ("timm/vit_base_patch16_clip_224.openai", "model.safetensors")
+
+PRETRAINED_THRESHOLD = 0.7
+"""Paper (SPEC §6): mean pairwise cosine of pretrained image embeddings."""
+WEIGHT_FREE_THRESHOLDS = {"pixels": 0.75, "histogram": 0.95}
+"""The weight-free embedders' own thresholds (``variety_threshold: 0``), measured, not derived from 0.7: their
+cosines live on another scale (a still photo and the same photo under a slow zoom score 1.0 / 0.89 with pixels,
+real photographs under pans and cuts 0.09-0.28, flat colour scenes changing every 0.5 s 0.65; histogram 1.0 / 0.99
+against 0.59-0.89). Each threshold sits in the gap between "one still image" (what the filter exists to drop:
+album covers, lyric cards) and "footage that moves or cuts". Table and footage in docs/data.md. No pretrained image weights are available offline here, so they
+were not fitted to a pretrained model's decisions (a randomly initialised model would be no calibration at all);
+with weights at hand, ``embedder: auto`` uses the pretrained model and the paper's 0.7 instead."""
+
+
+def resolve_embedder_spec(spec: str, weights: str = "") -> str:
+    """``auto`` -> :data:`AUTO_EMBEDDER` when ``weights`` is given or its file is in the local Hugging Face cache
+    (checked without network: an offline cluster must not hang on a hub request), else ``pixels``."""
+    if spec != "auto":
+        return spec
+    if weights:
+        return AUTO_EMBEDDER
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(*AUTO_EMBEDDER_HUB)
+    except Exception:  # no huggingface_hub, unreadable cache: same as not cached
+        cached = None
+    return AUTO_EMBEDDER if isinstance(cached, str) else "pixels"
+
+
+def build_embedder(spec: str = "auto", weights: str = "", device: str = "cpu") -> Embedder:
+    """Frame embedder from ``data.curation.embedder`` / ``embedder_weights`` (``auto``: see
+    :func:`resolve_embedder_spec`; the choice is logged with its threshold)."""
+    resolved = resolve_embedder_spec(spec, weights)
+    if spec == "auto":
+        log.info("curation embedder: %s (variety threshold %g)%s", resolved, default_threshold(resolved),
+                 "" if resolved != "pixels" else f": no local weights for {AUTO_EMBEDDER}, weight-free fallback")
+    if resolved == "pixels":
         return pixel_embedding
-    if spec == "histogram":
+    if resolved == "histogram":
         return histogram_embedding
-    return PretrainedEmbedder(spec, weights, device)
+    return PretrainedEmbedder(resolved, weights, device)
+
+
+def default_threshold(spec: str) -> float:
+    """The variety threshold on ``spec``'s own scale (see :data:`WEIGHT_FREE_THRESHOLDS`)."""
+    return WEIGHT_FREE_THRESHOLDS.get(spec, PRETRAINED_THRESHOLD)
+
+
+def variety_threshold(cfg: "CurationConfig", embedder: tp.Optional[Embedder] = None) -> float:
+    """``data.curation.variety_threshold`` when set (> 0), else the default of the embedder in use."""
+    if cfg.variety_threshold > 0:
+        return float(cfg.variety_threshold)
+    if embedder is None:
+        return default_threshold(resolve_embedder_spec(cfg.embedder, cfg.embedder_weights))
+    kind = {pixel_embedding: "pixels", histogram_embedding: "histogram"}.get(embedder, "pretrained")
+    return default_threshold(kind)
 
 
 def mean_pairwise_cosine(emb: torch.Tensor) -> float:
@@ -374,9 +431,9 @@ def curate_video(item: VideoItem, cfg: "CurationConfig", clip_seconds: float, sa
         variety = mean_pairwise_cosine(embedder(frames[:n]))
     except Exception as err:
         return CurationResult([], [_reject(item, "unreadable", f"frames: {_one_line(err)}")])
-    if variety >= cfg.variety_threshold:
-        return CurationResult([], [_reject(item, "low_visual_variety",
-                                           f"{variety:.3f} >= {cfg.variety_threshold:g}")], variety)
+    threshold = variety_threshold(cfg, embedder)
+    if variety >= threshold:
+        return CurationResult([], [_reject(item, "low_visual_variety", f"{variety:.3f} >= {threshold:g}")], variety)
 
     try:
         wav = _audio_of(media.read_audio(item.path, sr=sample_rate))  # [N]
@@ -435,61 +492,199 @@ def _work(item: VideoItem) -> CurationResult:
                         w["audio_dir"], w["split_overrides"])
 
 
+@dataclasses.dataclass
+class CurationPart:
+    """``videos_per_part`` consecutive input videos: the unit a rank owns and a re-run skips when done."""
+
+    name: str  # "part-000003"
+    items: tp.List[VideoItem]
+    settings: str  # JSON of everything that changes the outcome (curation config, clip grid, split overrides)
+
+    @property
+    def digest(self) -> str:
+        text = self.settings + "\n" + "\n".join(f"{it.path}\t{it.source_id}\t{it.tags}" for it in self.items)
+        return hashlib.sha1(text.encode()).hexdigest()
+
+
+def plan_parts(items: tp.Sequence[VideoItem], data_cfg: tp.Any,
+               split_overrides: tp.Optional[tp.Mapping[str, str]] = None) -> tp.List[CurationPart]:
+    """The input in order, cut into parts of ``data.curation.videos_per_part`` videos (the last may be short)."""
+    cfg = data_cfg.curation
+    n = max(1, int(cfg.videos_per_part))
+    settings = json.dumps({"curation": dataclasses.asdict(cfg), "clip_seconds": data_cfg.clip_seconds,
+                           "sample_rate": data_cfg.sample_rate, "splits": sorted((split_overrides or {}).items())},
+                          sort_keys=True)
+    return [CurationPart(f"part-{i // n:06d}", list(items[i: i + n]), settings) for i in range(0, len(items), n)]
+
+
+def _video_outcome(res: CurationResult) -> str:
+    """``kept`` or the reason the whole video was dropped (its first reject: a video filter, or silent clips)."""
+    return "kept" if res.clips else (res.rejects[0]["reason"] if res.rejects else "no_clips")
+
+
+def _part_files(parts_dir: Path, part: CurationPart) -> tp.Tuple[Path, Path, Path]:
+    return (parts_dir / f"{part.name}.manifest.jsonl", parts_dir / f"{part.name}.rejects.jsonl",
+            parts_dir / f"{part.name}.done")
+
+
+def _part_done(parts_dir: Path, part: CurationPart) -> tp.Optional[dict]:
+    """The part's marker when the part is finished with these settings (a stale marker is redone, not trusted)."""
+    man, rej, marker = _part_files(parts_dir, part)
+    if not (marker.is_file() and man.is_file() and rej.is_file()):
+        return None
+    try:
+        done = json.loads(marker.read_text())
+    except ValueError:
+        return None
+    return done if done.get("digest") == part.digest else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    from vmas.data.ranks import writer_tag
+
+    tmp = path.with_name(f"{path.name}.tmp.{writer_tag()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def curate(items: tp.Sequence[VideoItem], out_dir: tp.Union[str, Path], data_cfg: tp.Any,
            embedder: tp.Optional[Embedder] = None, vocal_remover: tp.Optional[VocalRemover] = None,
            split_overrides: tp.Optional[tp.Mapping[str, str]] = None, workers: int = 0, device: str = "cpu",
-           progress: tp.Optional[tp.Callable[[int, int], None]] = None) -> dict:
-    """Curate ``items`` into ``out_dir/manifest.jsonl``, ``rejects.jsonl`` and ``summary.json``; returns the summary.
+           progress: tp.Optional[tp.Callable[[int, int], None]] = None,
+           rank: tp.Optional["RankInfo"] = None) -> dict:
+    """Curate this rank's parts of ``items``; when every part is done, write ``out_dir/manifest.jsonl``,
+    ``rejects.jsonl`` and ``summary.json``. Returns the summary (see :func:`merge_parts`).
 
-    With ``workers == 0`` the given ``embedder`` / ``vocal_remover`` are used in this process (default: built from
-    ``data_cfg.curation``); with ``workers > 0`` each spawned process builds its own from the config. Output order
-    follows ``items`` either way, so the manifest (and hence the shard plan) is reproducible.
+    The input is cut into parts of ``data.curation.videos_per_part`` videos; part ``i`` belongs to rank
+    ``i mod world_size`` (:mod:`vmas.data.ranks`) and is written to ``out_dir/parts/`` with a done-marker, so a
+    killed run redoes only unfinished parts and a finished run is a no-op. The manifest follows ``items``' order
+    whatever the world size or worker count, so the shard plan built from it is reproducible. With
+    ``workers == 0`` the given ``embedder`` / ``vocal_remover`` are used in this process (default: built from
+    ``data_cfg.curation``); with ``workers > 0`` each spawned process builds its own from the config.
     """
+    from vmas.data.ranks import RankInfo
+
+    info = rank or RankInfo()
     cfg = data_cfg.curation
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    parts_dir = out / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    parts = plan_parts(items, data_cfg, split_overrides)
+    mine = info.mine(parts)
+    for part in mine:  # temp files of my parts are leftovers of my crashed run; other ranks' are left alone
+        for stale in parts_dir.glob(f"{part.name}.*.tmp.*"):
+            stale.unlink(missing_ok=True)
+    todo = [p for p in mine if _part_done(parts_dir, p) is None]
     kwargs = dict(clip_seconds=data_cfg.clip_seconds, sample_rate=data_cfg.sample_rate, audio_dir=out / "audio",
                   split_overrides=dict(split_overrides or {}))
     t0 = time.perf_counter()
-    if workers > 0:
+    todo_items = [it for p in todo for it in p.items]
+    pool = None
+    if todo_items and workers > 0:
         import multiprocessing as mp
 
         pool = mp.get_context("spawn").Pool(workers, _init_worker, (cfg, device, kwargs))
-        results: tp.Iterable[CurationResult] = pool.imap(_work, items)
-    else:
-        pool = None
+        results: tp.Iterator[CurationResult] = pool.imap(_work, todo_items)
+    elif todo_items:
         emb = embedder if embedder is not None else build_embedder(cfg.embedder, cfg.embedder_weights, device)
         vr = vocal_remover if vocal_remover is not None else build_vocal_remover(cfg, device)
-        results = (curate_video(it, cfg, embedder=emb, vocal_remover=vr, **kwargs) for it in items)
-    clips = rejects = 0
-    reasons: tp.Dict[str, int] = {}
-    splits: tp.Dict[str, int] = {s: 0 for s in SPLITS}
-    videos_kept = 0
-    # Written line by line to tmp files, renamed at the end: a killed run leaves the previous manifest intact.
-    man_tmp, rej_tmp = out / "manifest.jsonl.tmp", out / "rejects.jsonl.tmp"
+        results = (curate_video(it, cfg, embedder=emb, vocal_remover=vr, **kwargs) for it in todo_items)
+    n = 0
     try:
-        with open(man_tmp, "w") as man, open(rej_tmp, "w") as rej:
-            for n, res in enumerate(results):
-                for row in res.clips:
-                    man.write(json.dumps(row) + "\n")
-                    splits[row["split"]] += 1
-                for row in res.rejects:
-                    rej.write(json.dumps(row) + "\n")
-                    reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
-                clips += len(res.clips)
-                rejects += len(res.rejects)
-                videos_kept += bool(res.clips)
+        for part in todo:
+            clips, rejects, outcomes = [], [], []
+            for _ in part.items:
+                res = next(results)
+                clips += res.clips
+                rejects += res.rejects
+                outcomes.append(_video_outcome(res))
+                n += 1
                 if progress:
-                    progress(n + 1, len(items))
+                    progress(n, len(todo_items))
+            man, rej, marker = _part_files(parts_dir, part)
+            _write_atomic(man, "".join(json.dumps(r) + "\n" for r in clips))
+            _write_atomic(rej, "".join(json.dumps(r) + "\n" for r in rejects))
+            _write_atomic(marker, json.dumps({"digest": part.digest, "videos": len(part.items),
+                                              "outcomes": outcomes}))
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-    os.replace(man_tmp, out / "manifest.jsonl")
-    os.replace(rej_tmp, out / "rejects.jsonl")
     elapsed = time.perf_counter() - t0
-    summary = {"videos": len(items), "videos_kept": videos_kept, "clips": clips, "clips_per_split": splits,
-               "rejects": rejects, "reject_reasons": reasons, "seconds": round(elapsed, 3),
-               "videos_per_s": round(len(items) / elapsed, 3) if elapsed > 0 else 0.0}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary = merge_parts(items, out, data_cfg, split_overrides, only_if_complete=True)
+    summary.update(rank=info.rank, world_size=info.world_size, parts_owned=len(mine), parts_written=len(todo),
+                   parts_skipped=len(mine) - len(todo), seconds=round(elapsed, 3),
+                   videos_per_s=round(len(todo_items) / elapsed, 3) if todo_items and elapsed > 0 else 0.0)
+    if summary["complete"]:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def merge_parts(items: tp.Sequence[VideoItem], out_dir: tp.Union[str, Path], data_cfg: tp.Any,
+                split_overrides: tp.Optional[tp.Mapping[str, str]] = None, only_if_complete: bool = False) -> dict:
+    """Join the finished parts into ``manifest.jsonl`` / ``rejects.jsonl`` (input order); returns the counts.
+
+    Written only when every part is done unless ``only_if_complete`` is False (``--merge``: a partial manifest of
+    the finished parts, flagged ``"complete": false`` in the returned state). ``problem`` is set when the run kept
+    no video, or when one reason dropped more than ``data.curation.max_reject_share`` of the videos: see
+    :func:`curation_problem`."""
+    out = Path(out_dir)
+    parts_dir = out / "parts"
+    parts = plan_parts(items, data_cfg, split_overrides)
+    done = {p.name: _part_done(parts_dir, p) for p in parts}
+    missing = [p.name for p in parts if done[p.name] is None]
+    state: tp.Dict[str, tp.Any] = {"parts": len(parts), "parts_done": len(parts) - len(missing),
+                                   "complete": not missing, "missing": missing[:20]}
+    if missing and only_if_complete:
+        return state
+    outcomes: tp.Dict[str, int] = {}
+    clips, rejects = [], []
+    for p in parts:
+        if done[p.name] is None:
+            continue
+        man, rej, _ = _part_files(parts_dir, p)
+        clips += man.read_text().splitlines(keepends=True)
+        rejects += rej.read_text().splitlines(keepends=True)
+        for o in done[p.name]["outcomes"]:
+            outcomes[o] = outcomes.get(o, 0) + 1
+    _write_atomic(out / "manifest.jsonl", "".join(clips))
+    _write_atomic(out / "rejects.jsonl", "".join(rejects))
+    splits = {s: 0 for s in SPLITS}
+    for line in clips:
+        splits[json.loads(line)["split"]] += 1
+    reasons: tp.Dict[str, int] = {}
+    for line in rejects:
+        r = json.loads(line)["reason"]
+        reasons[r] = reasons.get(r, 0) + 1
+    videos = sum(outcomes.values())
+    dropped = {k: v for k, v in sorted(outcomes.items()) if k != "kept"}
+    state.update(videos=videos, videos_kept=outcomes.get("kept", 0), videos_dropped_by=dropped, clips=len(clips),
+                 clips_per_split=splits, rejects=len(rejects), reject_reasons=reasons)
+    state["problem"] = curation_problem(state, data_cfg.curation) if state["complete"] else None
+    return state
+
+
+def curation_problem(state: tp.Mapping[str, tp.Any], cfg: "CurationConfig") -> tp.Optional[str]:
+    """One line when a finished run looks wrong: nothing kept, or one reason dropping most videos. A threshold on
+    the wrong scale (issue 18: a weight-free embedder with a pretrained model's threshold) shows up here, not when
+    training finds an empty dataset."""
+    videos, kept, dropped = state["videos"], state["videos_kept"], state["videos_dropped_by"]
+    if not videos:
+        return "no input videos: point the command at folders, lists or video files"
+    top = max(dropped.items(), key=lambda kv: kv[1]) if dropped else ("", 0)
+    fixes = {"low_visual_variety": f"the variety filter (embedder '{cfg.embedder}', threshold "
+                                   f"{variety_threshold(cfg):g}) is set for other footage: check a few rejected "
+                                   f"videos' scores in rejects.jsonl and set data.curation.variety_threshold",
+             "no_audio": "these videos have no audio stream ffmpeg can decode",
+             "unreadable": "ffmpeg cannot decode these files (see rejects.jsonl)",
+             "too_short": f"videos are shorter than one {state.get('clip_seconds', '')}clip: lower data.clip_seconds",
+             "silent_audio": "the (accompaniment) audio is below data.curation.silence_db: check vocal removal "
+                             "and the threshold",
+             "vocal_removal_failed": "Demucs failed: see rejects.jsonl, or pass --no-vocal-removal"}
+    fix = fixes.get(top[0], "see rejects.jsonl")
+    if kept == 0:
+        return f"kept 0 of {videos} videos ({', '.join(f'{v} {k}' for k, v in dropped.items())}): {fix}"
+    if top[1] > cfg.max_reject_share * videos:
+        return (f"{top[1]} of {videos} videos dropped as {top[0]} (more than data.curation.max_reject_share="
+                f"{cfg.max_reject_share:g}): {fix}")
+    return None
