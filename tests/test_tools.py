@@ -92,3 +92,41 @@ def test_mix_report_before_and_after(tmp_path):
     before, after = report["before (--mix replace --loudness off)"], report["after (defaults)"]
     assert abs(after["loudness_lufs"] + 14.0) < 0.5 and after["true_peak_dbtp"] <= -1.0
     assert after["voice_correlation"] > 0.5 > before["voice_correlation"]
+
+
+def test_preprocess_music_folder_to_music_only_shards(tmp_path):
+    # issue 25: a folder of audio + a sidecar tag file -> manifest, rejects and shards without frames
+    import numpy as np
+
+    from vmas.data import media
+
+    music = tmp_path / "music"
+    music.mkdir()
+    t = np.arange(6 * 32000) / 32000
+    media.write_wav(music / "song.wav", (0.3 * np.sin(2 * np.pi * 220 * t) * (t % 0.5 < 0.1))[None], 32000)
+    (music / "song.tags.txt").write_text("Piano, Calm")
+    (music / "bad.ogg").write_bytes(b"no audio here")
+    out = tmp_path / "out"
+    proc = run([ROOT / "tools" / "preprocess_music.py", music, "--out", out, "--config", DEBUG, "--no-vocal-removal",
+                "--tags", "instrumental", "data.curation.val_fraction=0", "data.curation.test_fraction=0"], tmp_path)
+    report = json.loads(proc.stdout)
+    assert report["curation"]["clips"] == 2 and report["curation"]["reject_reasons"] == {"unreadable": 1}
+    assert report["shards"]["clips"] == 2 and (out / "shards" / "train-000000.tar").is_file()
+    row = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert row["video"] is None and row["tags"] == "piano, calm, instrumental"
+
+
+@pytest.mark.slow
+def test_unpaired_benchmark_at_tiny_size(tmp_path):
+    # issue 25: makes its own SynthMV data, demo codec, paired + music-only shards, trains both variants, scores
+    proc = run([ROOT / "tools" / "unpaired_benchmark.py", "--data", tmp_path / "data", "--out", tmp_path / "runs",
+                "--train-videos", "6", "--test-videos", "6", "--steps", "2", "--sample-seeds", "1", "--top-k", "10",
+                "--json"], tmp_path)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "runs" / "results.json").read_text()) == result
+    for key in ("unpaired_tags_class_acc", "paired_tags_class_acc", "without_unpaired_class_acc"):
+        assert set(result[key]) == {"mean", "std"} and 0.0 <= result[key]["mean"] <= 1.0
+    meta = result["meta"]
+    assert meta["held_out_test_clips"] == 2 and meta["train_clips"] == {"paired": {"clips": 8, "rejected": 0},
+                                                                        "music": {"clips": 4, "rejected": 0}}
+    assert meta["command"].startswith("python tools/unpaired_benchmark.py")
