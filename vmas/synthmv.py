@@ -520,7 +520,8 @@ class SynthMVClassifier:
     @classmethod
     def train_default(cls, per_class: int = 8, seconds: float = 10.0, seed: int = 12345,
                       snrs_db: tp.Sequence[float] = (30.0, 20.0, 10.0),
-                      transform: tp.Optional[tp.Callable[[np.ndarray], np.ndarray]] = None) -> "SynthMVClassifier":
+                      transform: tp.Optional[tp.Callable[[np.ndarray], np.ndarray]] = None,
+                      window: tp.Optional[float] = None) -> "SynthMVClassifier":
         """Fit on freshly rendered clips (audio only) plus noisy copies; ~10 s on one core for the defaults.
 
         ``transform`` (e.g. a codec's encode -> decode) adds a transformed copy of every clean render: a model
@@ -528,20 +529,32 @@ class SynthMVClassifier:
         SynthMV clips to a wrong class (measured: the SynthMV codec's reconstructions of 36 held-out clips score
         58 % with the plain classifier, 100 % with the codec-aware one; real audio 97-100 % with both).
         ``seconds`` should match the length of the clips that will be judged (the features summarise time).
+        ``window``: judge excerpts of this many seconds taken anywhere in a piece (issue 22's per-segment and
+        switch-latency scores): each rendered clip is cut into windows at half-window hops, so the classifier sees
+        every rhythmic phase rather than only a clip's start.
         """
         rng = np.random.default_rng(seed)
         wavs, labels = [], []
+
+        def pieces(wav: np.ndarray) -> tp.List[np.ndarray]:
+            if window is None:
+                return [wav]
+            n, hop = round(window * SAMPLE_RATE), round(window * SAMPLE_RATE / 2)
+            return [wav[s: s + n] for s in range(0, wav.size - n + 1, hop)]
+
         for c in range(len(CLASSES)):
             for i in range(per_class):
-                wav = render_audio(plan_clip(clip_seed(seed, c * 1000 + i), c, seconds))
-                power = float(np.mean(wav ** 2))
-                for snr in (None, *snrs_db):
-                    noise = 0.0 if snr is None else rng.standard_normal(wav.size) * np.sqrt(power / 10 ** (snr / 10))
-                    wavs.append((wav + noise).astype(np.float32))
-                    labels.append(c)
+                full = render_audio(plan_clip(clip_seed(seed, c * 1000 + i), c, seconds))
+                for wav in pieces(full):
+                    power = float(np.mean(wav ** 2))
+                    for snr in (None, *snrs_db):
+                        noise = 0.0 if snr is None else rng.standard_normal(wav.size) * np.sqrt(power / 10 ** (snr / 10))
+                        wavs.append((wav + noise).astype(np.float32))
+                        labels.append(c)
                 if transform is not None:
-                    wavs.append(np.asarray(transform(wav), np.float32).reshape(-1))
-                    labels.append(c)
+                    for wav in pieces(np.asarray(transform(full), np.float32).reshape(-1)):
+                        wavs.append(wav)
+                        labels.append(c)
         return cls().fit(wavs, labels)
 
     def save(self, path: tp.Union[str, Path]) -> None:

@@ -1,0 +1,273 @@
+"""Does the music follow the picture's structure? Scene cuts and hit points on multi-scene SynthMV (issue 22).
+
+Makes its own held-out videos (``vmas.synthmv.generate_dataset(scenes=N)``: the scene class, hence instrument, key
+and tempo, changes at each cut; the labels give the cut times and each segment's class), generates music for them
+with the shipped model through ``vmas.generate.generate_for_video`` (what ``vmas generate`` runs) and prints one JSON
+object:
+
+- ``segment_class_acc``: share of segments whose music the SynthMV classifier (trained on real renders cut into
+  ``--judge-window`` excerpts, plus their codec reconstructions) judges as the segment's class, with ``--cuts auto``;
+- ``switch_latency_s``: median over cuts of the seconds until an excerpt starting after the cut is judged as the new
+  class (``vmas.structure.switch_latency``; a cut that never switches counts with its last offset tried);
+- ``seam_flux_ratio``: spectral flux at seams (the cuts and every window seam) over the flux elsewhere
+  (``vmas.structure.seam_flux_ratio``; 1 = a seam is as eventful as any moment of the music);
+- ``hits_within_50ms``: share of requested hits (``--hits``, random times) with an onset within +-50 ms;
+- ``baselines``: ``plain`` (today's continuation, ``--cuts none``), ``own_music`` (the clip's own soundtrack),
+  ``label_cuts`` (the true cut times as a locked edit) and ``hits_chance`` (the same hit times scored on music made
+  without ``--hits``: how often an onset is there anyway);
+- ``selection``: the crossfade length chosen on a separate selection set (lowest seam flux at the cuts);
+- ``meta``: command, commit, seeds, date, machine and load.
+
+Metrics are ``{mean, std}`` over sampling seeds. Generated music and scores are cached under ``--out`` (rerun =
+reuse). Default size: 3 selection + 8 test videos of 24 s with 3 scenes, 2 sampling seeds: a few minutes on 2 cores.
+
+    python tools/structure_benchmark.py --json > docs/results/structure.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+
+from vmas import structure
+from vmas.data import media
+from vmas.metrics.synthmv import onset_times
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def provenance() -> tp.Dict[str, tp.Any]:
+    """Commit, date, machine and load of this run (as tools/synthmv_benchmark.py records them)."""
+    import datetime
+    import platform
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+            "load_avg_1m_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+
+
+def make_set(out: Path, num: int, seed: int, scenes: int, seconds: float) -> tp.List[dict]:
+    """Multi-scene SynthMV clips (made once, reused): rows with ``video`` and the labels."""
+    from vmas.synthmv import generate_dataset
+
+    manifest = out / "manifest.jsonl"
+    if not manifest.exists() or sum(1 for _ in open(manifest)) != num:
+        generate_dataset(out, num, seed=seed, seconds=seconds, scenes=scenes, workers=1, split=out.name)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    return [dict(json.loads((out / r["labels"]).read_text()), video=str(out / r["path"]), id=r["id"]) for r in rows]
+
+
+def draw_hits(clip: dict, index: int, num: int, gap: float = 1.5) -> tp.List[float]:
+    """``num`` hit times (s, 10 ms grid) in [1, seconds - 1], at least ``gap`` apart; fixed per clip."""
+    rng = np.random.default_rng([4242, index])
+    hits: tp.List[float] = []
+    while len(hits) < num:
+        t = round(float(rng.uniform(1.0, clip["seconds"] - 1.0)), 2)
+        if all(abs(t - h) >= gap for h in hits):
+            hits.append(t)
+    return sorted(hits)
+
+
+def generate(pipe, clip: dict, out: Path, seed: int, **controls) -> np.ndarray:
+    """Music for one clip through ``generate_for_video`` (cached as ``out/<id>.wav``) -> float [N] at the codec's
+    rate."""
+    from vmas.generate import generate_for_video
+
+    wav = out / f"{clip['id']}.wav"
+    if not wav.exists():
+        generate_for_video(clip["video"], pipe, out, seed=seed, mix="replace", **controls)
+        (out / f"{clip['id']}.mp4").unlink(missing_ok=True)
+    return media.read_audio(wav, sr=pipe.codec.sample_rate).numpy().reshape(-1)
+
+
+def seams_of(clip: dict, cuts: tp.Sequence[float], pipe, stride_s: float, crossfade: float) -> tp.Dict[str, list]:
+    """Seam times (s) of a run: the middle of each cut's crossfade, and every continuation window's first new frame
+    (``vmas.structure.section_windows``, the same plan generation used)."""
+    fr = pipe.codec.frame_rate
+    window, stride = round(pipe.spec.window_seconds * fr), round(stride_s * fr)
+    overlap = max(1, round(crossfade * fr)) if cuts else 0
+    total = round(clip["seconds"] * fr)
+    win = []
+    for sec in structure.section_windows(total, window, stride, [round(c * fr) for c in cuts], overlap):
+        win += [(s + (window - stride)) / fr for s, _ in sec.windows[1:]]
+    return {"cuts": [c + overlap / fr / 2 for c in cuts], "windows": win}
+
+
+def score(wav: np.ndarray, sr: int, clip: dict, classifier, judge_window: float, seams: tp.Dict[str, list],
+          hits: tp.Sequence[float] = ()) -> tp.Dict[str, tp.Any]:
+    """Every metric of one clip's music (see the module docstring)."""
+    segs = clip["segments"]
+    pred = structure.segment_classes(wav, sr, segs, classifier, judge_window)
+    lat = [structure.switch_latency(wav, sr, s["start"], s["end"], s["class_id"], classifier, judge_window)
+           for s in segs[1:]]
+    every = seams["cuts"] + seams["windows"]
+    return {"segment_correct": [int(p == s["class_id"]) for p, s in zip(pred, segs)],
+            "latency": [t for t, _ in lat], "switched": [ok for _, ok in lat],
+            "flux_all": structure.seam_flux_ratio(wav, sr, every) if every else float("nan"),
+            "flux_cuts": structure.seam_flux_ratio(wav, sr, seams["cuts"]) if seams["cuts"] else float("nan"),
+            "flux_windows": structure.seam_flux_ratio(wav, sr, seams["windows"]) if seams["windows"] else float("nan"),
+            "hits": structure.hits_within(onset_times(wav, sr), hits) if len(hits) else float("nan")}
+
+
+def summarise(per_clip: tp.Sequence[dict]) -> tp.Dict[str, float]:
+    """Clip scores of one sampling seed -> the benchmark's numbers."""
+    def nanmean(key):
+        vals = [c[key] for c in per_clip if not np.isnan(c[key])]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    lat = [t for c in per_clip for t in c["latency"]]
+    return {"segment_class_acc": float(np.mean([x for c in per_clip for x in c["segment_correct"]])),
+            "switch_latency_s": float(np.median(lat)) if lat else float("nan"),
+            "switched_share": float(np.mean([x for c in per_clip for x in c["switched"]])) if lat else float("nan"),
+            "seam_flux_ratio": nanmean("flux_all"), "seam_flux_ratio_cuts": nanmean("flux_cuts"),
+            "seam_flux_ratio_windows": nanmean("flux_windows"), "hits_within_50ms": nanmean("hits")}
+
+
+def over_seeds(runs: tp.Sequence[tp.Dict[str, float]]) -> tp.Dict[str, tp.Any]:
+    """{metric: {mean, std, runs}} over sampling seeds (NaN metrics dropped)."""
+    out = {}
+    for k in runs[0]:
+        vals = [r[k] for r in runs if not np.isnan(r[k])]
+        if vals:
+            out[k] = {"mean": round(float(np.mean(vals)), 4), "std": round(float(np.std(vals)), 4),
+                      "runs": [round(v, 4) for v in vals]}
+    return out
+
+
+def run_method(pipe, clips, out: Path, seeds, classifier, args, cuts: str, crossfade: float,
+               with_hits: bool = False, score_hits: bool = False) -> tp.Dict[str, tp.Any]:
+    """Generate (cached) and score one method on ``clips`` for every sampling seed."""
+    runs = []
+    for seed in seeds:
+        per_clip = []
+        for i, clip in enumerate(clips):
+            hits = draw_hits(clip, i, args.hits) if (with_hits or score_hits) else []
+            if cuts == "labels":
+                cut_arg = ",".join(f"{c:g}" for c in clip["cuts"])
+            else:
+                cut_arg = cuts
+            structure.CROSSFADE_S = crossfade  # the crossfade under test (generate_sections reads the default)
+            wav = generate(pipe, clip, out / f"seed{seed}", seed, cuts=cut_arg,
+                           hits=",".join(f"{h:g}" for h in hits) if with_hits else None)
+            used = structure.resolve_cuts(cut_arg, clip["video"], clip["seconds"])
+            seams = seams_of(clip, used, pipe, pipe.spec.window_seconds / 2, crossfade)
+            per_clip.append(score(wav, pipe.codec.sample_rate, clip, classifier, args.judge_window, seams, hits))
+        runs.append(summarise(per_clip))
+    return over_seeds(runs)
+
+
+def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object (else a short table)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "structure_bench"), help="cache folder (data, music)")
+    p.add_argument("--model", default="vmas-synthmv-demo")
+    p.add_argument("--select", type=int, default=3, help="selection videos (choose the crossfade)")
+    p.add_argument("--test", type=int, default=8, help="held-out test videos")
+    p.add_argument("--scenes", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=24.0)
+    p.add_argument("--seeds", default="0,1", help="sampling seeds")
+    p.add_argument("--hits", type=int, default=4, help="hit points per video")
+    p.add_argument("--crossfades", default="0.02,0.08,0.2", help="crossfade lengths (s) tried on the selection set")
+    p.add_argument("--judge-window", type=float, default=2.0, help="seconds of music the class judge hears")
+    p.add_argument("--per-class", type=int, default=8, help="renders per class for the judge")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    from vmas.hub import load_model
+    from vmas.synthmv import SynthMVClassifier
+
+    out = Path(args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    pipe = load_model(args.model)
+    sr = pipe.codec.sample_rate
+
+    def roundtrip(wav):
+        import torch
+
+        with torch.no_grad():
+            x = torch.as_tensor(wav, dtype=torch.float32)[None, None]
+            return pipe.codec.decode(pipe.codec.encode(x))[0, 0, : x.shape[-1]].numpy()
+
+    classifier = SynthMVClassifier.train_default(per_class=args.per_class, seconds=10.0, transform=roundtrip,
+                                                 window=args.judge_window)
+    select = make_set(out / "select", args.select, 101, args.scenes, args.seconds)
+    test = make_set(out / "test", args.test, 202, args.scenes, args.seconds)
+
+    # detection on both sets against the labels (+-1 frame at 25 fps)
+    def detection(clips):
+        tp_ = fp = fn = 0
+        for c in clips:
+            found = structure.detect_cuts(c["video"], c["seconds"])
+            hit = [any(abs(f - t) <= 0.041 for f in found) for t in c["cuts"]]
+            tp_ += sum(hit)
+            fn += len(hit) - sum(hit)
+            fp += sum(not any(abs(f - t) <= 0.041 for t in c["cuts"]) for f in found)
+        return {"precision": tp_ / max(1, tp_ + fp), "recall": tp_ / max(1, tp_ + fn), "cuts": tp_ + fn}
+
+    # selection: the crossfade with the quietest cuts (ties: the shorter one)
+    fades = [float(x) for x in args.crossfades.split(",")]
+    tried = {}
+    for fade in fades:
+        tried[f"{fade:g}"] = run_method(pipe, select, out / "select_runs" / f"auto_xf{fade:g}", seeds[:1], classifier,
+                                        args, "auto", fade)
+    chosen = min(fades, key=lambda f: (round(tried[f"{f:g}"].get("seam_flux_ratio_cuts", {}).get("mean", 1e9), 2), f))
+
+    runs = out / "test_runs"
+    auto = run_method(pipe, test, runs / f"auto_xf{chosen:g}", seeds, classifier, args, "auto", chosen)
+    plain = run_method(pipe, test, runs / "plain", seeds, classifier, args, "none", chosen, score_hits=True)
+    labels = run_method(pipe, test, runs / f"labels_xf{chosen:g}", seeds, classifier, args, "labels", chosen,
+                        score_hits=True)
+    hits = run_method(pipe, test, runs / f"auto_hits_xf{chosen:g}", seeds, classifier, args, "auto", chosen,
+                      with_hits=True)
+    chance = run_method(pipe, test, runs / f"auto_xf{chosen:g}", seeds, classifier, args, "auto", chosen,
+                        score_hits=True)
+    own = []
+    for i, clip in enumerate(test):
+        wav = media.read_audio(clip["video"], sr=sr).numpy().reshape(-1)
+        own.append(score(wav, sr, clip, classifier, args.judge_window, {"cuts": clip["cuts"], "windows": []},
+                         draw_hits(clip, i, args.hits)))
+    own_music = over_seeds([summarise(own)])
+
+    def pick(res, key):
+        return res.get(key, {"mean": None, "std": None})
+
+    result = {
+        "segment_class_acc": pick(auto, "segment_class_acc"),
+        "switch_latency_s": pick(auto, "switch_latency_s"),
+        "seam_flux_ratio": pick(auto, "seam_flux_ratio"),
+        "hits_within_50ms": pick(hits, "hits_within_50ms"),
+        "details": {"cuts_auto": auto, "cuts_auto_with_hits": hits,
+                    "detection": {"select": detection(select), "test": detection(test)}},
+        "baselines": {"plain": plain, "own_music": own_music, "label_cuts": labels,
+                      "hits_chance": pick(chance, "hits_within_50ms")},
+        "selection": {"crossfade_s": chosen, "tried": tried, "rule": "lowest seam flux ratio at the cuts"},
+        "meta": dict(provenance(), command="python tools/structure_benchmark.py " + " ".join(
+            sys.argv[1:] if argv is None else argv), model=args.model, sampling_seeds=seeds,
+            data_seeds={"select": 101, "test": 202}, hit_seed=4242, test_videos=len(test),
+            select_videos=len(select), scenes=args.scenes, seconds=args.seconds, judge_window_s=args.judge_window,
+            omp_num_threads=os.environ.get("OMP_NUM_THREADS"), wall_s=round(time.time() - t0, 1)),
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for name, res in [("cuts auto", auto), ("label cuts", labels), ("plain", plain), ("own music", own_music)]:
+            row = {k: pick(res, k)["mean"] for k in ("segment_class_acc", "switch_latency_s", "seam_flux_ratio")}
+            print(f"{name:12s} {row}")
+        print(f"hits within 50 ms: {pick(hits, 'hits_within_50ms')} (chance {pick(chance, 'hits_within_50ms')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
