@@ -424,19 +424,44 @@ MIX_RATE = 48000
 
 def _mux_finished(job: _Job, music, sr: int, mp4_path: Path, opts: MixOptions) -> tp.Dict[str, tp.Any]:
     """Mux the finished track (:func:`vmas.mixing.finish_audio`: the music over or instead of the video's own audio
-    stream) into ``mp4_path``, keeping the decoded AAC's true peak under the ceiling; returns the measurements."""
+    stream) into ``mp4_path``, keeping the decoded AAC's true peak under the ceiling; returns the measurements.
+
+    The picture is copied when MP4 takes its codec, else re-encoded to H.264 once (:func:`media.mp4_video_source`;
+    ``video`` in the result says which). Audio that does not decode at all loses nothing: the music alone is used
+    (``audio_note`` says why) rather than the file being skipped after its music was generated.
+    """
+    import logging
+
     from vmas import mixing
 
+    log = logging.getLogger(__name__)
     mode = opts.resolve_mode(job.info.has_audio)
     if mode == "keep" and not job.info.has_audio:
         raise MediaError(f"{job.video}: --mix keep needs an audio stream and this video has none; use --mix replace")
-    original = media.read_audio(job.video, sr=MIX_RATE, duration=job.info.duration).numpy() if mode == "keep" else None
+    original, note = None, ""
+    if mode == "keep":
+        try:
+            original = media.read_audio(job.video, sr=MIX_RATE, duration=job.info.duration).numpy()
+        except MediaError as err:
+            note = f"its audio does not decode ({str(err).split(': ', 1)[-1]}); the music replaces it"
+            log.warning("%s: %s", job.video, note)
+            mode = "replace"
     res = mixing.finish_audio(music, sr, original, MIX_RATE, dataclasses.replace(opts, mix=mode), headroom=0.5)
+    source, how = media.mp4_video_source(job.video, mp4_path.parent)
+    try:
+        if source != job.video:
+            log.warning("%s: %s", job.video, how)
 
-    def encode(audio):
-        media.mux_audio(job.video, audio, mp4_path, sr=res.sample_rate)
-        return media.read_audio(mp4_path, sr=res.sample_rate).numpy()
+        def encode(audio):
+            media.mux_audio(source, audio, mp4_path, sr=res.sample_rate)
+            return media.read_audio(mp4_path, sr=res.sample_rate).numpy()
 
-    _, decoded = mixing.encode_within_ceiling(res.audio, res.sample_rate, opts.true_peak, encode)
-    return dict(res.summary(), loudness=round(mixing.integrated_loudness(decoded, res.sample_rate), 2),
-                true_peak=round(mixing.true_peak(decoded, res.sample_rate), 2))
+        _, decoded = mixing.encode_within_ceiling(res.audio, res.sample_rate, opts.true_peak, encode)
+    finally:
+        if source != job.video:
+            source.unlink(missing_ok=True)
+    out = dict(res.summary(), loudness=round(mixing.integrated_loudness(decoded, res.sample_rate), 2),
+               true_peak=round(mixing.true_peak(decoded, res.sample_rate), 2), video=how)
+    if note:
+        out["audio_note"] = note
+    return out

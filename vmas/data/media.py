@@ -80,7 +80,8 @@ def _open_av(path: Path):
 
 def _short(err: BaseException) -> str:
     """First line of an exception message, trimmed: decord/av messages can be long C++ traces."""
-    text = str(err).strip().splitlines()
+    strerror = getattr(err, "strerror", None)  # PyAV's errors: the reason alone, without "[Errno N]" and the path
+    text = (strerror if isinstance(strerror, str) and strerror else str(err)).strip().splitlines()
     line = text[0] if text else type(err).__name__
     line = re.sub(r"^\[[\d:]+\] \S+:\d+: (Error: )?", "", line)  # decord's "[time] file.cc:line: " prefix
     return line[:160]
@@ -239,7 +240,7 @@ class _Source:
 
         Chunks hold at most ~64 MB of source pixels (8 frames of 1080p, 1 of 8000x8000), so a huge frame size
         never multiplies by the window length."""
-        chunk = max(1, min(8, (64 << 20) // max(1, self.width * self.height * 3)))
+        chunk = max(1, min(8, CHUNK_BYTES // max(1, self.width * self.height * 3)))
         out = []
         for i in range(0, len(want), chunk):
             part = want[i:i + chunk]
@@ -283,6 +284,10 @@ class _Source:
         if self._seq is not None:
             self._seq[0].close()
             self._seq = None
+
+
+CHUNK_BYTES = 64 << 20
+"""Source pixels (RGB bytes) decoded at once before they are resized: 8 frames of 1080p, 1 of 8000x8000."""
 
 
 def _decoded_frames(container, stream) -> tp.Iterator:
@@ -653,7 +658,11 @@ def reencode_h264(video_path: PathLike, out_path: PathLike, crf: int = REENCODE_
                 if pts is None or (last is not None and pts <= last):
                     pts = 0 if last is None else last + step
                 last = pts
-                frame = frame.reformat(format=vout.pix_fmt)  # fresh frame: no side data (rotation) carried over
+                # a fresh frame (no side data such as the rotation carried over); full-range (JPEG) YUV goes through
+                # RGB so its levels are rescaled to the encoder's limited range instead of being copied as they are
+                if frame.format.name.startswith("yuvj"):
+                    frame = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
+                frame = frame.reformat(format=vout.pix_fmt)
                 frame.pts, frame.time_base = pts, tb
                 for pkt in vout.encode(frame):
                     out.mux(pkt)
