@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmas.app import EXAMPLE, AppLimits, check_limits, request_controls
+from vmas.app import EXAMPLE, AppLimits, check_limits, request_controls, run_request
 from vmas.cli import build_parser
 from vmas.errors import MediaError, VmasError
 from vmas.generate import GenerationRequest
@@ -81,6 +81,8 @@ def test_limits_refuse_big_or_long_uploads_with_the_flag_to_change(tmp_path):
         check_limits(EXAMPLE, AppLimits(max_seconds=5))
     with pytest.raises(VmasError, match="app limits must be positive"):
         AppLimits(max_seconds=0)
+    with pytest.raises(MediaError, match="no video: upload one"):  # Generate pressed before any upload
+        run_request(None, None, {}, AppLimits(), tmp_path)
 
 
 def test_app_flags_parse():
@@ -120,7 +122,7 @@ def page(tmp_path_factory):
     try:
         pipe = load_model(MODEL, device="cpu")
         opts = webdriver.ChromeOptions()
-        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400",
+        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500",
                     "--disable-gpu", "--mute-audio"):
             opts.add_argument(arg)
         opts.binary_location = CHROMIUM  # the system browser: Selenium Manager downloads nothing
@@ -231,6 +233,9 @@ def test_page_generates_the_example_with_a_tag_and_a_tempo(page, tmp_path):
     assert driver.find_element(By.CSS_SELECTOR, "#used_tags textarea, #used_tags input").get_attribute(
         "value") == "piano, 96 BPM"
     assert driver.find_elements(By.CSS_SELECTOR, "#result video")  # plays in the page
+    if os.environ.get("VMAS_APP_SCREENSHOT"):  # the README's picture: VMAS_APP_SCREENSHOT=docs/app.png pytest ...
+        driver.execute_script("window.scrollTo(0, 0)")
+        driver.save_screenshot(os.environ["VMAS_APP_SCREENSHOT"])
     # progress: windows done / total, counting up to 3/3 (the example is 3 windows of the demo model)
     assert progress and progress == sorted(progress) and progress[-1] == (3, 3), progress
     lib.join(timeout=120)

@@ -121,7 +121,7 @@ def run_request(pipe: tp.Any, video: tp.Union[str, Path, None], controls: tp.Dic
     from vmas.generate import generate_for_video
 
     if not video:
-        raise MediaError("no video: upload one (or click the example below the upload box), then press Generate")
+        raise MediaError("no video: upload one (or click the example above the Generate button), then press Generate")
     video = Path(video)
     check_limits(video, limits)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -180,8 +180,7 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
                     + f". Videos up to {limits.max_file_mb:g} MB and {limits.max_seconds:g} s.")
         with gr.Row():
             with gr.Column():
-                video = gr.Video(label="Video", sources=["upload"], elem_id="video")
-                gr.Examples([[str(EXAMPLE)]], inputs=[video], label="Example")
+                video = gr.Video(label="Video", sources=["upload"], height=320, elem_id="video")
                 with gr.Group(visible=has_tags):
                     tags = gr.Textbox(label="Tags", placeholder="piano, ambient, calm", elem_id="tags")
                     instruments = gr.Textbox(label="Instruments", placeholder="cello, harp", elem_id="instruments")
@@ -217,9 +216,11 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
                                            elem_id="music_gain")
                     loudness = gr.Number(label="Loudness (LUFS; 0 = no normalisation)",
                                          value=mix_defaults.loudness or 0, elem_id="loudness")
+                # the example's own audio is SynthMV's reference music, not a sound to keep: as `vmas demo`, replace
+                gr.Examples([[str(EXAMPLE), "replace"]], inputs=[video, mix], label="Example (click to load)")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
-                result = gr.Video(label="Video with its music", interactive=False, elem_id="result")
+                result = gr.Video(label="Video with its music", interactive=False, height=320, elem_id="result")
                 files = gr.File(label="Download (mp4, wav)", file_count="multiple", interactive=False,
                                 elem_id="files")
                 used = gr.Textbox(label="Tags used", interactive=False, elem_id="used_tags")
