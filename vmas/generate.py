@@ -82,19 +82,6 @@ class GenerationRequest:
         """The sampling controls of a :meth:`resolved` request."""
         return SamplingParams.of(self)
 
-
-@dataclasses.dataclass
-class GenerationResult:
-    video: Path
-    wav: Path
-    mp4: Path
-    duration: float
-    tags: tp.List[str]
-    windows: int
-    mix: tp.Dict[str, tp.Any] = dataclasses.field(default_factory=dict)
-    """The finished track of ``mp4``: mode, loudness (LUFS) and true peak (dBTP) measured on the decoded mp4,
-    normalisation gain, speech intervals (:meth:`vmas.mixing.MixResult.summary`)."""
-
     @property
     def has_tags(self) -> bool:
         """The user asked for tags (their own or automatic), a tempo or negative tags."""
@@ -121,6 +108,19 @@ class GenerationResult:
 
 
 @dataclasses.dataclass
+class GenerationResult:
+    video: Path
+    wav: Path
+    mp4: Path
+    duration: float
+    tags: tp.List[str]
+    windows: int
+    mix: tp.Dict[str, tp.Any] = dataclasses.field(default_factory=dict)
+    """The finished track of ``mp4``: mode, loudness (LUFS) and true peak (dBTP) measured on the decoded mp4,
+    normalisation gain, speech intervals (:meth:`vmas.mixing.MixResult.summary`)."""
+
+
+@dataclasses.dataclass
 class _Job:
     video: Path
     info: tp.Any
@@ -142,6 +142,19 @@ def _window_plan(total: int, window: int, stride: int) -> tp.List[tp.Tuple[int, 
         start = plan[-1][1] - (window - stride)
         plan.append((start, min(start + window, total)))
     return plan
+
+
+def _frames_to_generate(num_frames: int, window: int, stride: int, n_q: int) -> int:
+    """Code frames to generate for a video that needs ``num_frames``: up to ``n_q - 1`` more, within its last window.
+
+    With the delay pattern, codebook k of frame f is sampled at step f + k, after the input column that holds
+    codebook 0 of frame f + k - 1: the last frames' upper codebooks see the next frames' first codebooks when those
+    are generated and a special token when they are not. Generating ``n_q - 1`` extra frames (or up to the end of the
+    window anyway being computed) makes the kept frames exactly what any longer generation gives, so a video's music
+    does not depend on the length of the videos batched with it. The extra frames are cut; no window is added.
+    """
+    last_start = _window_plan(num_frames, window, stride)[-1][0]
+    return min(num_frames + n_q - 1, last_start + window)
 
 
 def _tag_tensors(pipe: "VMASPipeline", tag_lists: tp.Sequence[tp.Sequence[str]]):
@@ -348,7 +361,7 @@ def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationR
     stride = round((req.stride or spec.window_seconds / 2) * fr)
     if not 0 < stride <= window:
         raise VmasError(f"stride must be in (0, {spec.window_seconds}] seconds, got {req.stride}")
-    total = max(job.num_frames for job in chunk)
+    total = max(_frames_to_generate(job.num_frames, window, stride, pipe.codec.n_q) for job in chunk)
     plan = _window_plan(total, window, stride)
     device = pipe.device
 
