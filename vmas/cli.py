@@ -154,26 +154,74 @@ def _auto_tagger(pipe, args) -> tp.Optional[tp.Callable]:
     try:
         return build_auto_tagger(pipe.spec.captioner, pipe.spec.llm, device=pipe.device)
     except VmasError as err:
+        hint = " (here: --set model.tags.captioner=NAME_OR_DIR --set model.tags.llm=NAME_OR_DIR)"
         if not args.tags:
-            raise
-        print(f"warning: {err}; continuing with your --tags only", file=sys.stderr)
+            raise type(err)(f"{err}{hint}") from None
+        print(f"warning: {err}{hint}; continuing with your --tags only", file=sys.stderr)
         return None
 
 
-def run_generate(args) -> int:
+def _quiet() -> None:
+    """Silence every progress bar of this process: ours, transformers' weight loading, the hub's downloads."""
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm >= 4.66 reads TQDM_* defaults from the environment
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers / huggingface_hub are imported
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+
+
+def check_device(text: str):
+    """``--device`` -> torch.device, or one :class:`VmasError` line (no CUDA, index out of range, unknown name)."""
+    import torch
+
     from vmas.errors import VmasError
-    from vmas.generate import GenerationRequest, generate_for_videos
+    from vmas.utils import resolve_device
+
+    try:
+        device = resolve_device(text)
+    except RuntimeError:
+        raise VmasError(f"--device {text}: unknown device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise VmasError(f"--device {text}: torch sees no CUDA GPU on this machine; use --device cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise VmasError(f"--device {text}: only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise VmasError(f"--device {text}: MPS is not available here; use --device cpu (or auto)")
+    return device
+
+
+def _without_path(err: Exception, path: Path) -> str:
+    """The error text without a leading ``PATH: `` (the ``skipping PATH:`` line names it already)."""
+    text = str(err)
+    for prefix in (f"{path}: ", f"{path.resolve()}: "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+def run_generate(args) -> int:
+    """``vmas generate``: everything that can be checked without the model is checked first (flags, device,
+    inputs, output folder), so a mistake costs no loading and no generation; exit 2 for those, 1 if a file failed."""
+    from vmas.errors import VmasError
+    from vmas.generate import GenerationRequest, check_output_dir, expand_inputs, generate_for_videos
     from vmas.hub import load_model
     from vmas.mixing import MixOptions
     from vmas.tags.cleaner import split_tag_arg
-    from vmas.utils import resolve_device
 
+    if args.quiet:
+        _quiet()
     try:
         mixing = MixOptions(mix=args.mix, duck=args.duck, music_gain=args.music_gain, loudness=args.loudness)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    pipe = load_model(args.model, device=str(resolve_device(args.device)))
+    device = check_device(args.device)
+    videos = expand_inputs(args.video)
+    check_output_dir(args.output_dir)
+    pipe = load_model(args.model, device=str(device), overrides=args.overrides)
     if pipe.note:
         print(pipe.note, file=sys.stderr)
     request = GenerationRequest(
@@ -184,25 +232,28 @@ def run_generate(args) -> int:
         beat_from_video=args.beat_from_video,  # None = the model's generation config
         cuts=args.cuts, hits=args.hits,
         mixing=mixing)
+    for note in request.ineffective(pipe.spec):
+        print(f"warning: {note}", file=sys.stderr)
     failed: tp.List[Path] = []
 
     def on_error(path: Path, err: Exception) -> None:
         failed.append(path)
-        print(f"skipping {path}: {err}", file=sys.stderr)
+        print(f"skipping {path}: {_without_path(err, path)}", file=sys.stderr)
 
     try:
         tagger = _auto_tagger(pipe, args)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    results = generate_for_videos(args.video, pipe, args.output_dir, request, batch_size=args.batch_size,
-                                  auto_tagger=tagger, progress=not args.quiet, on_error=on_error)
+    results = generate_for_videos(videos, pipe, args.output_dir, request, batch_size=args.batch_size,
+                                  auto_tagger=tagger, progress=not args.quiet, on_error=on_error,
+                                  overwrite=args.overwrite)
     for r in results:
         tags = f"  tags: {', '.join(r.tags)}" if r.tags else ""
         audio = f"  audio: {r.mix['mode']}, {r.mix['loudness']:.1f} LUFS" if r.mix else ""
         print(f"{r.mp4}  ({r.duration:.2f} s, {r.windows} window(s)){tags}{audio}")
     if failed:
-        print(f"{len(failed)} of {len(args.video)} file(s) failed", file=sys.stderr)
+        print(f"{len(failed)} of {len(videos)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -214,7 +265,8 @@ def run_demo(args) -> int:
     entry = _MODELS.get(name)
     print(f"vmas demo: model '{name}'" + (f" ({entry.description})" if entry else ""))
     # the example's own audio is SynthMV's reference music, not a voice to keep: the demo replaces it
-    ns = build_parser().parse_args(["generate", str(example), "-o", args.output_dir, "--model", name, "--mix", "replace"])
+    ns = build_parser().parse_args(["generate", str(example), "-o", args.output_dir, "--model", name, "--mix", "replace",
+                                    "--overwrite"])
     return run_generate(ns)
 
 

@@ -437,6 +437,8 @@ def _coerce(value: tp.Any, hint: tp.Any, path: str, source: str) -> tp.Any:
             raise ConfigError(f"{source}: '{path}' must be a list, got {value!r}")
         (inner,) = tp.get_args(hint) or (tp.Any,)
         return [_coerce(v, inner, path, source) for v in value]
+    if hint is str and value is None:  # `key=` / `key=null` / `key: null` clears a string setting
+        return ""
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string

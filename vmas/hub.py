@@ -109,21 +109,27 @@ def preset_path(name: str) -> Path:
     return Path(str(path))
 
 
-def load_model(name_or_path: tp.Union[str, os.PathLike, None] = None, device: str = "cpu") -> "VMASPipeline":
-    """Load an inference-ready :class:`vmas.pipeline.VMASPipeline` (EMA weights, eval mode) by name or path."""
+def load_model(name_or_path: tp.Union[str, os.PathLike, None] = None, device: str = "cpu",
+               overrides: tp.Sequence[str] = ()) -> "VMASPipeline":
+    """Load an inference-ready :class:`vmas.pipeline.VMASPipeline` (EMA weights, eval mode) by name or path.
+
+    ``overrides`` (``key.sub=value``, ``vmas generate --set``) change the model's stored config for this load:
+    generation defaults, auto-tagging models (``model.tags.captioner``), ... An override that changes the
+    architecture fails as weights that do not fit the config.
+    """
     path, entry = resolve(name_or_path or DEFAULT_MODEL)
     if path is None:
         from vmas.config import load_config
 
-        return load_pretrained(None, device=device, config=load_config(preset_path(entry.preset)),
+        return load_pretrained(None, device=device, config=load_config(preset_path(entry.preset), overrides),
                                random_note=entry.description)
-    return load_pretrained(path, device=device)
+    return load_pretrained(path, device=device, overrides=overrides)
 
 
 def load_pretrained(path: tp.Union[str, os.PathLike, None], device: str = "cpu", config=None,
-                    random_note: str = "") -> "VMASPipeline":
+                    random_note: str = "", overrides: tp.Sequence[str] = ()) -> "VMASPipeline":
     """Load an inference checkpoint ``{"config", "model", "codec", "meta"}`` (see docs/training.md) or, for a
-    folder, its newest ``*.pt``.
+    folder, its newest ``*.pt``; ``overrides`` (``key.sub=value``) are applied on its stored config.
 
     ``path=None`` with a ``config`` builds a random-weight model of that config (debug / plumbing only) and says so.
     """
@@ -132,11 +138,12 @@ def load_pretrained(path: tp.Union[str, os.PathLike, None], device: str = "cpu",
     if path is None:
         pipe = build_pipeline(config, note=f"WARNING: {random_note or 'random weights'}")
     else:
-        from vmas.config import config_from_dict
+        from vmas.config import config_from_dict, load_config
         from vmas.loading import load_state_dict_strict
 
         ckpt, path = _read_checkpoint(Path(path))
-        cfg = config_from_dict(ckpt["config"], source=str(path))
+        cfg = (load_config(None, overrides, base=ckpt["config"]) if overrides
+               else config_from_dict(ckpt["config"], source=str(path)))
         codec = build_codec(cfg.model.codec, load_weights=False)
         if ckpt.get("codec") is not None:
             codec.load_state_dict(ckpt["codec"])

@@ -1,6 +1,9 @@
 """Train VMAs from one config, or export the inference checkpoint of a training checkpoint.
 
 The command line of ``tools/train.py`` (launched per rank by ``train.sh``); its docstring has the launch commands.
+Commands compose: ``--resume`` alone continues the newest checkpoint of ``train.out_dir`` and ``--resume DIR`` the
+given checkpoint (or run) folder, while a ``key=value`` after ``--resume`` stays an override; resuming a finished run
+says so and exits 0 unless ``optim.max_steps`` was raised, in which case training continues to the new step.
 """
 from __future__ import annotations
 
@@ -21,13 +24,51 @@ def parse_args(argv: tp.Optional[tp.Sequence[str]] = None) -> argparse.Namespace
     p.add_argument("config", help="YAML preset, e.g. configs/debug.yaml")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--synthetic", action="store_true", help="random batches of the config's shapes (no shards)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue a run: newest checkpoint in train.out_dir, or the given checkpoint folder")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="DIR",
+                   help="continue a run: the newest checkpoint in train.out_dir, or the given checkpoint folder (or "
+                        "run folder); a key=value after it stays an override")
     p.add_argument("--export", metavar="CKPT_DIR", default=None,
                    help="only write the inference checkpoint of this training checkpoint, then exit")
     p.add_argument("--out", default=None, help="output file of --export (default: <out_dir>/model.pt)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
-    return p.parse_intermixed_args(argv)
+    return p.parse_intermixed_args(_explicit_resume(sys.argv[1:] if argv is None else argv))
+
+
+def _explicit_resume(argv: tp.Sequence[str]) -> tp.List[str]:
+    """``--resume`` followed by an override (``optim.max_steps=20``), a YAML preset or another flag becomes
+    ``--resume=auto``: argparse would otherwise take that word as the checkpoint folder."""
+    out = list(argv)
+    for i, tok in enumerate(out):
+        nxt = out[i + 1] if i + 1 < len(out) else None
+        if tok == "--resume" and nxt is not None and not Path(nxt).is_dir() and (
+                nxt.startswith("-") or "=" in nxt or nxt.endswith((".yaml", ".yml"))):
+            out[i] = "--resume=auto"
+    return out
+
+
+def _resume_folder(resume: str, out_dir: Path) -> tp.Optional[Path]:
+    """The checkpoint folder ``--resume`` continues from (None: nothing to resume, a fresh start)."""
+    from vmas.errors import CheckpointError
+    from vmas.solvers.checkpoint import latest_checkpoint
+
+    if resume == "auto":
+        return latest_checkpoint(out_dir / "checkpoints")
+    folder = Path(resume)
+    if (folder / "checkpoints").is_dir():  # a run folder: its newest checkpoint
+        found = latest_checkpoint(folder / "checkpoints")
+        if found is None:
+            raise CheckpointError(f"--resume {folder}: the run folder holds no complete checkpoint")
+        return found
+    return folder  # the solver checks it (meta.json) with its own one-line error
+
+
+def _finished(folder: tp.Optional[Path], max_steps: int) -> tp.Optional[int]:
+    """The step of ``folder`` when it already reached ``max_steps`` (None = there is training left to do)."""
+    meta = folder / "meta.json" if folder is not None else None
+    if meta is None or not meta.is_file():
+        return None
+    step = int(json.loads(meta.read_text()).get("step", 0))
+    return step if step >= max_steps else None
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
@@ -55,9 +96,19 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
             out = Path(args.out) if args.out else Path(cfg.train.out_dir) / "model.pt"
             print(f"exported {export_checkpoint(cfg, Path(args.export), out)}")
             return 0
+        resume: tp.Union[bool, str] = False
+        if args.resume is not None:
+            folder = _resume_folder(args.resume, Path(cfg.train.out_dir))
+            done = _finished(folder, cfg.optim.max_steps)
+            if done is not None:
+                if rank == 0:
+                    print(f"{folder} is finished: step {done} of optim.max_steps={cfg.optim.max_steps}; nothing to "
+                          f"do (pass optim.max_steps=N with N > {done} to train on)", file=sys.stderr)
+                return 0
+            resume = str(folder) if folder is not None else True
         from vmas.solvers.solver import Solver
 
-        summary = Solver(cfg, resume=args.resume if args.resume is not None else False).fit()
+        summary = Solver(cfg, resume=resume).fit()
     except VmasError as err:
         if rank == 0:
             print(f"error: {err}", file=sys.stderr)
