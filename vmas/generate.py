@@ -410,14 +410,41 @@ def _generate_chunk(chunk: tp.List[_Job], pipe: "VMASPipeline", req: GenerationR
     return len(plan)
 
 
+DECODE_CHUNK_SECONDS = 60.0
+"""Music decoded by the codec at once (its decoder's activations take ~7 MB per second of audio: a 10-minute video
+would need 4 GB in one call); longer music is decoded in chunks of this length."""
+DECODE_CONTEXT_SECONDS = 1.0
+"""Codes decoded on each side of a chunk and then dropped, so the samples at a seam see the same neighbourhood as in
+one long call (the decoder's convolutions reach a few frames; its LSTM's memory fades within a second)."""
+
+
+def decode_music(codec, codes: torch.Tensor, device, chunk_seconds: float = DECODE_CHUNK_SECONDS,
+                 context_seconds: float = DECODE_CONTEXT_SECONDS) -> torch.Tensor:
+    """Codes ``long [K, T]`` -> mono audio ``float [N]`` on the CPU, in chunks of ``chunk_seconds`` with
+    ``context_seconds`` of codes either side (memory bounded by the chunk, time linear in ``T``). Music of at most
+    one chunk (plus its context) is decoded in a single call, exactly as before."""
+    fr = codec.frame_rate
+    K, T = codes.shape
+    chunk, context = max(1, round(chunk_seconds * fr)), max(0, round(context_seconds * fr))
+    with torch.no_grad():
+        if T <= chunk + context:
+            return codec.decode(codes[None].to(device))[0, 0].float().cpu()  # [N]
+        parts = []
+        for s in range(0, T, chunk):
+            a, e, b = max(0, s - context), min(T, s + chunk), min(T, s + chunk + context)
+            wav = codec.decode(codes[None, :, a:b].to(device))[0, 0].float().cpu()  # [(b - a) * hop]
+            hop = wav.numel() / (b - a)  # samples per code frame
+            parts.append(wav[round((s - a) * hop): round((e - a) * hop)])
+        return torch.cat(parts)
+
+
 def _write_outputs(job: _Job, pipe: "VMASPipeline", out_dir: Path, windows: int,
                    mixing: tp.Optional[MixOptions] = None) -> GenerationResult:
     sr = pipe.codec.sample_rate
     if job.audio is not None:  # decoded and joined by vmas.structure (--cuts / --hits)
         wav = torch.as_tensor(job.audio, dtype=torch.float32)
     else:
-        with torch.no_grad():
-            wav = pipe.codec.decode(job.codes[None].to(pipe.device))[0, 0].float().cpu()  # [N]
+        wav = decode_music(pipe.codec, job.codes, pipe.device)  # [N]
     n = round(job.seconds * sr)
     wav = torch.nn.functional.pad(wav, (0, max(0, n - wav.numel())))[:n]
     peak = wav.abs().max()
