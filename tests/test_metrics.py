@@ -140,17 +140,22 @@ def test_vggish_frontend_puts_a_tone_in_its_mel_band():
 
 
 # ----------------------------------------------------------------------------------------------------------- KL
-def test_kl_identical_is_zero_and_hand_case():
+def test_kl_identical_and_hand_case():
     p = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
-    assert np.all(kl_divergence(p, p) == 0.0)
-    # KL([.5,.5] || [.25,.75]) = .5 ln(.5/.25) + .5 ln(.5/.75) = .5 ln(4/3)
-    assert abs(kl_divergence([0.5, 0.5], [0.25, 0.75]) - 0.5 * math.log(4 / 3)) < 1e-12
-    # a label the generated clip never predicts is floored at eps, not infinite
-    assert abs(kl_divergence([0.5, 0.5], [1.0, 0.0], eps=1e-6) - (0.5 * math.log(0.5) + 0.5 * math.log(0.5 / 1e-6))) < 1e-9
+    # AudioCraft adds eps to the generated probabilities: identical distributions give -sum p log(1 + eps/p)
+    eps = 1e-6
+    np.testing.assert_allclose(kl_divergence(p, p, eps), [-(0.2 * math.log1p(eps / 0.2) + 0.3 * math.log1p(eps / 0.3)
+                                                            + 0.5 * math.log1p(eps / 0.5)), -math.log1p(eps)],
+                               rtol=1e-9)
+    # KL([.5,.5] || [.25,.75]) = .5 ln(.5/.25) + .5 ln(.5/.75) = .5 ln(4/3) (eps moves it by ~1e-6)
+    assert abs(kl_divergence([0.5, 0.5], [0.25, 0.75], eps=0.0) - 0.5 * math.log(4 / 3)) < 1e-12
+    # a label the generated clip never predicts costs log(p / eps), not infinity
+    assert abs(kl_divergence([0.5, 0.5], [1.0, 0.0], eps=1e-6)
+               - (0.5 * math.log(0.5 / (1 + 1e-6)) + 0.5 * math.log(0.5 / 1e-6))) < 1e-9
 
 
 def test_kl_metric_pairs_by_clip_id():
-    kl = KLDivergence()
+    kl = KLDivergence(eps=0.0)
     kl.update(["b", "a"], [[0.5, 0.5], [0.1, 0.9]], [[0.25, 0.75], [0.1, 0.9]])
     assert kl.per_clip() == {"a": 0.0, "b": pytest.approx(0.5 * math.log(4 / 3))}
     assert kl.compute() == pytest.approx(0.25 * math.log(4 / 3))
@@ -167,10 +172,13 @@ class _LevelClassifier(AudioClassifier):
 
 
 def test_label_distribution_averages_10s_chunks():
+    # segments of 10 s, unpadded; 0.1 s <= 0.15 s is dropped, the 0.5 s tail is kept at its own length
     wav = np.concatenate([np.ones(1000), np.zeros(1000), np.full(50, 9.0)]).astype(np.float32)
-    got = label_distribution(_LevelClassifier(), wav, 100)  # the 0.5 s tail is dropped
-    s = 1 / (1 + math.exp(-1))  # softmax([1, 0])[0]
-    np.testing.assert_allclose(got, [(s + 0.5) / 2, ((1 - s) + 0.5) / 2], atol=1e-12)
+    got = label_distribution(_LevelClassifier(), wav, 100)
+    s1, s9 = 1 / (1 + math.exp(-1)), 1 / (1 + math.exp(-9))  # softmax([m, 0])[0]
+    np.testing.assert_allclose(got, [(s1 + 0.5 + s9) / 3, ((1 - s1) + 0.5 + (1 - s9)) / 3], atol=1e-12)
+    short = np.concatenate([np.ones(1000), np.full(10, 9.0)]).astype(np.float32)
+    np.testing.assert_allclose(label_distribution(_LevelClassifier(), short, 100), [s1, 1 - s1], atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------- MV-Align
@@ -341,6 +349,7 @@ def test_evaluate_manifest_all_metrics_and_missing_weights(tmp_path):
     assert "clap" not in report and "not available offline" in meta["skipped"]["clap"]
     # clip0 is identical to its reference (KL 0, MV-Align 0.5); clip1 is silent (no onsets: MV-Align 0, not NaN)
     assert report["mv_align"] == pytest.approx((0.5 + 0.0) / 2) and meta["mv_align_reference"] == pytest.approx(0.5)
+    assert report["av_align_reference"] == pytest.approx((0.5 + 0.0) / 2)  # no shared peak here: the same count
     assert meta["clips"]["kl"] == 2 and report["kl"] > 0 and meta["clips"]["manifest"] == 3
     assert len(meta["clip_errors"]["kl"]) == 1 and len(meta["clip_errors"]["mv_align"]) == 1
     assert report["retrieval"] == {"R@1": pytest.approx(1 / 3), "R@10": 1.0}
@@ -444,7 +453,8 @@ def test_benchmark_with_the_real_generator_adapter(tmp_path):
     muxed, _ = load_audio(gen_dir / "c0.mp4", 32000)  # container path (PyAV): same music, AAC-coded
     assert abs(len(muxed) - len(wav)) < 0.05 * sr
     report = evaluate(gen_dir, tmp_path / "m.jsonl", metrics=["kl", "mv_align"], kl_classifier="mel", progress=False)
-    assert report["meta"]["clips"] == {"manifest": 1, "missing_generated": 0, "kl": 1, "mv_align": 1}
+    assert report["meta"]["clips"] == {"manifest": 1, "missing_generated": 0, "kl": 1, "mv_align": 1,
+                                       "av_align_reference": 1}
     assert 0.0 <= report["mv_align"] <= 1.0 and report["kl"] >= 0.0
 
 
@@ -526,7 +536,9 @@ def test_evaluate_curation_manifest_uses_clip_spans_and_split(tmp_path):
     report = evaluate(tmp_path / "gen", tmp_path / "manifest.jsonl", metrics=["fad", "kl"], fad_backbone="mel",
                       kl_classifier="mel", split="test", progress=False)
     assert report["meta"]["clips"]["manifest"] == 2 and report["meta"]["clips"]["missing_generated"] == 0
-    assert abs(report["fad"]) < 1e-8 and report["kl"] == 0.0  # generated == the reference spans exactly
+    # generated == the reference spans exactly: FAD 0, KL at AudioCraft's eps floor (-sum_c p_c log(1 + eps/p_c),
+    # at most 64 labels x 1e-6 in size)
+    assert abs(report["fad"]) < 1e-8 and -64e-6 <= report["kl"] <= 0.0
 
 
 def test_cut_clip_keeps_the_requested_frames(tmp_path):
@@ -545,3 +557,100 @@ def test_cut_clip_keeps_the_requested_frames(tmp_path):
     first = int(round(1.0 * FPS))  # the first frame at or after 1.0 s
     np.testing.assert_allclose(frames.reshape(len(frames), -1).mean(1), 8 * np.arange(first, first + len(frames)),
                                atol=4)
+
+
+# ------------------------------------------------------------------------------------------- V2M-bench layout
+def _v2m_stand_in(root, n=3, seconds=2.0, fps=10.0):
+    """A small folder laid out like VidMuse's V2M-bench: video/<id>.mp4 + audio/<id>.wav, paired by name; the last
+    video has no music, and one stray music file has no video."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    (root / "video").mkdir(parents=True)
+    (root / "audio").mkdir()
+    ids = [f"yt{i:02d}" for i in range(n)]
+    for k, cid in enumerate(ids):
+        writer = cv2.VideoWriter(str(root / "video" / f"{cid}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (64, 64))
+        for j in range(int(seconds * fps)):
+            frame = np.full((64, 64, 3), 30, np.uint8)
+            x = 8 + (j % 5) * 8 + k
+            frame[20:36, x: x + 16] = 200
+            writer.write(frame)
+        writer.release()
+        if k < n - 1:
+            t = np.arange(int(seconds * 32000)) / 32000
+            _write_wav(root / "audio" / f"{cid}.wav", (0.3 * np.sin(2 * np.pi * (220 + 110 * k) * t)
+                                                         + 0.02 * rng.normal(size=t.size)).astype(np.float32), 32000)
+    _write_wav(root / "audio" / "no_video.wav", np.zeros(32000, np.float32), 32000)
+    return ids
+
+
+def test_read_v2m_bench_pairs_by_name_and_reads_its_data_jsonl(tmp_path):
+    from vmas.evaluation import load_clips, read_v2m_bench
+
+    ids = _v2m_stand_in(tmp_path / "bench")
+    clips = read_v2m_bench(tmp_path / "bench")
+    assert [c["id"] for c in clips] == ids  # one clip per video; the stray music file is ignored
+    assert [Path(c["audio"]).name if c["audio"] else None for c in clips] == ["yt00.wav", "yt01.wav", None]
+    assert all(Path(c["video"]).stem == c["id"] and c["start"] == 0.0 for c in clips)
+    # VidMuse's data.jsonl (egs/V2M/build_data_jsonl.py fields), relative paths resolved against the folder
+    rows = [{"path": f"audio/{i}.wav", "video_path": f"video/{i}.mp4", "duration": 2.0, "sample_rate": 32000}
+            for i in ids[:2]]
+    (tmp_path / "bench" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    clips = load_clips(tmp_path / "bench", "v2m-bench")
+    assert [c["id"] for c in clips] == ids[:2] and clips[0]["duration"] == 2.0
+    assert Path(clips[1]["audio"]) == tmp_path / "bench" / "audio" / "yt01.wav"
+    with pytest.raises(VmasError, match="video/"):
+        read_v2m_bench(tmp_path / "bench" / "audio")
+    with pytest.raises(VmasError, match="layout"):
+        load_clips(tmp_path / "bench", "v2m")
+
+
+def test_benchmark_v2m_bench_layout_prints_the_papers_table(tmp_path):
+    """tools/benchmark.py --layout v2m-bench on the stand-in: generation for every video, paired metrics on the
+    clips with music, the table in the papers' column order, missing backbones listed with their reason."""
+    ids = _v2m_stand_in(tmp_path / "bench")
+    out = tmp_path / "run"
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--layout", "v2m-bench",
+                           "--manifest", str(tmp_path / "bench"), "--model", str(ROOT / "vmas/assets/vmas-synthmv-demo.pt"),
+                           "--out", str(out), "--metrics", "fad,kl,fd,imagebind,mv_align", "--fad-backbone", "mel",
+                           "--kl-classifier", "mel", "--top-k", "10", "--no-progress"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.stem for p in (out / "generated").glob("*.wav")) == ids
+    report = json.loads((out / "report.json").read_text())
+    meta = report["meta"]
+    assert meta["layout"] == {"name": "v2m-bench", "clips": 3, "without_music": ["yt02"]}
+    assert meta["clips"]["kl"] == 2 and meta["clips"]["fad"]["reference"] == 2 and meta["clips"]["fad"]["generated"] == 3
+    assert meta["clips"]["mv_align"] == 3 and 0.0 <= report["av_align_reference"]
+    assert "fd" not in report and "hear21passt" in meta["skipped"]["fd"]  # PaSST embeddings missing: never faked
+    assert "imagebind" not in report and "pytorchvideo" in meta["skipped"]["imagebind"]
+    md = (out / "report.md").read_text()
+    head = "| method | FAD ↓ | KL ↓ | FD ↓ | IB ↑ | AV-Align (ref.) ↑ | MV-Align (1:1) ↑ |"
+    assert head in md
+    row = next(line for line in md.splitlines() if line.startswith("| vmas |")).split("|")[2:-1]
+    assert [c.strip() for c in row] == [f"{report['fad']:.3f}", f"{report['kl']:.3f}", "—", "—",
+                                        f"{report['av_align_reference']:.3f}", f"{report['mv_align']:.3f}"]
+    assert "- FD: PaSST embeddings need" in md and "- ImageBind score: no maintained PyPI package" in md
+    assert md.count("PaSST embeddings need") == 1  # listed once, under the papers' table
+
+
+def test_passt_embedder_windows_and_missing_package():
+    from vmas.metrics.embeddings import PasstEmbedder, build_embedder
+
+    class _Stub(torch.nn.Module):  # stands in for hear21passt's model: [1, N] -> [1, 768] (mean and length)
+        def forward(self, x):
+            return torch.cat([x.mean(1, keepdim=True), torch.full((1, 1), float(x.shape[1])),
+                              torch.zeros(1, 766)], 1)
+
+    emb = PasstEmbedder(model=_Stub())
+    wav = np.concatenate([np.full(320000, 0.5), np.full(320000, -0.25), np.full(3000, 1.0)]).astype(np.float32)
+    out = emb.embed(wav, 32000)  # two 10 s windows; the 0.09 s tail (<= 0.15 s) is dropped
+    np.testing.assert_allclose(out[:, :2], [[0.5, 320000], [-0.25, 320000]], rtol=1e-6)
+    np.testing.assert_allclose(emb.embed(wav[:480000], 32000)[:, :2], [[0.5, 320000], [-0.25, 160000]], rtol=1e-6)
+    try:
+        import hear21passt  # noqa: F401
+    except ImportError:
+        with pytest.raises(CheckpointError, match="hear21passt"):
+            build_embedder("passt")

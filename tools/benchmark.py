@@ -7,6 +7,12 @@ A clip that fails is logged to ``OUT/failures.jsonl`` and retried on the next ru
     python tools/benchmark.py --manifest data/disco_mv/test.jsonl --model runs/paper/ckpt.pt --out runs/bench \\
         --metrics fad,kl,mv_align,clap --fad-backbone vggish --kl-classifier passt
 
+V2M-bench (VidMuse's 300 test clips: ``ROOT/video/<id>.mp4`` + ``ROOT/audio/<id>.wav``, or its ``data.jsonl``;
+clip ids paired by file name; vmas.evaluation.read_v2m_bench) with the table those papers print::
+
+    python tools/benchmark.py --layout v2m-bench --manifest V2M-bench/ --model runs/paper/ckpt.pt --out runs/v2m \\
+        --metrics fad,kl,fd,imagebind,mv_align --fad-backbone vggish --kl-classifier passt
+
 The manifest format is tools/evaluate.py's (the curation's manifest.jsonl with ``--split test`` works: a clip with
 a ``start`` inside a long source video is cut to its own file first; ``duration`` caps the generated length).
 Thin wrapper over :func:`vmas.evaluation.run_generation` with :func:`vmas.evaluation.vmas_generator` (any
@@ -20,19 +26,23 @@ import typing as tp
 from pathlib import Path
 
 from vmas.errors import VmasError
-from vmas.evaluation import ALL_METRICS, evaluate, run_generation, vmas_generator, write_report
+from vmas.evaluation import ALL_METRICS, LAYOUTS, evaluate, run_generation, vmas_generator, write_report
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--manifest", required=True, help="test manifest (JSONL, see tools/evaluate.py)")
+    p.add_argument("--manifest", required=True,
+                   help="test manifest (JSONL, see tools/evaluate.py), or the benchmark folder with --layout v2m-bench")
+    p.add_argument("--layout", default="manifest", choices=LAYOUTS,
+                   help="v2m-bench: a folder laid out like VidMuse's V2M-bench (video/, audio/ or data.jsonl)")
     p.add_argument("--model", default=None, help="registered model name or checkpoint path (default: package default)")
     p.add_argument("--out", default="runs/bench", help="output folder: generated/, report.json, report.md")
     p.add_argument("--reference", help="folder of reference music when the manifest has no 'audio'")
     p.add_argument("--metrics", default=",".join(ALL_METRICS))
     p.add_argument("--fad-backbone", default="vggish")
     p.add_argument("--kl-classifier", default="passt")
+    p.add_argument("--fd-backbone", default="passt", help="FD's embedding (papers: PaSST); see tools/evaluate.py")
     p.add_argument("--clap-model", default="laion/clap-htsat-unfused")
     p.add_argument("--mv-flow", default="farneback")
     p.add_argument("--retrieval-embeddings", help="see tools/evaluate.py")
@@ -53,11 +63,12 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
             generator = vmas_generator(args.model, cfg=args.cfg, top_k=args.top_k, temperature=args.temperature,
                                        seed=args.seed, auto_tags=args.auto_tags)
             stats = run_generation(args.manifest, gen_dir, generator, args.limit, not args.no_progress,
-                                   failures=out / "failures.jsonl", split=args.split)
+                                   failures=out / "failures.jsonl", split=args.split, layout=args.layout)
             print(f"generation: {stats}")
         report = evaluate(gen_dir, args.manifest, args.reference, args.metrics.split(","), args.fad_backbone,
                           args.kl_classifier, args.clap_model, args.mv_flow, args.retrieval_embeddings, args.limit,
-                          progress=not args.no_progress, model=args.model, split=args.split)
+                          progress=not args.no_progress, model=args.model, split=args.split,
+                          layout=args.layout, fd_backbone=args.fd_backbone)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -34,19 +34,23 @@ import sys
 import typing as tp
 
 from vmas.errors import VmasError
-from vmas.evaluation import ALL_METRICS, evaluate, write_report
+from vmas.evaluation import ALL_METRICS, LAYOUTS, evaluate, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--manifest", help="test manifest (JSONL); optional with --reference for FAD only")
+    p.add_argument("--manifest", help="test manifest (JSONL); optional with --reference for FAD only; the benchmark "
+                                      "folder with --layout v2m-bench")
+    p.add_argument("--layout", default="manifest", choices=LAYOUTS,
+                   help="v2m-bench: a folder laid out like VidMuse's V2M-bench (video/<id>.mp4, audio/<id>.wav)")
     p.add_argument("--generated", required=True, help="folder of generated music (<clip id>.wav)")
     p.add_argument("--reference", help="folder of reference music (<clip id>.wav); overrides nothing in the manifest")
     p.add_argument("--metrics", default=",".join(ALL_METRICS), help="comma-separated subset of " + ",".join(ALL_METRICS))
     p.add_argument("--out", default="report.json", help="report path (a .md table is written next to it)")
     p.add_argument("--fad-backbone", default="vggish", help="vggish[:path] | clap:<name|folder> | encodec:<src> | mel")
     p.add_argument("--kl-classifier", default="passt", help="passt | ast:<name|folder> | mel")
+    p.add_argument("--fd-backbone", default="passt", help="FD's embedding: passt (papers) or any --fad-backbone spec")
     p.add_argument("--clap-model", default="laion/clap-htsat-unfused", help="CLAP hub name or folder")
     p.add_argument("--mv-flow", default="farneback", help="farneback (reference) | raft_small | raft_large")
     p.add_argument("--retrieval-embeddings", help=".pt/.npz with 'video' and 'music' [N, D] contrastive embeddings")
@@ -65,7 +69,8 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     try:
         report = evaluate(args.generated, args.manifest, args.reference, metrics, args.fad_backbone,
                           args.kl_classifier, args.clap_model, args.mv_flow, args.retrieval_embeddings, args.limit,
-                          progress=not args.no_progress, model=args.model, split=args.split)
+                          progress=not args.no_progress, model=args.model, split=args.split,
+                          layout=args.layout, fd_backbone=args.fd_backbone)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -38,7 +38,14 @@ import torch
 
 from vmas.errors import CheckpointError, DataError, MediaError, VmasError
 
-ALL_METRICS = ("fad", "kl", "mv_align", "retrieval", "clap")
+ALL_METRICS = ("fad", "kl", "mv_align", "retrieval", "clap", "fd", "imagebind")
+LAYOUTS = ("manifest", "v2m-bench")
+VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
+IMAGEBIND_UNAVAILABLE = (
+    "no maintained PyPI package provides a loadable ImageBind here (`imagebind` "
+    "0.0.1.dev0 is an empty placeholder; `imagebind-unofficial` 0.1.1 needs pytorchvideo 0.1.5, whose "
+    "`torchvision.transforms.functional_tensor` import fails on torchvision >= 0.17, and its weights "
+    "imagebind_huge.pth download at run time); score it with the ImageBind repository's own environment")
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".mp4", ".mkv", ".webm")
 
 
@@ -71,6 +78,65 @@ def read_manifest(path: tp.Union[str, Path]) -> tp.List[tp.Dict[str, tp.Any]]:
     if not clips:
         raise DataError(f"manifest {path} has no clips")
     return clips
+
+
+def read_v2m_bench(root: tp.Union[str, Path]) -> tp.List[tp.Dict[str, tp.Any]]:
+    """Clips of a folder laid out like V2M-bench (VidMuse's 300 test clips), paired by file name.
+
+    VidMuse keeps a benchmark as ``ROOT/video/<id>.mp4`` + ``ROOT/audio/<id>.wav`` (ground-truth music) and lists
+    it in a ``data.jsonl`` of ``{"path": <wav>, "video_path": <mp4>, "duration": s, "sample_rate": Hz}`` rows
+    (``egs/V2M/build_data_jsonl.py`` of ZeyueT/VidMuse). Read in this order: ``ROOT/data.jsonl`` when present (paths
+    relative to ROOT or absolute; id = the wav's stem), else every video in ``ROOT/video`` paired with
+    ``ROOT/audio/<same stem>.*``. A video without music keeps ``audio=None`` (generation and MV-Align still run; the
+    paired metrics skip it) and music without a video is ignored; ``meta.layout`` of the report counts both.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; --layout v2m-bench takes the benchmark folder (video/, audio/)")
+    clips: tp.List[tp.Dict[str, tp.Any]] = []
+    index = root / "data.jsonl"
+    if index.is_file():
+        for n, line in enumerate(index.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{index}:{n}: not valid JSON ({err.msg}); one JSON object per line") from err
+            wav, video = row.get("path"), row.get("video_path")
+            if not wav and not video:
+                raise DataError(f"{index}:{n}: row has neither 'path' (music) nor 'video_path'")
+            wav = str(root / wav) if wav and not os.path.isabs(wav) else wav
+            video = str(root / video) if video and not os.path.isabs(video) else video
+            clips.append({"id": Path(wav or video).stem, "video": video, "audio": wav,
+                          "duration": row.get("duration")})
+    else:
+        vdir, adir = root / "video", root / "audio"
+        if not vdir.is_dir():
+            raise DataError(f"{root}: no data.jsonl and no video/ folder; a V2M-bench folder holds video/<id>.mp4 "
+                            f"and audio/<id>.wav")
+        videos = sorted(p for p in vdir.iterdir() if p.suffix.lower() in VIDEO_EXTS)
+        if not videos:
+            raise DataError(f"{vdir}: no videos ({', '.join(VIDEO_EXTS)})")
+        for v in videos:
+            wav = find_audio(adir if adir.is_dir() else None, v.stem)
+            clips.append({"id": v.stem, "video": str(v), "audio": str(wav) if wav else None})
+    for c in clips:
+        c.setdefault("duration", None)
+        c.update(start=0.0, text="", tags="")
+    return clips
+
+
+def load_clips(source: tp.Union[str, Path], layout: str = "manifest",
+               split: tp.Optional[str] = None) -> tp.List[tp.Dict[str, tp.Any]]:
+    """Clips of a JSONL manifest (``layout="manifest"``, rows of ``split`` only when given) or of a benchmark
+    folder (``layout="v2m-bench"``, :func:`read_v2m_bench`)."""
+    if layout == "v2m-bench":
+        return read_v2m_bench(source)
+    if layout != "manifest":
+        raise VmasError(f"unknown layout '{layout}'; use one of {', '.join(LAYOUTS)}")
+    clips = read_manifest(source)
+    return [c for c in clips if c.get("split", split) == split] if split else clips
 
 
 def reference_source(clip: tp.Dict[str, tp.Any], ref_dir: tp.Optional[Path]):
@@ -129,8 +195,14 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
              reference: tp.Optional[tp.Union[str, Path]] = None, metrics: tp.Sequence[str] = ALL_METRICS,
              fad_backbone: str = "vggish", kl_classifier: str = "passt", clap_model: str = "laion/clap-htsat-unfused",
              mv_flow: str = "farneback", retrieval_embeddings: tp.Optional[str] = None, limit: int = 0,
-             progress: bool = True, model: tp.Any = None, split: tp.Optional[str] = None) -> tp.Dict[str, tp.Any]:
+             progress: bool = True, model: tp.Any = None, split: tp.Optional[str] = None,
+             layout: str = "manifest", fd_backbone: str = "passt") -> tp.Dict[str, tp.Any]:
     """Compute the requested metrics; returns ``{metric: number, ..., "meta": {...}}``.
+
+    ``layout="v2m-bench"``: ``manifest`` is a benchmark folder laid out like V2M-bench (:func:`read_v2m_bench`)
+    and ``report.md`` also holds the table in the shape video-to-music papers print (:func:`paper_table`).
+    ``fd`` is the Fréchet distance on a second backbone (``fd_backbone``, PaSST embeddings in those papers);
+    ``mv_align`` also reports ``av_align_reference`` (the public AV-Align script's score, for papers).
 
     ``model`` (name, checkpoint path or loaded pipeline) is only used for retrieval when no
     ``retrieval_embeddings`` file is given: its contrastive heads embed the manifest's videos and reference music.
@@ -149,7 +221,8 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
     report: tp.Dict[str, tp.Any] = {}
     meta: tp.Dict[str, tp.Any] = {"backbones": {}, "clips": {}, "skipped": {}, "fallbacks": [],
                                   "generated": str(generated), "reference": str(ref_dir) if ref_dir else None,
-                                  "manifest": str(manifest) if manifest else None, "versions": _versions()}
+                                  "manifest": str(manifest) if manifest else None, "versions": _versions(),
+                                  "layout": {"name": layout}}
 
     def skip(metric: str, why: str) -> None:
         meta["skipped"][metric] = why
@@ -169,10 +242,9 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             skip(m, "needs --manifest (clip ids, videos, tags)")
         metrics = [m for m in metrics if m == "fad"]
     else:
-        clips = read_manifest(manifest)
-        if split:
-            clips = [c for c in clips if c.get("split", split) == split]
-        clips = clips[: limit or None]
+        clips = load_clips(manifest, layout, split)[: limit or None]
+        if layout == "v2m-bench":
+            meta["layout"].update(clips=len(clips), without_music=[c["id"] for c in clips if not c["audio"]])
         from collections import Counter
 
         per_video = Counter(c.get("video") for c in clips)
@@ -204,33 +276,39 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         a = int(round(span[0] * sr))
         return wav[a: a + int(round(span[1] * sr))] if span[1] else wav[a:]
 
-    # ---- FAD
-    if "fad" in metrics:
+    def frechet(metric: str, spec: str, paper: str) -> None:
+        """FAD (``fad``) and FD (``fd``) are the same Fréchet distance on two backbones."""
         from vmas.metrics.embeddings import build_embedder
         from vmas.metrics.fad import FrechetAudioDistance
 
         try:
-            emb = build_embedder(fad_backbone)
+            emb = build_embedder(spec)
             if not ref_files:
                 raise DataError("no reference audio (manifest 'audio' or --reference)")
             fad = FrechetAudioDistance(emb)
             for real, files in ((True, ref_files), (False, gen_files)):
-                for path, span in tqdm(files, desc=f"FAD {'reference' if real else 'generated'}",
+                for path, span in tqdm(files, desc=f"{metric.upper()} {'reference' if real else 'generated'}",
                                        disable=not progress):
                     try:
                         wav = audio(path, emb.sample_rate, span)
                     except MediaError as err:
-                        clip_error("fad", err)
+                        clip_error(metric, err)
                         continue
                     fad.update(emb.embed(wav, emb.sample_rate), real=real)
-            report["fad"] = fad.compute()
-            meta["backbones"]["fad"] = emb.describe()
-            meta["clips"]["fad"] = {"reference": fad.real.clips, "generated": fad.fake.clips,
-                                    "embeddings_reference": fad.real.n, "embeddings_generated": fad.fake.n}
+            report[metric] = fad.compute()
+            meta["backbones"][metric] = emb.describe()
+            meta["clips"][metric] = {"reference": fad.real.clips, "generated": fad.fake.clips,
+                                     "embeddings_reference": fad.real.n, "embeddings_generated": fad.fake.n}
             if not emb.paper_setting:
-                meta["fallbacks"].append(f"fad: {emb.name} (paper: VGGish)")
+                meta["fallbacks"].append(f"{metric}: {emb.name} (paper: {paper})")
         except (CheckpointError, DataError) as err:
-            skip("fad", str(err))
+            skip(metric, str(err))
+
+    # ---- FAD, FD
+    if "fad" in metrics:
+        frechet("fad", fad_backbone, "VGGish")
+    if "fd" in metrics:
+        frechet("fd", fd_backbone, "PaSST")
 
     # ---- KL
     if "kl" in metrics:
@@ -251,26 +329,31 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                     continue
                 kl.update_audio(c["id"], ref_wav, sr, gen_wav, sr)
             report["kl"] = kl.compute()
+            meta["kl"] = kl.compute_all()
             meta["backbones"]["kl"] = clf.describe()
-            meta["clips"]["kl"] = len(kl.ref)
+            meta["clips"]["kl"] = len(kl.pq)
             if not clf.paper_setting:
                 meta["fallbacks"].append(f"kl: {clf.name} (paper: PaSST)")
         except (CheckpointError, DataError) as err:
             skip("kl", str(err))
 
-    # ---- MV-Align
+    # ---- MV-Align (one-to-one) and the AV-Align reference's score on the same motion
     if "mv_align" in metrics:
-        from vmas.metrics.mv_align import MVAlign, read_video_frames
+        from vmas.metrics.mv_align import MVAlign, motion_curve, read_video_frames
 
-        mv, mv_ref = MVAlign(mv_flow), MVAlign(mv_flow)
+        mv, mv_ref, av_ref = MVAlign(mv_flow), MVAlign(mv_flow), MVAlign(mv_flow, reference=True)
         todo = [c for c in clips if c["gen_path"] is not None and c.get("video")]
         errors = 0
         for c in tqdm(todo, desc="MV-Align", disable=not progress):
             try:
                 frames, fps = read_video_frames(c["video"], float(c.get("start") or 0.0), c.get("duration"))
-                mv.update_media(audio(c["gen_path"], 22050), 22050, frames, fps, c["id"])
+                motion = motion_curve(frames, mv_flow)
+                gen = audio(c["gen_path"], 22050)
+                mv.update_media(gen, 22050, frames, fps, c["id"], motion=motion)
+                av_ref.update_media(gen, 22050, frames, fps, c["id"], motion=motion)
                 if c["ref_path"] is not None:
-                    mv_ref.update_media(audio(c["ref_path"], 22050, c["ref_span"]), 22050, frames, fps, c["id"])
+                    mv_ref.update_media(audio(c["ref_path"], 22050, c["ref_span"]), 22050, frames, fps, c["id"],
+                                        motion=motion)
             except (DataError, MediaError) as err:
                 errors += 1
                 clip_error("mv_align", err)
@@ -280,8 +363,10 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                 break
         if mv.scores:
             report["mv_align"] = mv.compute()
+            report["av_align_reference"] = av_ref.compute()
             meta["backbones"]["mv_align"] = mv.meta()
-            meta["clips"]["mv_align"] = len(mv.scores)
+            meta["backbones"]["av_align_reference"] = av_ref.meta()
+            meta["clips"]["mv_align"] = meta["clips"]["av_align_reference"] = len(mv.scores)
             if mv_ref.scores:
                 meta["mv_align_reference"] = mv_ref.compute()  # ground-truth music on the same videos
         else:
@@ -336,6 +421,10 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         except (CheckpointError, DataError, VmasError) as err:
             skip("clap", str(err))
 
+    # ---- ImageBind score (video <-> generated music), as V2M-bench papers report it
+    if "imagebind" in metrics:
+        skip("imagebind", IMAGEBIND_UNAVAILABLE)
+
     report["meta"] = meta
     return report
 
@@ -355,28 +444,59 @@ def load_retrieval_embeddings(path: tp.Optional[str]):
 
 
 # ------------------------------------------------------------------------------------------------------ output
+REPORTED = ("fad", "kl", "fd", "imagebind", "mv_align", "av_align_reference", "retrieval", "clap")
+NAMES = {"fad": "FAD", "kl": "KL", "fd": "FD", "imagebind": "ImageBind score", "mv_align": "MV-Align (one-to-one)",
+         "av_align_reference": "AV-Align (reference script)", "retrieval": "retrieval", "clap": "CLAP score"}
+
+
 def markdown_table(report: tp.Dict[str, tp.Any]) -> str:
     meta = report.get("meta", {})
     rows = ["| metric | value | backbone | clips |", "|---|---|---|---|"]
-    for m in ALL_METRICS:
+    for m in REPORTED:
         if m not in report:
             continue
         value = report[m]
         values = [(f"{m} {k}", v) for k, v in value.items()] if isinstance(value, dict) else [(m, value)]
         backbone = meta.get("backbones", {}).get(m, "")
         if isinstance(backbone, dict):
-            backbone = backbone.get("name", backbone.get("flow", backbone.get("embeddings", "")))
+            backbone = backbone.get("name", backbone.get("matching", backbone.get("embeddings", "")))
         clips = meta.get("clips", {}).get(m, "")
         if isinstance(clips, dict):
             clips = f"{clips.get('reference')} ref / {clips.get('generated')} gen"
         for name, v in values:
             rows.append(f"| {name} | {v:.4f} | {backbone} | {clips} |")
     lines = ["\n".join(rows)]
+    in_paper_table = set()
+    if meta.get("layout", {}).get("name") == "v2m-bench":
+        lines.append(paper_table(report))
+        in_paper_table = {m for m, _ in PAPER_COLUMNS}  # its reasons are listed under that table
     for m, why in meta.get("skipped", {}).items():
-        lines.append(f"- **{m} not computed**: {why}")
+        if m not in in_paper_table:
+            lines.append(f"- **{m} not computed**: {why}")
     for f in meta.get("fallbacks", []):
         lines.append(f"- **fallback backbone, not comparable with the paper**: {f}")
     return "\n\n".join(lines) + "\n"
+
+
+PAPER_COLUMNS = (("fad", "FAD ↓"), ("kl", "KL ↓"), ("fd", "FD ↓"), ("imagebind", "IB ↑"),
+                 ("av_align_reference", "AV-Align (ref.) ↑"), ("mv_align", "MV-Align (1:1) ↑"))
+
+
+def paper_table(report: tp.Dict[str, tp.Any], method: str = "vmas") -> str:
+    """One row in the column order V2M-bench papers print (FAD, KL, FD, ImageBind score), then ours: the AV-Align
+    reference score (comparable with papers that ran the public script) and MV-Align (one-to-one). A metric that
+    was not computed shows "—" and is listed under the table with its reason (never a made-up number)."""
+    meta = report.get("meta", {})
+    head = "| method | " + " | ".join(c for _, c in PAPER_COLUMNS) + " |"
+    cells = [f"{report[m]:.3f}" if isinstance(report.get(m), (int, float)) else "—" for m, _ in PAPER_COLUMNS]
+    lines = [head, "|---" * (len(PAPER_COLUMNS) + 1) + "|", f"| {method} | " + " | ".join(cells) + " |"]
+    skipped = meta.get("skipped", {})
+    missing = [m for m, _ in PAPER_COLUMNS if m not in report and m != "av_align_reference"]
+    notes = [f"- {NAMES[m]}: {skipped.get(m, 'not requested (--metrics)')}" for m in missing]
+    n = meta.get("layout", {}).get("clips")
+    caption = f"V2M-bench layout, {n} clips" if n is not None else "V2M-bench layout"
+    return "\n".join([f"**{caption}** (columns as video-to-music papers print them, then ours)", "", *lines]
+                     + (["", "Not computed:", *notes] if notes else []))
 
 
 def write_report(report: tp.Dict[str, tp.Any], out: tp.Union[str, Path]) -> Path:
@@ -443,17 +563,15 @@ def cut_clip(video: tp.Union[str, Path], start: float, duration: tp.Optional[flo
 
 def run_generation(manifest: tp.Union[str, Path], out_dir: tp.Union[str, Path], generator: Generator,
                    limit: int = 0, progress: bool = True, failures: tp.Optional[Path] = None,
-                   split: tp.Optional[str] = None) -> tp.Dict[str, int]:
-    """Generate ``out_dir/<id>.wav`` for every manifest clip (of ``split``) that has none yet; returns counts."""
+                   split: tp.Optional[str] = None, layout: str = "manifest") -> tp.Dict[str, int]:
+    """Generate ``out_dir/<id>.wav`` for every clip (of ``split``) that has none yet; returns counts.
+    ``manifest`` is a benchmark folder with ``layout="v2m-bench"`` (see :func:`load_clips`)."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     partial = out_dir / ".partial"
     partial.mkdir(parents=True, exist_ok=True)
-    clips = read_manifest(manifest)
-    if split:
-        clips = [c for c in clips if c.get("split", split) == split]
-    clips = clips[: limit or None]
+    clips = load_clips(manifest, layout, split)[: limit or None]
     stats = {"generated": 0, "skipped": 0, "failed": 0}
     bar = tqdm(clips, desc="generate", unit="clip", disable=not progress)
     for clip in bar:

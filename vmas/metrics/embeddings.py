@@ -11,6 +11,7 @@ Specs accepted by :func:`build_embedder`:
     ``clap:<hf name|folder>``  ``transformers.ClapModel`` audio tower (e.g. ``laion/clap-htsat-unfused``)
     ``encodec:<source>``       EnCodec encoder latents through :func:`vmas.models.codec.load_pretrained_codec`
     ``mel``                    weight-free fallback: per-example mean/std of VGGish log-mel bands (128-d)
+    ``passt``                  PaSST-S scene embeddings via hear21passt (FD of the V2M-bench papers)
 """
 from __future__ import annotations
 
@@ -58,10 +59,38 @@ def load_audio(path: tp.Union[str, os.PathLike], sample_rate: tp.Optional[int] =
     return np.ascontiguousarray(wav, dtype=np.float32), int(sr)
 
 
-def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Polyphase resampling (scipy), deterministic and dependency-light."""
+RESAMPLERS = ("poly", "kaiser_best", "soxr_hq")
+
+
+def resample(wav: np.ndarray, sr_in: int, sr_out: int, method: str = "poly") -> np.ndarray:
+    """Resample mono ``wav`` [N] -> float32 [N * sr_out / sr_in].
+
+    A metric resamples the way its reference implementation does, because the resampler alone moves the numbers
+    (VGGish log-mel examples of real music differ by up to 0.45, mean 0.005, between scipy's polyphase filter and
+    resampy; docs/metrics.md):
+
+    * ``poly``: scipy ``resample_poly`` (deterministic, dependency-light; KL, CLAP and our MV-Align);
+    * ``kaiser_best``: resampy's default filter, what torchvggish's ``waveform_to_examples`` and the
+      ``frechet_audio_distance`` loader call (VGGish front end);
+    * ``soxr_hq``: what ``librosa.load(path)`` does by default (the AV-Align reference reads its audio that way).
+    """
+    if method not in RESAMPLERS:
+        raise VmasError(f"unknown resampler '{method}'; use one of {', '.join(RESAMPLERS)}")
     if sr_in == sr_out:
-        return wav.astype(np.float32)
+        return np.asarray(wav, dtype=np.float32)
+    if method == "kaiser_best":
+        try:
+            import resampy
+        except ImportError as err:
+            raise VmasError("the VGGish front end resamples with resampy (as torchvggish does): "
+                            "pip install resampy") from err
+        return resampy.resample(np.asarray(wav, dtype=np.float32), sr_in, sr_out, filter="kaiser_best",
+                                axis=-1).astype(np.float32)
+    if method == "soxr_hq":
+        import librosa
+
+        return librosa.resample(np.asarray(wav, dtype=np.float32), orig_sr=sr_in, target_sr=sr_out,
+                                res_type="soxr_hq").astype(np.float32)
     from math import gcd
 
     from scipy.signal import resample_poly
@@ -131,6 +160,14 @@ def vggish_examples(wav16k: np.ndarray) -> np.ndarray:
         mel = np.pad(mel, ((0, 96 - mel.shape[0]), (0, 0)), constant_values=np.log(0.01))
     n = mel.shape[0] // 96
     return rearrange(mel[: n * 96], "(n t) f -> n t f", t=96)
+
+
+def vggish_input(wav: np.ndarray, sr: int) -> np.ndarray:
+    """Mono audio at any rate -> VGGish examples [n, 96, 64]: resampy ``kaiser_best`` to 16 kHz, then
+    :func:`vggish_examples`. The same numbers as torchvggish's ``vggish_input.waveform_to_examples`` (checked on
+    real music to 1e-5 in tests/test_metric_parity.py); only a clip shorter than 0.96 s differs (the reference
+    returns no example, this pads to one)."""
+    return vggish_examples(resample(wav, sr, 16000, method="kaiser_best"))
 
 
 class VGGish(nn.Module):
@@ -213,7 +250,7 @@ class VGGishEmbedder(AudioEmbedder):
 
     @torch.no_grad()
     def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
-        x = torch.from_numpy(vggish_examples(resample(wav, sr, 16000))).float()[:, None]  # [n, 1, 96, 64]
+        x = torch.from_numpy(vggish_input(wav, sr)).float()[:, None]  # [n, 1, 96, 64]
         out = [self.model(x[i: i + self.batch]) for i in range(0, len(x), self.batch)]
         return torch.cat(out).double().numpy()  # [n, 128]
 
@@ -229,7 +266,7 @@ class MelStatsEmbedder(AudioEmbedder):
     note = "weight-free fallback: mean/std of 64 log-mel bands per 0.96 s example"
 
     def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
-        ex = vggish_examples(resample(wav, sr, 16000))  # [n, 96, 64]
+        ex = vggish_input(wav, sr)  # [n, 96, 64]
         return np.concatenate([ex.mean(axis=1), ex.std(axis=1)], axis=1).astype(np.float64)  # [n, 128]
 
 
@@ -291,6 +328,45 @@ class ClapAudioEmbedder(AudioEmbedder):
         return self.embed_windows(self.windows(wav, sr)).double().numpy()
 
 
+class PasstEmbedder(AudioEmbedder):
+    """PaSST-S scene embedding (``hear21passt``, ``mode="embed_only"``, 768-d) per 10 s window at 32 kHz: the FD
+    backbone of the V2M-bench papers. ``model`` injects an already-built module (tests); otherwise hear21passt
+    builds it and downloads its AudioSet weights on first use (not possible offline: CheckpointError)."""
+
+    sample_rate = 32000
+    name = "passt (hear21passt passt_s_swa_p16_128_ap476, embed_only)"
+    paper_setting = True
+    note = "PaSST-S scene embedding per 10 s window at 32 kHz"
+
+    def __init__(self, model: tp.Optional[nn.Module] = None, window_seconds: float = 10.0):
+        if model is None:
+            try:
+                from hear21passt.base import get_basic_model
+            except ImportError as err:
+                raise CheckpointError("PaSST embeddings need the hear21passt package and its weights: pip install "
+                                      "hear21passt (weights download on first use), or pass --fd-backbone "
+                                      "clap:<name|folder> / vggish") from err
+            try:
+                model = get_basic_model(mode="embed_only")
+            except Exception as err:  # noqa: BLE001 - the weight download is the usual failure offline
+                raise CheckpointError(f"PaSST weights could not be loaded ({err}); run once online to fill the "
+                                      f"torch hub cache, or pass another --fd-backbone") from err
+        self.model = model.eval()
+        self.window = int(window_seconds * self.sample_rate)
+        self.dim = 768
+
+    @torch.no_grad()
+    def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
+        from vmas.metrics.kl import _real_stft
+
+        x = resample(wav, sr, self.sample_rate)
+        windows = [x[i: i + self.window] for i in range(0, max(len(x), 1), self.window)]
+        windows = [w for w in windows if len(w) > int(0.15 * self.sample_rate)] or windows[:1]
+        with _real_stft():
+            out = [self.model(torch.from_numpy(np.ascontiguousarray(w))[None].float()) for w in windows]
+        return torch.cat(out).double().numpy()  # [n_windows, 768]
+
+
 def build_embedder(spec: str) -> AudioEmbedder:
     """Turn a backbone spec (see module docstring) into an embedder. Missing weights raise CheckpointError."""
     kind, _, arg = spec.partition(":")
@@ -305,5 +381,7 @@ def build_embedder(spec: str) -> AudioEmbedder:
         return EncodecEmbedder(load_pretrained_codec(arg or "facebook/encodec_32khz"), arg or "facebook/encodec_32khz")
     if kind == "mel":
         return MelStatsEmbedder()
+    if kind == "passt":
+        return PasstEmbedder()
     raise VmasError(f"unknown embedding backbone '{spec}'; use vggish[:path], clap:<name|folder>, "
-                    f"encodec:<source> or mel")
+                    f"encodec:<source>, passt or mel")

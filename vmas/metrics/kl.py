@@ -1,8 +1,18 @@
 """KL divergence between audio-classifier label distributions, KL(reference || generated), paired by clip id.
 
-Per clip: the audio is cut into 10 s chunks, the classifier's label distribution of each chunk is averaged (the
-AudioCraft/PaSST convention), and KL(p_ref || p_gen) = sum_c p_ref[c] (log p_ref[c] - log(max(p_gen[c], eps))) is
-taken between the reference and generated clip with the same id. The metric is the mean over pairs.
+The definition is AudioCraft's (``audiocraft/metrics/kld.py``: ``kl_divergence``, ``PasstKLDivergenceMetric``),
+which the MusicGen-family papers and their video-to-music successors report:
+
+1. each clip (reference and generated cut to the same length: AudioCraft asserts equal shapes) is resampled to the
+   classifier's rate and split into consecutive ``chunk_seconds`` (10 s) segments, **without padding**; a segment
+   of at most ``min_seconds`` (0.15 s) is dropped;
+2. every segment gets its own label distribution, ``softmax`` over the classifier's logits;
+3. segment i of the generated clip is paired with segment i of the reference clip and
+   ``KL = sum_c p_ref[c] (log p_ref[c] - log(p_gen[c] + eps))``, eps = 1e-6 *added* to the generated
+   probabilities (``torch.nn.functional.kl_div((p_gen + eps).log(), p_ref)``; a label with p_ref = 0 adds 0);
+4. the metric is the mean over **all segment pairs** of all clips (a 30 s clip weighs three times a 10 s one).
+
+Known difference left in: AudioCraft resamples with ``julius``; here scipy's polyphase filter (docs/metrics.md).
 
 Classifiers are pluggable through :class:`AudioClassifier` (``sample_rate``, ``num_labels``, ``name`` and
 ``logits(batch [B, N]) -> [B, C]``):
@@ -22,17 +32,18 @@ import typing as tp
 import numpy as np
 import torch
 
-from vmas.errors import CheckpointError, VmasError
+from vmas.errors import CheckpointError, DataError, VmasError
 from vmas.metrics.embeddings import resample, vggish_log_mel
 
 
 def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """KL(p_ref || p_gen) along the last axis. Generated probabilities are floored at ``eps`` inside the log
-    (so identical distributions give exactly 0, unlike adding eps everywhere); terms with p_ref = 0 contribute 0."""
+    """KL(p_ref || p_gen) along the last axis, AudioCraft's formula: ``eps`` is added to the generated
+    probabilities inside the log (so identical distributions give a tiny negative number, about -eps per label,
+    not 0), and terms with p_ref = 0 contribute 0 (``kl_div``'s convention)."""
     p = np.asarray(p_ref, dtype=np.float64)
     q = np.asarray(p_gen, dtype=np.float64)
     safe_p = np.where(p > 0, p, 1.0)
-    terms = np.where(p > 0, p * (np.log(safe_p) - np.log(np.maximum(q, eps))), 0.0)
+    terms = np.where(p > 0, p * (np.log(safe_p) - np.log(q + eps)), 0.0)
     return terms.sum(-1)
 
 
@@ -46,6 +57,8 @@ class AudioClassifier:
     paper_setting: bool = False
     activation: str = "softmax"
     chunk_seconds: float = 10.0
+    min_seconds: float = 0.15
+    """Segments of at most this length are dropped (AudioCraft: they break PaSST)."""
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -61,20 +74,32 @@ class AudioClassifier:
 
     def describe(self) -> tp.Dict[str, tp.Any]:
         return {"name": self.name, "sample_rate": self.sample_rate, "labels": self.num_labels,
-                "activation": self.activation, "chunk_seconds": self.chunk_seconds,
+                "activation": self.activation, "chunk_seconds": self.chunk_seconds, "min_seconds": self.min_seconds,
                 "paper_setting": self.paper_setting}
 
 
-def label_distribution(classifier: AudioClassifier, wav: np.ndarray, sr: int) -> np.ndarray:
-    """Mean label distribution [C] over the clip's ``chunk_seconds`` chunks (last chunk zero-padded; a tail
-    shorter than 1 s is dropped unless it is the whole clip)."""
+def chunk_distributions(classifier: AudioClassifier, wav: np.ndarray, sr: int) -> np.ndarray:
+    """Label distribution of each ``chunk_seconds`` segment -> [n_segments, C] (AudioCraft's segmentation: no
+    padding, segments of at most ``min_seconds`` dropped; n_segments may be 0 for a very short clip)."""
     x = resample(np.asarray(wav, dtype=np.float32), sr, classifier.sample_rate)
     n = int(round(classifier.chunk_seconds * classifier.sample_rate))
-    chunks = [x[i: i + n] for i in range(0, len(x), n)]
-    chunks = [c for c in chunks if len(c) >= classifier.sample_rate] or chunks[:1]
-    batch = torch.from_numpy(np.stack([np.pad(c, (0, n - len(c))) for c in chunks]))  # [n_chunks, n]
+    shortest = int(classifier.min_seconds * classifier.sample_rate)
+    segments = [x[i: i + n] for i in range(0, len(x), n)]
+    segments = [c for c in segments if len(c) > shortest]
+    out = np.zeros((0, classifier.num_labels or 0))
     with torch.no_grad():
-        return classifier.probs(batch).mean(0).numpy()  # [C]
+        probs = [classifier.probs(torch.from_numpy(np.ascontiguousarray(c))[None])[0].numpy() for c in segments]
+    return np.stack(probs) if probs else out
+
+
+def label_distribution(classifier: AudioClassifier, wav: np.ndarray, sr: int) -> np.ndarray:
+    """Mean label distribution [C] over the clip's segments (a summary for inspection; the metric pairs segments,
+    see :class:`KLDivergence`)."""
+    probs = chunk_distributions(classifier, wav, sr)
+    if not len(probs):
+        raise DataError(f"clip of {len(wav) / sr:.2f} s is too short for the classifier "
+                        f"(needs more than {classifier.min_seconds} s)")
+    return probs.mean(0)
 
 
 class MelBandClassifier(AudioClassifier):
@@ -170,11 +195,13 @@ def build_classifier(spec: str) -> AudioClassifier:
 
 
 class KLDivergence:
-    """Torchmetrics-style paired KL: ``update(ids, p_ref, p_gen)`` or ``update_audio(id, ref_wav, gen_wav, sr)``.
+    """Torchmetrics-style paired KL (AudioCraft's definition, module docstring): ``update(ids, p_ref, p_gen)`` with
+    one distribution per clip, ``update_segments(id, P_ref, P_gen)`` with one per segment, or
+    ``update_audio(id, ref_wav, ref_sr, gen_wav, gen_sr)``. ``compute()`` is the mean over all segment pairs.
 
     Args:
         classifier (AudioClassifier, optional): needed only for :meth:`update_audio`.
-        eps (float): floor of the generated probabilities inside the log.
+        eps (float): added to the generated probabilities inside the log.
     """
 
     def __init__(self, classifier: tp.Optional[AudioClassifier] = None, eps: float = 1e-6):
@@ -183,29 +210,54 @@ class KLDivergence:
         self.reset()
 
     def reset(self) -> None:
-        self.ref: tp.Dict[str, np.ndarray] = {}
-        self.gen: tp.Dict[str, np.ndarray] = {}
+        self.pq: tp.Dict[str, np.ndarray] = {}  # clip id -> KL(ref || gen) of each segment pair [n]
+        self.qp: tp.Dict[str, np.ndarray] = {}  # clip id -> KL(gen || ref) of each segment pair [n]
+        self.skipped: tp.List[str] = []
+
+    def update_segments(self, clip_id: str, p_ref, p_gen) -> None:
+        """p_ref [n, C], p_gen [m, C]: segment i of one clip against segment i of the other (first min(n, m))."""
+        p_ref, p_gen = np.atleast_2d(np.asarray(p_ref, np.float64)), np.atleast_2d(np.asarray(p_gen, np.float64))
+        n = min(len(p_ref), len(p_gen))
+        if n == 0:  # AudioCraft returns no distribution for such a clip and skips it
+            self.skipped.append(str(clip_id))
+            return
+        if p_ref.shape[1] != p_gen.shape[1]:
+            raise VmasError(f"KL: clip {clip_id} has {p_ref.shape[1]} reference labels but {p_gen.shape[1]} "
+                            f"generated ones; use one classifier for both")
+        self.pq[str(clip_id)] = kl_divergence(p_ref[:n], p_gen[:n], self.eps)
+        self.qp[str(clip_id)] = kl_divergence(p_gen[:n], p_ref[:n], self.eps)
 
     def update(self, ids: tp.Sequence[str], p_ref, p_gen) -> None:
-        """p_ref / p_gen: [B, C] label distributions of the reference / generated clip with the same id."""
+        """p_ref / p_gen: [B, C] label distributions (one segment each) of the clips with the same id."""
         p_ref, p_gen = np.atleast_2d(np.asarray(p_ref, np.float64)), np.atleast_2d(np.asarray(p_gen, np.float64))
         for i, key in enumerate(ids):
-            self.ref[str(key)], self.gen[str(key)] = p_ref[i], p_gen[i]
+            self.update_segments(key, p_ref[i: i + 1], p_gen[i: i + 1])
 
     def update_audio(self, clip_id: str, ref_wav: np.ndarray, ref_sr: int, gen_wav: np.ndarray, gen_sr: int) -> None:
         if self.classifier is None:
             raise VmasError("KLDivergence.update_audio needs a classifier; build one with build_classifier()")
-        self.update([clip_id], label_distribution(self.classifier, ref_wav, ref_sr)[None],
-                    label_distribution(self.classifier, gen_wav, gen_sr)[None])
+        seconds = min(len(ref_wav) / ref_sr, len(gen_wav) / gen_sr)  # AudioCraft compares equal-length clips
+        ref_wav, gen_wav = ref_wav[: int(round(seconds * ref_sr))], gen_wav[: int(round(seconds * gen_sr))]
+        self.update_segments(clip_id, chunk_distributions(self.classifier, ref_wav, ref_sr),
+                             chunk_distributions(self.classifier, gen_wav, gen_sr))
 
     def per_clip(self) -> tp.Dict[str, float]:
-        return {k: float(kl_divergence(self.ref[k], self.gen[k], self.eps)) for k in sorted(self.ref)}
+        """Mean KL(ref || gen) over each clip's segment pairs."""
+        return {k: float(v.mean()) for k, v in sorted(self.pq.items())}
+
+    def compute_all(self) -> tp.Dict[str, float]:
+        """AudioCraft's dictionary: ``kld`` = ``kld_pq`` = KL(ref || gen), ``kld_qp`` = KL(gen || ref), their sum."""
+        if not self.pq:
+            raise VmasError("KL: no clip pairs were added; check that generated files are named by clip id")
+        pq = float(np.concatenate(list(self.pq.values())).mean())
+        qp = float(np.concatenate(list(self.qp.values())).mean())
+        return {"kld": pq, "kld_pq": pq, "kld_qp": qp, "kld_both": pq + qp}
 
     def compute(self) -> float:
-        if not self.ref:
-            raise VmasError("KL: no clip pairs were added; check that generated files are named by clip id")
-        return float(np.mean(list(self.per_clip().values())))
+        return self.compute_all()["kld"]
 
     def meta(self) -> tp.Dict[str, tp.Any]:
-        return {"pairs": len(self.ref), "direction": "KL(reference || generated)", "eps": self.eps,
+        return {"pairs": len(self.pq), "segment_pairs": int(sum(len(v) for v in self.pq.values())),
+                "direction": "KL(reference || generated)", "eps": self.eps, "definition": "audiocraft kld.py",
+                "skipped_short_clips": self.skipped,
                 "classifier": self.classifier.describe() if self.classifier is not None else None}

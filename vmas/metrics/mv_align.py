@@ -14,6 +14,23 @@ The public reference counts, for every audio peak, whether *some* video peak is 
 motion peak both count and the IoU can exceed what a matching allows; here every peak is used at most once. Points
 on a line with a symmetric tolerance form an interval graph, where the greedy two-pointer sweep over sorted times is
 a maximum matching. A clip with no peaks at all scores 0 (not NaN).
+
+The reference's own algorithm is here too, as :func:`av_align_reference_iou` / :class:`AVAlignReference`, so a
+number can be put beside papers that ran the public script (``av_align.py`` of guyyariv/TempoTokens, read
+2026-12-03). Its steps, in our words:
+
+a. frames: every frame of the video file, OpenCV, at the file's own fps; grayscale from BGR;
+b. motion: Farneback magnitude per consecutive pair (same parameters as above), the first pair counted twice;
+c. video peaks: strict local maxima at ``j / fps`` (the public file loops to an undefined ``n``; ``len`` is meant);
+d. audio peaks: ``librosa.load(path)`` (mono, 22.05 kHz through soxr_hq), ``onset_strength`` then
+   ``onset_detect`` on that envelope, frames to seconds (hop 512);
+e. intersection: for each audio peak, 1 if **any** video peak lies strictly within ``(v - 1/fps, v + 1/fps)``
+   (then stop looking), so one video peak can serve many audio peaks;
+f. score = intersection / (|A| + |V| - intersection), averaged over files (both sets empty: the script divides
+   by zero; here 0, as ours).
+
+Only (d)'s resampler and (e) differ from MV-Align (one-to-one) above; (e) lets the score exceed what a matching
+allows (two onsets at one motion peak give 2 / (2 + 1 - 2) = 2).
 """
 from __future__ import annotations
 
@@ -26,11 +43,15 @@ from vmas.alignment import farneback_motion as _pair_motion
 from vmas.errors import DataError, VmasError
 
 
-def audio_peaks(wav: np.ndarray, sr: int, target_sr: int = 22050, hop_length: int = 512) -> np.ndarray:
-    """Onset times (s) of a mono waveform, librosa defaults at 22.05 kHz (:func:`vmas.alignment.onset_times`)."""
+def audio_peaks(wav: np.ndarray, sr: int, target_sr: int = 22050, hop_length: int = 512,
+                resampler: str = "poly") -> np.ndarray:
+    """Onset times (s) of a mono waveform, librosa defaults at 22.05 kHz (:func:`vmas.alignment.onset_times`).
+
+    ``resampler="soxr_hq"`` reads the audio as the AV-Align reference's ``librosa.load`` does."""
     from vmas.metrics.embeddings import resample
 
-    return onset_times(resample(np.asarray(wav, dtype=np.float32), sr, target_sr), target_sr, hop_length)
+    x = resample(np.asarray(wav, dtype=np.float32), sr, target_sr, method=resampler)
+    return onset_times(x, target_sr, hop_length)
 
 
 def farneback_motion(frames: np.ndarray) -> np.ndarray:
@@ -93,25 +114,53 @@ def av_align_iou(a: np.ndarray, v: np.ndarray, fps: float) -> float:
     return m / (union_total - m)
 
 
+def reference_intersection(a: np.ndarray, v: np.ndarray, fps: float) -> int:
+    """The AV-Align reference's intersection: audio peaks with *some* video peak strictly within one frame
+    (many audio peaks may share one video peak)."""
+    tol = 1.0 / float(fps)
+    v = np.asarray(v, dtype=np.float64)
+    return int(sum(bool(np.any((v - tol < t) & (t < v + tol))) for t in np.asarray(a, dtype=np.float64)))
+
+
+def av_align_reference_iou(a: np.ndarray, v: np.ndarray, fps: float) -> float:
+    """The reference's score |I| / (|A| + |V| - |I|) with its many-to-one intersection; may exceed 1. Both sets
+    empty: 0 (the reference divides by zero)."""
+    a, v = np.asarray(a), np.asarray(v)
+    inter = reference_intersection(a, v, fps)
+    denom = len(a) + len(v) - inter
+    return inter / denom if denom else 0.0
+
+
 class MVAlign:
     """Torchmetrics-style MV-Align: ``update(audio_peaks, video_peaks, fps)`` or ``update_media(wav, sr, frames,
-    fps)``; ``compute()`` is the mean IoU over clips."""
+    fps)``; ``compute()`` is the mean IoU over clips.
 
-    def __init__(self, flow: str = "farneback"):
+    Args:
+        flow (str): see :func:`motion_curve`.
+        reference (bool): score the AV-Align reference's way instead (``av_align_reference_iou`` on audio peaks
+            read as ``librosa.load`` reads them), for comparison with papers that ran the public script.
+    """
+
+    def __init__(self, flow: str = "farneback", reference: bool = False):
         self.flow = flow
+        self.reference = reference
         self.reset()
 
     def reset(self) -> None:
         self.scores: tp.Dict[str, float] = {}
 
     def update(self, a: np.ndarray, v: np.ndarray, fps: float, clip_id: tp.Optional[str] = None) -> float:
-        score = av_align_iou(a, v, fps)
+        score = av_align_reference_iou(a, v, fps) if self.reference else av_align_iou(a, v, fps)
         self.scores[clip_id if clip_id is not None else str(len(self.scores))] = score
         return score
 
     def update_media(self, wav: np.ndarray, sr: int, frames: np.ndarray, fps: float,
-                     clip_id: tp.Optional[str] = None) -> float:
-        return self.update(audio_peaks(wav, sr), video_peaks(motion_curve(frames, self.flow), fps), fps, clip_id)
+                     clip_id: tp.Optional[str] = None, motion: tp.Optional[np.ndarray] = None) -> float:
+        """``motion`` [T]: a precomputed :func:`motion_curve` of ``frames`` (the flow is the costly part; the two
+        scores of one clip share it)."""
+        a = audio_peaks(wav, sr, resampler="soxr_hq" if self.reference else "poly")
+        m = motion_curve(frames, self.flow) if motion is None else motion
+        return self.update(a, video_peaks(m, fps), fps, clip_id)
 
     def compute(self) -> float:
         if not self.scores:
@@ -119,6 +168,10 @@ class MVAlign:
         return float(np.mean(list(self.scores.values())))
 
     def meta(self) -> tp.Dict[str, tp.Any]:
+        if self.reference:
+            return {"clips": len(self.scores), "flow": self.flow, "tolerance": "±1 video frame (strict)",
+                    "matching": "many-to-one (AV-Align reference, guyyariv/TempoTokens av_align.py)",
+                    "onsets": "librosa onset_detect @22.05 kHz (soxr_hq, as librosa.load) hop 512"}
         return {"clips": len(self.scores), "flow": self.flow, "tolerance": "±1 video frame (strict)",
                 "matching": "one-to-one", "onsets": "librosa onset_detect @22.05 kHz hop 512"}
 
