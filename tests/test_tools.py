@@ -130,3 +130,34 @@ def test_unpaired_benchmark_at_tiny_size(tmp_path):
     assert meta["held_out_test_clips"] == 2 and meta["train_clips"] == {"paired": {"clips": 8, "rejected": 0},
                                                                         "music": {"clips": 4, "rejected": 0}}
     assert meta["command"].startswith("python tools/unpaired_benchmark.py")
+
+
+def test_structure_benchmark_at_tiny_size(tmp_path):
+    # issue 22: makes its own multi-scene SynthMV clips, generates with --cuts auto / none / the labels / --hits
+    # through vmas generate's library path, scores, prints one JSON object with the issue's keys
+    proc = run([ROOT / "tools" / "structure_benchmark.py", "--json", "--out", tmp_path / "sb", "--select", "1",
+                "--test", "1", "--scenes", "2", "--seconds", "6", "--seeds", "0", "--hits", "2", "--crossfades",
+                "0.08", "--per-class", "1"], tmp_path)
+    result = json.loads(proc.stdout)
+    for key in ("segment_class_acc", "switch_latency_s", "seam_flux_ratio", "hits_within_50ms"):
+        assert set(result[key]) >= {"mean", "std"}
+    assert 0.0 <= result["segment_class_acc"]["mean"] <= 1.0 and 0.0 <= result["hits_within_50ms"]["mean"] <= 1.0
+    assert set(result["baselines"]) == {"plain", "own_music", "label_cuts", "hits_chance"}
+    assert result["baselines"]["own_music"]["switch_latency_s"]["mean"] < 1.0  # the real music switches at once
+    assert result["details"]["detection"]["test"] == {"precision": 1.0, "recall": 1.0, "cuts": 1}
+    assert result["selection"]["crossfade_s"] == 0.08
+    assert result["meta"]["command"].startswith("python tools/structure_benchmark.py") and result["meta"]["commit"]
+
+
+def test_bench_long_video_at_tiny_size(tmp_path):
+    # issue 18: footage of 3 s (32x32, 10 fps) through `python -m vmas generate`; wall/CPU time, peak RSS, and the
+    # output's audio as long as the video; results saved and reused by a rerun
+    args = [ROOT / "tools" / "bench_long_video.py", "--minutes", "0.05", "--out", tmp_path / "bl", "--width", "32",
+            "--height", "32", "--fps", "10", "--model", "vmas-debug-random", "--json"]
+    result = json.loads(run(args, tmp_path).stdout)
+    (row,) = result["rows"]
+    assert row["minutes"] == 0.05 and row["video_s"] == 3.0 and abs(row["mp4_audio_s"] - 3.0) <= 1024 / 48000
+    assert row["peak_rss_mb"] > 100 and row["wall_s"] > 0 and row["cpu_s"] > 0
+    assert row["seconds_per_video_minute"] == round(row["wall_s"] / 0.05, 2)
+    assert result["meta"]["command"].startswith("bench_long_video.py --minutes 0.05") and result["meta"]["commit"]
+    assert json.loads(run(args, tmp_path).stdout)["rows"] == [row]  # reused, not re-measured
