@@ -295,3 +295,19 @@ def test_readme_training_block_runs_top_to_bottom(tmp_path, capsys):
     resumed_to = int(re.search(r"--resume optim\.max_steps=(\d+)", " ".join(commands)).group(1))
     assert summary["steps"] == resumed_to and summary["resumed_from_step"] == 10
     assert (tmp_path / "outputs").is_dir() and any((tmp_path / "outputs").rglob("*.mp4"))
+
+
+def test_duration_trims_the_mp4_too(tmp_path, pipe):
+    """``--duration 1.2`` on a 3 s video: NAME.wav and NAME.mp4 (picture and sound) both last 1.2 s, not 1.2 s of
+    music followed by 1.8 s of silence under the rest of the picture."""
+    from vmas.data.media import audio_duration, probe_video
+
+    src = _video(tmp_path / "v.mp4", 3.0)
+    res = generate_for_videos([src], pipe, tmp_path / "out", GenerationRequest(top_k=16, duration=1.2),
+                              progress=False)[0]
+    frame = 1 / 25
+    assert res.duration == pytest.approx(1.2)
+    assert abs(audio_duration(res.wav) - 1.2) <= 1 / 50
+    video = probe_video(res.mp4).duration
+    assert 1.2 - 1e-6 <= video <= 1.2 + 2 * frame  # whole frames; B-frame reordering may keep one more
+    assert abs(audio_duration(res.mp4) - video) <= 1024 / 48000 + 1e-3  # one AAC frame

@@ -493,7 +493,8 @@ def _mux_finished(job: _Job, music, sr: int, mp4_path: Path, opts: MixOptions) -
             log.warning("%s: %s", job.video, how)
 
         def encode(audio):
-            media.mux_audio(source, audio, mp4_path, sr=res.sample_rate)
+            media.mux_audio(source, audio, mp4_path, sr=res.sample_rate,  # --duration trims the video too
+                            duration=job.seconds if job.seconds < job.info.duration else None)
             return media.read_audio(mp4_path, sr=res.sample_rate).numpy()
 
         _, decoded = mixing.encode_within_ceiling(res.audio, res.sample_rate, opts.true_peak, encode)

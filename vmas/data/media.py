@@ -696,7 +696,7 @@ def mp4_video_source(video_path: PathLike, work_dir: PathLike) -> tp.Tuple[Path,
 
 
 def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.ndarray], out_path: PathLike,
-              sr: tp.Optional[int] = None, bitrate: int = 128_000) -> Path:
+              sr: tp.Optional[int] = None, bitrate: int = 128_000, duration: tp.Optional[float] = None) -> Path:
     """Copy of ``video_path`` with ``wav`` as its (only) audio track.
 
     The video stream is copied packet by packet when the output takes its codec (no re-encode, so no quality loss
@@ -708,6 +708,9 @@ def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.nda
     Args:
         wav: a wav/audio file path (read at ``sr``, or its own rate when ``sr`` is None) or a float tensor/array
             ``[N]`` / ``[1, N]`` at ``sr`` (required then).
+        duration: keep only the first ``duration`` seconds of the video (``vmas generate --duration``): packets are
+            dropped from the first one decoded after that time, so every frame shown before it still decodes
+            (with B-frames the copy may run up to the stream's reordering delay, a frame or two, longer).
     """
     video_path, out_path = Path(video_path), Path(out_path)
     if isinstance(wav, (str, Path)):
@@ -727,18 +730,41 @@ def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.nda
     try:
         if source != video_path:
             log.warning("%s: %s", video_path, how)
-        return _mux_copy(source, video_path, samples, sr, out_path, bitrate)
+        return _mux_copy(source, video_path, samples, sr, out_path, bitrate, duration)
     finally:
         if source != video_path:
             source.unlink(missing_ok=True)
 
 
-def _mux_copy(source: Path, video_path: Path, samples: np.ndarray, sr: int, out_path: Path, bitrate: int) -> Path:
+def _cut_before(path: Path, seconds: float) -> tp.Tuple[int, float]:
+    """(dts limit in stream ticks, duration in s of the kept packets) to keep ``seconds`` of ``path``'s video.
+
+    Packets decoded before ``seconds`` (dts) are kept: that includes every reference frame a frame shown before
+    ``seconds`` needs, so the copy decodes cleanly without re-encoding.
+    """
+    with _open_av(path) as container:
+        stream = container.streams.video[0]
+        tb = float(stream.time_base)
+        pkts = [(p.pts if p.pts is not None else p.dts, p.dts) for p in container.demux(stream)
+                if p.size > 0 and p.dts is not None]
+    first = min(t for t, _ in pkts)
+    limit = first + max(1, round(seconds / tb))
+    kept = np.unique([t for t, d in pkts if d < limit])  # [P] presentation times of the kept packets
+    dt = float(np.median(np.diff(kept))) * tb if len(kept) > 1 else seconds
+    return limit, float((kept[-1] - first) * tb + dt)
+
+
+def _mux_copy(source: Path, video_path: Path, samples: np.ndarray, sr: int, out_path: Path, bitrate: int,
+              duration: tp.Optional[float] = None) -> Path:
     """Mux the video stream of ``source`` (copied) with ``samples`` [N] at ``sr`` (AAC, fitted to the video's
-    duration) into ``out_path``, through a temporary file so a failure leaves nothing half-written."""
+    duration) into ``out_path``, through a temporary file so a failure leaves nothing half-written. ``duration``:
+    only that much of the video (see :func:`mux_audio`)."""
     import av
 
-    n = round(_packet_span(source).duration * sr)
+    end, limit = _packet_span(source).duration, None
+    if duration is not None and duration < end:
+        limit, end = _cut_before(source, duration)
+    n = round(end * sr)
     samples = np.pad(samples.astype(np.float32), (0, max(0, n - samples.size)))[:n]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.stem + ".tmp" + out_path.suffix)
@@ -753,6 +779,8 @@ def _mux_copy(source: Path, video_path: Path, samples: np.ndarray, sr: int, out_
                 for pkt in src.demux(vin):
                     if pkt.dts is None:  # the demuxer's flush packet
                         continue
+                    if limit is not None and pkt.dts >= limit:  # --duration: demux order is dts order
+                        break
                     pkt.stream = vout
                     yield float(pkt.dts * pkt.time_base), 0, pkt
 
