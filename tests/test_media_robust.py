@@ -334,3 +334,27 @@ def test_folder_of_good_legacy_and_broken_files(legacy, tmp_path, pipe):
             assert r.mix["video"].startswith("video re-encoded to H.264")
     assert written[mute.name].mix["mode"] == "replace" and "does not decode" in written[mute.name].mix["audio_note"]
     assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temporary re-encodes left behind
+
+
+def test_long_music_is_decoded_in_chunks_that_match_one_call(pipe):
+    """decode_music: up to one chunk (+ context) it is the single call it always was (bit for bit); longer music
+    goes through chunks with a second of code context either side, and the seams match the single call."""
+    from vmas.generate import decode_music
+
+    codec = pipe.codec
+    torch.manual_seed(0)
+    codes = torch.randint(0, codec.card, (codec.n_q, round(12 * codec.frame_rate)))  # 12 s
+    with torch.no_grad():
+        whole = codec.decode(codes[None])[0, 0]
+    assert torch.equal(decode_music(codec, codes, "cpu"), whole)
+    calls = []
+    real = codec.decode
+    codec.decode = lambda c: calls.append(c.shape[-1]) or real(c)
+    try:
+        parts = decode_music(codec, codes, "cpu", chunk_seconds=4.0, context_seconds=1.0)
+    finally:
+        del codec.decode
+    fr = codec.frame_rate
+    assert calls == [round(5 * fr), round(6 * fr), round(5 * fr)]  # [0,5) [3,9) [7,12): 4 s kept + 1 s each side
+    assert parts.shape == whole.shape
+    assert (parts - whole).abs().max() < 1e-3 * max(1.0, whole.abs().max().item())

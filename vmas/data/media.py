@@ -307,7 +307,7 @@ def _decoded_frames(container, stream) -> tp.Iterator:
 # reopening it each time would re-scan its index (decord and our packet pass both read every packet), which makes
 # a long video quadratic in its length. Keyed by the file's identity, so an edited file is reopened.
 _SOURCES: "OrderedDict[tp.Tuple[str, int, int], _Source]" = OrderedDict()
-_MAX_SOURCES = 4
+_MAX_SOURCES = 8  # a generation batch reads its videos window by window, in turn
 
 
 def _source(path: Path) -> _Source:
