@@ -52,6 +52,19 @@ def test_count_flops_json(tmp_path):
     assert report["vmas_hiera_base"]["out_shape"] == [48, 768] and report["vmas_hiera_base"]["gflops"] > 0
 
 
+def test_metric_parity_tool_at_debug_size(tmp_path):
+    """tools/metric_parity.py (issue 21) on 2 s of 2 real tracks: our VGGish and Fréchet distance vs the references."""
+    music = ROOT / ".cache" / "real_music"
+    pytest.importorskip("torchvggish", reason="the parity extra is missing: make install")
+    if len(list(music.glob("*.ogg"))) < 2:
+        pytest.skip("no real recorded music: run `make real-music`")
+    out = run([ROOT / "tools" / "metric_parity.py", "--tracks", "2", "--seconds", "2", "--out", tmp_path / "p.json"],
+              tmp_path)
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert json.loads(out.stdout) == report
+    assert report["vggish"]["front_end_max_abs_diff"] < 1e-5 and report["frechet"]["rel_diff"] < 1e-5
+
+
 def test_benchmark_generates_then_evaluates(tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "ex", "video": str(EXAMPLE), "duration": 2.0}) + "\n")
