@@ -8,11 +8,13 @@ from vmas.metrics.embeddings import (
                                      ClapAudioEmbedder,
                                      EncodecEmbedder,
                                      MelStatsEmbedder,
+                                     PasstEmbedder,
                                      VGGish,
                                      VGGishEmbedder,
                                      build_embedder,
                                      load_audio,
                                      load_vggish,
+                                     vggish_input,
 )
 from vmas.metrics.fad import FrechetAudioDistance, frechet_distance
 from vmas.metrics.kl import (
@@ -22,16 +24,26 @@ from vmas.metrics.kl import (
                                      MelBandClassifier,
                                      PasstClassifier,
                                      build_classifier,
+                                     chunk_distributions,
                                      kl_divergence,
                                      label_distribution,
 )
-from vmas.metrics.mv_align import MVAlign, audio_peaks, av_align_iou, match_peaks, motion_curve, video_peaks
+from vmas.metrics.mv_align import (
+                                     MVAlign,
+                                     audio_peaks,
+                                     av_align_iou,
+                                     av_align_reference_iou,
+                                     match_peaks,
+                                     motion_curve,
+                                     video_peaks,
+)
 from vmas.metrics.retrieval import VideoMusicRetrieval, recall_at_k, retrieval_ranks
 
 __all__ = [
-    "ClapScore", "AudioEmbedder", "ClapAudioEmbedder", "EncodecEmbedder", "MelStatsEmbedder", "VGGish",
-    "VGGishEmbedder", "build_embedder", "load_audio", "load_vggish", "FrechetAudioDistance", "frechet_distance",
-    "AudioClassifier", "ASTClassifier", "KLDivergence", "MelBandClassifier", "PasstClassifier", "build_classifier",
-    "kl_divergence", "label_distribution", "MVAlign", "audio_peaks", "av_align_iou", "match_peaks", "motion_curve",
-    "video_peaks", "VideoMusicRetrieval", "recall_at_k", "retrieval_ranks",
+    "ClapScore", "AudioEmbedder", "ClapAudioEmbedder", "EncodecEmbedder", "MelStatsEmbedder", "PasstEmbedder",
+    "VGGish", "VGGishEmbedder", "build_embedder", "load_audio", "load_vggish", "vggish_input",
+    "FrechetAudioDistance", "frechet_distance", "AudioClassifier", "ASTClassifier", "KLDivergence",
+    "MelBandClassifier", "PasstClassifier", "build_classifier", "chunk_distributions", "kl_divergence",
+    "label_distribution", "MVAlign", "audio_peaks", "av_align_iou", "av_align_reference_iou", "match_peaks",
+    "motion_curve", "video_peaks", "VideoMusicRetrieval", "recall_at_k", "retrieval_ranks",
 ]
