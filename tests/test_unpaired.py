@@ -219,6 +219,15 @@ def test_fraction_zero_is_the_paired_loader(tmp_path, mixed_shards):
     with pytest.raises(Exception, match="unpaired_shards is empty"):
         loader.build_loader(debug_cfg(tmp_path, f"data.train_shards={mixed_shards[0]}",
                                       "data.unpaired_fraction=0.5").data, train=True)
+    from vmas.errors import ConfigError
+    from vmas.solvers.checks import check_config
+
+    base = ("train.synthetic=false", f"data.train_shards={mixed_shards[0]}")
+    with pytest.raises(ConfigError, match=r"data.unpaired_shards: 1 of 1 shards do not exist"):
+        check_config(debug_cfg(tmp_path, *base, "data.unpaired_fraction=0.5",
+                               f"data.unpaired_shards={tmp_path}/nope-000000.tar"), 1)
+    with pytest.raises(ConfigError, match=r"data.unpaired_fraction must be in \[0, 1\)"):
+        check_config(debug_cfg(tmp_path, *base, "data.unpaired_fraction=1.0"), 1)
 
 
 # ------------------------------------------------------------------------------------------------- model, loss
