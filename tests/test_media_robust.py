@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from vmas.cli import main
 from vmas.config import load_config
 from vmas.data import media
 from vmas.errors import MediaError
-from vmas.generate import GenerationRequest, generate_for_videos
 from vmas.hub import load_pretrained
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -278,10 +278,11 @@ def pipe():
     return load_pretrained(None, config=load_config(CONFIGS / "debug.yaml"), random_note="debug")
 
 
-def test_folder_of_good_legacy_and_broken_files(legacy, tmp_path, pipe):
-    """Done means: NAME.mp4 with audio of the video's length for every decodable file, one error per broken file
-    naming it once. Decodable here: the example video, legacy codecs, a path with spaces and non-ASCII characters,
-    and a fine picture whose audio never decodes (the music replaces it)."""
+def test_folder_of_good_legacy_and_broken_files(legacy, tmp_path, capsys, caplog):
+    """Done means: `vmas generate DIR` writes NAME.mp4 with audio of the video's length for every decodable file
+    and one `skipping X: reason` line per broken file. Decodable here: the example video, legacy codecs (MS-MPEG4,
+    MJPEG, Cinepak, MPEG-4 Part 2, H.264 with B-frames in an AVI), paths with spaces and non-ASCII characters, and
+    a fine picture whose audio never decodes (the music replaces it)."""
     d = tmp_path / "in put"
     d.mkdir()
     good = {"example.mp4": EXAMPLE}
@@ -289,16 +290,12 @@ def test_folder_of_good_legacy_and_broken_files(legacy, tmp_path, pipe):
         good[name] = legacy[name]
     good["café ÷ clip.avi"] = legacy["mpeg4.avi"]
     mute, _ = corrupt_audio_packets(legacy["mjpeg.avi"], d / "mute audio.avi", None)
-    files = []
     for name, src in good.items():
-        files.append(d / name)
-        files[-1].write_bytes(Path(src).read_bytes())
-    files.append(mute)
+        (d / name).write_bytes(Path(src).read_bytes())
     broken = {"truncated.avi": legacy["msmpeg4.avi"].read_bytes()[:3000], "text.mp4": b"not a video\n" * 40,
               "empty.mov": b""}
     for name, data in broken.items():
         (d / name).write_bytes(data)
-        files.append(d / name)
     # a container holding a video stream with zero frames (and a second of audio)
     zero = d / "zero frames.mkv"
     with av.open(str(zero), "w") as c:
@@ -309,31 +306,37 @@ def test_folder_of_good_legacy_and_broken_files(legacy, tmp_path, pipe):
         fr.sample_rate, fr.pts = 32000, 0
         for pk in list(a.encode(fr)) + list(a.encode(None)):
             c.mux(pk)
-    files.append(zero)
 
-    errors = {}
     out = tmp_path / "out"
-    req = GenerationRequest(top_k=16, duration=3.0)  # the example video is 10 s: 3 s of music keep this cheap
-    results = generate_for_videos(files, pipe, out, req, progress=False,
-                                  on_error=lambda p, e: errors.setdefault(Path(p).name, []).append(str(e)))
-    assert sorted(errors) == sorted([*broken, zero.name])
-    for name, msgs in errors.items():
-        path = str(d / name)
-        assert len(msgs) == 1 and "\n" not in msgs[0]
-        assert msgs[0].startswith(f"{path}: ") and msgs[0].count(path) == 1  # `skipping X: reason`, X once
-    assert "zero frames" in errors[zero.name][0]
-    written = {r.video.name: r for r in results}
-    assert sorted(written) == sorted([*good, mute.name])
-    for name, r in written.items():
-        assert r.mp4 == out / f"{Path(name).stem}.mp4" and r.mp4.exists()
-        video = video_stream_duration(r.mp4)
+    with caplog.at_level(logging.WARNING):  # the CLI prints warnings through logging (pytest collects them here)
+        rc = main(["generate", str(d), "-o", str(out), "--top-k", "16", "-q", "--model", "vmas-debug-random"])
+    warnings = [r.getMessage() for r in caplog.records]
+    captured = capsys.readouterr()
+    assert rc == 1
+    skips = [line for line in captured.err.splitlines() if line.startswith("skipping")]
+    assert len(skips) == len(broken) + 1  # one line per broken file
+    for name in [*broken, zero.name]:
+        (line,) = [x for x in skips if x.startswith(f"skipping {d / name}: ")]
+        assert line.count(str(d / name)) == 1 and line.count(name) == 1  # the path once, then the reason
+    assert "zero frames" in [x for x in skips if zero.name in x][0]
+    # every decodable file: NAME.mp4 whose audio lasts as long as its video stream (one AAC frame at 48 kHz)
+    for name in [*good, mute.name]:
+        mp4 = out / f"{Path(name).stem}.mp4"
+        video = video_stream_duration(mp4)
         assert video == pytest.approx(media.probe_video(d / name).duration, abs=1e-3)
-        assert abs(media.audio_duration(r.mp4) - video) <= 1024 / 48000 + 1e-6
-        assert r.mix["video"] == ("video copied" if name == "example.mp4" else r.mix["video"])
-        if name != "example.mp4":
-            assert r.mix["video"].startswith("video re-encoded to H.264")
-    assert written[mute.name].mix["mode"] == "replace" and "does not decode" in written[mute.name].mix["audio_note"]
-    assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temporary re-encodes left behind
+        assert abs(media.audio_duration(mp4) - video) <= 1024 / 48000 + 1e-6
+        with av.open(str(mp4)) as c:
+            assert c.streams.video[0].codec_context.name == "h264"
+    assert sorted(f.name for f in out.iterdir() if f.suffix == ".mp4") == sorted(
+        f"{Path(n).stem}.mp4" for n in [*good, mute.name])  # nothing else, no temporary re-encode left behind
+    assert not [f for f in out.iterdir() if f.name.startswith(".")]
+    # one line says which videos were re-encoded (the example's H.264 is copied), and why
+    notes = [line for line in warnings if "re-encoded to H.264" in line]
+    assert len(notes) == len(good) - 1 + 1  # the five legacy files and the mute one; the example is copied
+    assert not any("example.mp4" in line for line in notes)
+    # the audio that never decodes: one warning, and the music replaces it
+    assert any("mute audio.avi: its audio does not decode" in line for line in warnings)
+    assert re.search(r"mute audio\.mp4 .*audio: replace", captured.out)
 
 
 def test_long_music_is_decoded_in_chunks_that_match_one_call(pipe):
