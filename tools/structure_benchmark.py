@@ -87,7 +87,7 @@ def generate(pipe, clip: dict, out: Path, seed: int, **controls) -> np.ndarray:
 
     wav = out / f"{clip['id']}.wav"
     if not wav.exists():
-        generate_for_video(clip["video"], pipe, out, seed=seed, mix="replace", **controls)
+        generate_for_video(clip["video"], pipe, out, seed=seed, mix="replace", loudness=None, **controls)
         (out / f"{clip['id']}.mp4").unlink(missing_ok=True)
     return media.read_audio(wav, sr=pipe.codec.sample_rate).numpy().reshape(-1)
 
