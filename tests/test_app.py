@@ -205,11 +205,14 @@ def test_page_generates_the_example_with_a_tag_and_a_tempo(page, tmp_path):
     _upload(driver, page.url, EXAMPLE)
     _type(driver, "#tags textarea, #tags input", "piano")
     _type(driver, "#tempo input", "96")
+    # a finished-audio option too: the music alone (the example's own sound is SynthMV's reference music)
+    driver.find_element(By.XPATH, "//button[contains(., 'Finished audio')]").click()
+    driver.find_element(By.XPATH, "//*[@id='mix']//label[contains(., 'replace')]").click()
     driver.find_element(By.ID, "generate").click()
     # meanwhile the same request from Python (the second core): the page must give the same music
     windows, ref = [], {}
     lib = threading.Thread(target=lambda: ref.update(r=generate_for_video(
-        EXAMPLE, page.pipe, tmp_path / "ref", tags=["piano"], tempo=96.0, on_window=lambda d, t: windows.append((d, t)))))
+        EXAMPLE, page.pipe, tmp_path / "ref", tags=["piano"], tempo=96.0, mix="replace", on_window=lambda d, t: windows.append((d, t)))))
     lib.start()
     progress = []
 
@@ -233,6 +236,7 @@ def test_page_generates_the_example_with_a_tag_and_a_tempo(page, tmp_path):
     assert driver.find_element(By.CSS_SELECTOR, "#used_tags textarea, #used_tags input").get_attribute(
         "value") == "piano, 96 BPM"
     assert driver.find_elements(By.CSS_SELECTOR, "#result video")  # plays in the page
+    assert "audio: replace" in driver.find_element(By.ID, "summary").text
     if os.environ.get("VMAS_APP_SCREENSHOT"):  # the README's picture: VMAS_APP_SCREENSHOT=docs/app.png pytest ...
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(os.environ["VMAS_APP_SCREENSHOT"])
@@ -243,3 +247,4 @@ def test_page_generates_the_example_with_a_tag_and_a_tempo(page, tmp_path):
     # one library call behind the page: same request, same music, sample for sample
     page_wav, ref_wav = media.read_audio(got[".wav"], sr=32000), media.read_audio(ref["r"].wav, sr=32000)
     assert page_wav.shape == ref_wav.shape and np.array_equal(page_wav.numpy(), ref_wav.numpy())
+    assert ref["r"].mix["mode"] == "replace"
