@@ -8,8 +8,8 @@
 * VGGish network: ``vmas.metrics.VGGish`` vs torchvggish ``VGG`` with the same random weights (seed 0);
 * Fréchet distance: ``vmas.metrics.frechet_distance`` vs ``frechet_audio_distance``'s statistics + distance on
   128-d log-mel statistics of two disjoint halves of the tracks;
-* AV-Align: MV-Align (one-to-one) beside the reference script's score on clips with their own music (SynthMV
-  manifest rows: the video's audio stream is the music).
+* AV-Align: MV-Align (one-to-one) beside the reference script's score on the same motion curves, with each clip's
+  own music (SynthMV manifest rows: the video's audio stream is the music) and with real music over those videos.
 
 KL has no installable reference (audiocraft pins torch 2.1); tests/test_metric_parity.py checks it against
 AudioCraft's definition written out. Needs the ``parity`` extra (make install) and ``make real-music``.
@@ -100,21 +100,33 @@ def frechet_parity(tracks: tp.Sequence[Path], seconds: float) -> tp.Dict[str, tp
             "rel_diff": abs(got - expected) / abs(expected), "embeddings": [len(a), len(b)]}
 
 
-def av_align_side_by_side(manifest: Path, limit: int) -> tp.Dict[str, tp.Any]:
-    from vmas.metrics.embeddings import load_audio
+def av_align_side_by_side(manifest: Path, limit: int,
+                          tracks: tp.Sequence[Path] = ()) -> tp.Dict[str, tp.Any]:
+    """Both scores per clip on the same motion curve: with each clip's own music, and (``tracks`` given) with the
+    first ``duration`` s of real track ``i mod len(tracks)`` over video i, whose dense onsets are where the
+    reference's many-to-one count and a matching part."""
+    from vmas.metrics.embeddings import load_audio, resample
     from vmas.metrics.mv_align import MVAlign, motion_curve, read_video_frames
 
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()][: limit or None]
-    one, ref = MVAlign(), MVAlign(reference=True)
-    for row in rows:
+    scores = {name: (MVAlign(), MVAlign(reference=True)) for name in ("own_music", "real_music_over_video")}
+    for i, row in enumerate(rows):
         frames, fps = read_video_frames(row["video"], 0.0, row.get("duration"))
-        wav, sr = load_audio(row.get("audio") or row["video"], 22050)
         motion = motion_curve(frames)
-        one.update_media(wav, sr, frames, fps, row["key"], motion=motion)
-        ref.update_media(wav, sr, frames, fps, row["key"], motion=motion)
-    higher = sum(ref.scores[k] > one.scores[k] + 1e-12 for k in one.scores)
-    return {"clips": len(one.scores), "mv_align_one_to_one": one.compute(), "av_align_reference": ref.compute(),
-            "clips_where_reference_is_higher": int(higher), "manifest": str(manifest)}
+        wavs = {"own_music": load_audio(row.get("audio") or row["video"], 22050)[0]}
+        if tracks:
+            data, sr = _music(tracks[i % len(tracks)], len(frames) / fps)
+            wavs["real_music_over_video"] = resample(data.mean(axis=1), sr, 22050)
+        for name, wav in wavs.items():
+            for metric in scores[name]:
+                metric.update_media(wav, 22050, frames, fps, row["key"], motion=motion)
+    out: tp.Dict[str, tp.Any] = {"manifest": str(manifest)}
+    for name, (one, ref) in scores.items():
+        if one.scores:
+            higher = sum(ref.scores[k] > one.scores[k] + 1e-12 for k in one.scores)
+            out[name] = {"clips": len(one.scores), "mv_align_one_to_one": one.compute(),
+                         "av_align_reference": ref.compute(), "clips_where_reference_is_higher": int(higher)}
+    return out
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
@@ -134,7 +146,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     try:
         result = {"vggish": vggish_parity(tracks, args.seconds), "frechet": frechet_parity(tracks, args.seconds)}
         if args.synthmv:
-            result["av_align"] = av_align_side_by_side(Path(args.synthmv), args.limit)
+            result["av_align"] = av_align_side_by_side(Path(args.synthmv), args.limit, tracks)
     except ImportError as err:
         print(f"error: {err}; install the parity extra (make install)", file=sys.stderr)
         return 2
