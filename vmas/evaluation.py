@@ -1,5 +1,6 @@
-"""Evaluation API: score a folder of generated music against a test manifest (FAD, KL, MV-Align, retrieval R@k,
-CLAP score), and generate music for every clip of a manifest first (resumable).
+"""Evaluation API: score a folder of generated music against a test manifest or a V2M-bench folder (FAD, KL, FD,
+MV-Align (one-to-one) with the AV-Align reference script's score beside it, retrieval R@k, CLAP score; ImageBind
+is reported as skipped with its reason), and generate music for every clip first (resumable).
 
 Why a module and not a script: a ``pip install`` user evaluates with ``from vmas.evaluation import evaluate`` and
 no repository checkout; ``tools/evaluate.py`` and ``tools/benchmark.py`` are thin argparse wrappers over this.
