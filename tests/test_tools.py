@@ -174,3 +174,16 @@ def test_bench_long_video_at_tiny_size(tmp_path):
     assert row["seconds_per_video_minute"] == round(row["wall_s"] / 0.05, 2)
     assert result["meta"]["command"].startswith("bench_long_video.py --minutes 0.05") and result["meta"]["commit"]
     assert json.loads(run(args, tmp_path).stdout)["rows"] == [row]  # reused, not re-measured
+
+
+def test_bench_startup_at_tiny_size(tmp_path):
+    # issue 18: the fixed cost of `python -m vmas generate` (whole processes, medians, meta with load average)
+    args = [ROOT / "tools" / "bench_startup.py", "--runs", "1", "--seconds", "0.5", "--model", "vmas-debug-random",
+            "--out", tmp_path / "out", "--json"]
+    result = json.loads(run(args, tmp_path).stdout)
+    gen = result["median"]["vmas generate"]
+    assert gen["wall_s"] > 0 and gen["cpu_s"] > 0 and gen["peak_rss_mb"] > 100
+    assert result["median"]["import vmas.generate"]["wall_s"] < gen["wall_s"]
+    assert result["meta"]["generate_command"].endswith("--duration 0.5 --model vmas-debug-random")
+    assert result["meta"]["commit"] and len(result["meta"]["load_avg_before"]) == 3
+    assert (tmp_path / "out" / "example.mp4").exists()

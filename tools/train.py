@@ -13,6 +13,8 @@ Paper run, 4 nodes x 8 GPUs (see docs/training.md for SLURM and hostfile variant
 
     HOSTFILE=hostfile bash train.sh configs/paper.yaml
     bash train.sh configs/paper.yaml --resume             # continue from the newest checkpoint
+    bash train.sh configs/paper.yaml --resume optim.max_steps=300000   # a finished run, trained on to a new end
+    bash train.sh configs/paper.yaml --resume runs/paper/checkpoints/step_00200000   # a given checkpoint
 
 Export the inference checkpoint of a training checkpoint (EMA weights + config + codec, one file):
 
