@@ -19,7 +19,7 @@ object:
 - ``meta``: command, commit, seeds, date, machine and load.
 
 Metrics are ``{mean, std}`` over sampling seeds. Generated music and scores are cached under ``--out`` (rerun =
-reuse). Default size: 3 selection + 8 test videos of 24 s with 3 scenes, 2 sampling seeds: a few minutes on 2 cores.
+reuse). Default size: 3 selection + 6 test videos of 24 s with 3 scenes, 2 sampling seeds: a few minutes on 2 cores.
 
     python tools/structure_benchmark.py --json > docs/results/structure.json
 """
@@ -175,7 +175,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "structure_bench"), help="cache folder (data, music)")
     p.add_argument("--model", default="vmas-synthmv-demo")
     p.add_argument("--select", type=int, default=3, help="selection videos (choose the crossfade)")
-    p.add_argument("--test", type=int, default=8, help="held-out test videos")
+    p.add_argument("--test", type=int, default=6, help="held-out test videos")
     p.add_argument("--scenes", type=int, default=3)
     p.add_argument("--seconds", type=float, default=24.0)
     p.add_argument("--seeds", default="0,1", help="sampling seeds")
