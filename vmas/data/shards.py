@@ -13,13 +13,21 @@ One sample per 10 s clip, stored as consecutive tar members ``<key>.<ext>`` (rea
 =================  =================================================================================
 
 Resumable and crash-safe: shard ``i`` of a split always holds the same manifest clips (manifest order, chunks of
-``clips_per_shard``); it is written to ``<name>.tar.tmp.<pid>``, renamed, then a done-marker ``<name>.tar.done``
-(JSON: planned keys digest, clip count, bytes, rejects) is written the same way. A re-run skips every shard whose
-marker matches its plan, so a crash loses at most the shards in progress. ``<split>.index.json`` lists the finished
-shards and their clip counts (the loader uses it for epoch sizes).
+``clips_per_shard``); it is written to ``<name>.tar.tmp.<host>.<pid>``, renamed, then a done-marker
+``<name>.tar.done`` (JSON: planned keys digest, clip count, bytes, rejects) is written the same way. A re-run skips
+every shard whose marker matches its plan, so a crash loses at most the shards in progress. ``<split>.index.json``
+lists the finished shards and their clip counts (the loader uses it for epoch sizes).
 
-The codec and the alignment precompute are injected as *factories* (called once per worker process), so tests can
-pass cheap fakes and workers never share a model across a fork.
+Across processes and nodes (issue 20): shard ``i`` of the plan belongs to rank ``i mod world_size``
+(:mod:`vmas.data.ranks` reads torchrun / SLURM / explicit ranks); a rank writes and cleans only its own shards, and
+the rank that finds every marker present rebuilds the index (:func:`merge` does it by hand, partial runs included).
+Within a rank, DataLoader workers run the CPU stage (:func:`load_clip`: decode, frame compression) ahead of the
+device stage (:func:`process_clips`: one EnCodec call per ``data.preprocess.clip_batch`` clips, RAFT over all
+their frame pairs at once). Shards do not depend on batch size, worker count or world size.
+
+The codec and the alignment precompute are injected as *factories* (called once per writer process), so tests can
+pass cheap fakes and workers never share a model across a fork. An ``AlignFn`` may offer ``batch(wavs, frames)``
+(:class:`Aligner` does); plain callables are called clip by clip.
 """
 from __future__ import annotations
 
