@@ -677,7 +677,7 @@ def curation_problem(state: tp.Mapping[str, tp.Any], cfg: "CurationConfig") -> t
                                    f"videos' scores in rejects.jsonl and set data.curation.variety_threshold",
              "no_audio": "these videos have no audio stream ffmpeg can decode",
              "unreadable": "ffmpeg cannot decode these files (see rejects.jsonl)",
-             "too_short": f"videos are shorter than one {state.get('clip_seconds', '')}clip: lower data.clip_seconds",
+             "too_short": "videos are shorter than one clip: lower data.clip_seconds",
              "silent_audio": "the (accompaniment) audio is below data.curation.silence_db: check vocal removal "
                              "and the threshold",
              "vocal_removal_failed": "Demucs failed: see rejects.jsonl, or pass --no-vocal-removal"}
