@@ -10,6 +10,12 @@ FAD between two folders of audio (no manifest)::
 
     python tools/evaluate.py --reference data/musiccaps_wavs --generated runs/bench/generated --out fad.json
 
+A folder laid out like V2M-bench (video/<id>.mp4 + audio/<id>.wav, or VidMuse's data.jsonl), with the table in the
+shape video-to-music papers print (FAD, KL, FD, ImageBind score, then AV-Align reference and MV-Align one-to-one)::
+
+    python tools/evaluate.py --layout v2m-bench --manifest V2M-bench/ --generated runs/v2m/generated \\
+        --metrics fad,kl,fd,imagebind,mv_align --out runs/v2m/report.json
+
 Weight-free smoke run (numbers NOT comparable with the paper; the report says so)::
 
     python tools/evaluate.py --manifest m.jsonl --generated g/ --fad-backbone mel --kl-classifier mel --out r.json
