@@ -5,6 +5,7 @@ The browser tests start `python -m vmas app` as a user would (demo model, a free
 the broken upload runs first, so the generation test also shows that the server kept serving after an error.
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -83,6 +84,22 @@ def test_limits_refuse_big_or_long_uploads_with_the_flag_to_change(tmp_path):
         AppLimits(max_seconds=0)
     with pytest.raises(MediaError, match="no video: upload one"):  # Generate pressed before any upload
         run_request(None, None, {}, AppLimits(), tmp_path)
+
+
+def test_page_runs_one_request_at_a_time_with_a_bounded_queue():
+    """The queue settings a deployer relies on, read back from the built page (a stand-in pipe: no model needed)."""
+    pytest.importorskip("gradio", reason="the web page needs Gradio: pip install -e '.[app]' (make install)")
+    import inspect
+
+    from vmas.app import build_app
+    from vmas.sampling import SamplingParams
+
+    spec = types.SimpleNamespace(sampling=SamplingParams(), tags=True, beat_from_video=False)
+    page = build_app(types.SimpleNamespace(spec=spec, note=""), "stub", AppLimits(max_queue=3))
+    (fn,) = [f for f in page.fns.values() if f.api_name == "generate"]
+    assert fn.concurrency_limit == 1 and page._queue.max_size == 3 and page.analytics_enabled is False
+    # every form field reaches the library: the video + one input per request_controls parameter
+    assert len(fn.inputs) == 1 + len(inspect.signature(request_controls).parameters)
 
 
 def test_app_flags_parse():
@@ -191,7 +208,9 @@ def test_broken_upload_shows_the_cli_error_in_the_page(page, tmp_path, monkeypat
         generate_for_video("broken.mp4", page.pipe, tmp_path / "cli")
     assert f"error: {err.value}" in toast.text.splitlines()
     assert "Traceback" not in toast.text
-    urllib.request.urlopen(page.url, timeout=5).read()  # still serving (the next test generates on the same server)
+    # still serving (the next test generates on the same server), with the limits `vmas app` was started with
+    config = json.loads(urllib.request.urlopen(page.url + "config", timeout=5).read())
+    assert config["max_file_size"] == 5 * 1024 ** 2 and config["analytics_enabled"] is False
 
 
 def test_page_generates_the_example_with_a_tag_and_a_tempo(page, tmp_path):
