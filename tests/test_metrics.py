@@ -654,3 +654,17 @@ def test_passt_embedder_windows_and_missing_package():
     except ImportError:
         with pytest.raises(CheckpointError, match="hear21passt"):
             build_embedder("passt")
+
+
+def test_fd_is_the_frechet_distance_on_its_own_backbone(tmp_path):
+    from vmas.evaluation import evaluate
+
+    rng = np.random.default_rng(1)
+    for d, scale in (("ref", 0.1), ("gen", 0.3)):
+        (tmp_path / d).mkdir()
+        for i in range(2):
+            _write_wav(tmp_path / d / f"c{i}.wav", rng.normal(size=32000) * scale, 16000)
+    report = evaluate(tmp_path / "gen", reference=tmp_path / "ref", metrics=["fad", "fd", "kl"], fad_backbone="mel",
+                      fd_backbone="mel", progress=False)
+    assert report["fd"] == pytest.approx(report["fad"]) and report["fd"] > 0  # folders are enough for both
+    assert "needs --manifest" in report["meta"]["skipped"]["kl"] and "fd: mel-stats" in report["meta"]["fallbacks"][1]

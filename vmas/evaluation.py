@@ -239,9 +239,10 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         gen_files = [(p, None) for p in list_audio(generated)]
         ref_files = [(p, None) for p in list_audio(ref_dir)]
         clips: tp.List[tp.Dict[str, tp.Any]] = []
-        for m in [m for m in metrics if m != "fad"]:
+        unpaired = ("fad", "fd")  # distribution metrics need no clip ids
+        for m in [m for m in metrics if m not in unpaired]:
             skip(m, "needs --manifest (clip ids, videos, tags)")
-        metrics = [m for m in metrics if m == "fad"]
+        metrics = [m for m in metrics if m in unpaired]
     else:
         clips = load_clips(manifest, layout, split)[: limit or None]
         if layout == "v2m-bench":
