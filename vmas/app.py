@@ -247,9 +247,13 @@ def launch(model: tp.Optional[str] = None, host: str = "127.0.0.1", port: int = 
     page = build_app(pipe, name, limits, out_root)
     out_root = Path(out_root).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
-    page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                max_file_size=f"{limits.max_file_mb:g}mb", allowed_paths=[str(out_root), str(EXAMPLE.parent)],
-                ssr_mode=False, show_error=False, inbrowser=False, footer_links=[])
+    try:
+        page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                    max_file_size=f"{limits.max_file_mb:g}mb", allowed_paths=[str(out_root), str(EXAMPLE.parent)],
+                    ssr_mode=False, show_error=False, inbrowser=False, footer_links=[])
+    except OSError as err:  # Gradio's "Cannot find empty port in range: 7860-7860. ..."
+        raise VmasError(f"cannot serve on {host}:{port} ({str(err).split('.')[0]}): pass another --port, or "
+                        "--host 127.0.0.1 if the address is not this machine's") from None
     return page
 
 
