@@ -81,7 +81,9 @@ def encode_frames(frames: np.ndarray, fmt: str = "mp4", quality: int = 23, fps: 
         with av.open(buf, "w", format="mp4") as out:
             stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
             stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-            stream.options = {"crf": str(quality), "preset": "fast"}
+            # One x264 thread: with its default frame threads the bytes differ from run to run on a busy machine
+            # (same frames, same settings); shards must be reproducible, and writers parallelise over clips anyway.
+            stream.options = {"crf": str(quality), "preset": "fast", "threads": "1"}
             for frame in frames:
                 out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             out.mux(stream.encode())  # flush
