@@ -147,7 +147,8 @@ def over_seeds(runs: tp.Sequence[tp.Dict[str, float]]) -> tp.Dict[str, tp.Any]:
 
 
 def run_method(pipe, clips, out: Path, seeds, classifier, args, cuts: str, crossfade: float,
-               with_hits: bool = False, score_hits: bool = False) -> tp.Dict[str, tp.Any]:
+               with_hits: bool = False, score_hits: bool = False, hits_tempo: str = "picture"
+               ) -> tp.Dict[str, tp.Any]:
     """Generate (cached) and score one method on ``clips`` for every sampling seed."""
     runs = []
     for seed in seeds:
@@ -158,7 +159,8 @@ def run_method(pipe, clips, out: Path, seeds, classifier, args, cuts: str, cross
                 cut_arg = ",".join(f"{c:g}" for c in clip["cuts"])
             else:
                 cut_arg = cuts
-            structure.CROSSFADE_S = crossfade  # the crossfade under test (generate_sections reads the default)
+            # the options under test: generate_sections reads these module defaults at call time
+            structure.CROSSFADE_S, structure.HITS_TEMPO = crossfade, hits_tempo
             wav = generate(pipe, clip, out / f"seed{seed}", seed, cuts=cut_arg,
                            hits=",".join(f"{h:g}" for h in hits) if with_hits else None)
             used = structure.resolve_cuts(cut_arg, clip["video"], clip["seconds"])
@@ -223,14 +225,19 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
         tried[f"{fade:g}"] = run_method(pipe, select, out / "select_runs" / f"auto_xf{fade:g}", seeds[:1], classifier,
                                         args, "auto", fade)
     chosen = min(fades, key=lambda f: (round(tried[f"{f:g}"].get("seam_flux_ratio_cuts", {}).get("mean", 1e9), 2), f))
+    # selection: where a hit grid's tempo comes from when none is requested (most hits placed; ties: picture)
+    tempo_tried = {t: run_method(pipe, select, out / "select_runs" / f"auto_hits_{t}_xf{chosen:g}", seeds[:1],
+                                 classifier, args, "auto", chosen, with_hits=True, hits_tempo=t)
+                   for t in ("picture", "hits")}
+    hits_tempo = max(("picture", "hits"), key=lambda t: tempo_tried[t].get("hits_within_50ms", {}).get("mean", 0.0))
 
     runs = out / "test_runs"
     auto = run_method(pipe, test, runs / f"auto_xf{chosen:g}", seeds, classifier, args, "auto", chosen)
     plain = run_method(pipe, test, runs / "plain", seeds, classifier, args, "none", chosen, score_hits=True)
     labels = run_method(pipe, test, runs / f"labels_xf{chosen:g}", seeds, classifier, args, "labels", chosen,
                         score_hits=True)
-    hits = run_method(pipe, test, runs / f"auto_hits_xf{chosen:g}", seeds, classifier, args, "auto", chosen,
-                      with_hits=True)
+    hits = run_method(pipe, test, runs / f"auto_hits_{hits_tempo}_xf{chosen:g}", seeds, classifier, args, "auto",
+                      chosen, with_hits=True, hits_tempo=hits_tempo)
     chance = run_method(pipe, test, runs / f"auto_xf{chosen:g}", seeds, classifier, args, "auto", chosen,
                         score_hits=True)
     own = []
@@ -252,7 +259,9 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
                     "detection": {"select": detection(select), "test": detection(test)}},
         "baselines": {"plain": plain, "own_music": own_music, "label_cuts": labels,
                       "hits_chance": pick(chance, "hits_within_50ms")},
-        "selection": {"crossfade_s": chosen, "tried": tried, "rule": "lowest seam flux ratio at the cuts"},
+        "selection": {"crossfade_s": chosen, "tried": tried, "rule": "lowest seam flux ratio at the cuts",
+                      "hits_tempo": hits_tempo, "hits_tempo_tried": tempo_tried,
+                      "hits_tempo_rule": "most hits within 50 ms"},
         "meta": dict(provenance(), command="python tools/structure_benchmark.py " + " ".join(
             sys.argv[1:] if argv is None else argv), model=args.model, sampling_seeds=seeds,
             data_seeds={"select": 101, "test": 202}, hit_seed=4242, test_videos=len(test),

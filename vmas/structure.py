@@ -35,10 +35,10 @@ import torch
 
 from vmas.errors import VmasError
 
-CROSSFADE_S = 0.08
-"""Length of the equal-power crossfade at a cut (s): long enough that the old section's waveform does not stop
-mid-cycle (a click: broadband flux), short enough that the old material is gone within one 50 Hz code frame of the
-new section's first note (SynthMV's first onsets come >= 0.16 s after a scene starts)."""
+CROSSFADE_S = 0.2
+"""Length of the equal-power crossfade at a cut (s), chosen on the selection set of ``tools/structure_benchmark.py``
+from 0.02 / 0.08 / 0.2 s (lowest spectral flux at the cuts; docs/results/structure.json): the old section's notes
+die away under the new scene's first note instead of stopping mid-cycle (a splice is broadband flux, a click)."""
 CUT_THRESHOLD = 0.5
 """Colour-distribution change (total variation, 0..1) above which a frame starts a new scene; chosen on the
 selection set of ``tools/structure_benchmark.py`` (scene changes score 0.9-1.0; in-scene flips and flashes up
@@ -48,6 +48,9 @@ CUT_SPAN = 6
 MIN_SCENE_S = 1.0
 """Cuts closer than this to the previous one (or to the start / end) are dropped: a section must be long enough to
 carry a few notes."""
+HITS_TEMPO = "picture"
+"""Where the beat period of a hit grid comes from when the request has no tempo: ``"picture"`` (each scene's motion
+peaks) or ``"hits"`` (the gaps between hits); chosen on the benchmark's selection set."""
 HIST_BINS = 4
 """Bins per RGB channel of the colour histogram (4^3 = 64 colours)."""
 
@@ -196,26 +199,54 @@ def join_sections(wavs: tp.Sequence[np.ndarray], starts: tp.Sequence[int], total
 
 
 # ------------------------------------------------------------------------------------------------------- hits
-def hit_grid(hits: tp.Sequence[float], num_frames: int, frame_rate: float, period: float) -> torch.Tensor:
+def hit_grid(hits: tp.Sequence[float], num_frames: int, frame_rate: float,
+             period: tp.Union[float, np.ndarray]) -> torch.Tensor:
     """A per-frame beat grid float [num_frames, 2] (period frames, beat frame; :func:`vmas.modules.rhythm.
     beat_features`) with a beat exactly on every hit time.
 
     Before the first hit and after the last the grid has ``period`` and a beat on that hit. Between hits ``a`` and
     ``b`` it has ``n = max(1, round((b - a) / period))`` beats of ``(b - a) / n`` frames: the tempo bends by at
-    most half a beat over the gap, and the phase is continuous (every hit is a beat on both sides)."""
-    if period <= 0:
-        raise ValueError(f"period must be positive, got {period}")
+    most half a beat over the gap, and the phase is continuous (every hit is a beat on both sides).
+    ``period`` may be per frame (float [num_frames], e.g. each scene's own tempo, :func:`scene_periods`): a gap
+    then takes the period at its first hit."""
+    per = np.broadcast_to(np.asarray(period, np.float64), (num_frames,)).copy()
+    if (per <= 0).any():
+        raise ValueError("period must be positive")
     h = sorted(t * frame_rate for t in hits)
     grid = torch.empty(num_frames, 2, dtype=torch.float64)
-    grid[:, 0], grid[:, 1] = period, (h[0] if h else 0.0)
+    grid[:, 0], grid[:, 1] = torch.from_numpy(per), (h[0] if h else 0.0)
     f = torch.arange(num_frames, dtype=torch.float64)
     for a, b in zip(h[:-1], h[1:]):
-        n = max(1, round((b - a) / period))
+        n = max(1, round((b - a) / per[min(int(a), num_frames - 1)]))
         inside = (f >= a) & (f < b)
         grid[inside, 0], grid[inside, 1] = (b - a) / n, a
     if h:
-        grid[f >= h[-1], 0], grid[f >= h[-1], 1] = period, h[-1]
+        grid[f >= h[-1], 1] = h[-1]
     return grid.float()
+
+
+def scene_periods(video: tp.Any, seconds: float, frame_rate: float, bounds: tp.Sequence[int],
+                  fallback: float) -> np.ndarray:
+    """Beat period (frames) of each scene from the picture, per code frame float [bounds[-1]].
+
+    ``bounds`` [0, cut frames..., total]: each scene's motion peaks (Farneback flow at 25 fps,
+    :func:`vmas.alignment.video_beats`, as ``--beat-from-video`` reads them) -> :func:`vmas.modules.rhythm.fit_grid`
+    period; ``fallback`` where a scene has too few peaks. Why: hits with no requested tempo still need a grid, and a
+    grid at the scene's own pace keeps the music in the scene's tempo family (a foreign tempo costs class accuracy
+    and puts beats where the model does not want to play)."""
+    from vmas.alignment import video_beats, video_motion
+    from vmas.data import media
+    from vmas.modules.rhythm import fit_grid
+
+    frames, _, _ = media.read_video_frames(video, fps=25.0, size=64, start=0.0, duration=seconds)
+    peaks = video_beats(video_motion(frames, flow="farneback"), num_frames=bounds[-1], fps=25.0,
+                        frame_rate=frame_rate).numpy()  # bool [total]
+    out = np.full(bounds[-1], float(fallback))
+    for s0, s1 in zip(bounds[:-1], bounds[1:]):
+        grid = fit_grid(peaks[s0:s1], frame_rate)
+        if grid is not None:
+            out[s0:s1] = grid[0]
+    return out
 
 
 def hits_period(hits: tp.Sequence[float], frame_rate: float, bpm_range: tp.Tuple[float, float] = (60.0, 180.0),
@@ -298,26 +329,35 @@ def generate_sections(pipe: tp.Any, video: tp.Any, num_frames: int, cuts: tp.Seq
                       hits: tp.Sequence[float], sampling: tp.Any, generator: torch.Generator, stride: int,
                       tag_emb: tp.Optional[torch.Tensor] = None, tag_mask: tp.Optional[torch.Tensor] = None,
                       neg_emb: tp.Optional[torch.Tensor] = None, neg_mask: tp.Optional[torch.Tensor] = None,
-                      beat: tp.Optional[torch.Tensor] = None, crossfade_s: tp.Optional[float] = None
-                      ) -> tp.Tuple[torch.Tensor, np.ndarray, int]:
+                      beat: tp.Optional[torch.Tensor] = None, crossfade_s: tp.Optional[float] = None,
+                      hits_tempo: tp.Optional[str] = None) -> tp.Tuple[torch.Tensor, np.ndarray, int]:
     """Music for one video with sections at ``cuts`` and accents at ``hits`` -> (codes [K, num_frames] of the
     joined timeline, waveform float32 [samples], number of windows).
 
     ``pipe``: a :class:`vmas.pipeline.VMASPipeline`; ``beat`` [1, 2] the request's grid (tempo tag or picture) or
     None; tags as :func:`vmas.generate` builds them (batch of one). Each window is generated by ``pipe.model.generate``
     on its own section's frames; hits replace the grid by :func:`hit_grid` (period: the request's grid, else
-    :func:`hits_period`). ``crossfade_s`` None = :data:`CROSSFADE_S` as it is at call time (the benchmark sets
+    ``hits_tempo``: ``"picture"`` (each scene's pace, :func:`scene_periods`) or ``"hits"`` (the gaps between hits,
+    :func:`hits_period`) when no tempo is requested; None = :data:`HITS_TEMPO`. ``crossfade_s`` None = :data:`CROSSFADE_S` as it is at call time (the benchmark sets
     the module value to try other lengths through the whole ``vmas generate`` path).
     """
     spec, codec = pipe.spec, pipe.codec
     fr = codec.frame_rate
     check_hits(hits, spec.beat_condition)
-    if hits:
-        period = float(beat[0, 0]) if beat is not None and torch.isfinite(beat[0]).all() else hits_period(hits, fr)
-        beat = hit_grid(hits, num_frames + codec.n_q, fr, period)[None]  # [1, N, 2]; K-1 steps past the end
+    hits_tempo = HITS_TEMPO if hits_tempo is None else hits_tempo
     window = round(spec.window_seconds * fr)
     overlap = max(1, round((CROSSFADE_S if crossfade_s is None else crossfade_s) * fr))
     sections = section_windows(num_frames, window, stride, [round(c * fr) for c in cuts], overlap)
+    if hits:
+        steps = num_frames + codec.n_q  # the grid covers the delay pattern's K-1 steps past the end too
+        if beat is not None and torch.isfinite(beat[0]).all():  # a requested tempo (or --beat-from-video grid)
+            period: tp.Union[float, np.ndarray] = float(beat[0, 0])
+        elif hits_tempo == "picture":
+            bounds = [0, *[s.end for s in sections[:-1]], steps]
+            period = scene_periods(video, num_frames / fr, fr, bounds, hits_period(hits, fr))
+        else:
+            period = hits_period(hits, fr)
+        beat = hit_grid(hits, steps, fr, period)[None]  # [1, N, 2]
     device = pipe.device
     parts, n_windows = [], 0
     for sec in sections:
