@@ -8,7 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -151,7 +150,7 @@ def test_finetune_moves_the_demo_model_toward_the_class(tmp_path):
 
     The recipe's 2000 steps at lr 1e-4 with early stopping are compressed into 60 steps at 1e-2 (adapters) / 3e-3
     (the rest) without early stopping: 6 clips are memorised quickly, so the held-out clips' validation CE rises
-    while the class moves (see docs/training.md). ~60 s on one thread."""
+    while the class moves (see docs/training.md). ~80 CPU-seconds on one thread."""
     import dataclasses
 
     from vmas.cli import main as vmas_main
@@ -185,15 +184,14 @@ def test_finetune_moves_the_demo_model_toward_the_class(tmp_path):
     tuned = load_model(out / "model.pt")
     after = [_judged(tuned, classifier, clips, s) for s in SEEDS]
 
-    def share(results, which):
-        return float(np.mean(np.concatenate([r[which] for r in results]) == TARGET))
+    def count(results, which):  # generations judged TARGET, over the seeds
+        return int(sum((r[which] == TARGET).sum() for r in results))
 
-    video0, video1 = share(before, 0), share(after, 0)
-    uncond0, uncond1 = share(before, 1), share(after, 1)
-    print(f"class {TARGET} share: other-class videos {video0:.2f} -> {video1:.2f}, "
-          f"unconditional {uncond0:.2f} -> {uncond1:.2f}")
-    assert video1 >= video0 + 0.2, (video0, video1)
-    assert uncond1 >= uncond0 + 0.25, (uncond0, uncond1)
+    video0, video1 = count(before, 0), count(after, 0)  # of 10 videos x 2 seeds
+    uncond0, uncond1 = count(before, 1), count(after, 1)  # of 12 samples x 2 seeds
+    print(f"class {TARGET}: other-class videos {video0}/20 -> {video1}/20, unconditional {uncond0}/24 -> {uncond1}/24")
+    assert uncond1 >= uncond0 + 8, (uncond0, uncond1)  # measured 9 -> 21 (class 2: 3 -> 16)
+    assert video1 >= video0 + 3, (video0, video1)  # measured 2 -> 6 (class 2: 0 -> 2, see docs/training.md)
 
     assert vmas_main(["generate", clips[0]["video"], "-o", str(tmp_path / "gen"), "--model", str(out / "model.pt"),
                       "--duration", "2", "-q"]) == 0
