@@ -28,6 +28,7 @@ import torch
 
 from vmas.builders import build_codec, build_encoder, build_fuser, build_lm
 from vmas.config import load_config
+from vmas.errors import VmasError
 from vmas.utils import count_params
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -93,8 +94,12 @@ def main(argv=None) -> int:
     p.add_argument("--measure", action="store_true", help="--train: also measure two fp32 steps on this CPU")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    est = training(cfg, args) if args.train else estimate(cfg, args.dtype)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        est = training(cfg, args) if args.train else estimate(cfg, args.dtype)
+    except VmasError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(est))
     else:

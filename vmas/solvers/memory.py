@@ -39,6 +39,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vmas.config import Config
+from vmas.errors import ConfigError
 
 MARKS = ("vmas_mem/build", "vmas_mem/forward", "vmas_mem/backward", "vmas_mem/optimizer")
 
@@ -133,7 +134,8 @@ def measure_training(cfg: Config, batch_size: tp.Optional[int] = None) -> tp.Dic
     from vmas.utils import seed_everything
 
     if cfg.train.precision != "fp32":
-        raise ValueError("memory measurement runs fp32 on the CPU (train.precision=fp32)")
+        raise ConfigError(f"memory measurement runs fp32 on the CPU, got train.precision={cfg.train.precision}: "
+                          "pass train.precision=fp32 (bf16 is estimated only)")
     seed_everything(cfg.train.seed)
     inputs = synthetic_inputs(cfg, batch_size or cfg.data.batch_size)
     held: tp.Dict[str, tp.Any] = {"codec": build_codec(cfg.model.codec, load_weights=False)}  # the solver's own
@@ -172,7 +174,7 @@ class _MetaScalars(TorchDispatchMode):
     """Answers the forward's data-dependent reads on meta tensors and notes when each weight is first used.
 
     ``bool(drop.any())`` of condition dropout is False (the path where nothing is dropped: dropping replaces slots
-    by null tokens of the same size). ``on_weight(key)`` is called with the storage key of every argument."""
+    by null tokens of the same size). ``on_args(args)`` sees every op's arguments (to note each weight's first use)."""
 
     def __init__(self, on_args: tp.Callable[[tp.Sequence[tp.Any]], None]):
         super().__init__()
@@ -197,8 +199,8 @@ class _CpuAttention(TorchFunctionMode):
             q, k, v = args[:3]
             mask, causal = kwargs.get("attn_mask"), kwargs.get("is_causal", False)
             p, scale = kwargs.get("dropout_p", 0.0), kwargs.get("scale")
-            with torch.device("meta"):
-                like = [None if t is None else torch.empty(t.shape, dtype=t.dtype, device="cpu") for t in (q, k, v, mask)]
+            # empty CPU tensors of the same shapes (never written, so no pages are touched) ask the CPU's choice
+            like = [None if t is None else torch.empty(t.shape, dtype=t.dtype, device="cpu") for t in (q, k, v, mask)]
             choice = torch._fused_sdp_choice(*like[:3], attn_mask=like[3], dropout_p=p, is_causal=causal)
             if choice == torch.nn.attention.SDPBackend.FLASH_ATTENTION.value:
                 if mask is not None and mask.dtype == torch.bool:  # as PyTorch converts it: 0 / -inf, query dtype
