@@ -191,7 +191,9 @@ def test_finetune_moves_the_demo_model_toward_the_class(tmp_path):
     uncond0, uncond1 = count(before, 1), count(after, 1)  # of 12 samples x 2 seeds
     print(f"class {TARGET}: other-class videos {video0}/20 -> {video1}/20, unconditional {uncond0}/24 -> {uncond1}/24")
     assert uncond1 >= uncond0 + 8, (uncond0, uncond1)  # measured 9 -> 21 (class 2: 3 -> 16)
-    assert video1 >= video0 + 3, (video0, video1)  # measured 2 -> 6 (class 2: 0 -> 2, see docs/training.md)
+    # measured 2 -> 6 (the same with 1 and 2 threads); the margin leaves room for other CPUs' sampling. The video
+    # shift is class-dependent (class 2: 0 -> 2, see docs/training.md); the prior's above is the robust one
+    assert video1 >= video0 + 2, (video0, video1)
 
     assert vmas_main(["generate", clips[0]["video"], "-o", str(tmp_path / "gen"), "--model", str(out / "model.pt"),
                       "--duration", "2", "-q"]) == 0
