@@ -41,24 +41,31 @@ def test_multiscene_labels_match_the_rendering():
 # ---------------------------------------------------------------------------------------------------- detection
 def test_detection_finds_scene_changes_not_flips_or_flashes():
     clip = generate_multiscene(7, scenes=3, seconds=12.0, size=32)
-    scores = structure.cut_scores(structure.color_histograms(clip.frames))
+    scores = structure.cut_scores(structure.color_quantiles(clip.frames))
     assert structure.pick_cuts(scores, FPS) == clip.labels["cuts"]  # exact frames
     # a single scene has palette flips every two bars and a flash on every downbeat: no cut
     one = generate_clip(3, 2, seconds=12.0, size=32)
     kinds = {t for ev in one.labels["events"] for t in ev["types"]}
     assert {"cut", "flash"} <= kinds
-    assert structure.pick_cuts(structure.cut_scores(structure.color_histograms(one.frames)), FPS) == []
+    assert structure.pick_cuts(structure.cut_scores(structure.color_quantiles(one.frames)), FPS) == []
 
 
 def test_cut_score_by_hand():
-    # two flat colours: frames 0-3 black, 4-7 white -> one cut at frame 4 with TV distance 1; a one-frame flash
+    # flat colours: frames 0-3 black, 4-7 grey 100 -> one cut at frame 4 of 100 grey levels; a one-frame flash
     # (frame 2 white in an all-black clip) leaves a black frame on both sides -> score 0 everywhere
-    black, white = np.zeros((4, 2, 2, 3), np.uint8), np.full((4, 2, 2, 3), 255, np.uint8)
-    s = structure.cut_scores(structure.color_histograms(np.concatenate([black, white])), span=3)
-    assert s[4] == pytest.approx(1.0) and np.delete(s, 4).max() == 0.0
+    black, grey = np.zeros((4, 2, 2, 3), np.uint8), np.full((4, 2, 2, 3), 100, np.uint8)
+    s = structure.cut_scores(structure.color_quantiles(np.concatenate([black, grey])), span=3)
+    assert s[4] == pytest.approx(100.0) and np.delete(s, 4).max() == 0.0
     flash = np.zeros((8, 2, 2, 3), np.uint8)
     flash[2] = 255
-    assert structure.cut_scores(structure.color_histograms(flash), span=3).max() == 0.0
+    assert structure.cut_scores(structure.color_quantiles(flash), span=3).max() == 0.0
+    # quantiles are trimmed: 5 % of the pixels turning white (a small object) moves nothing
+    frames = np.zeros((8, 10, 10, 3), np.uint8)
+    frames[4:, :5, 0] = 255
+    assert structure.cut_scores(structure.color_quantiles(frames), span=3).max() == 0.0
+    # two dark palettes 30 levels apart in one channel: 30 / 3 channels = 10 levels (a 4-bin histogram saw 0)
+    a, b = np.full((4, 2, 2, 3), (40, 0, 60), np.uint8), np.full((4, 2, 2, 3), (10, 0, 60), np.uint8)
+    assert structure.cut_scores(structure.color_quantiles(np.concatenate([a, b])), span=3)[4] == pytest.approx(10.0)
 
 
 def test_detect_cuts_on_a_video_file_and_the_request_forms(tmp_path):
