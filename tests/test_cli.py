@@ -311,3 +311,20 @@ def test_duration_trims_the_mp4_too(tmp_path, pipe):
     video = probe_video(res.mp4).duration
     assert 1.2 - 1e-6 <= video <= 1.2 + 2 * frame  # whole frames; B-frame reordering may keep one more
     assert abs(audio_duration(res.mp4) - video) <= 1024 / 48000 + 1e-3  # one AAC frame
+
+
+def test_resume_takes_a_run_folder_and_knows_a_finished_checkpoint(tmp_path):
+    from vmas.solvers.cli import _finished, _resume_folder
+
+    for step in (2, 4):
+        folder = tmp_path / "run" / "checkpoints" / f"step_{step:08d}"
+        folder.mkdir(parents=True)
+        (folder / "meta.json").write_text(json.dumps({"step": step}))
+    newest = tmp_path / "run" / "checkpoints" / "step_00000004"
+    assert _resume_folder(str(tmp_path / "run"), tmp_path / "elsewhere") == newest
+    assert _resume_folder("auto", tmp_path / "run") == newest
+    assert _resume_folder("auto", tmp_path / "empty") is None
+    assert _finished(newest, 4) == 4 and _finished(newest, 5) is None and _finished(None, 1) is None
+    (tmp_path / "bare" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        _resume_folder(str(tmp_path / "bare"), tmp_path)
