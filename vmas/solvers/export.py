@@ -14,6 +14,7 @@ import torch
 from vmas.builders import build_codec
 from vmas.config import Config, config_to_dict
 from vmas.errors import CheckpointError
+from vmas.loading import torch_load
 from vmas.solvers.checkpoint import export_inference, read_meta
 from vmas.solvers.lora import merge_lora
 
@@ -37,7 +38,7 @@ def export_checkpoint(cfg: Config, folder: tp.Union[str, Path], out: tp.Union[st
     """Inference export of a training checkpoint folder (reads ``ema.pt`` and ``meta.json``; no engine)."""
     folder = Path(folder)
     meta = read_meta(folder)
-    ema = torch.load(folder / "ema.pt", map_location="cpu", weights_only=False)
+    ema = torch_load(folder / "ema.pt", "EMA checkpoint")
     codec = build_codec(cfg.model.codec)
     return export_ema(out, cfg, ema, codec.state_dict(), meta["step"])
 
@@ -50,9 +51,9 @@ def load_init_weights(model: torch.nn.Module, source: tp.Union[str, Path]) -> No
         if not (path / "ema.pt").is_file():
             raise CheckpointError(f"train.init_from={path}: no ema.pt (expected a training checkpoint folder "
                                   "checkpoints/step_XXXXXXXX or an exported model.pt)")
-        state = torch.load(path / "ema.pt", map_location="cpu", weights_only=False)["shadow"]
+        state = torch_load(path / "ema.pt", "EMA checkpoint")["shadow"]
     elif path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch_load(path, "vmas export")  # a downloaded file: the safe unpickler only
         if not isinstance(blob, dict) or "model" not in blob:
             raise CheckpointError(f"train.init_from={path}: not a vmas export (no 'model' entry; see docs/training.md)")
         state = blob["model"]
@@ -79,7 +80,7 @@ def stored_config(source: tp.Union[str, Path]) -> tp.Dict[str, tp.Any]:
         return dict(read_meta(path)["config"])
     if not path.is_file():
         raise CheckpointError(f"train.init_from={path}: no such file or folder")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = torch_load(path, "vmas export")
     if not isinstance(blob, dict) or "config" not in blob:
         raise CheckpointError(f"train.init_from={path}: not a vmas export (no 'config' entry)")
     return dict(blob["config"])
@@ -92,7 +93,7 @@ def init_codec(cfg: Config) -> torch.nn.Module:
     import dataclasses
 
     path = Path(cfg.train.init_from)
-    blob = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else {}
+    blob = torch_load(path, "vmas export") if path.is_file() else {}
     if not blob.get("codec"):
         return build_codec(cfg.model.codec)
     codec = build_codec(dataclasses.replace(cfg.model.codec, pretrained=""))
