@@ -110,7 +110,7 @@ def test_crossfade_is_equal_power_and_removes_the_click():
     seam = [1.0 + structure.CROSSFADE_S / 2]
     r_hard, r_smooth = structure.seam_flux_ratio(hard, sr, [1.0]), structure.seam_flux_ratio(smooth, sr, seam)
     assert r_hard > 5  # the splice is a broadband click
-    assert r_smooth < 3 and r_smooth < r_hard / 3  # crossfaded: only the change of note remains
+    assert r_smooth < 1.5  # crossfaded: no more flux than anywhere else (measured 0.78; the splice 90)
 
 
 # ------------------------------------------------------------------------------------------------------ hits
