@@ -12,6 +12,9 @@ One sample per 10 s clip, stored as consecutive tar members ``<key>.<ext>`` (rea
 ``json``           meta: key, source_id, video, start, duration, split, sizes, rates, frame_times (s, clip-relative)
 =================  =================================================================================
 
+A music-only clip (manifest ``"video": null`` with an ``audio`` path, issue 25: :mod:`vmas.data.music_only`) has no
+frames member and no ``motion.npy``; its ``json`` says ``"has_video": false`` (:func:`make_music_sample`).
+
 Resumable and crash-safe: shard ``i`` of a split always holds the same manifest clips (manifest order, chunks of
 ``clips_per_shard``); it is written to ``<name>.tar.tmp.<host>.<pid>``, renamed, then a done-marker
 ``<name>.tar.done`` (JSON: planned keys digest, clip count, bytes, rejects) is written the same way. A re-run skips
