@@ -110,6 +110,59 @@ def test_true_peak_sees_the_peak_between_samples(sr):
     assert M.oversample_factor(48000) == 4
 
 
+# ------------------------------------------------------------------------------------------- block by block
+@pytest.fixture()
+def small_blocks(monkeypatch):
+    """Blocks of 997 samples (prime, so block edges fall everywhere relative to 400 ms gating blocks, resampling
+    phases and limiter windows): a long track's block boundaries, exercised on a short signal."""
+    monkeypatch.setattr(M, "BLOCK", 997)
+
+
+def _music_like(n: int, sr: int, seed: int = 0) -> np.ndarray:
+    """Tones with a bursty envelope and quiet stretches (the gating and the limiter both have work to do)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / sr
+    env = np.repeat(rng.uniform(0.0, 1.0, n // (sr // 10) + 1), sr // 10)[:n] ** 3
+    return (env * (np.sin(2 * np.pi * 440 * t) + 0.3 * rng.standard_normal(n))).astype(np.float32)
+
+
+@pytest.mark.parametrize("sr", [48000, 32000, 44100])
+def test_blockwise_measurements_equal_the_whole_signal_references(sr, small_blocks):
+    """Loudness = pyloudnorm on the whole float64 signal; true peak and the peak envelope = one resample_poly call
+    on the whole signal; resampling = one resample_poly call; the limiter = its whole-signal definition."""
+    from scipy.signal import resample_poly
+
+    x = _music_like(3 * sr + 123, sr)
+    assert M.integrated_loudness(x, sr) == pytest.approx(_pyloudnorm(x, sr), abs=1e-9)
+    up = M.oversample_factor(sr)
+    xo = resample_poly(x.astype(np.float64), up, 1)
+    assert M.true_peak(x, sr) == pytest.approx(20 * math.log10(np.max(np.abs(xo))), abs=1e-9)
+    env = np.maximum(np.abs(x), np.abs(xo.reshape(-1, up)[:, 1:]).max(axis=1))
+    np.testing.assert_allclose(M.peak_envelope(x, sr), env, rtol=1e-6)
+    for sr_out in (48000, 16000, 32000):
+        g = math.gcd(sr, sr_out)
+        ref = resample_poly(x.astype(np.float64), sr_out // g, sr // g)[: round(x.size * sr_out / sr)]
+        got = M.resample(x, sr, sr_out)
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+    # the limiter: gains from the whole envelope at once (BLOCK larger than the signal) equal the blocked ones
+    blocked = M.limiter_gain(x, sr, -6.0, envelope=env.astype(np.float32))
+    M.BLOCK = 1 << 30
+    np.testing.assert_allclose(blocked, M.limiter_gain(x, sr, -6.0, envelope=env.astype(np.float32)), atol=1e-6)
+    assert blocked.min() < 0.5  # it did limit
+
+
+def test_blockwise_ducking_equals_the_whole_curve():
+    sr, n = 1000, 9000
+    speech = [(2.0, 3.0), (2.9, 3.4), (6.0, 6.05), (8.99, 12.0)]
+    whole = M.ducking_gain(speech, n, sr, duck=-10, attack=0.3, release=0.5, hold=0.2)
+    parts = np.concatenate([M.ducking_gain(speech, n, sr, duck=-10, attack=0.3, release=0.5, hold=0.2, start=s,
+                                           stop=min(n, s + 701)) for s in range(0, n, 701)])
+    np.testing.assert_array_equal(parts, whole)
+    # the merged spans mean the same as the union of the intervals: full depth wherever someone speaks
+    assert np.allclose(whole[2000:3400], 10 ** (-10 / 20)) and whole[6020] == pytest.approx(10 ** (-0.5))
+
+
 # ------------------------------------------------------------------------------------------- gain curves by hand
 def test_ducking_curve_hand_values_and_no_clicks():
     sr = 1000

@@ -13,11 +13,15 @@ generation path calls, the other functions are its steps (each tested on its own
 3. Music level: with the original kept, the music is first set to the loudness of the original audio plus
    ``music_gain`` dB; fades at the ends of the music (:func:`fade_gain`).
 4. :func:`normalize_loudness` — the whole track to ``loudness`` LUFS (ITU-R BS.1770-4 integrated loudness, gated,
-   measured with ``pyloudnorm``) with the true peak (4x oversampled, BS.1770 Annex 2) at or below ``true_peak``
+   measured as ``pyloudnorm`` does, block by block) with the true peak (4x oversampled, BS.1770 Annex 2) at or below ``true_peak``
    dBTP: a look-ahead limiter takes the peaks that normalisation pushes over the ceiling, and the gain is
    re-measured until the loudness is on target.
 
 Arrays are mono ``float [N]`` (the video's audio is averaged to mono by :func:`vmas.data.media.read_audio`).
+
+Memory: every measurement and gain curve runs block by block (:data:`BLOCK` samples, with the margin each step's
+filter reaches), so a long video costs only its tracks themselves, kept as float32 (~11.5 MB per minute at
+48 kHz per copy), never a float64 or 4x-oversampled copy of the whole track.
 """
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ from vmas.errors import VmasError
 MIX_MODES = ("keep", "replace")
 VAD_RATE = 16000  # Silero VAD runs at 16 kHz
 SILENCE_LUFS = -70.0  # BS.1770's absolute gate: anything quieter is silence
+BLOCK = 1 << 17
+"""Samples per block of the block-wise steps (2.7 s at 48 kHz): their working memory is a few blocks, whatever
+the length of the track."""
 
 
 @dataclasses.dataclass
@@ -129,20 +136,49 @@ def gain_to_db(gain: float) -> float:
     return 20.0 * math.log10(gain) if gain > 0 else -math.inf
 
 
-def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Polyphase resampling (scipy's Kaiser-windowed FIR), ``[..., N] -> [..., round(N * sr_out / sr_in)]``."""
-    if sr_in == sr_out:
-        return np.asarray(x, dtype=np.float64)
-    from scipy.signal import resample_poly
+def _spans(n: int, block: tp.Optional[int] = None, align: int = 1) -> tp.Iterator[tp.Tuple[int, int]]:
+    """Consecutive ``(start, end)`` covering ``[0, n)`` of about ``block`` (default :data:`BLOCK`, read at call
+    time) samples; every start is a multiple of ``align``."""
+    block = BLOCK if block is None else block
+    step = max(align, block - block % align)
+    for s in range(0, n, step):
+        yield s, min(n, s + step)
 
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int, block: tp.Optional[int] = None) -> np.ndarray:
+    """Polyphase resampling (:func:`vmas.dsp.resample_poly`: scipy's Kaiser-windowed FIR), mono
+    ``[N] -> float32 [round(N * sr_out / sr_in)]``.
+
+    Block by block: each input block (starting at a multiple of the decimation factor, so it maps onto whole output
+    samples) is resampled with the filter's reach of real neighbours on both sides; the result equals one
+    ``resample_poly`` call on the whole signal (to float rounding) with memory of one block.
+    """
+    from vmas.dsp import resample_poly
+
+    x = _mono(x, "audio")
+    n_out = round(x.size * sr_out / sr_in)
+    if sr_in == sr_out:
+        return x.astype(np.float32)
     g = math.gcd(int(sr_in), int(sr_out))
-    y = resample_poly(np.asarray(x, dtype=np.float64), sr_out // g, sr_in // g, axis=-1)
-    n = round(x.shape[-1] * sr_out / sr_in)
-    return y[..., :n]
+    up, down = sr_out // g, sr_in // g
+    reach = 10 * max(up, down) // up + 2  # resample_poly's default filter: 10 * max(up, down) taps each side
+    margin = -(-reach // down) * down  # whole multiples of `down`, so a block's output starts on a sample
+    out = np.zeros(n_out, np.float32)
+    for s, e in _spans(x.size, block, align=down):
+        a, b = max(0, s - margin), min(x.size, e + margin)
+        y = resample_poly(np.asarray(x[a:b], np.float64), up, down)  # output m is input time a + m * down / up
+        o = s * up // down
+        stop = min(n_out, (e * up) // down if e < x.size else n_out)
+        off = (s - a) * up // down
+        out[o:stop] = y[off: off + stop - o]
+    return out
 
 
 def _mono(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    """``x`` as a 1-D float array without copying (float32 stays float32: the block-wise steps widen per block)."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     if x.ndim == 2 and 1 in x.shape:
         x = x.reshape(-1)
     if x.ndim != 1:
@@ -151,11 +187,39 @@ def _mono(x: np.ndarray, name: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- measurements
+def k_weighting(sr: int) -> tp.List[tp.Tuple[np.ndarray, np.ndarray]]:
+    """BS.1770's K-weighting as two biquads ``[(b, a)]`` at ``sr``: a +4 dB high shelf at 1.5 kHz (Q = 1/sqrt 2)
+    then a 38 Hz high-pass (Q = 0.5), each designed with the RBJ audio-EQ cookbook formulas at the given rate —
+    the filters ``pyloudnorm`` uses (its ``Meter(sr)._filters``, compared in ``tests/test_mixing.py``), so both
+    meters read the same."""
+    def biquad(kind: str, gain_db: float, q: float, fc: float):
+        A = 10.0 ** (gain_db / 40.0)
+        w0 = 2.0 * math.pi * fc / sr
+        cos, alpha = math.cos(w0), math.sin(w0) / (2.0 * q)
+        if kind == "high_shelf":
+            root = 2.0 * math.sqrt(A) * alpha
+            b = [A * ((A + 1) + (A - 1) * cos + root), -2 * A * ((A - 1) + (A + 1) * cos),
+                 A * ((A + 1) + (A - 1) * cos - root)]
+            a = [(A + 1) - (A - 1) * cos + root, 2 * ((A - 1) - (A + 1) * cos), (A + 1) - (A - 1) * cos - root]
+        else:  # high_pass
+            b = [(1 + cos) / 2, -(1 + cos), (1 + cos) / 2]
+            a = [1 + alpha, -2 * cos, 1 - alpha]
+        return np.array(b) / a[0], np.array(a) / a[0]
+
+    return [biquad("high_shelf", 4.0, 1 / math.sqrt(2), 1500.0), biquad("high_pass", 0.0, 0.5, 38.0)]
+
+
+LOUDNESS_BLOCK = 0.4
+"""BS.1770 gating block (s); blocks start every quarter block (75 % overlap)."""
+
+
 def integrated_loudness(x: np.ndarray, sr: int) -> float:
     """ITU-R BS.1770-4 integrated loudness of mono ``x [N]`` in LUFS (K-weighting, 400 ms blocks with 75 %
-    overlap, absolute gate -70 LUFS, relative gate -10 LU), measured by ``pyloudnorm``. Silence gives ``-inf``;
+    overlap, absolute gate -70 LUFS, relative gate -10 LU), as ``pyloudnorm`` measures it (same filters, same block
+    bounds; ``tests/test_mixing.py`` compares the two to 1e-9 LU) but block by block: the K-weighting filters carry
+    their state from block to block and only each gating block's mean square is kept. Silence gives ``-inf``;
     audio shorter than one 400 ms block is measured as if it were repeated to one block's length."""
-    import pyloudnorm
+    from vmas.dsp import lfilter
 
     x = _mono(x, "audio")
     block = int(math.ceil(0.4 * sr)) + 1
@@ -163,8 +227,30 @@ def integrated_loudness(x: np.ndarray, sr: int) -> float:
         return -math.inf
     if x.size < block:  # pyloudnorm needs one full block
         x = np.tile(x, int(math.ceil(block / x.size)))
+    filters = k_weighting(sr)
+    t_g, step, n = LOUDNESS_BLOCK, 0.25, x.size
+    count = int(np.round((n / sr - t_g) / (t_g * step))) + 1
+    lo = np.array([int(t_g * (j * step) * sr) for j in range(count)])  # [J] block bounds, as pyloudnorm rounds them
+    hi = np.minimum([int(t_g * (j * step + 1) * sr) for j in range(count)], n)
+    bounds = np.unique(np.concatenate([lo, hi, [0, n]]))  # [S + 1]: the blocks are unions of these segments
+    seg = np.zeros(bounds.size)  # seg[i]: sum of squares of the filtered signal over [bounds[i], bounds[i + 1])
+    states = [np.zeros(max(len(a), len(b)) - 1) for b, a in filters]
+    for s, e in _spans(n):
+        y = np.asarray(x[s:e], np.float64)
+        for i, (b, a) in enumerate(filters):
+            y, states[i] = lfilter(b, a, y, zi=states[i])
+        cuts = np.concatenate([[s], bounds[(bounds > s) & (bounds < e)]])  # [c] piece starts within the block
+        np.add.at(seg, np.searchsorted(bounds, cuts, side="right") - 1, np.add.reduceat(y * y, cuts - s))
+    prefix = np.concatenate([[0.0], np.cumsum(seg)])
+    z = (prefix[np.searchsorted(bounds, hi)] - prefix[np.searchsorted(bounds, lo)]) / (t_g * sr)  # [J] mean squares
     with np.errstate(divide="ignore"):
-        return float(pyloudnorm.Meter(sr).integrated_loudness(x))
+        level = -0.691 + 10.0 * np.log10(z)
+    above = z[level >= SILENCE_LUFS]
+    if above.size == 0:
+        return -math.inf
+    relative = -0.691 + 10.0 * np.log10(np.mean(above)) - 10.0
+    gated = z[(level > relative) & (level > SILENCE_LUFS)]
+    return -0.691 + 10.0 * math.log10(np.mean(gated)) if gated.size and np.mean(gated) > 0 else -math.inf
 
 
 def oversample_factor(sr: int) -> int:
@@ -173,11 +259,24 @@ def oversample_factor(sr: int) -> int:
     return max(1, int(math.ceil(192000 / sr))) if sr < 192000 else 1
 
 
-def _oversampled(x: np.ndarray, sr: int) -> np.ndarray:
-    from scipy.signal import resample_poly
+OVERSAMPLE_MARGIN = 16
+"""Input samples on each side of a block for the true-peak interpolator (``resample_poly``'s filter reaches 10)."""
+
+
+def _oversampled_blocks(x: np.ndarray, sr: int, block: tp.Optional[int] = None) -> tp.Iterator[tp.Tuple[int, np.ndarray]]:
+    """``(start, xo)`` for consecutive blocks of ``x [N]``: ``xo float64 [(end - start) * up]`` is that block's
+    part of the whole signal oversampled :func:`oversample_factor` times (equal to one ``resample_poly`` call on
+    the whole signal, to float rounding; memory: one block)."""
+    from vmas.dsp import resample_poly
 
     up = oversample_factor(sr)
-    return np.asarray(x, np.float64) if up == 1 else resample_poly(np.asarray(x, np.float64), up, 1)
+    for s, e in _spans(x.size, block):
+        if up == 1:
+            yield s, np.asarray(x[s:e], np.float64)
+            continue
+        a, b = max(0, s - OVERSAMPLE_MARGIN), min(x.size, e + OVERSAMPLE_MARGIN)
+        xo = resample_poly(np.asarray(x[a:b], np.float64), up, 1)  # [(b - a) * up]
+        yield s, xo[(s - a) * up: (e - a) * up]
 
 
 def true_peak(x: np.ndarray, sr: int) -> float:
@@ -186,7 +285,7 @@ def true_peak(x: np.ndarray, sr: int) -> float:
     x = _mono(x, "audio")
     if x.size == 0:
         return -math.inf
-    return gain_to_db(float(np.max(np.abs(_oversampled(x, sr)))))
+    return gain_to_db(max(float(np.max(np.abs(xo))) for _, xo in _oversampled_blocks(x, sr)))
 
 
 # ----------------------------------------------------------------------------------------------- voice activity
@@ -227,57 +326,82 @@ def _smoothstep(e: np.ndarray) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(np.pi * np.clip(e, 0.0, 1.0))
 
 
+def _speech_spans(intervals: tp.Sequence[tp.Tuple[float, float]], n: int, sr: int) -> tp.Tuple[np.ndarray, np.ndarray]:
+    """Speech as merged, sorted sample spans ``[a, b)`` clipped to ``[0, n)``: starts [I], ends [I]."""
+    spans = sorted((max(0, int(round(a * sr))), min(n, int(round(b * sr)))) for a, b in intervals)
+    merged: tp.List[tp.List[int]] = []
+    for a, b in spans:
+        if b <= a:
+            continue
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    arr = np.array(merged, dtype=np.int64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
 def ducking_gain(intervals: tp.Sequence[tp.Tuple[float, float]], n: int, sr: int, duck: float = -12.0,
-                 attack: float = 0.15, release: float = 0.6, hold: float = 0.25) -> np.ndarray:
-    """Linear gain ``[n]`` for the music: 1 away from speech, ``10 ** (-|duck| / 20)`` during each interval.
+                 attack: float = 0.15, release: float = 0.6, hold: float = 0.25, start: int = 0,
+                 stop: tp.Optional[int] = None) -> np.ndarray:
+    """Linear gain ``[stop - start]`` for samples ``[start, stop)`` (default: all ``n``) of the music: 1 away from
+    speech, ``10 ** (-|duck| / 20)`` during each interval.
 
     The dip is complete at each speech onset (it ramps down over the ``attack`` seconds before it), stays
     ``hold`` seconds after the speech ends and ramps back over ``release`` seconds. The ramps are raised cosines in
-    dB, and overlapping ramps take the deeper dip.
+    dB, and overlapping ramps take the deeper dip. Any range can be asked for on its own (the nearest speech before
+    and after each sample comes from the interval list), so the curve is built block by block.
     """
     depth = -abs(float(duck))
-    if n <= 0:
-        return np.ones(0)
-    idx = np.arange(n, dtype=np.float64)
-    mask = np.zeros(n, dtype=bool)
-    for start, end in intervals:
-        a, b = max(0, int(round(start * sr))), min(n, int(round(end * sr)))
-        if b > a:
-            mask[a:b] = True
-    if depth == 0.0 or not mask.any():
-        return np.ones(n)
-    last = np.maximum.accumulate(np.where(mask, idx, -np.inf))  # latest speech sample at or before each sample
-    nxt = np.minimum.accumulate(np.where(mask, idx, np.inf)[::-1])[::-1]  # next speech sample at or after
+    stop = n if stop is None else min(n, stop)
+    m = max(0, stop - start)
+    starts, ends = _speech_spans(intervals, n, sr)
+    if m == 0 or depth == 0.0 or starts.size == 0:
+        return np.ones(m)
+    idx = np.arange(start, stop, dtype=np.int64)  # [m]
+    k = np.searchsorted(starts, idx, side="right") - 1  # last span starting at or before each sample
+    last = np.where(k >= 0, np.minimum(idx, ends[np.maximum(k, 0)] - 1), -1).astype(np.float64)
+    last[k < 0] = -np.inf  # latest speech sample at or before each sample
+    k2 = np.searchsorted(ends, idx, side="right")  # first span ending after each sample
+    nxt = np.where(k2 < starts.size, np.maximum(idx, starts[np.minimum(k2, starts.size - 1)]), 0).astype(np.float64)
+    nxt[k2 >= starts.size] = np.inf  # next speech sample at or after each sample
     after, before = idx - last, nxt - idx  # samples since the last / until the next speech (0 inside speech)
     down = 1.0 - before / max(attack * sr, 1.0)
     up = 1.0 - np.maximum(after - hold * sr, 0.0) / max(release * sr, 1.0)
-    env = _smoothstep(np.maximum(np.nan_to_num(down, neginf=0.0), np.nan_to_num(up, neginf=0.0)))  # [n] in [0, 1]
+    env = _smoothstep(np.maximum(np.nan_to_num(down, neginf=0.0), np.nan_to_num(up, neginf=0.0)))  # [m] in [0, 1]
     return db_to_gain(depth * env)
+
+
+def _fade_ramps(n: int, sr: int, fade_in: float, fade_out: float) -> tp.Tuple[np.ndarray, np.ndarray]:
+    """The raised-cosine fade-in [k_in] and fade-out [k_out] ramps of :func:`fade_gain` (each at most n // 4)."""
+    ramps = []
+    for seconds in (fade_in, fade_out):
+        k = max(0, min(int(round(seconds * sr)), n // 4))
+        ramps.append(_smoothstep((np.arange(k) + 0.5) / k) if k else np.ones(0))
+    return ramps[0], ramps[1][::-1]
 
 
 def fade_gain(n: int, sr: int, fade_in: float = 0.5, fade_out: float = 1.5) -> np.ndarray:
     """Linear gain ``[n]``: raised-cosine fade-in over the first ``fade_in`` seconds and fade-out over the last
     ``fade_out`` seconds (each at most a quarter of the length)."""
-    g = np.ones(n)
-    for seconds, at_start in ((fade_in, True), (fade_out, False)):
-        k = min(int(round(seconds * sr)), n // 4)
-        if k <= 0:
-            continue
-        ramp = _smoothstep((np.arange(k) + 0.5) / k)
-        if at_start:
-            g[:k] *= ramp
-        else:
-            g[n - k:] *= ramp[::-1]
-    return g
+    return apply_fades(np.ones(n), sr, fade_in, fade_out)
+
+
+def apply_fades(x: np.ndarray, sr: int, fade_in: float = 0.5, fade_out: float = 1.5) -> np.ndarray:
+    """``x * fade_gain(...)`` in place (only the faded ends are touched); returns ``x``."""
+    ramp_in, ramp_out = _fade_ramps(x.size, sr, fade_in, fade_out)
+    x[: ramp_in.size] *= ramp_in.astype(x.dtype)
+    if ramp_out.size:
+        x[x.size - ramp_out.size:] *= ramp_out.astype(x.dtype)
+    return x
 
 
 # ----------------------------------------------------------------------------------------------- loudness
 def _forward_min(g: np.ndarray, size: int) -> np.ndarray:
     """``out[i] = min(g[i : i + size])`` (ones past the end)."""
-    from scipy.ndimage import minimum_filter1d
+    from vmas.dsp import forward_min
 
-    padded = np.concatenate([g, np.ones(size)])
-    return minimum_filter1d(padded, size, mode="nearest")[size // 2: size // 2 + g.size]
+    return forward_min(g, size, fill=1.0)
 
 
 def _trailing_mean(g: np.ndarray, size: int) -> np.ndarray:
@@ -287,39 +411,47 @@ def _trailing_mean(g: np.ndarray, size: int) -> np.ndarray:
 
 
 def peak_envelope(x: np.ndarray, sr: int) -> np.ndarray:
-    """``[N]``: the largest magnitude of the oversampled (true-peak) signal from sample i to sample i+1."""
+    """``float32 [N]``: the largest magnitude of the oversampled (true-peak) signal from sample i to sample i+1."""
     x = _mono(x, "audio")
-    n, up = x.size, oversample_factor(sr)
-    xo = np.abs(_oversampled(x, sr))
-    xo = np.pad(xo, (0, n * up - xo.size))[: n * up].reshape(n, up)
-    peak = np.abs(x)
-    for k in range(1, up):  # column by column: much faster than a max over a short last axis
-        peak = np.maximum(peak, xo[:, k])
-    return peak
+    up = oversample_factor(sr)
+    out = np.empty(x.size, np.float32)
+    for s, xo in _oversampled_blocks(x, sr):
+        m = xo.size // up
+        xo = np.abs(xo).reshape(m, up)  # [m, up]
+        peak = np.abs(np.asarray(x[s: s + m], np.float64))
+        for k in range(1, up):  # column by column: much faster than a max over a short last axis
+            peak = np.maximum(peak, xo[:, k])
+        out[s: s + m] = peak
+    return out
 
 
 def limiter_gain(x: np.ndarray, sr: int, ceiling_db: float, stages: tp.Sequence[float] = (0.001, 0.01),
                  envelope: tp.Optional[np.ndarray] = None) -> np.ndarray:
-    """Look-ahead peak limiter: a smooth gain ``[N] <= 1`` such that ``x * gain`` stays under ``ceiling_db`` at
-    every oversampled (true) peak.
+    """Look-ahead peak limiter: a smooth gain ``float32 [N] <= 1`` such that ``x * gain`` stays under
+    ``ceiling_db`` at every oversampled (true) peak.
 
     Each stage takes, for every sample, the smallest gain needed over the next ``w`` seconds and averages that
     over the previous ``w`` seconds: the result is never above what any peak needs (each average includes the
     peak's own window) and ramps down over ``w`` seconds before the peak and up over ``w`` after it. A short stage
     then a longer one gives smooth, rounded ramps (1 + 10 ms by default: on a peaky voice a 40 ms release holds
     the gain down through whole syllables and costs ~4 dB more limiting for the same loudness). ``envelope`` is
-    :func:`peak_envelope` of ``x`` when the caller already has it.
+    :func:`peak_envelope` of ``x`` when the caller already has it. A sample's gain depends only on the envelope
+    within the stages' total width of it, so the curve is built block by block with that margin.
     """
     peak = peak_envelope(x, sr) if envelope is None else envelope
     ceiling = float(db_to_gain(ceiling_db))
-    g = np.minimum(1.0, ceiling / np.maximum(peak, 1e-12))
-    if g.min() >= 1.0:
-        return np.ones(peak.size)
-    for seconds in stages:
-        w = max(1, int(round(seconds * sr)))
-        # w ones in front, so the averages near the start also see the minima of the first samples
-        g = _trailing_mean(_forward_min(np.concatenate([np.ones(w), g]), w), w)[w:]
-    return g
+    widths = [max(1, int(round(seconds * sr))) for seconds in stages]
+    margin = sum(widths) + 1
+    out = np.ones(peak.size, np.float32)
+    for s, e in _spans(peak.size):
+        a, b = max(0, s - margin), min(peak.size, e + margin)
+        g = np.minimum(1.0, ceiling / np.maximum(np.asarray(peak[a:b], np.float64), 1e-12))
+        if g.min() >= 1.0:
+            continue
+        for w in widths:  # w ones in front, so the averages near the start also see the minima of the first samples
+            g = _trailing_mean(_forward_min(np.concatenate([np.ones(w), g]), w), w)[w:]
+        out[s:e] = g[s - a: e - a]
+    return out
 
 
 def normalize_loudness(x: np.ndarray, sr: int, target: tp.Optional[float] = -14.0, ceiling: float = -1.0,
@@ -333,26 +465,31 @@ def normalize_loudness(x: np.ndarray, sr: int, target: tp.Optional[float] = -14.
     track asked for -9 LUFS) ends at the closest loudness reached, which the caller can read back. With
     ``target=None`` (or silence) only the limiter runs.
 
-    Returns ``(y [N], total gain in dB before limiting, limiter gain [N])``.
+    Returns ``(y float32 [N], total gain in dB before limiting, limiter gain float32 [N])``.
     """
     x = _mono(x, "audio")
     margin = 0.05  # the limiter works on 4x samples of the input; the final check below catches the rest
-    envelope = peak_envelope(x, sr)  # scales with the gain: computed once
+    envelope = peak_envelope(x, sr)  # scales with the gain: computed once, the ceiling is moved instead
     level = integrated_loudness(x, sr) if target is not None else -math.inf
     active = math.isfinite(level) and level > SILENCE_LUFS
     total_db, slope, prev = (target - level if active else 0.0), 1.0, (0.0, level)
     first_db = total_db
-    best = None  # (miss in LU, y, total_db, limit): a target the ceiling makes unreachable ends at the closest
+
+    def apply(gain_db: float, limit: np.ndarray) -> np.ndarray:
+        y = x.astype(np.float32)  # [N]
+        y *= np.float32(db_to_gain(gain_db))
+        y *= limit
+        return y
+
+    best = None  # (miss in LU, total_db, limit): a target the ceiling makes unreachable ends at the closest
     for _ in range(max_rounds):
-        gain = float(db_to_gain(total_db))
-        limit = limiter_gain(x, sr, ceiling - margin, envelope=envelope * gain)
-        y = x * gain * limit
+        limit = limiter_gain(x, sr, ceiling - margin - total_db, envelope=envelope)  # x * gain under the ceiling
         if not active:
-            best = (0.0, y, total_db, limit)
+            best = (0.0, total_db, limit)
             break
-        level = integrated_loudness(y, sr)
+        level = integrated_loudness(apply(total_db, limit), sr)
         if best is None or abs(level - target) < best[0]:
-            best = (abs(level - target), y, total_db, limit)
+            best = (abs(level - target), total_db, limit)
         if abs(level - target) <= tolerance:
             break
         if total_db != prev[0]:
@@ -360,11 +497,14 @@ def normalize_loudness(x: np.ndarray, sr: int, target: tp.Optional[float] = -14.
         prev = (total_db, level)
         # at most 12 dB past the plain gain: beyond that the limiter would flatten the track into a square wave
         total_db = min(total_db + float(np.clip((target - level) / slope, -12.0, 12.0)), first_db + 12.0)
-    _, y, total_db, limit = best
+    _, total_db, limit = best
+    del envelope
+    y = apply(total_db, limit)
     over = true_peak(y, sr) - ceiling
     if over > 0:  # rare: an interpolated peak the per-sample limiter estimate missed by a few hundredths of a dB
-        y = y * db_to_gain(-over - 1e-3)
-        limit = limit * db_to_gain(-over - 1e-3)
+        fix = np.float32(db_to_gain(-over - 1e-3))
+        y *= fix
+        limit = limit * fix
     return y, total_db, limit
 
 
@@ -391,28 +531,35 @@ def finish_audio(music: np.ndarray, music_sr: int, original: tp.Optional[np.ndar
             raise VmasError("finish_audio: original_sr is required with the original audio")
         sr = int(original_sr)
         orig = _mono(original, "original audio")
-        music = resample(music, music_sr, sr)
-        n = max(orig.size, music.size)
-        orig = np.pad(orig, (0, n - orig.size))
+        stem = resample(music, music_sr, sr)  # float32 [N'], a new array: scaled in place below
+        n = max(orig.size, stem.size)
         original_loudness = integrated_loudness(orig, sr)
-        stem = music * fade_gain(music.size, sr, opts.fade_in, opts.fade_out)
-        level = integrated_loudness(music, sr)  # measured without the fades
+        level = integrated_loudness(stem, sr)  # measured without the fades
+        apply_fades(stem, sr, opts.fade_in, opts.fade_out)
+        gain = db_to_gain(opts.music_gain)
         if math.isfinite(level) and original_loudness > SILENCE_LUFS:  # music at the original's loudness
-            stem = stem * db_to_gain(original_loudness - level)
-        stem = np.pad(stem * db_to_gain(opts.music_gain), (0, n - stem.size))
+            gain = gain * db_to_gain(original_loudness - level)
+        stem *= np.float32(gain)
+        stem = np.pad(stem, (0, n - stem.size))  # [n]
         if opts.duck != 0:
             speech = speech_intervals(orig, sr, threshold=opts.vad_threshold)
-            stem = stem * ducking_gain(speech, n, sr, opts.duck, opts.attack, opts.release, opts.hold)
-        mix = orig + stem
+            for s, e in _spans(n):
+                stem[s:e] *= ducking_gain(speech, n, sr, opts.duck, opts.attack, opts.release, opts.hold,
+                                          start=s, stop=e).astype(np.float32)
+        mix = np.pad(orig.astype(np.float32), (0, n - orig.size))  # [n]
+        mix += stem
     else:
         sr = int(music_sr)
-        stem = music * fade_gain(music.size, sr, opts.fade_in, opts.fade_out) * db_to_gain(opts.music_gain)
+        stem = apply_fades(music.astype(np.float32), sr, opts.fade_in, opts.fade_out)
+        stem *= np.float32(db_to_gain(opts.music_gain))
         mix = stem
     out, gain_db, limit = normalize_loudness(mix, sr, opts.loudness, opts.true_peak - abs(headroom))
-    stem = stem * db_to_gain(gain_db) * limit
-    return MixResult(audio=out.astype(np.float32), sample_rate=sr, music=stem.astype(np.float32), mode=mode,
-                     speech=speech, gain_db=float(gain_db), loudness=integrated_loudness(out, sr),
-                     true_peak=true_peak(out, sr), original_loudness=original_loudness)
+    del mix
+    stem *= np.float32(db_to_gain(gain_db))
+    stem *= limit
+    return MixResult(audio=out, sample_rate=sr, music=stem, mode=mode, speech=speech, gain_db=float(gain_db),
+                     loudness=integrated_loudness(out, sr), true_peak=true_peak(out, sr),
+                     original_loudness=original_loudness)
 
 
 def encode_within_ceiling(audio: np.ndarray, sr: int, ceiling: float,
@@ -435,4 +582,4 @@ def encode_within_ceiling(audio: np.ndarray, sr: int, ceiling: float,
 
 __all__ = ["MixOptions", "MixResult", "MIX_MODES", "finish_audio", "speech_intervals", "ducking_gain", "fade_gain",
            "integrated_loudness", "true_peak", "peak_envelope", "limiter_gain", "normalize_loudness",
-           "encode_within_ceiling", "resample", "db_to_gain"]
+           "encode_within_ceiling", "resample", "db_to_gain", "apply_fades"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import re
 import typing as tp
 import wave
@@ -469,14 +470,43 @@ def read_audio(path: PathLike, sr: int = 32000, start: float = 0.0, duration: tp
         stream = container.streams.audio[0]
         native = _decode_audio(container, stream, path, start, duration, _origin(container))  # (samples, rate)
     wav, rate = native
-    wav_t = torch.from_numpy(wav)
-    if rate != sr:
-        import torchaudio.functional as AF
-
-        wav_t = AF.resample(wav_t, rate, sr)
+    wav_t = resample_audio(torch.from_numpy(wav), rate, sr)
     if want is not None:
         wav_t = torch.nn.functional.pad(wav_t, (0, max(0, want - wav_t.numel())))[:want]
     return wav_t.contiguous()
+
+
+RESAMPLE_CHUNK = 1 << 18
+"""Input samples resampled at once by :func:`resample_audio` (torchaudio's kernel works on an unfolded copy of its
+input many times its size: a 10-minute track in one call took ~0.5 GB)."""
+
+
+def resample_audio(wav: torch.Tensor, rate: int, sr: int, chunk: tp.Optional[int] = None) -> torch.Tensor:
+    """``float [N]`` at ``rate`` -> ``[ceil(N * sr / rate)]`` at ``sr`` with torchaudio's windowed-sinc resampler, in
+    chunks of about ``chunk`` input samples (default :data:`RESAMPLE_CHUNK`) with real neighbours on both sides
+    wider than the kernel, so the result equals one call on the whole signal (to float rounding) with memory
+    bounded by the chunk."""
+    if rate == sr:
+        return wav
+    import torchaudio.functional as AF
+
+    g = math.gcd(int(rate), int(sr))
+    period = int(rate) // g  # input samples per whole number of output samples
+    chunk = RESAMPLE_CHUNK if chunk is None else chunk
+    step = max(1, chunk // period) * period
+    n = wav.numel()
+    if n <= step:
+        return AF.resample(wav, rate, sr)
+    width = math.ceil(6 * period / min(period, int(sr) // g) / 0.99) + 1  # the kernel's reach, input samples
+    margin = -(-width // period) * period + period
+    parts = []
+    for s in range(0, n, step):
+        a, b = max(0, s - margin), min(n, s + step + margin)
+        out = AF.resample(wav[a:b], rate, sr)
+        first = (s - a) // period * (int(sr) // g)
+        count = (min(n, s + step) - s) // period * (int(sr) // g) if s + step < n else out.numel() - first
+        parts.append(out[first: first + count].clone())
+    return torch.cat(parts)
 
 
 def _origin(container) -> float:
