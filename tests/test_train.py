@@ -430,3 +430,33 @@ def test_solver_feeds_beat_grids_and_scores_their_gain(tmp_path, monkeypatch):
     assert res["ce_no_beat"] == pytest.approx(float(ce), abs=1e-5)
     assert res["beat_gain"] == pytest.approx(res["ce_no_beat"] - res["ce"])
     assert abs(res["beat_gain"]) > 1e-4  # the grid does reach the logits
+
+
+def test_training_state_files_load_through_the_safe_unpickler(tmp_path):
+    """Resume reads engine/EMA/rank states with weights_only=True: a state whose pickle would run code is refused in
+    one line; the rng state round-trips (numpy's too, now saved as a tensor); a state written before that (numpy's
+    state as an ndarray) still loads."""
+    import random
+
+    import numpy as np
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo should-not-run",))
+
+    torch.save({"rng": ckpt.rng_state(), "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as err:
+        ckpt.load_state_file(tmp_path / "evil.pt", "training state")
+    assert "system" in str(err.value) and "could run code" in str(err.value) and "\n" not in str(err.value)
+
+    np.random.seed(3)
+    torch.save({"rng": ckpt.rng_state()}, tmp_path / "new.pt")
+    want = np.random.rand(4)
+    np.random.seed(99)
+    ckpt.set_rng_state(ckpt.load_state_file(tmp_path / "new.pt", "training state")["rng"])
+    np.testing.assert_array_equal(np.random.rand(4), want)
+
+    legacy = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.save({"rng": legacy}, tmp_path / "old.pt")
+    state = ckpt.load_state_file(tmp_path / "old.pt", "training state")
+    np.testing.assert_array_equal(state["rng"]["numpy"][1], legacy["numpy"][1])

@@ -64,7 +64,7 @@ def _stand_in(name: str) -> type:
 
 def _unsupported_global(err: Exception) -> tp.Optional[str]:
     """The ``module.name`` torch's safe unpickler refused (None for other failures)."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err))
     return found.group(1) if found else None
 
 

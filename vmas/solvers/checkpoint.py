@@ -75,7 +75,11 @@ def prune(root: tp.Union[str, Path], keep_last: int) -> tp.List[Path]:
 
 # --------------------------------------------------------------------------------------------------- RNG
 def rng_state() -> tp.Dict[str, tp.Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as plain data and tensors, so the file loads with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                        int(has_gauss), float(cached)),
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -83,7 +87,8 @@ def rng_state() -> tp.Dict[str, tp.Any]:
 
 def set_rng_state(state: tp.Mapping[str, tp.Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -98,7 +103,29 @@ def load_rank_state(folder: Path, rank: int) -> tp.Dict[str, tp.Any]:
     if not path.is_file():
         raise CheckpointError(f"{folder}: no state for rank {rank} (resume with the world size it was saved with, "
                               "see meta.json)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_state_file(path, "training state")
+
+
+def load_state_file(path: Path, what: str, map_location: tp.Any = "cpu") -> tp.Any:
+    """A training-state file through torch's safe unpickler (tensors and plain data only), like every other file
+    vmas reads: a state that names any other class is refused in one line. Files from before rng states were
+    saved as tensors hold a numpy array; numpy's array-rebuilding functions (which build arrays, nothing else) are
+    allowed for them."""
+    from numpy._core.multiarray import _reconstruct
+
+    legacy = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct,
+              (_reconstruct, "numpy.core.multiarray._reconstruct")]  # the name numpy < 2 pickled it under
+    try:
+        with torch.serialization.safe_globals(legacy):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err))
+        why = (f"it pickles '{found.group(1)}', which could run code when loaded" if found else
+               f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:120]}")
+        if isinstance(err, FileNotFoundError):
+            raise CheckpointError(f"{path}: missing ({what}); resume from a complete checkpoint folder") from None
+        raise CheckpointError(f"{path}: refused to load this {what} ({why}); resume from another checkpoint or "
+                              "start the run again") from None
 
 
 def write_meta(folder: Path, meta: tp.Mapping[str, tp.Any]) -> None:
@@ -190,7 +217,7 @@ def load_checkpoint(folder: Path, rank: int, world_size: int, engine_name: str, 
         raise CheckpointError(f"{folder} was written by {meta['world_size']} ranks, this run has {world_size}: "
                               "resume with the same number of processes")
     engine.load(folder)
-    ema.load_state_dict(torch.load(folder / "ema.pt", map_location="cpu", weights_only=False))
+    ema.load_state_dict(load_state_file(folder / "ema.pt", "EMA state"))
     state = load_rank_state(folder, rank)
     data.load_state_dict(state["data"])
     set_rng_state(state["rng"])

@@ -81,7 +81,9 @@ class TorchEngine:
                     folder / "engine.pt")
 
     def load(self, folder: Path) -> None:
-        state = torch.load(folder / "engine.pt", map_location=self.device, weights_only=False)
+        from vmas.solvers.checkpoint import load_state_file
+
+        state = load_state_file(folder / "engine.pt", "optimiser state", map_location=self.device)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         _match_state_shapes(self.optimizer)
