@@ -187,3 +187,30 @@ def test_bench_startup_at_tiny_size(tmp_path):
     assert result["meta"]["generate_command"].endswith("--duration 0.5 --model vmas-debug-random")
     assert result["meta"]["commit"] and len(result["meta"]["load_avg_before"]) == 3
     assert (tmp_path / "out" / "example.mp4").exists()
+
+
+@pytest.mark.slow
+def test_bench_preprocess_at_tiny_size(tmp_path):
+    # issue 20: makes its own SynthMV data (4 videos -> 8 clips, 2 per shard -> 2 shards per rank), runs 1 process
+    # (without / with a decode worker) and torchrun --nproc_per_node 2, compares the torchrun shards with both
+    proc = run([ROOT / "tools" / "bench_preprocess.py", "--videos", "4", "--clips-per-shard", "2", "--work", tmp_path,
+                "--json"], tmp_path)
+    result = json.loads(proc.stdout)
+    assert list(result["runs"]) == ["1 process (decode_workers=0)", "1 process (decode_workers=1)",
+                                    "torchrun 2 ranks (decode_workers=0)"]
+    assert result["meta"]["clips_expected"] == 8
+    for row in result["runs"].values():
+        assert row["clips"] == 8 and row["rejected"] == 0 and row["shards"] == 4
+        assert row["wall_s"] > 0 and row["cpu_s"] > 0 and row["clips_per_s"] > 0 and row["clips_per_cpu_s"] > 0
+    assert len(result["runs"]["torchrun 2 ranks (decode_workers=0)"]["shard_loop_s_per_rank"]) == 2
+    assert "torch.distributed.run --nproc_per_node 2" in result["runs"]["torchrun 2 ranks (decode_workers=0)"][
+        "command"]
+    assert result["ratios"] and all(v > 0 for v in result["ratios"].values())
+    compared = result["shards_compared"]
+    assert compared["mismatches"] == 0 and len(compared) == 3
+    for pair in (v for k, v in compared.items() if k != "mismatches"):
+        assert pair["shards"] == 4 and pair["mismatches"] == []
+        assert pair["identical"] + pair["value_equal"] == pair["members"] > 0
+    meta = result["meta"]
+    assert meta["command"].startswith("python tools/bench_preprocess.py --videos 4") and meta["commit"]
+    assert len(meta["load_avg_before"]) == 3 and meta["omp_num_threads"] == "1"

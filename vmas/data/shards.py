@@ -678,3 +678,71 @@ def merge(manifest: tp.Union[str, Path, tp.Sequence[dict]], out_dir: tp.Union[st
     rejects = [rj for p in plans if p.name in done for rj in done[p.name]["rejects"]]
     _atomic_write_bytes(out / "preprocess_rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects).encode())
     return state
+
+
+# ------------------------------------------------------------------------------------------------ comparison
+def _tar_members(path: Path) -> tp.List[tp.Tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+
+
+def compare_shards(folder: tp.Union[str, Path], reference: tp.Union[str, Path], motion_rtol: float = 1e-5,
+                   motion_atol: float = 1e-6, pixel_mean: float = 1.0, pixel_max: int = 24) -> dict:
+    """Compare the ``*.tar`` shards of ``folder`` with those of ``reference``, member by member.
+
+    Same shard names, same members in the same order; codes, beats, beat weights, tags and json byte-identical.
+    Two members are compared by value: ``motion.npy`` to ``motion_rtol`` / ``motion_atol`` (as
+    ``np.testing.assert_allclose``), because OpenCV's Farneback differs in the last float32 bit between two
+    processes on the same frames (even two runs of one 1-process command; its SIMD paths depend on buffer
+    alignment), and ``frames.mp4`` by its decoded pixels (same shape, mean absolute difference < ``pixel_mean``,
+    largest <= ``pixel_max``): runs with two ranks encoded up to 10 of 48 SynthMV clips to other x264 bytes than
+    one process did, decoding within 10/255 of them; a wrong or shifted frame would be far off.
+
+    Returns ``{"shards", "members", "identical", "value_equal", "motion_max_abs_diff", "mismatches"}``:
+    ``value_equal`` lists the members equal in value only (with their largest difference), ``mismatches`` one line
+    per difference beyond the tolerances (empty when the folders hold the same shards; a folder without shards is
+    a mismatch).
+    """
+    folder, reference = Path(folder), Path(reference)
+    names = sorted(p.name for p in reference.glob("*.tar"))
+    got_names = sorted(p.name for p in folder.glob("*.tar"))
+    report: tp.Dict[str, tp.Any] = {"shards": 0, "members": 0, "identical": 0, "value_equal": [],
+                                    "motion_max_abs_diff": 0.0, "mismatches": []}
+    bad = report["mismatches"]
+    if not names:
+        bad.append(f"{reference}: no shards")
+    if got_names != names:
+        bad.append(f"shard names differ: only in {folder}: {sorted(set(got_names) - set(names))}, only in "
+                   f"{reference}: {sorted(set(names) - set(got_names))}")
+    for name in sorted(set(names) & set(got_names)):
+        report["shards"] += 1
+        got, want = _tar_members(folder / name), _tar_members(reference / name)
+        if [n for n, _ in got] != [n for n, _ in want]:
+            bad.append(f"{name}: members differ ({len(got)} vs {len(want)} members or another order)")
+            continue
+        for (member, a), (_, b) in zip(got, want):
+            report["members"] += 1
+            if a == b:
+                report["identical"] += 1
+            elif member.endswith(".motion.npy"):
+                x, y = load_npy(a), load_npy(b)
+                if x.shape != y.shape or not np.allclose(x, y, rtol=motion_rtol, atol=motion_atol, equal_nan=True):
+                    bad.append(f"{name}/{member}: motion differs beyond rtol {motion_rtol:g} / atol {motion_atol:g}")
+                    continue
+                diff = float(np.nanmax(np.abs(x.astype(np.float64) - y))) if x.size else 0.0
+                report["motion_max_abs_diff"] = max(report["motion_max_abs_diff"], diff)
+                report["value_equal"].append(f"{member}: max abs diff {diff:.3g}")
+            elif member.endswith(".frames.mp4"):
+                x, y = decode_frames(a).astype(int), decode_frames(b).astype(int)
+                if x.shape != y.shape:
+                    bad.append(f"{name}/{member}: decoded frames {x.shape} vs {y.shape}")
+                    continue
+                d = np.abs(x - y)
+                if not (d.mean() < pixel_mean and d.max() <= pixel_max):
+                    bad.append(f"{name}/{member}: decoded pixels differ by {d.mean():.2f} on average, up to "
+                               f"{d.max()}/255")
+                    continue
+                report["value_equal"].append(f"{member}: max pixel diff {d.max()}/255 after decoding")
+            else:
+                bad.append(f"{name}/{member}: bytes differ")  # same clips, same codes, same beats expected
+    return report
