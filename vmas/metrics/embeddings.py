@@ -357,8 +357,6 @@ class PasstEmbedder(AudioEmbedder):
 
     @torch.no_grad()
     def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
-        from vmas.metrics.kl import _real_stft
-
         x = resample(wav, sr, self.sample_rate)
         windows = [x[i: i + self.window] for i in range(0, max(len(x), 1), self.window)]
         windows = [w for w in windows if len(w) > int(0.15 * self.sample_rate)] or windows[:1]
@@ -385,3 +383,24 @@ def build_embedder(spec: str) -> AudioEmbedder:
         return PasstEmbedder()
     raise VmasError(f"unknown embedding backbone '{spec}'; use vggish[:path], clap:<name|folder>, "
                     f"encodec:<source>, passt or mel")
+
+
+class _real_stft:
+    """hear21passt's mel front end calls ``torch.stft`` without ``return_complex`` (an error in torch 2): serve it
+    the old real-valued layout [..., freq, time, 2] via ``view_as_real`` while PaSST runs (AudioCraft does the same)."""
+
+    def __enter__(self):
+        self.orig = torch.stft
+
+        def stft(*args, **kwargs):
+            if kwargs.get("return_complex") is None:
+                kwargs["return_complex"] = True
+                return torch.view_as_real(self.orig(*args, **kwargs))
+            return self.orig(*args, **kwargs)
+
+        torch.stft = stft
+        return self
+
+    def __exit__(self, *exc):
+        torch.stft = self.orig
+        return False

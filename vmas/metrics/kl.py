@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from vmas.errors import CheckpointError, DataError, VmasError
-from vmas.metrics.embeddings import resample, vggish_log_mel
+from vmas.metrics.embeddings import _real_stft, resample, vggish_log_mel
 
 
 def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -159,27 +159,6 @@ class PasstClassifier(AudioClassifier):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         with _real_stft():
             return self.model(x.float())
-
-
-class _real_stft:
-    """hear21passt's mel front end calls ``torch.stft`` without ``return_complex`` (an error in torch 2): serve it
-    the old real-valued layout [..., freq, time, 2] via ``view_as_real`` while PaSST runs (AudioCraft does the same)."""
-
-    def __enter__(self):
-        self.orig = torch.stft
-
-        def stft(*args, **kwargs):
-            if kwargs.get("return_complex") is None:
-                kwargs["return_complex"] = True
-                return torch.view_as_real(self.orig(*args, **kwargs))
-            return self.orig(*args, **kwargs)
-
-        torch.stft = stft
-        return self
-
-    def __exit__(self, *exc):
-        torch.stft = self.orig
-        return False
 
 
 def build_classifier(spec: str) -> AudioClassifier:
