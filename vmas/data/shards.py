@@ -696,7 +696,7 @@ def compare_shards(folder: tp.Union[str, Path], reference: tp.Union[str, Path], 
     processes on the same frames (even two runs of one 1-process command; its SIMD paths depend on buffer
     alignment), and ``frames.mp4`` by its decoded pixels (same shape, mean absolute difference < ``pixel_mean``,
     largest <= ``pixel_max``): runs with two ranks encoded up to 10 of 48 SynthMV clips to other x264 bytes than
-    one process did, decoding within 10/255 of them; a wrong or shifted frame would be far off.
+    one process did, decoding within 17/255 of them; a wrong or shifted frame would be far off.
 
     Returns ``{"shards", "members", "identical", "value_equal", "motion_max_abs_diff", "mismatches"}``:
     ``value_equal`` lists the members equal in value only (with their largest difference), ``mismatches`` one line
