@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vmas.utils import git_commit
+
 
 def write_footage(path: Path, seconds: float, fps: int, width: int, height: int, sr: int = 32000) -> Path:
     """Footage written frame by frame (memory: one frame): a diagonal colour ramp scrolling 3 px per frame, and a
@@ -82,14 +84,6 @@ def run_generate(video: Path, out: Path, model: str | None) -> dict:
                 mp4_audio_s=round(audio_duration(mp4), 3), stdout=stdout.strip().splitlines()[-1:])
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except OSError:
-        return ""
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -117,7 +111,7 @@ def main(argv=None) -> int:
         row["seconds_per_video_minute"] = round(row["wall_s"] / minutes, 2)
         rows[minutes] = row
         meta = dict(command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-                    commit=_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    commit=git_commit(Path(__file__).resolve().parent), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     machine=f"{platform.machine()}, {os.cpu_count()} CPUs", load_avg=os.getloadavg(),
                     omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""))
         results_path.write_text(json.dumps(dict(settings=settings, meta=meta, rows=sorted(rows.values(),

@@ -39,24 +39,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere: the repository's vmas, not an installed copy
-    sys.path.insert(0, str(ROOT))
+from vmas.data import shards
+from vmas.utils import git_commit
 
-from vmas.data import shards  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = "configs/synthmv_tiny.yaml"
 SEED, WINDOW, SIZE = 3, 5, 64
 ONE, WORKER, TORCHRUN = "1 process (decode_workers=0)", "1 process (decode_workers=1)", \
     "torchrun 2 ranks (decode_workers=0)"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _free_port() -> int:
@@ -200,7 +191,7 @@ def main(argv=None) -> int:
                     "torchrun's workers included), run one after the other; shards of torchrun compared member by "
                     "member with each 1-process run",
             "command": "python tools/bench_preprocess.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "commit": _commit(),
+            "commit": git_commit(ROOT),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "load_avg_before": [round(x, 2) for x in load_before],

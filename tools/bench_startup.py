@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from vmas.utils import git_commit
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "vmas" / "assets" / "example.mp4"
 
@@ -44,14 +46,6 @@ def _median(rows: list) -> dict:
     return {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=3, help="processes per measurement (the median is reported)")
@@ -70,7 +64,7 @@ def main(argv=None) -> int:
     result = {
         "meta": {"command": "python tools/bench_startup.py " + " ".join(sys.argv[1:] if argv is None else argv),
                  "generate_command": "python -m vmas generate " + " ".join(map(str, generate[4:])),
-                 "commit": _commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "commit": git_commit(ROOT), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
                  "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""), "load_avg_before": load_before,
                  "load_avg_after": os.getloadavg()},

@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 import types
 import typing as tp
@@ -153,7 +152,9 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    from vmas.utils import git_commit
+
+    commit = git_commit(ROOT)
     result["meta"] = {"command": " ".join(["python", "tools/metric_parity.py", *(argv or sys.argv[1:])]),
                       "commit": commit.strip(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                           timespec="seconds"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",

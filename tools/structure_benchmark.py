@@ -46,13 +46,10 @@ def provenance() -> tp.Dict[str, tp.Any]:
     """Commit, date, machine and load of this run (as tools/synthmv_benchmark.py records them)."""
     import datetime
     import platform
-    import subprocess
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    from vmas.utils import git_commit
+
+    commit = git_commit(ROOT, short=False)
     return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
             "load_avg_1m_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
