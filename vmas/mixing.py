@@ -546,7 +546,7 @@ def finish_audio(music: np.ndarray, music_sr: int, original: tp.Optional[np.ndar
             for s, e in _spans(n):
                 stem[s:e] *= ducking_gain(speech, n, sr, opts.duck, opts.attack, opts.release, opts.hold,
                                           start=s, stop=e).astype(np.float32)
-        mix = np.pad(orig.astype(np.float32), (0, n - orig.size))  # [n]
+        mix = np.pad(orig.astype(np.float32, copy=False), (0, n - orig.size))  # [n], a new array
         mix += stem
     else:
         sr = int(music_sr)
