@@ -132,11 +132,23 @@ def test_preprocess_music_folder_to_music_only_shards(tmp_path):
 @pytest.mark.slow
 def test_unpaired_benchmark_at_tiny_size(tmp_path):
     # issue 25: makes its own SynthMV data, demo codec, paired + music-only shards, trains both variants, scores
-    proc = run([ROOT / "tools" / "unpaired_benchmark.py", "--data", tmp_path / "data", "--out", tmp_path / "runs",
-                "--train-videos", "6", "--test-videos", "6", "--steps", "2", "--sample-seeds", "1", "--top-k", "10",
-                "--json"], tmp_path)
+    common = [ROOT / "tools" / "unpaired_benchmark.py", "--data", tmp_path / "data", "--out", tmp_path / "runs",
+              "--train-videos", "6", "--test-videos", "6", "--sample-seeds", "1", "--top-k", "10", "--json"]
+    # the selection grid: 2 fractions share one without_unpaired run; the rule picks one setting
+    proc = run([*common, "--split", "selection", "--steps", "2", "--fraction", "0.25,auto"], tmp_path)
+    grid = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(g["steps"], g["fraction"]) for g in grid["grid"]] == [(2, 0.25), (2, 0.3333)]
+    assert (grid["chosen"]["steps"], grid["chosen"]["fraction"]) in [(2, 0.25), (2, 0.3333)]
+    assert sorted(p.name for p in (tmp_path / "runs" / "steps2").iterdir()) == [
+        "with_unpaired_f0.25", "with_unpaired_f0.3333", "without_unpaired"]
+    # then the test split of one setting: the trained runs are reused (no new training log lines)
+    log = tmp_path / "runs" / "steps2" / "without_unpaired" / "seed0" / "train.log"
+    before = log.read_text()
+    proc = run([*common, "--steps", "2", "--fraction", "0.25"], tmp_path)
+    assert log.read_text() == before
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert json.loads((tmp_path / "runs" / "results.json").read_text()) == result
+    assert json.loads((tmp_path / "runs" / "results_test.json").read_text()) == result
+    assert result["meta"]["split"] == "test" and result["meta"]["unpaired_fraction"] == 0.25
     for key in ("unpaired_tags_class_acc", "paired_tags_class_acc", "without_unpaired_class_acc"):
         assert set(result[key]) == {"mean", "std"} and 0.0 <= result[key]["mean"] <= 1.0
     meta = result["meta"]

@@ -19,13 +19,20 @@ codec-aware SynthMV classifier (``vmas.evaluation.synthmv_judge``) judges the cl
 - ``paired``                      both models on the paired classes (tags only, and video only): what mixing in
                                   music-only clips costs the paired classes
 
-Everything is made here and cached (a fresh clone needs only the package): SynthMV videos
-(``<data>/train|test``), the codec of the shipped demo model (``vmas/assets/vmas-synthmv-demo.pt``, so no codec
-training), paired and music-only shards, the trained runs (``<out>/<variant>/seed<N>/model.pt``; an interrupted run
-resumes from its checkpoint) and each model's scores (``scores_<key>.json``).
+Options are chosen on a selection set before the test set is scored: ``--split selection`` scores SynthMV videos
+drawn with another generator seed than the test videos, and comma lists in ``--steps`` / ``--fraction`` train and
+score a grid, printed as ``grid`` (one entry per setting, the keys above) and ``chosen`` (the rule is in
+:func:`choose` and in ``meta.selection_rule``). The chosen setting is then scored once on ``--split test``.
 
-    python tools/unpaired_benchmark.py --json
-    python tools/unpaired_benchmark.py --json --train-seeds 0,1 --steps 600 --out runs/unpaired
+Everything is made here and cached (a fresh clone needs only the package): SynthMV videos
+(``<data>/train|selection|test``), the codec of the shipped demo model (``vmas/assets/vmas-synthmv-demo.pt``, so no
+codec training), paired and music-only shards, the trained runs (``<out>/steps<S>/without_unpaired/seed<N>`` and
+``<out>/steps<S>/with_unpaired_f<F>/seed<N>``, each finished when its ``model.pt`` exists; an interrupted run resumes
+from its checkpoint) and each model's scores per split (``scores_<key>.json``).
+
+    python tools/unpaired_benchmark.py --json --split selection --steps 300,600 --fraction 0.15,0.25,auto \
+        --train-seeds 0,1
+    python tools/unpaired_benchmark.py --json --steps 600 --fraction 0.25 --train-seeds 0,1,2
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent  # default paths of the repo's configs, data and runs
 
 VARIANTS = ("with_unpaired", "without_unpaired")
+SPLIT_SEEDS = {"test": 1, "selection": 2}  # SynthMV generator seed of each scoring split
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -58,7 +66,9 @@ def make_data(args) -> tp.Dict[str, tp.Any]:
     from vmas.synthmv import generate_dataset
 
     data = Path(args.data)
-    for split, num, seed, window in (("train", args.train_videos, 0, 5.0), ("test", args.test_videos, 1, None)):
+    # seeds 0/1/2: training, test and selection videos are disjoint draws of the same generator
+    for split, num, seed, window in (("train", args.train_videos, 0, 5.0), (args.split, args.test_videos,
+                                                                            SPLIT_SEEDS[args.split], None)):
         if not (data / split / "vmas_manifest.jsonl").exists():
             print(f"SynthMV {split}: {num} videos", file=sys.stderr)
             generate_dataset(data / split, num, seed=seed, split=split, window=window, workers=1)
@@ -98,51 +108,57 @@ def extract_codec(export: Path, cfg, out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ train
-def run_dir(out_root: Path, name: str, seed: int) -> Path:
-    return out_root / name / f"seed{seed}"
+def run_dir(out_root: Path, name: str, seed: int, steps: int, fraction: float) -> Path:
+    """``<out>/steps<S>/without_unpaired/seed<N>`` (shared by every fraction) or
+    ``<out>/steps<S>/with_unpaired_f<F>/seed<N>``."""
+    variant = name if name == "without_unpaired" else f"{name}_f{fraction:g}"
+    return out_root / f"steps{steps}" / variant / f"seed{seed}"
 
 
-def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[str, int]]
-               ) -> tp.Dict[tp.Tuple[str, int], Path]:
-    """Train the missing (variant, seed) runs, ``--jobs`` at once (one thread each); a run with a checkpoint
-    resumes from it; a run is finished when its ``model.pt`` exists."""
+def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[str, int, int, float]]
+               ) -> tp.Dict[tp.Tuple[str, int, int, float], Path]:
+    """Train the missing (variant, seed, steps, fraction) runs, ``--jobs`` at once (one thread each); a run with a
+    checkpoint resumes from it; a run is finished when its ``model.pt`` exists (so a rerun reuses it)."""
     from vmas.solvers.checkpoint import latest_checkpoint
 
     out_root = Path(args.out)
-    paths = {(n, s): run_dir(out_root, n, s) / "model.pt" for n, s in runs}
-    todo = [k for k, p in paths.items() if not p.exists()]
-    fraction = args.fraction if args.fraction is not None else data["fraction"]
-    common = [f"model.codec.pretrained={data['codec']}", f"data.train_shards={data['paired']}", "data.val_shards=''",
-              "train.eval_every=0", f"optim.max_steps={args.steps}", "train.save_every=100", *args.overrides]
-    extra = {"with_unpaired": [f"data.unpaired_shards={data['music']}", f"data.unpaired_fraction={fraction}"],
-             "without_unpaired": ["data.unpaired_fraction=0"]}
+    dirs = {k: run_dir(out_root, *k) for k in runs}
+    todo, seen = [], set()
+    for k, d in dirs.items():  # one job per folder (without_unpaired runs are shared by every fraction)
+        if not (d / "model.pt").exists() and d not in seen:
+            todo.append(k)
+            seen.add(d)
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1")
-    running: tp.Dict[tp.Tuple[str, int], tp.Tuple[subprocess.Popen, tp.Any]] = {}
+    running: tp.Dict[tp.Tuple[str, int, int, float], tp.Tuple[subprocess.Popen, tp.Any]] = {}
     while todo or running:
         while todo and len(running) < max(1, args.jobs):
-            name, seed = todo.pop(0)
-            out = run_dir(out_root, name, seed)
+            key = todo.pop(0)
+            name, seed, steps, fraction = key
+            out = dirs[key]
+            extra = ([f"data.unpaired_shards={data['music']}", f"data.unpaired_fraction={fraction}"]
+                     if name == "with_unpaired" else ["data.unpaired_fraction=0"])
             cmd = [sys.executable, str(ROOT / "tools" / "train.py"), args.config, f"train.out_dir={out}",
-                   f"train.seed={seed}", *common, *extra[name]]
+                   f"train.seed={seed}", f"model.codec.pretrained={data['codec']}",
+                   f"data.train_shards={data['paired']}", "data.val_shards=''", "train.eval_every=0",
+                   f"optim.max_steps={steps}", "train.save_every=100", *args.overrides, *extra]
             if latest_checkpoint(out / "checkpoints") is not None:
                 cmd.append("--resume")
             out.mkdir(parents=True, exist_ok=True)
             log = open(out / "train.log", "a")
-            print(f"training {name} seed {seed}: {' '.join(cmd[2:])}", file=sys.stderr)
-            running[(name, seed)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT),
-                                     log)
+            print(f"training {out.relative_to(out_root)}: {' '.join(cmd[2:])}", file=sys.stderr)
+            running[key] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log)
         time.sleep(1)
         for key, (proc, log) in list(running.items()):
             if proc.poll() is None:
                 continue
             log.close()
             del running[key]
-            if proc.returncode != 0 or not paths[key].exists():
+            if proc.returncode != 0 or not (dirs[key] / "model.pt").exists():
                 for other, _ in running.values():
                     other.terminate()
-                raise SystemExit(f"training {key[0]} seed {key[1]} failed: see {run_dir(out_root, *key) / 'train.log'}")
-    return paths
+                raise SystemExit(f"training {dirs[key]} failed: see {dirs[key] / 'train.log'}")
+    return {k: d / "model.pt" for k, d in dirs.items()}
 
 
 # ------------------------------------------------------------------------------------------------------ score
@@ -154,7 +170,7 @@ def score_model(path: Path, clips: tp.Sequence[dict], held: tp.Collection[int], 
     from vmas.hub import load_model
     from vmas.synthmv import SynthMVClassifier
 
-    key = json.dumps({"clips": [c["id"] for c in clips], "held": sorted(held), "seed": args.seed,
+    key = json.dumps({"clips": [c["id"] for c in clips], "split": args.split, "held": sorted(held), "seed": args.seed,
                       "sample_seeds": args.sample_seeds, "cfg": args.cfg, "top_k": args.top_k,
                       "model_sha1": hashlib.sha1(path.read_bytes()).hexdigest()}, sort_keys=True)
     cache = path.parent / f"scores_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
@@ -217,10 +233,13 @@ def main(argv=None) -> int:
                    help="inference export whose codec tokenizes the music (SynthMV's)")
     p.add_argument("--held-out", default="4,5", help="classes seen in training only as music-only clips")
     p.add_argument("--train-videos", type=int, default=480, help="SynthMV training videos (2 windows of 5 s each)")
-    p.add_argument("--test-videos", type=int, default=36, help="held-out SynthMV test videos (6 per class)")
-    p.add_argument("--steps", type=int, default=600, help="optimiser steps per run (same for both variants)")
-    p.add_argument("--fraction", type=float, default=None,
-                   help="data.unpaired_fraction of with_unpaired (default: the held-out classes' share of the clips)")
+    p.add_argument("--test-videos", type=int, default=36, help="held-out SynthMV scoring videos (6 per class)")
+    p.add_argument("--split", choices=sorted(SPLIT_SEEDS), default="test",
+                   help="score on the test videos or on the selection videos (choose --steps/--fraction there first)")
+    p.add_argument("--steps", default="600", help="optimiser steps per run (same for both variants); a comma list "
+                   "makes a grid (with --fraction), printed as 'grid' + the 'chosen' setting (run it on --split selection)")
+    p.add_argument("--fraction", default="auto", help="data.unpaired_fraction of with_unpaired, or a comma list "
+                   "(auto: the held-out classes' share of the clips)")
     p.add_argument("--train-seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--sample-seeds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="first sampling seed")
@@ -237,40 +256,73 @@ def main(argv=None) -> int:
     t0 = time.time()
     data = make_data(args)
     seeds = [int(x) for x in args.train_seeds.split(",") if x != ""]
-    paths = train_runs(args, data, [(n, s) for s in seeds for n in VARIANTS])
+    grid = [(int(st), float(fr) if fr != "auto" else round(data["fraction"], 4))
+            for st in args.steps.split(",") for fr in args.fraction.split(",")]
+    paths = train_runs(args, data, [(n, s, st, fr) for st, fr in grid for s in seeds for n in VARIANTS])
     train_s = time.time() - t0
     if args.train_only:
         return 0
-    clips = test_clips(Path(args.data) / "test" / "vmas_manifest.jsonl", args.test_videos)
+    clips = test_clips(Path(args.data) / args.split / "vmas_manifest.jsonl", args.test_videos)
     shared: tp.Dict[str, tp.Any] = {}
-    scores = {(n, s): score_model(paths[(n, s)], clips, args.held_out, args, shared) for n in VARIANTS for s in seeds}
-
-    def pooled(name: str, metric: str) -> tp.List[float]:
-        return [v for s in seeds for v in scores[(name, s)][metric]]
-
-    result: tp.Dict[str, tp.Any] = {
-        "unpaired_tags_class_acc": summary(pooled("with_unpaired", "held_out_tags")),
-        "paired_tags_class_acc": summary(pooled("with_unpaired", "paired_tags")),
-        "without_unpaired_class_acc": summary(pooled("without_unpaired", "held_out_tags")),
-        "paired": {n: {"tags_class_acc": summary(pooled(n, "paired_tags")),
-                       "video_class_acc": summary(pooled(n, "paired_video"))} for n in VARIANTS},
-    }
+    results = [measure(paths, clips, args, shared, seeds, st, fr) for st, fr in grid]
+    if len(grid) == 1:
+        result = dict(results[0])
+    else:
+        result = {"grid": results, "chosen": choose(results)}
     result["meta"] = {
-        "held_out_classes": args.held_out, "test_clips": len(clips),
-        "held_out_test_clips": sum(c["class_id"] in args.held_out for c in clips), "steps": args.steps,
+        "held_out_classes": args.held_out, "split": args.split, "test_clips": len(clips),
+        "held_out_test_clips": sum(c["class_id"] in args.held_out for c in clips),
         "training_seeds": seeds, "sampling_seeds": list(range(args.seed, args.seed + args.sample_seeds)),
         "spread": "mean and population std over all (training seed, sampling seed) runs",
-        "runs": {f"{n}/seed{s}": scores[(n, s)] for n in VARIANTS for s in seeds},
-        "unpaired_fraction": args.fraction if args.fraction is not None else data["fraction"],
+        "default_fraction": round(data["fraction"], 4),
         "train_clips": data["counts"], "cfg": args.cfg, "top_k": args.top_k, "config": args.config,
         "codec_from": args.codec_from, "overrides": list(args.overrides), "train_seconds": round(train_s, 1),
         "total_seconds": round(time.time() - t0, 1),
         "command": "python tools/unpaired_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         **provenance()}
+    if len(grid) == 1:
+        result["meta"].update(steps=grid[0][0], unpaired_fraction=grid[0][1], runs=results[0].pop("runs"))
+    else:
+        result["meta"]["selection_rule"] = choose.__doc__.strip()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.json").write_text(json.dumps(result, indent=1))
+    (Path(args.out) / f"results_{args.split}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
     return 0
+
+
+def measure(paths, clips, args, shared, seeds, steps: int, fraction: float) -> tp.Dict[str, tp.Any]:
+    """The printed keys of one (steps, fraction) setting, pooled over training and sampling seeds."""
+    scores = {(n, s): score_model(paths[(n, s, steps, fraction)], clips, args.held_out, args, shared)
+              for n in VARIANTS for s in seeds}
+
+    def pooled(name: str, metric: str) -> tp.List[float]:
+        return [v for s in seeds for v in scores[(name, s)][metric]]
+
+    return {"steps": steps, "fraction": fraction,
+            "unpaired_tags_class_acc": summary(pooled("with_unpaired", "held_out_tags")),
+            "paired_tags_class_acc": summary(pooled("with_unpaired", "paired_tags")),
+            "without_unpaired_class_acc": summary(pooled("without_unpaired", "held_out_tags")),
+            "paired": {n: {"tags_class_acc": summary(pooled(n, "paired_tags")),
+                           "video_class_acc": summary(pooled(n, "paired_video"))} for n in VARIANTS},
+            "runs": {f"{n}/seed{s}": scores[(n, s)] for n in VARIANTS for s in seeds}}
+
+
+def choose(results: tp.Sequence[tp.Mapping[str, tp.Any]]) -> tp.Dict[str, tp.Any]:
+    """Settings whose paired results (tags-only and video-only class accuracy of with_unpaired) are each no lower
+    than without_unpaired's mean minus its std at the same steps qualify; among them the largest gain
+    unpaired_tags_class_acc - without_unpaired_class_acc wins (ties: fewer steps). When none qualifies, the
+    smallest paired shortfall wins."""
+    def shortfall(r) -> float:
+        w, wo = r["paired"]["with_unpaired"], r["paired"]["without_unpaired"]
+        return sum(max(0.0, wo[k]["mean"] - wo[k]["std"] - w[k]["mean"]) for k in ("tags_class_acc", "video_class_acc"))
+
+    def gain(r) -> float:
+        return r["unpaired_tags_class_acc"]["mean"] - r["without_unpaired_class_acc"]["mean"]
+
+    ok = [r for r in results if shortfall(r) == 0.0]
+    best = (max(ok, key=lambda r: (gain(r), -r["steps"])) if ok else min(results, key=lambda r: (shortfall(r), -gain(r))))
+    return {"steps": best["steps"], "fraction": best["fraction"], "qualified": bool(ok),
+            "gain": round(gain(best), 4), "paired_shortfall": round(shortfall(best), 4)}
 
 
 if __name__ == "__main__":
