@@ -1,6 +1,6 @@
 """Fixed cost of ``vmas generate`` (issue 18): a whole process for a short clip, median of ``--runs``.
 
-    OMP_NUM_THREADS=2 .venv/bin/python tools/bench_startup.py --runs 3 --json > docs/results/startup.json
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_startup.py --runs 3 --json > docs/results/startup.json
 
 Runs, each as a separate process (the way a user pays for it): ``python -c "import vmas.generate"`` (the import
 cost alone) and ``python -m vmas generate vmas/assets/example.mp4 -o OUT -q --overwrite --duration SECONDS`` with
