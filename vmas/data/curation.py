@@ -391,11 +391,15 @@ class CurationResult:
     variety: tp.Optional[float] = None
 
 
-def _reject(item: VideoItem, reason: str, detail: str = "", start: tp.Optional[float] = None) -> dict:
-    row = {"video": item.path, "source_id": item.source_id, "reason": reason, "detail": detail}
+def reject_row(item: tp.Union["VideoItem", tp.Any], reason: str, detail: str = "", start: tp.Optional[float] = None,
+               kind: str = "video") -> dict:
+    """One reject-log row: ``{kind: item.path, source_id, reason, detail[, start]}`` (``kind`` "audio" for the
+    music-only path)."""
+    row = {kind: item.path, "source_id": item.source_id, "reason": reason, "detail": detail}
     if start is not None:
         row["start"] = start
     return row
+
 
 
 def curate_video(item: VideoItem, cfg: "CurationConfig", clip_seconds: float, sample_rate: int,
@@ -414,14 +418,14 @@ def curate_video(item: VideoItem, cfg: "CurationConfig", clip_seconds: float, sa
     try:
         info = media.probe_video(item.path)
     except Exception as err:  # MediaError for known problems; anything else from a broken container too
-        return CurationResult([], [_reject(item, "unreadable", _one_line(err))])
+        return CurationResult([], [reject_row(item, "unreadable", _one_line(err))])
     duration = float(info.duration or 0.0)
     if not info.num_frames or duration <= 0:
-        return CurationResult([], [_reject(item, "unreadable", "no decodable video frames")])
+        return CurationResult([], [reject_row(item, "unreadable", "no decodable video frames")])
     if not getattr(info, "has_audio", True):
-        return CurationResult([], [_reject(item, "no_audio", "no audio stream")])
+        return CurationResult([], [reject_row(item, "no_audio", "no audio stream")])
     if duration + 1e-3 < clip_seconds:
-        return CurationResult([], [_reject(item, "too_short", f"{duration:.2f} s < clip {clip_seconds:g} s")])
+        return CurationResult([], [reject_row(item, "too_short", f"{duration:.2f} s < clip {clip_seconds:g} s")])
 
     # Visual variety over frames sampled across the whole video (one decode at a low frame rate).
     try:
@@ -430,15 +434,15 @@ def curate_video(item: VideoItem, cfg: "CurationConfig", clip_seconds: float, sa
                                          duration=duration)[0]  # [n', S, S, 3]
         variety = mean_pairwise_cosine(embedder(frames[:n]))
     except Exception as err:
-        return CurationResult([], [_reject(item, "unreadable", f"frames: {_one_line(err)}")])
+        return CurationResult([], [reject_row(item, "unreadable", f"frames: {_one_line(err)}")])
     threshold = variety_threshold(cfg, embedder)
     if variety >= threshold:
-        return CurationResult([], [_reject(item, "low_visual_variety", f"{variety:.3f} >= {threshold:g}")], variety)
+        return CurationResult([], [reject_row(item, "low_visual_variety", f"{variety:.3f} >= {threshold:g}")], variety)
 
     try:
         wav = _audio_of(media.read_audio(item.path, sr=sample_rate))  # [N]
     except Exception as err:
-        return CurationResult([], [_reject(item, "no_audio", _one_line(err))], variety)
+        return CurationResult([], [reject_row(item, "no_audio", _one_line(err))], variety)
     audio_path = None
     if vocal_remover is not None:
         try:
@@ -448,7 +452,7 @@ def curate_video(item: VideoItem, cfg: "CurationConfig", clip_seconds: float, sa
             audio_path = str(audio_dir / f"{safe_id(item.source_id)}.wav")
             media.write_wav(audio_path, torch.as_tensor(wav)[None], sample_rate)
         except Exception as err:
-            return CurationResult([], [_reject(item, "vocal_removal_failed", _one_line(err))], variety)
+            return CurationResult([], [reject_row(item, "vocal_removal_failed", _one_line(err))], variety)
 
     split = assign_split(item.source_id, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, split_overrides)
     clips, rejects = [], []
@@ -456,7 +460,7 @@ def curate_video(item: VideoItem, cfg: "CurationConfig", clip_seconds: float, sa
         seg = wav[int(round(start * sample_rate)): int(round((start + clip_seconds) * sample_rate))]
         level = rms_db(seg)
         if level < cfg.silence_db:
-            rejects.append(_reject(item, "silent_audio", f"{level:.1f} dBFS < {cfg.silence_db:g}", start))
+            rejects.append(reject_row(item, "silent_audio", f"{level:.1f} dBFS < {cfg.silence_db:g}", start))
             continue
         clips.append({"key": clip_key(item.source_id, start), "video": item.path, "audio": audio_path,
                       "start": start, "duration": clip_seconds, "split": split, "tags": item.tags,

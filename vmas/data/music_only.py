@@ -37,6 +37,7 @@ from vmas.data.curation import (
     build_vocal_remover,
     clip_key,
     clip_starts,
+    reject_row,
     rms_db,
     safe_id,
 )
@@ -126,10 +127,7 @@ def discover_music(inputs: tp.Sequence[tp.Union[str, Path]], caption_to_tags: tp
 
 # ------------------------------------------------------------------------------------------------ one file
 def _reject(item: MusicItem, reason: str, detail: str = "", start: tp.Optional[float] = None) -> dict:
-    row = {"audio": item.path, "source_id": item.source_id, "reason": reason, "detail": detail}
-    if start is not None:
-        row["start"] = start
-    return row
+    return reject_row(item, reason, detail, start, kind="audio")
 
 
 def curate_music(item: MusicItem, cfg: "CurationConfig", clip_seconds: float, sample_rate: int,
