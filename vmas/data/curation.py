@@ -443,7 +443,21 @@ def curate_video(item: VideoItem, cfg: "CurationConfig", clip_seconds: float, sa
         wav = _audio_of(media.read_audio(item.path, sr=sample_rate))  # [N]
     except Exception as err:
         return CurationResult([], [reject_row(item, "no_audio", _one_line(err))], variety)
-    audio_path = None
+    clips, rejects = cut_clips(item, wav, sample_rate, duration, clip_seconds, cfg, vocal_remover, audio_dir,
+                               split_overrides, video=item.path, variety=round(variety, 4))
+    return CurationResult(clips, rejects, variety)
+
+
+def cut_clips(item: tp.Any, wav: np.ndarray, sample_rate: int, duration: float, clip_seconds: float,
+              cfg: "CurationConfig", vocal_remover: tp.Optional[VocalRemover], audio_dir: tp.Optional[Path],
+              split_overrides: tp.Optional[tp.Mapping[str, str]], video: tp.Optional[str], kind: str = "video",
+              audio_path: tp.Optional[str] = None, **extra: tp.Any) -> tp.Tuple[tp.List[dict], tp.List[dict]]:
+    """The shared tail of the paired and music-only paths: vocal removal (the accompaniment is written to
+    ``audio_dir/<id>.wav`` and the clips point at it; otherwise at ``audio_path``), then ``wav [N]`` cut into clips
+    of ``clip_seconds`` with the file's split, silent clips rejected. Returns ``(clips, rejects)``; ``extra`` keys go
+    into every clip row."""
+    from vmas.data import media
+
     if vocal_remover is not None:
         try:
             wav = np.asarray(vocal_remover(wav, sample_rate), dtype=np.float32)
@@ -452,20 +466,19 @@ def curate_video(item: VideoItem, cfg: "CurationConfig", clip_seconds: float, sa
             audio_path = str(audio_dir / f"{safe_id(item.source_id)}.wav")
             media.write_wav(audio_path, torch.as_tensor(wav)[None], sample_rate)
         except Exception as err:
-            return CurationResult([], [reject_row(item, "vocal_removal_failed", _one_line(err))], variety)
-
+            return [], [reject_row(item, "vocal_removal_failed", _one_line(err), kind=kind)]
     split = assign_split(item.source_id, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, split_overrides)
     clips, rejects = [], []
     for start in clip_starts(duration, clip_seconds, cfg.max_clips_per_video):
         seg = wav[int(round(start * sample_rate)): int(round((start + clip_seconds) * sample_rate))]
         level = rms_db(seg)
         if level < cfg.silence_db:
-            rejects.append(reject_row(item, "silent_audio", f"{level:.1f} dBFS < {cfg.silence_db:g}", start))
+            rejects.append(reject_row(item, "silent_audio", f"{level:.1f} dBFS < {cfg.silence_db:g}", start, kind))
             continue
-        clips.append({"key": clip_key(item.source_id, start), "video": item.path, "audio": audio_path,
-                      "start": start, "duration": clip_seconds, "split": split, "tags": item.tags,
-                      "source_id": item.source_id, "variety": round(variety, 4)})
-    return CurationResult(clips, rejects, variety)
+        clips.append({"key": clip_key(item.source_id, start), "video": video, "audio": audio_path, "start": start,
+                      "duration": clip_seconds, "split": split, "tags": item.tags, "source_id": item.source_id,
+                      **extra})
+    return clips, rejects
 
 
 def _audio_of(out: tp.Any) -> np.ndarray:

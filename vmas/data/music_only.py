@@ -33,13 +33,9 @@ from vmas.data.curation import (
     SPLITS,
     CurationResult,
     _sidecar_tags,
-    assign_split,
     build_vocal_remover,
-    clip_key,
-    clip_starts,
+    cut_clips,
     reject_row,
-    rms_db,
-    safe_id,
 )
 from vmas.errors import DataError
 from vmas.tags.cleaner import clean_tags
@@ -149,26 +145,8 @@ def curate_music(item: MusicItem, cfg: "CurationConfig", clip_seconds: float, sa
     duration = len(wav) / sample_rate
     if duration + 1e-3 < clip_seconds:
         return CurationResult([], [_reject(item, "too_short", f"{duration:.2f} s < clip {clip_seconds:g} s")])
-    audio_path = item.path
-    if vocal_remover is not None:
-        try:
-            wav = np.asarray(vocal_remover(wav, sample_rate), dtype=np.float32)
-            assert audio_dir is not None, "audio_dir is needed with vocal removal"
-            audio_dir.mkdir(parents=True, exist_ok=True)
-            audio_path = str(audio_dir / f"{safe_id(item.source_id)}.wav")
-            media.write_wav(audio_path, wav[None], sample_rate)
-        except Exception as err:
-            return CurationResult([], [_reject(item, "vocal_removal_failed", f"{type(err).__name__}: {err}")])
-    split = assign_split(item.source_id, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, split_overrides)
-    clips, rejects = [], []
-    for start in clip_starts(duration, clip_seconds, cfg.max_clips_per_video):
-        seg = wav[int(round(start * sample_rate)): int(round((start + clip_seconds) * sample_rate))]
-        level = rms_db(seg)
-        if level < cfg.silence_db:
-            rejects.append(_reject(item, "silent_audio", f"{level:.1f} dBFS < {cfg.silence_db:g}", start))
-            continue
-        clips.append({"key": clip_key(item.source_id, start), "video": None, "audio": audio_path, "start": start,
-                      "duration": clip_seconds, "split": split, "tags": item.tags, "source_id": item.source_id})
+    clips, rejects = cut_clips(item, wav, sample_rate, duration, clip_seconds, cfg, vocal_remover, audio_dir,
+                               split_overrides, video=None, kind="audio", audio_path=item.path)
     return CurationResult(clips, rejects)
 
 
