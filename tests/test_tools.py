@@ -129,6 +129,21 @@ def test_preprocess_music_folder_to_music_only_shards(tmp_path):
     assert row["video"] is None and row["tags"] == "piano, calm, instrumental"
 
 
+def test_unpaired_benchmark_run_layout_and_budgets(tmp_path):
+    # --budget paired: with_unpaired trains steps / (1 - f) so it sees as many paired clips as without_unpaired
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unpaired_benchmark", ROOT / "tools" / "unpaired_benchmark.py")
+    ub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ub)
+    assert ub.run_steps("with_unpaired", 300, 0.25, "paired") == 400
+    assert ub.run_steps("with_unpaired", 300, 0.25, "steps") == 300
+    assert ub.run_steps("without_unpaired", 300, 0.25, "paired") == 300
+    assert ub.run_dir(tmp_path, "without_unpaired", 1, 300, 0.25, "paired") == tmp_path / "steps300/without_unpaired/seed1"
+    assert ub.run_dir(tmp_path, "with_unpaired", 0, 300, 0.25, "paired") == tmp_path / "steps300/with_unpaired_f0.25_paired/seed0"
+    assert ub.run_dir(tmp_path, "with_unpaired", 0, 300, 1 / 3) == tmp_path / "steps300/with_unpaired_f0.333333/seed0"
+
+
 @pytest.mark.slow
 def test_unpaired_benchmark_at_tiny_size(tmp_path):
     # issue 25: makes its own SynthMV data, demo codec, paired + music-only shards, trains both variants, scores

@@ -21,7 +21,8 @@ codec-aware SynthMV classifier (``vmas.evaluation.synthmv_judge``) judges the cl
 
 Options are chosen on a selection set before the test set is scored: ``--split selection`` scores SynthMV videos
 drawn with another generator seed than the test videos, and comma lists in ``--steps`` / ``--fraction`` train and
-score a grid, printed as ``grid`` (one entry per setting, the keys above) and ``chosen`` (the rule is in
+score a grid (``--budget paired``: with_unpaired gets the extra steps its music-only clips take, so both variants
+see the same paired clips), printed as ``grid`` (one entry per setting, the keys above) and ``chosen`` (the rule is in
 :func:`choose` and in ``meta.selection_rule``). The chosen setting is then scored once on ``--split test``.
 
 Everything is made here and cached (a fresh clone needs only the package): SynthMV videos
@@ -108,11 +109,17 @@ def extract_codec(export: Path, cfg, out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ train
-def run_dir(out_root: Path, name: str, seed: int, steps: int, fraction: float) -> Path:
+def run_dir(out_root: Path, name: str, seed: int, steps: int, fraction: float, budget: str = "steps") -> Path:
     """``<out>/steps<S>/without_unpaired/seed<N>`` (shared by every fraction) or
-    ``<out>/steps<S>/with_unpaired_f<F>/seed<N>``."""
-    variant = name if name == "without_unpaired" else f"{name}_f{fraction:g}"
+    ``<out>/steps<S>/with_unpaired_f<F>[_paired]/seed<N>`` (``_paired``: the ``--budget paired`` runs)."""
+    variant = name if name == "without_unpaired" else f"{name}_f{fraction:g}" + ("_paired" if budget == "paired" else "")
     return out_root / f"steps{steps}" / variant / f"seed{seed}"
+
+
+def run_steps(name: str, steps: int, fraction: float, budget: str) -> int:
+    """Optimiser steps of a run: ``steps``, or with ``budget="paired"`` enough for with_unpaired to see as many
+    paired clips as without_unpaired (``steps / (1 - fraction)``: the music-only clips come on top, as added data)."""
+    return round(steps / (1.0 - fraction)) if name == "with_unpaired" and budget == "paired" else steps
 
 
 def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[str, int, int, float]]
@@ -122,7 +129,7 @@ def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[s
     from vmas.solvers.checkpoint import latest_checkpoint
 
     out_root = Path(args.out)
-    dirs = {k: run_dir(out_root, *k) for k in runs}
+    dirs = {k: run_dir(out_root, *k, args.budget) for k in runs}
     todo, seen = [], set()
     for k, d in dirs.items():  # one job per folder (without_unpaired runs are shared by every fraction)
         if not (d / "model.pt").exists() and d not in seen:
@@ -141,7 +148,8 @@ def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[s
             cmd = [sys.executable, str(ROOT / "tools" / "train.py"), args.config, f"train.out_dir={out}",
                    f"train.seed={seed}", f"model.codec.pretrained={data['codec']}",
                    f"data.train_shards={data['paired']}", "data.val_shards=''", "train.eval_every=0",
-                   f"optim.max_steps={steps}", "train.save_every=100", *args.overrides, *extra]
+                   f"optim.max_steps={run_steps(name, steps, fraction, args.budget)}", "train.save_every=100",
+                   *args.overrides, *extra]
             if latest_checkpoint(out / "checkpoints") is not None:
                 cmd.append("--resume")
             out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +246,10 @@ def main(argv=None) -> int:
                    help="score on the test videos or on the selection videos (choose --steps/--fraction there first)")
     p.add_argument("--steps", default="600", help="optimiser steps per run (same for both variants); a comma list "
                    "makes a grid (with --fraction), printed as 'grid' + the 'chosen' setting (run it on --split selection)")
+    p.add_argument("--budget", choices=("steps", "paired"), default="steps",
+                   help="steps: both variants train --steps optimiser steps (the paired clips share them with the "
+                   "music-only ones); paired: with_unpaired trains steps / (1 - fraction), so it sees as many paired "
+                   "clips as without_unpaired and the music-only clips are added data")
     p.add_argument("--fraction", default="auto", help="data.unpaired_fraction of with_unpaired, or a comma list "
                    "(auto: the held-out classes' share of the clips)")
     p.add_argument("--train-seeds", default="0", help="comma-separated training seeds")
@@ -274,7 +286,7 @@ def main(argv=None) -> int:
         "held_out_test_clips": sum(c["class_id"] in args.held_out for c in clips),
         "training_seeds": seeds, "sampling_seeds": list(range(args.seed, args.seed + args.sample_seeds)),
         "spread": "mean and population std over all (training seed, sampling seed) runs",
-        "default_fraction": round(data["fraction"], 4),
+        "default_fraction": round(data["fraction"], 4), "budget": args.budget,
         "train_clips": data["counts"], "cfg": args.cfg, "top_k": args.top_k, "config": args.config,
         "codec_from": args.codec_from, "overrides": list(args.overrides), "train_seconds": round(train_s, 1),
         "total_seconds": round(time.time() - t0, 1),
