@@ -150,12 +150,16 @@ def test_unpaired_benchmark_at_tiny_size(tmp_path):
     common = [ROOT / "tools" / "unpaired_benchmark.py", "--data", tmp_path / "data", "--out", tmp_path / "runs",
               "--train-videos", "6", "--test-videos", "6", "--sample-seeds", "1", "--top-k", "10", "--json"]
     # the selection grid: 2 fractions share one without_unpaired run; the rule picks one setting
-    proc = run([*common, "--split", "selection", "--steps", "2", "--fraction", "0.25,auto"], tmp_path)
+    proc = run([*common, "--split", "selection", "--steps", "2", "--fraction", "0.25,auto", "--budget", "steps,paired"],
+               tmp_path)
     grid = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert [(g["steps"], g["fraction"]) for g in grid["grid"]] == [(2, 0.25), (2, 0.3333)]
-    assert (grid["chosen"]["steps"], grid["chosen"]["fraction"]) in [(2, 0.25), (2, 0.3333)]
+    settings = [(2, 0.25, "steps", 2), (2, 0.3333, "steps", 2), (2, 0.25, "paired", 3), (2, 0.3333, "paired", 3)]
+    assert [(g["steps"], g["fraction"], g["budget"], g["with_unpaired_steps"]) for g in grid["grid"]] == settings
+    assert tuple(grid["chosen"][k] for k in ("steps", "fraction", "budget")) in [s[:3] for s in settings]
     assert sorted(p.name for p in (tmp_path / "runs" / "steps2").iterdir()) == [
-        "with_unpaired_f0.25", "with_unpaired_f0.3333", "without_unpaired"]
+        "with_unpaired_f0.25", "with_unpaired_f0.25_paired", "with_unpaired_f0.3333", "with_unpaired_f0.3333_paired",
+        "without_unpaired"]
+    assert "step 3/3" in (tmp_path / "runs/steps2/with_unpaired_f0.25_paired/seed0/train.log").read_text()
     # then the test split of one setting: the trained runs are reused (no new training log lines)
     log = tmp_path / "runs" / "steps2" / "without_unpaired" / "seed0" / "train.log"
     before = log.read_text()

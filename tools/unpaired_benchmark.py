@@ -122,14 +122,14 @@ def run_steps(name: str, steps: int, fraction: float, budget: str) -> int:
     return round(steps / (1.0 - fraction)) if name == "with_unpaired" and budget == "paired" else steps
 
 
-def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[str, int, int, float]]
-               ) -> tp.Dict[tp.Tuple[str, int, int, float], Path]:
-    """Train the missing (variant, seed, steps, fraction) runs, ``--jobs`` at once (one thread each); a run with a
+def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[str, int, int, float, str]]
+               ) -> tp.Dict[tp.Tuple[str, int, int, float, str], Path]:
+    """Train the missing (variant, seed, steps, fraction, budget) runs, ``--jobs`` at once (one thread each); a run with a
     checkpoint resumes from it; a run is finished when its ``model.pt`` exists (so a rerun reuses it)."""
     from vmas.solvers.checkpoint import latest_checkpoint
 
     out_root = Path(args.out)
-    dirs = {k: run_dir(out_root, *k, args.budget) for k in runs}
+    dirs = {k: run_dir(out_root, *k) for k in runs}
     todo, seen = [], set()
     for k, d in dirs.items():  # one job per folder (without_unpaired runs are shared by every fraction)
         if not (d / "model.pt").exists() and d not in seen:
@@ -137,18 +137,18 @@ def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[s
             seen.add(d)
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1")
-    running: tp.Dict[tp.Tuple[str, int, int, float], tp.Tuple[subprocess.Popen, tp.Any]] = {}
+    running: tp.Dict[tp.Tuple[str, int, int, float, str], tp.Tuple[subprocess.Popen, tp.Any]] = {}
     while todo or running:
         while todo and len(running) < max(1, args.jobs):
             key = todo.pop(0)
-            name, seed, steps, fraction = key
+            name, seed, steps, fraction, budget = key
             out = dirs[key]
             extra = ([f"data.unpaired_shards={data['music']}", f"data.unpaired_fraction={fraction}"]
                      if name == "with_unpaired" else ["data.unpaired_fraction=0"])
             cmd = [sys.executable, str(ROOT / "tools" / "train.py"), args.config, f"train.out_dir={out}",
                    f"train.seed={seed}", f"model.codec.pretrained={data['codec']}",
                    f"data.train_shards={data['paired']}", "data.val_shards=''", "train.eval_every=0",
-                   f"optim.max_steps={run_steps(name, steps, fraction, args.budget)}", "train.save_every=100",
+                   f"optim.max_steps={run_steps(name, steps, fraction, budget)}", "train.save_every=100",
                    *args.overrides, *extra]
             if latest_checkpoint(out / "checkpoints") is not None:
                 cmd.append("--resume")
@@ -246,8 +246,8 @@ def main(argv=None) -> int:
                    help="score on the test videos or on the selection videos (choose --steps/--fraction there first)")
     p.add_argument("--steps", default="600", help="optimiser steps per run (same for both variants); a comma list "
                    "makes a grid (with --fraction), printed as 'grid' + the 'chosen' setting (run it on --split selection)")
-    p.add_argument("--budget", choices=("steps", "paired"), default="steps",
-                   help="steps: both variants train --steps optimiser steps (the paired clips share them with the "
+    p.add_argument("--budget", default="steps",
+                   help="steps (or a comma list of budgets): both variants train --steps optimiser steps (the paired clips share them with the "
                    "music-only ones); paired: with_unpaired trains steps / (1 - fraction), so it sees as many paired "
                    "clips as without_unpaired and the music-only clips are added data")
     p.add_argument("--fraction", default="auto", help="data.unpaired_fraction of with_unpaired, or a comma list "
@@ -268,15 +268,15 @@ def main(argv=None) -> int:
     t0 = time.time()
     data = make_data(args)
     seeds = [int(x) for x in args.train_seeds.split(",") if x != ""]
-    grid = [(int(st), float(fr) if fr != "auto" else round(data["fraction"], 4))
-            for st in args.steps.split(",") for fr in args.fraction.split(",")]
-    paths = train_runs(args, data, [(n, s, st, fr) for st, fr in grid for s in seeds for n in VARIANTS])
+    grid = [(int(st), float(fr) if fr != "auto" else round(data["fraction"], 4), bu)
+            for bu in args.budget.split(",") for st in args.steps.split(",") for fr in args.fraction.split(",")]
+    paths = train_runs(args, data, [(n, s, *g) for g in grid for s in seeds for n in VARIANTS])
     train_s = time.time() - t0
     if args.train_only:
         return 0
     clips = test_clips(Path(args.data) / args.split / "vmas_manifest.jsonl", args.test_videos)
     shared: tp.Dict[str, tp.Any] = {}
-    results = [measure(paths, clips, args, shared, seeds, st, fr) for st, fr in grid]
+    results = [measure(paths, clips, args, shared, seeds, *g) for g in grid]
     if len(grid) == 1:
         result = dict(results[0])
     else:
@@ -286,14 +286,15 @@ def main(argv=None) -> int:
         "held_out_test_clips": sum(c["class_id"] in args.held_out for c in clips),
         "training_seeds": seeds, "sampling_seeds": list(range(args.seed, args.seed + args.sample_seeds)),
         "spread": "mean and population std over all (training seed, sampling seed) runs",
-        "default_fraction": round(data["fraction"], 4), "budget": args.budget,
+        "default_fraction": round(data["fraction"], 4),
         "train_clips": data["counts"], "cfg": args.cfg, "top_k": args.top_k, "config": args.config,
         "codec_from": args.codec_from, "overrides": list(args.overrides), "train_seconds": round(train_s, 1),
         "total_seconds": round(time.time() - t0, 1),
         "command": "python tools/unpaired_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         **provenance()}
     if len(grid) == 1:
-        result["meta"].update(steps=grid[0][0], unpaired_fraction=grid[0][1], runs=results[0].pop("runs"))
+        result["meta"].update(steps=grid[0][0], unpaired_fraction=grid[0][1], budget=grid[0][2],
+                              runs=results[0].pop("runs"))
     else:
         result["meta"]["selection_rule"] = choose.__doc__.strip()
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -302,15 +303,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def measure(paths, clips, args, shared, seeds, steps: int, fraction: float) -> tp.Dict[str, tp.Any]:
-    """The printed keys of one (steps, fraction) setting, pooled over training and sampling seeds."""
-    scores = {(n, s): score_model(paths[(n, s, steps, fraction)], clips, args.held_out, args, shared)
+def measure(paths, clips, args, shared, seeds, steps: int, fraction: float, budget: str) -> tp.Dict[str, tp.Any]:
+    """The printed keys of one (steps, fraction, budget) setting, pooled over training and sampling seeds."""
+    scores = {(n, s): score_model(paths[(n, s, steps, fraction, budget)], clips, args.held_out, args, shared)
               for n in VARIANTS for s in seeds}
 
     def pooled(name: str, metric: str) -> tp.List[float]:
         return [v for s in seeds for v in scores[(name, s)][metric]]
 
-    return {"steps": steps, "fraction": fraction,
+    return {"steps": steps, "fraction": fraction, "budget": budget,
+            "with_unpaired_steps": run_steps("with_unpaired", steps, fraction, budget),
             "unpaired_tags_class_acc": summary(pooled("with_unpaired", "held_out_tags")),
             "paired_tags_class_acc": summary(pooled("with_unpaired", "paired_tags")),
             "without_unpaired_class_acc": summary(pooled("without_unpaired", "held_out_tags")),
@@ -322,7 +324,7 @@ def measure(paths, clips, args, shared, seeds, steps: int, fraction: float) -> t
 def choose(results: tp.Sequence[tp.Mapping[str, tp.Any]]) -> tp.Dict[str, tp.Any]:
     """Settings whose paired results (tags-only and video-only class accuracy of with_unpaired) are each no lower
     than without_unpaired's mean minus its std at the same steps qualify; among them the largest gain
-    unpaired_tags_class_acc - without_unpaired_class_acc wins (ties: fewer steps). When none qualifies, the
+    unpaired_tags_class_acc - without_unpaired_class_acc wins (ties: fewer with_unpaired steps). When none qualifies, the
     smallest paired shortfall wins."""
     def shortfall(r) -> float:
         w, wo = r["paired"]["with_unpaired"], r["paired"]["without_unpaired"]
@@ -332,8 +334,8 @@ def choose(results: tp.Sequence[tp.Mapping[str, tp.Any]]) -> tp.Dict[str, tp.Any
         return r["unpaired_tags_class_acc"]["mean"] - r["without_unpaired_class_acc"]["mean"]
 
     ok = [r for r in results if shortfall(r) == 0.0]
-    best = (max(ok, key=lambda r: (gain(r), -r["steps"])) if ok else min(results, key=lambda r: (shortfall(r), -gain(r))))
-    return {"steps": best["steps"], "fraction": best["fraction"], "qualified": bool(ok),
+    best = (max(ok, key=lambda r: (gain(r), -r["with_unpaired_steps"])) if ok else min(results, key=lambda r: (shortfall(r), -gain(r))))
+    return {"steps": best["steps"], "fraction": best["fraction"], "budget": best["budget"], "qualified": bool(ok),
             "gain": round(gain(best), 4), "paired_shortfall": round(shortfall(best), 4)}
 
 
