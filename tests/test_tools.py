@@ -168,6 +168,7 @@ def test_unpaired_benchmark_at_tiny_size(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert json.loads((tmp_path / "runs" / "results_test.json").read_text()) == result
     assert result["meta"]["split"] == "test" and result["meta"]["unpaired_fraction"] == 0.25
+    assert "runs" not in result and set(result["meta"]["runs"]) == {"with_unpaired/seed0", "without_unpaired/seed0"}
     for key in ("unpaired_tags_class_acc", "paired_tags_class_acc", "without_unpaired_class_acc"):
         assert set(result[key]) == {"mean", "std"} and 0.0 <= result[key]["mean"] <= 1.0
     meta = result["meta"]

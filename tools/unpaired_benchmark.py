@@ -28,12 +28,13 @@ see the same paired clips), printed as ``grid`` (one entry per setting, the keys
 Everything is made here and cached (a fresh clone needs only the package): SynthMV videos
 (``<data>/train|selection|test``), the codec of the shipped demo model (``vmas/assets/vmas-synthmv-demo.pt``, so no
 codec training), paired and music-only shards, the trained runs (``<out>/steps<S>/without_unpaired/seed<N>`` and
-``<out>/steps<S>/with_unpaired_f<F>/seed<N>``, each finished when its ``model.pt`` exists; an interrupted run resumes
+``<out>/steps<S>/with_unpaired_f<F>[_paired]/seed<N>``, each finished when its ``model.pt`` exists; an interrupted run resumes
 from its checkpoint) and each model's scores per split (``scores_<key>.json``).
 
-    python tools/unpaired_benchmark.py --json --split selection --steps 300,600 --fraction 0.15,0.25,auto \
-        --train-seeds 0,1
-    python tools/unpaired_benchmark.py --json --steps 600 --fraction 0.25 --train-seeds 0,1,2
+    python tools/unpaired_benchmark.py --json --split selection --steps 300 --fraction 0.15,0.25,auto \
+        --budget steps,paired --train-seeds 0,1          # docs/results/unpaired_selection.json
+    python tools/unpaired_benchmark.py --json --steps 300 --fraction auto --budget paired --train-seeds 0,1,2
+                                                          # the chosen setting on the test set: docs/results/unpaired.json
 """
 from __future__ import annotations
 
@@ -124,8 +125,8 @@ def run_steps(name: str, steps: int, fraction: float, budget: str) -> int:
 
 def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[str, int, int, float, str]]
                ) -> tp.Dict[tp.Tuple[str, int, int, float, str], Path]:
-    """Train the missing (variant, seed, steps, fraction, budget) runs, ``--jobs`` at once (one thread each); a run with a
-    checkpoint resumes from it; a run is finished when its ``model.pt`` exists (so a rerun reuses it)."""
+    """Train the missing (variant, seed, steps, fraction, budget) runs, ``--jobs`` at once (one thread each); a run
+    with a checkpoint resumes from it; a run is finished when its ``model.pt`` exists (so a rerun reuses it)."""
     from vmas.solvers.checkpoint import latest_checkpoint
 
     out_root = Path(args.out)
@@ -247,9 +248,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", default="600", help="optimiser steps per run (same for both variants); a comma list "
                    "makes a grid (with --fraction), printed as 'grid' + the 'chosen' setting (run it on --split selection)")
     p.add_argument("--budget", default="steps",
-                   help="steps (or a comma list of budgets): both variants train --steps optimiser steps (the paired clips share them with the "
-                   "music-only ones); paired: with_unpaired trains steps / (1 - fraction), so it sees as many paired "
-                   "clips as without_unpaired and the music-only clips are added data")
+                   help="steps, paired, or a comma list of both. steps: both variants train --steps optimiser steps "
+                   "(the paired clips share them with the music-only ones); paired: with_unpaired trains "
+                   "steps / (1 - fraction), so it sees as many paired clips as without_unpaired and the music-only "
+                   "clips are added data")
     p.add_argument("--fraction", default="auto", help="data.unpaired_fraction of with_unpaired, or a comma list "
                    "(auto: the held-out classes' share of the clips)")
     p.add_argument("--train-seeds", default="0", help="comma-separated training seeds")
@@ -278,7 +280,7 @@ def main(argv=None) -> int:
     shared: tp.Dict[str, tp.Any] = {}
     results = [measure(paths, clips, args, shared, seeds, *g) for g in grid]
     if len(grid) == 1:
-        result = dict(results[0])
+        result = results[0]
     else:
         result = {"grid": results, "chosen": choose(results)}
     result["meta"] = {
@@ -324,17 +326,21 @@ def measure(paths, clips, args, shared, seeds, steps: int, fraction: float, budg
 def choose(results: tp.Sequence[tp.Mapping[str, tp.Any]]) -> tp.Dict[str, tp.Any]:
     """Settings whose paired results (tags-only and video-only class accuracy of with_unpaired) are each no lower
     than without_unpaired's mean minus its std at the same steps qualify; among them the largest gain
-    unpaired_tags_class_acc - without_unpaired_class_acc wins (ties: fewer with_unpaired steps). When none qualifies, the
-    smallest paired shortfall wins."""
+    unpaired_tags_class_acc - without_unpaired_class_acc wins (ties: fewer with_unpaired steps). When none
+    qualifies, the smallest paired shortfall wins."""
     def shortfall(r) -> float:
         w, wo = r["paired"]["with_unpaired"], r["paired"]["without_unpaired"]
-        return sum(max(0.0, wo[k]["mean"] - wo[k]["std"] - w[k]["mean"]) for k in ("tags_class_acc", "video_class_acc"))
+        return sum(max(0.0, wo[k]["mean"] - wo[k]["std"] - w[k]["mean"])
+                   for k in ("tags_class_acc", "video_class_acc"))
 
     def gain(r) -> float:
         return r["unpaired_tags_class_acc"]["mean"] - r["without_unpaired_class_acc"]["mean"]
 
     ok = [r for r in results if shortfall(r) == 0.0]
-    best = (max(ok, key=lambda r: (gain(r), -r["with_unpaired_steps"])) if ok else min(results, key=lambda r: (shortfall(r), -gain(r))))
+    if ok:
+        best = max(ok, key=lambda r: (gain(r), -r["with_unpaired_steps"]))
+    else:
+        best = min(results, key=lambda r: (shortfall(r), -gain(r)))
     return {"steps": best["steps"], "fraction": best["fraction"], "budget": best["budget"], "qualified": bool(ok),
             "gain": round(gain(best), 4), "paired_shortfall": round(shortfall(best), 4)}
 

@@ -391,7 +391,7 @@ class CurationResult:
     variety: tp.Optional[float] = None
 
 
-def reject_row(item: tp.Union["VideoItem", tp.Any], reason: str, detail: str = "", start: tp.Optional[float] = None,
+def reject_row(item: tp.Any, reason: str, detail: str = "", start: tp.Optional[float] = None,
                kind: str = "video") -> dict:
     """One reject-log row: ``{kind: item.path, source_id, reason, detail[, start]}`` (``kind`` "audio" for the
     music-only path)."""
@@ -399,7 +399,6 @@ def reject_row(item: tp.Union["VideoItem", tp.Any], reason: str, detail: str = "
     if start is not None:
         row["start"] = start
     return row
-
 
 
 def curate_video(item: VideoItem, cfg: "CurationConfig", clip_seconds: float, sample_rate: int,
