@@ -284,13 +284,17 @@ FLASH_GAIN, FLASH_TAU = 0.7, 0.06
 """A flash lifts every pixel towards white by 0.7 and decays with a 60 ms time constant."""
 
 
-def render_video(labels: dict, size: int = 64) -> np.ndarray:
-    """uint8 [round(seconds * 25), size, size, 3]: frame k shows time k/25; an event at frame k changes frame k."""
-    c = CLASSES[labels["class_id"]]
+def render_video(labels: dict, size: int = 64, style: tp.Optional[tp.Tuple[str, tp.Sequence]] = None) -> np.ndarray:
+    """uint8 [round(seconds * 25), size, size, 3]: frame k shows time k/25; an event at frame k changes frame k.
+
+    ``style``: (shape, palette) drawn instead of the SynthMV class's own; the real-music testbed
+    (``datasets.realmusic_mv``, issue 32) gives each soundtrack its own look and reuses this renderer."""
+    shape, palette = style if style is not None else (CLASSES[labels["class_id"]].shape,
+                                                      CLASSES[labels["class_id"]].palette)
     n = round(labels["seconds"] * FPS)
     rng = np.random.default_rng([labels["seed"], labels["class_id"], 15485863])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
-    top, bottom, fg = (np.array(col, np.float64) for col in c.palette)
+    top, bottom, fg = (np.array(col, np.float64) for col in palette)
     grad = (yy / size)[..., None]
     backgrounds = [top * (1 - grad) + bottom * grad, bottom * (1 - grad) + top * grad]  # [size, size, 3] each
     r = 0.14 * size
@@ -315,7 +319,7 @@ def render_video(labels: dict, size: int = 64) -> np.ndarray:
                 flash_at = k
         # the picture changes only at events (plus a flash's decay): motion peaks are exactly the note onsets
         img = backgrounds[variant].copy()
-        img[_shape_mask(c.shape, xx - cx, yy - cy, r)] = fg if variant == 0 else 255 - fg
+        img[_shape_mask(shape, xx - cx, yy - cy, r)] = fg if variant == 0 else 255 - fg
         if flash_at is not None:
             g = FLASH_GAIN * np.exp(-(k - flash_at) / FPS / FLASH_TAU)
             img = img + (255 - img) * g
