@@ -37,22 +37,12 @@ import numpy as np
 
 from vmas import structure
 from vmas.data import media
+from vmas.experiments.provenance import provenance
 from vmas.metrics.synthmv import onset_times
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def provenance() -> tp.Dict[str, tp.Any]:
-    """Commit, date, machine and load of this run (as tools/synthmv_benchmark.py records them)."""
-    import datetime
-    import platform
-
-    from vmas.utils import git_commit
-
-    commit = git_commit(ROOT, short=False)
-    return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-            "load_avg_1m_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def make_set(out: Path, num: int, seed: int, scenes: int, seconds: float) -> tp.List[dict]:

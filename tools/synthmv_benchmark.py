@@ -44,6 +44,7 @@ import torch
 from vmas.evaluation import generate_windows as generate
 from vmas.evaluation import load_synthmv_clips as load_clips
 from vmas.evaluation import synthmv_judge
+from vmas.experiments.provenance import provenance
 from vmas.metrics.synthmv import mean_std, score
 
 ROOT = Path(__file__).resolve().parent.parent  # default paths of the repo's configs, data and runs
@@ -197,21 +198,6 @@ def score_model(path: Path, clips: tp.Sequence[dict], args, classifier_cache: di
     return result
 
 
-def provenance() -> tp.Dict[str, tp.Any]:
-    """Commit, date and machine of a benchmark run, for the committed JSON's meta."""
-    import datetime
-    import platform
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", False
-    return {"commit": commit, "dirty_tree": dirty, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def main(argv=None) -> int:
@@ -301,7 +287,10 @@ def main(argv=None) -> int:
                        "test_manifest": args.test_manifest, "overrides": list(args.overrides),
                        "command": "python tools/synthmv_benchmark.py " + " ".join(argv if argv is not None
                                                                                   else sys.argv[1:])}
-    results["meta"].update(provenance())
+    from vmas.config import load_config
+
+    codec = load_config(args.config, list(args.overrides)).model.codec.pretrained
+    results["meta"].update(provenance({"codec": codec}))
     out_root.mkdir(parents=True, exist_ok=True)
     (out_root / "results.json").write_text(json.dumps(results, indent=1))
     if args.json:

@@ -52,6 +52,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vmas.experiments.provenance import provenance
+
 ROOT = Path(__file__).resolve().parent.parent  # default paths of the repo's configs, data and runs
 
 VARIANTS = ("with_unpaired", "without_unpaired")
@@ -220,17 +222,6 @@ def test_clips(manifest: Path, limit: int) -> tp.List[dict]:
     return clips
 
 
-def provenance() -> tp.Dict[str, tp.Any]:
-    """Commit, date, machine and load of the run, for the committed JSON's meta."""
-    import datetime
-    import platform
-
-    from vmas.utils import git_commit
-
-    commit = git_commit(ROOT, short=False)
-    return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def main(argv=None) -> int:
@@ -293,7 +284,7 @@ def main(argv=None) -> int:
         "codec_from": args.codec_from, "overrides": list(args.overrides), "train_seconds": round(train_s, 1),
         "total_seconds": round(time.time() - t0, 1),
         "command": "python tools/unpaired_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        **provenance()}
+        **provenance({"codec": data["codec"]})}
     if len(grid) == 1:
         result["meta"].update(steps=grid[0][0], unpaired_fraction=grid[0][1], budget=grid[0][2],
                               runs=results[0].pop("runs"))
