@@ -307,7 +307,7 @@ def test_evaluate_reference_folders_fad_only(tmp_path):
     assert main(["--reference", str(tmp_path / "ref"), "--generated", str(tmp_path / "gen"), "--fad-backbone",
                  "mel", "--out", str(out), "--no-progress"]) == 0
     report = json.loads(out.read_text())
-    assert set(report) == {"fad", "meta"} and report["fad"] > 0
+    assert set(report) == {"fad", "coverage", "meta"} and report["fad"] > 0
     assert report["meta"]["clips"]["fad"] == {"reference": 3, "generated": 3, "embeddings_reference": 6,
                                               "embeddings_generated": 6}
     assert "not comparable" in report["meta"]["backbones"]["fad"]["name"] and report["meta"]["fallbacks"]
@@ -343,8 +343,9 @@ def test_evaluate_manifest_all_metrics_and_missing_weights(tmp_path):
     report = evaluate(tmp_path / "gen", tmp_path / "test.jsonl", metrics=["fad", "kl", "mv_align", "retrieval",
                                                                           "clap"],
                       fad_backbone="vggish:/nonexistent/vggish.pth", kl_classifier="mel", clap_model="/nonexistent",
-                      retrieval_embeddings=str(emb), progress=False)
+                      retrieval_embeddings=str(emb), progress=False, min_coverage=0.0)  # clip2 is corrupt
     meta = report["meta"]
+    assert report["coverage"]["kl"] == report["coverage"]["mv_align"] == {"clips": 2, "of": 3, "fraction": 0.6667}
     assert "fad" not in report and "VGGish" in meta["skipped"]["fad"]  # missing weights: omitted, never faked
     assert "clap" not in report and "not available offline" in meta["skipped"]["clap"]
     # clip0 is identical to its reference (KL 0, MV-Align 0.5); clip1 is silent (no onsets: MV-Align 0, not NaN)

@@ -4,6 +4,12 @@ Resumable per clip: ``OUT/generated/<clip id>.wav`` is written atomically (into 
 then renamed), and a clip whose output exists is skipped, so an interrupted run continues where it stopped.
 A clip that fails is logged to ``OUT/failures.jsonl`` and retried on the next run; the others still finish.
 
+Every number of the report states how many clips it covers (``coverage`` in report.json, the ``clips`` column of
+report.md); a number that covers fewer than ``--min-coverage`` of the clips (default 1: all) is not printed (null,
+with the reason in ``meta.withheld``). Exit status: 0 = every clip generated and every computed number covers
+enough clips; 1 = a clip failed to generate, a number was withheld, or nothing could be computed (the report is
+still written); 2 = a usage or setup error (one ``error:`` line).
+
     python tools/benchmark.py --manifest data/disco_mv/test.jsonl --model runs/paper/ckpt.pt --out runs/bench \\
         --metrics fad,kl,mv_align,clap --fad-backbone vggish --kl-classifier passt
 
@@ -26,7 +32,15 @@ import typing as tp
 from pathlib import Path
 
 from vmas.errors import VmasError
-from vmas.evaluation import ALL_METRICS, LAYOUTS, evaluate, run_generation, vmas_generator, write_report
+from vmas.evaluation import (
+    ALL_METRICS,
+    LAYOUTS,
+    evaluate,
+    report_problems,
+    run_generation,
+    vmas_generator,
+    write_report,
+)
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
@@ -54,10 +68,14 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     p.add_argument("--split", help="keep manifest rows whose 'split' is this (e.g. test)")
     p.add_argument("--limit", type=int, default=0, help="first N clips only (0 = all)")
     p.add_argument("--skip-generation", action="store_true", help="only evaluate what is already generated")
+    p.add_argument("--min-coverage", type=float, default=1.0, metavar="FRACTION",
+                   help="a number covering fewer than this fraction of the clips is withheld (null, with the "
+                        "reason); 1 = all clips")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
     gen_dir = out / "generated"
+    stats = {"failed": 0}
     try:
         if not args.skip_generation:
             generator = vmas_generator(args.model, cfg=args.cfg, top_k=args.top_k, temperature=args.temperature,
@@ -68,13 +86,16 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
         report = evaluate(gen_dir, args.manifest, args.reference, args.metrics.split(","), args.fad_backbone,
                           args.kl_classifier, args.clap_model, args.mv_flow, args.retrieval_embeddings, args.limit,
                           progress=not args.no_progress, model=args.model, split=args.split,
-                          layout=args.layout, fd_backbone=args.fd_backbone)
+                          layout=args.layout, fd_backbone=args.fd_backbone, min_coverage=args.min_coverage)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     md = write_report(report, out / "report.json")
     print(md.read_text())
-    return 0
+    problems = report_problems(report, failed=stats["failed"], clips=sum(stats.values()))
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,10 @@ what ``vmas`` writes); reference music is the manifest's ``audio`` (its ``[start
 ``REFERENCE/<id>.*``, else the video's own audio stream (same span).
 
 A metric whose backbone weights are missing is omitted from the report and ``meta.skipped`` says why; numbers
-are never made up.
+are never made up. Every number states how many clips it covers (``coverage`` in the JSON, the ``clips`` column of
+the .md); one covering fewer than ``--min-coverage`` of the clips (default 1: all) is null, the reason in
+``meta.withheld``. Exit status: 0 = every computed number covers enough clips; 1 = a number was withheld or none
+could be computed (the report is still written); 2 = a usage or setup error (one ``error:`` line).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ import sys
 import typing as tp
 
 from vmas.errors import VmasError
-from vmas.evaluation import ALL_METRICS, LAYOUTS, evaluate, write_report
+from vmas.evaluation import ALL_METRICS, LAYOUTS, evaluate, report_problems, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="VMAS checkpoint/name: retrieval embeddings from its contrastive heads")
     p.add_argument("--split", help="keep manifest rows whose 'split' is this (e.g. test); rows without one are kept")
     p.add_argument("--limit", type=int, default=0, help="first N manifest clips only (0 = all)")
+    p.add_argument("--min-coverage", type=float, default=1.0, metavar="FRACTION",
+                   help="a number covering fewer than this fraction of the clips (missing or unreadable files) is "
+                        "withheld: null, with the reason; 1 = all clips")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -76,14 +82,17 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
         report = evaluate(args.generated, args.manifest, args.reference, metrics, args.fad_backbone,
                           args.kl_classifier, args.clap_model, args.mv_flow, args.retrieval_embeddings, args.limit,
                           progress=not args.no_progress, model=args.model, split=args.split,
-                          layout=args.layout, fd_backbone=args.fd_backbone)
+                          layout=args.layout, fd_backbone=args.fd_backbone, min_coverage=args.min_coverage)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     md = write_report(report, args.out)
     print(md.read_text())
     print(f"wrote {args.out} and {md}")
-    return 0 if set(report) - {"meta"} else 1  # nothing computed (all skipped): fail loudly for scripts
+    problems = report_problems(report)  # a withheld number or nothing computed: fail loudly for scripts
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

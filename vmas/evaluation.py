@@ -197,8 +197,16 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
              fad_backbone: str = "vggish", kl_classifier: str = "passt", clap_model: str = "laion/clap-htsat-unfused",
              mv_flow: str = "farneback", retrieval_embeddings: tp.Optional[str] = None, limit: int = 0,
              progress: bool = True, model: tp.Any = None, split: tp.Optional[str] = None,
-             layout: str = "manifest", fd_backbone: str = "passt") -> tp.Dict[str, tp.Any]:
-    """Compute the requested metrics; returns ``{metric: number, ..., "meta": {...}}``.
+             layout: str = "manifest", fd_backbone: str = "passt", min_coverage: float = 1.0) -> tp.Dict[str, tp.Any]:
+    """Compute the requested metrics; returns ``{metric: number, ..., "coverage": {...}, "meta": {...}}``.
+
+    ``coverage[metric]`` says how many clips each number covers out of how many it should (``{"clips": n, "of": N,
+    "fraction": n / N}``; FAD and FD also per side, ``reference`` and ``generated``, the lower side's fraction
+    being theirs). N is every clip of the manifest (after ``split`` and ``limit``; for the reference side and KL,
+    in the v2m-bench layout, the clips that have music), or every audio file of a folder without a manifest. A
+    clip that is missing or does not decode lowers it. A number whose fraction is below ``min_coverage`` (1.0:
+    all clips) is not given: it is None and ``meta.withheld[metric]`` says why, so a partial run can never be
+    read as the benchmark's number.
 
     ``layout="v2m-bench"``: ``manifest`` is a benchmark folder laid out like V2M-bench (:func:`read_v2m_bench`)
     and ``report.md`` also holds the table in the shape video-to-music papers print (:func:`paper_table`).
@@ -219,6 +227,8 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
         raise VmasError(f"unknown metric(s) {sorted(unknown)}; choose from {','.join(ALL_METRICS)}")
+    if not 0.0 <= min_coverage <= 1.0:
+        raise VmasError(f"min coverage must be a fraction in [0, 1] (1 = all clips), got {min_coverage}")
     report: tp.Dict[str, tp.Any] = {}
     meta: tp.Dict[str, tp.Any] = {"backbones": {}, "clips": {}, "skipped": {}, "fallbacks": [],
                                   "generated": str(generated), "reference": str(ref_dir) if ref_dir else None,
@@ -229,8 +239,11 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         meta["skipped"][metric] = why
 
     def clip_error(metric: str, err: Exception) -> None:
-        """One unreadable file skips that clip for that metric (counted in meta), never the whole run."""
+        """One unreadable file skips that clip for that metric (counted in meta and in its coverage), never the
+        whole run."""
         meta.setdefault("clip_errors", {}).setdefault(metric, []).append(str(err))
+
+    coverage: tp.Dict[str, tp.Dict[str, tp.Any]] = {}
 
     # ---- pairs: (id, generated path, reference path, clip)
     if manifest is None:
@@ -243,6 +256,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         for m in [m for m in metrics if m not in unpaired]:
             skip(m, "needs --manifest (clip ids, videos, tags)")
         metrics = [m for m in metrics if m in unpaired]
+        expected_gen, expected_ref = len(gen_files), len(ref_files)  # every file of each folder
     else:
         clips = load_clips(manifest, layout, split)[: limit or None]
         if layout == "v2m-bench":
@@ -262,6 +276,9 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             meta["missing_generated_ids"] = missing[:20]
         gen_files = [(c["gen_path"], None) for c in clips if c["gen_path"] is not None]
         ref_files = [(c["ref_path"], c["ref_span"]) for c in clips if c["ref_path"] is not None]
+        # every clip should have generated music and a reference; a V2M-bench folder may lack music for a video
+        expected_gen = len(clips)
+        expected_ref = sum(1 for c in clips if c["audio"]) if layout == "v2m-bench" else len(clips)
 
     cache: tp.Dict[tp.Tuple[str, int], np.ndarray] = {}
 
@@ -301,9 +318,12 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             meta["backbones"][metric] = emb.describe()
             meta["clips"][metric] = {"reference": fad.real.clips, "generated": fad.fake.clips,
                                      "embeddings_reference": fad.real.n, "embeddings_generated": fad.fake.n}
+            sides = {"reference": _cover(fad.real.clips, expected_ref),
+                     "generated": _cover(fad.fake.clips, expected_gen)}
+            coverage[metric] = {**min(sides.values(), key=_fraction), **sides}
             if not emb.paper_setting:
                 meta["fallbacks"].append(f"{metric}: {emb.name} (paper: {paper})")
-        except (CheckpointError, DataError) as err:
+        except VmasError as err:  # weights missing, no reference, too few embeddings: skipped with the reason
             skip(metric, str(err))
 
     # ---- FAD, FD
@@ -334,6 +354,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             meta["kl"] = kl.compute_all()
             meta["backbones"]["kl"] = clf.describe()
             meta["clips"]["kl"] = len(kl.pq)
+            coverage["kl"] = _cover(len(kl.pq), expected_ref)
             if not clf.paper_setting:
                 meta["fallbacks"].append(f"kl: {clf.name} (paper: PaSST)")
         except (CheckpointError, DataError) as err:
@@ -369,6 +390,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             meta["backbones"]["mv_align"] = mv.meta()
             meta["backbones"]["av_align_reference"] = av_ref.meta()
             meta["clips"]["mv_align"] = meta["clips"]["av_align_reference"] = len(mv.scores)
+            coverage["mv_align"] = coverage["av_align_reference"] = _cover(len(mv.scores), expected_gen)
             if mv_ref.scores:
                 meta["mv_align_reference"] = mv_ref.compute()  # ground-truth music on the same videos
         else:
@@ -383,6 +405,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             if retrieval_embeddings or model is None:
                 video, music, ids = load_retrieval_embeddings(retrieval_embeddings)
                 source = str(retrieval_embeddings)
+                expected = len(video)  # the file's own pairs: which clips it was made from is its maker's record
             else:
                 from vmas.hub import load_model
                 from vmas.metrics.retrieval import model_retrieval_embeddings
@@ -390,6 +413,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                 pipe = model if hasattr(model, "codec") else load_model(model)
                 video, music, ids = model_retrieval_embeddings(pipe, clips, progress=progress)
                 source = f"model {model if isinstance(model, (str, os.PathLike)) else type(model).__name__}"
+                expected = expected_ref  # clips with a video and reference music
             r = VideoMusicRetrieval()
             r.update(video, music)
             res = r.compute()
@@ -397,6 +421,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             meta["backbones"]["retrieval"] = {"embeddings": source,
                                               "source": "model contrastive heads (video -> music)"}
             meta["clips"]["retrieval"] = r.num_pairs
+            coverage["retrieval"] = _cover(r.num_pairs, expected)
         except (CheckpointError, DataError) as err:
             skip("retrieval", str(err))
 
@@ -420,6 +445,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             report["clap"] = cs.compute()
             meta["backbones"]["clap"] = cs.meta()["backbone"]
             meta["clips"]["clap"] = len(cs.scores)
+            coverage["clap"] = _cover(len(cs.scores), expected_gen)
         except (CheckpointError, DataError, VmasError) as err:
             skip("clap", str(err))
 
@@ -427,8 +453,28 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
     if "imagebind" in metrics:
         skip("imagebind", IMAGEBIND_UNAVAILABLE)
 
+    # ---- coverage: every number says how many clips it covers; below min_coverage it is withheld, with why
+    for m, cov in coverage.items():
+        if _fraction(cov) < min_coverage and report.get(m) is not None:
+            report[m] = None
+            sides = "".join(f"; {side} {cov[side]['clips']}/{cov[side]['of']}" for side in ("reference", "generated")
+                            if side in cov)
+            meta.setdefault("withheld", {})[m] = (
+                f"covers {cov['clips']} of {cov['of']} clips ({100 * _fraction(cov):.0f}%{sides}), below "
+                f"--min-coverage {min_coverage:g}; see meta.missing_generated_ids and meta.clip_errors, or pass "
+                f"--min-coverage {_fraction(cov):.4g} to print it")
+    report["coverage"] = coverage
     report["meta"] = meta
     return report
+
+
+def _cover(n: int, of: int) -> tp.Dict[str, tp.Any]:
+    """``{"clips": n, "of": N, "fraction": n / N}`` (rounded for reading; :func:`_fraction` is exact)."""
+    return {"clips": int(n), "of": int(of), "fraction": round(n / of, 4) if of else 0.0}
+
+
+def _fraction(cov: tp.Dict[str, tp.Any]) -> float:
+    return cov["clips"] / cov["of"] if cov["of"] else 0.0
 
 
 def load_retrieval_embeddings(path: tp.Optional[str]):
@@ -451,6 +497,19 @@ NAMES = {"fad": "FAD", "kl": "KL", "fd": "FD", "imagebind": "ImageBind score", "
          "av_align_reference": "AV-Align (reference script)", "retrieval": "retrieval", "clap": "CLAP score"}
 
 
+def coverage_text(report: tp.Dict[str, tp.Any], metric: str) -> str:
+    """How many clips ``metric``'s number covers, as the tables print it: ``3/4`` (of the clips it should cover),
+    ``4/4 ref, 3/4 gen`` for FAD and FD; the bare counts for a report written before coverage was recorded."""
+    cov = report.get("coverage", {}).get(metric)
+    if cov is None:
+        clips = report.get("meta", {}).get("clips", {}).get(metric, "")
+        return f"{clips.get('reference')} ref / {clips.get('generated')} gen" if isinstance(clips, dict) else str(clips)
+    if "reference" in cov:
+        return ", ".join(f"{cov[side]['clips']}/{cov[side]['of']} {short}"
+                         for side, short in (("reference", "ref"), ("generated", "gen")))
+    return f"{cov['clips']}/{cov['of']}"
+
+
 def markdown_table(report: tp.Dict[str, tp.Any]) -> str:
     meta = report.get("meta", {})
     rows = ["| metric | value | backbone | clips |", "|---|---|---|---|"]
@@ -462,11 +521,9 @@ def markdown_table(report: tp.Dict[str, tp.Any]) -> str:
         backbone = meta.get("backbones", {}).get(m, "")
         if isinstance(backbone, dict):
             backbone = backbone.get("name", backbone.get("matching", backbone.get("embeddings", "")))
-        clips = meta.get("clips", {}).get(m, "")
-        if isinstance(clips, dict):
-            clips = f"{clips.get('reference')} ref / {clips.get('generated')} gen"
+        clips = coverage_text(report, m)
         for name, v in values:
-            rows.append(f"| {name} | {v:.4f} | {backbone} | {clips} |")
+            rows.append(f"| {name} | {'—' if v is None else f'{v:.4f}'} | {backbone} | {clips} |")
     lines = ["\n".join(rows)]
     in_paper_table = set()
     if meta.get("layout", {}).get("name") == "v2m-bench":
@@ -475,6 +532,9 @@ def markdown_table(report: tp.Dict[str, tp.Any]) -> str:
     for m, why in meta.get("skipped", {}).items():
         if m not in in_paper_table:
             lines.append(f"- **{m} not computed**: {why}")
+    for m, why in meta.get("withheld", {}).items():
+        if m not in in_paper_table:
+            lines.append(f"- **{m} withheld**: {why}")
     for f in meta.get("fallbacks", []):
         lines.append(f"- **fallback backbone, not comparable with the paper**: {f}")
     return "\n\n".join(lines) + "\n"
@@ -491,14 +551,29 @@ def paper_table(report: tp.Dict[str, tp.Any], method: str = "vmas") -> str:
     meta = report.get("meta", {})
     head = "| method | " + " | ".join(c for _, c in PAPER_COLUMNS) + " |"
     cells = [f"{report[m]:.3f}" if isinstance(report.get(m), (int, float)) else "—" for m, _ in PAPER_COLUMNS]
-    lines = [head, "|---" * (len(PAPER_COLUMNS) + 1) + "|", f"| {method} | " + " | ".join(cells) + " |"]
-    skipped = meta.get("skipped", {})
-    missing = [m for m, _ in PAPER_COLUMNS if m not in report and m != "av_align_reference"]
-    notes = [f"- {NAMES[m]}: {skipped.get(m, 'not requested (--metrics)')}" for m in missing]
+    clips = [coverage_text(report, m) if m in report.get("coverage", {}) else "—" for m, _ in PAPER_COLUMNS]
+    lines = [head, "|---" * (len(PAPER_COLUMNS) + 1) + "|", f"| {method} | " + " | ".join(cells) + " |",
+             "| clips | " + " | ".join(clips) + " |"]
+    skipped, withheld = meta.get("skipped", {}), meta.get("withheld", {})
+    missing = [m for m, _ in PAPER_COLUMNS if (m not in report and m != "av_align_reference") or m in withheld]
+    notes = [f"- {NAMES[m]}: {withheld.get(m) or skipped.get(m, 'not requested (--metrics)')}" for m in missing]
     n = meta.get("layout", {}).get("clips")
     caption = f"V2M-bench layout, {n} clips" if n is not None else "V2M-bench layout"
     return "\n".join([f"**{caption}** (columns as video-to-music papers print them, then ours)", "", *lines]
                      + (["", "Not computed:", *notes] if notes else []))
+
+
+def report_problems(report: tp.Dict[str, tp.Any], failed: int = 0, clips: int = 0) -> tp.List[str]:
+    """One line per reason a run must not exit 0 (``tools/evaluate.py``, ``tools/benchmark.py``): ``failed`` of
+    ``clips`` clips failed to generate, a number was withheld for coverage, or no number was computed at all."""
+    problems = []
+    if failed:
+        problems.append(f"{failed} of {clips} clip(s) failed to generate (see failures.jsonl; a rerun retries them)")
+    for m, why in report.get("meta", {}).get("withheld", {}).items():
+        problems.append(f"{m} withheld: {why}")
+    if not any(report.get(m) is not None for m in REPORTED):
+        problems.append("no metric was computed (reasons in the report's meta.skipped)")
+    return problems
 
 
 def write_report(report: tp.Dict[str, tp.Any], out: tp.Union[str, Path]) -> Path:
@@ -529,13 +604,14 @@ def vmas_generator(model: tp.Any = None, **controls: tp.Any) -> Generator:
         if clip.get("duration") and "duration" not in kw:
             kw["duration"] = float(clip["duration"])
         work = out_wav.parent / f"{out_wav.stem}.work"
-        work.mkdir(parents=True, exist_ok=True)
+        cut_dir = work / "input"  # the cut clip lives apart from generation's outputs: both are named <id>.mp4
+        cut_dir.mkdir(parents=True, exist_ok=True)
         try:
             video = clip["video"]
             start = float(clip.get("start") or 0.0)
             if start > 0:  # curation manifests point into whole source videos: give the model just the clip
                 video = cut_clip(video, start, float(clip.get("duration") or 0.0) or None,
-                                 work / f"{clip['id']}.mp4")
+                                 cut_dir / f"{clip['id']}.mp4")
             res = generate_for_video(video, model=pipe, out_dir=work, **kw)
             os.replace(res.wav, out_wav)
             if res.mp4 and Path(res.mp4).is_file():  # keep the muxed video next to the final wav
