@@ -468,19 +468,55 @@ def load_config(path: tp.Union[str, Path, None] = None, overrides: tp.Sequence[s
 
     A preset may start with ``base: other.yaml`` (relative to itself) to inherit and override another preset;
     ``base`` (a config dict, e.g. a checkpoint's stored config) is the layer under the preset (fine-tuning).
+    Each layer (a preset file, the overrides) that names shards decides ``train.synthetic`` (:func:`_shards_rule`).
     """
     data: dict = copy.deepcopy(dict(base)) if base else {}
     source = "<defaults>" if not base else "<base checkpoint config>"
     if path is not None:
-        _deep_update(data, _read_yaml(Path(path)))
+        _apply_layer(data, _read_yaml(Path(path)))  # each file was checked for both when read
         source = str(path)
+    layer: dict = {}  # what the command line itself sets (for the shards rule)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
         _set_override(data, key.strip(), raw)
+        _set_override(layer, key.strip(), raw)
         source = f"{source} (+overrides)"
+    _shards_rule(data, layer, "the command line", refuse=True)
     return _from_dict(Config, data, "", source)
+
+
+SHARD_KEYS = ("train_shards", "unpaired_shards")
+"""``data.*`` keys that only synthetic batches ignore (:func:`_shards_rule`)."""
+
+
+def _shards_rule(merged: dict, layer: tp.Mapping[str, tp.Any], where: str = "", refuse: bool = False) -> None:
+    """A layer that names shards (``data.train_shards`` / ``unpaired_shards``) trains on them: unless it sets
+    ``train.synthetic`` itself, a ``synthetic: true`` from a layer below (``configs/debug.yaml``) in ``merged`` is
+    turned off; with ``refuse``, a layer that sets both is an error naming both. Why: ``train.synthetic`` replaces
+    the data stream, so before this rule ``debug.yaml data.train_shards=...`` trained on random batches and
+    reported success (issue 36). A resolved preset chain is not refused: its top file may ask for synthetic
+    batches over shards it inherits (a smoke run of ``paper.yaml``), as ``--synthetic`` does."""
+    section = layer.get("data")
+    named = {k: section[k] for k in SHARD_KEYS if isinstance(section, dict) and section.get(k)}
+    if not named:
+        return
+    train = layer.get("train") if isinstance(layer.get("train"), dict) else {}
+    if "synthetic" not in train:
+        if isinstance(merged.get("train"), dict) and merged["train"].get("synthetic"):
+            merged["train"]["synthetic"] = False
+    elif refuse and train["synthetic"] is True:
+        key, value = next(iter(named.items()))
+        raise ConfigError(f"{where}: train.synthetic=true and data.{key}={value} are both set (synthetic batches "
+                          f"would replace the shards): drop train.synthetic=true to train on the shards, or "
+                          f"data.{key} for a synthetic smoke run")
+
+
+def _apply_layer(dst: dict, layer: dict) -> None:
+    """``layer`` over ``dst`` (deep update), then :func:`_shards_rule`'s turn-off."""
+    _deep_update(dst, layer)
+    _shards_rule(dst, layer)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -493,9 +529,10 @@ def _read_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     base = data.pop("base", None)
+    _shards_rule({}, data, str(path), refuse=True)  # a file that sets both, with or without a base
     if base:
         merged = _read_yaml(path.parent / base)
-        _deep_update(merged, data)
+        _apply_layer(merged, data)
         data = merged
     return data
 

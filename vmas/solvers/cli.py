@@ -71,6 +71,18 @@ def _finished(folder: tp.Optional[Path], max_steps: int) -> tp.Optional[int]:
     return step if step >= max_steps else None
 
 
+def _refuse_synthetic_beside_shards(overrides: tp.Sequence[str]) -> None:
+    """``--synthetic`` with shards named on the same command line: one of them would be ignored (issue 36)."""
+    from vmas.config import SHARD_KEYS
+    from vmas.errors import ConfigError
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() in {f"data.{k}" for k in SHARD_KEYS} and value.strip() not in ("", "null", "''", '""'):
+            raise ConfigError(f"--synthetic and {item} are both given (synthetic batches would replace the shards): "
+                              "drop --synthetic to train on the shards, or the shards for a synthetic smoke run")
+
+
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     """Exit code 0 on success, 2 on a :class:`VmasError` (one line on stderr from rank 0, no traceback)."""
     args = parse_args(argv)
@@ -88,6 +100,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
 
             cfg = load_config(args.config, args.overrides, base=stored_config(cfg.train.init_from))
         if args.synthetic:
+            _refuse_synthetic_beside_shards(args.overrides)
             cfg.train.synthetic = True
         cfg = config_from_dict(config_to_dict(cfg))  # re-validate after CLI flags
         if args.export:

@@ -216,6 +216,7 @@ class Solver:
             log.info("params: %s trainable by group, %d frozen; global batch %d = %d x %d x %d ranks",
                      self.param_summary, self.frozen_params, self.global_batch, cfg.data.batch_size, t.grad_accum,
                      self.world)
+            log.info("data: %s", self.data.describe())
         monitor = TrainMonitor(self.out, cfg.name, max_steps, self.step, self.stat_names, t.progress, t.log_every,
                                enabled=self.is_main)
         start_step, t0 = self.step, time.time()

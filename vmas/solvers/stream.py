@@ -37,6 +37,17 @@ class DataStream:
         self._replay = False  # no reader positions to seek to: replay to ``position``
         self.synthetic = SyntheticClips(cfg, cfg.train.seed, cfg.train.synthetic_clips) if cfg.train.synthetic else None
 
+    def describe(self) -> str:
+        """What this run trains on, for the start-up log: a synthetic run must not look like a shard run."""
+        d = self.data_cfg
+        if self.synthetic is not None:
+            return (f"synthetic batches (train.synthetic=true; {self.synthetic.num_clips} distinct clips), "
+                    "no shards are read")
+        text = f"shards {d.train_shards}"
+        if d.unpaired_fraction > 0:
+            text += f" + music-only {d.unpaired_shards} ({d.unpaired_fraction:g} of the clips)"
+        return text
+
     def state_dict(self) -> tp.Dict[str, tp.Any]:
         return {"position": self.position, "world_size": self.world, "micro": self.micro,
                 "num_workers": self.workers, "readers": dict(self.readers)}
