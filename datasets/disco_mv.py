@@ -78,8 +78,8 @@ def main(argv=None) -> int:
         info = ranks.detect_rank(args.rank, args.world_size)
         device = ranks.pin_device(args.device, info)
         if args.workers == 0:  # fail fast (one clear line) before touching any video
-            embedder = curation.build_embedder(cfg.data.curation.embedder, cfg.data.curation.embedder_weights,
-                                               device)
+            cur = cfg.data.curation
+            embedder = curation.build_embedder(cur.embedder, cur.embedder_weights, device, cur.variety_threshold)
             remover = curation.build_vocal_remover(cfg.data.curation, device)
         else:
             embedder = remover = None
