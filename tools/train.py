@@ -16,9 +16,10 @@ Paper run, 4 nodes x 8 GPUs (see docs/training.md for SLURM and hostfile variant
     bash train.sh configs/paper.yaml --resume optim.max_steps=300000   # a finished run, trained on to a new end
     bash train.sh configs/paper.yaml --resume runs/paper/checkpoints/step_00200000   # a given checkpoint
 
-Export the inference checkpoint of a training checkpoint (EMA weights + config + codec, one file):
+Export the inference checkpoint of a training checkpoint (EMA weights + config + codec, one file; the checkpoint's
+``meta.json`` holds its config, so no preset is needed):
 
-    .venv/bin/python tools/train.py configs/paper.yaml --export runs/paper/checkpoints/step_00200000 --out vmas.pt
+    .venv/bin/python tools/train.py --export runs/paper/checkpoints/step_00200000 --out vmas.pt
 
 Overrides are ``key.sub=value`` (YAML values), e.g. ``optim.max_steps=20 data.batch_size=1``.
 """

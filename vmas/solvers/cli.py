@@ -21,7 +21,8 @@ from vmas.errors import VmasError
 def parse_args(argv: tp.Optional[tp.Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("config", help="YAML preset, e.g. configs/debug.yaml")
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML preset, e.g. configs/debug.yaml (optional with --export: the checkpoint's own config)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--synthetic", action="store_true", help="random batches of the config's shapes (no shards)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="DIR",
@@ -31,7 +32,14 @@ def parse_args(argv: tp.Optional[tp.Sequence[str]] = None) -> argparse.Namespace
                    help="only write the inference checkpoint of this training checkpoint, then exit")
     p.add_argument("--out", default=None, help="output file of --export (default: <out_dir>/model.pt)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
-    return p.parse_intermixed_args(_explicit_resume(sys.argv[1:] if argv is None else argv))
+    args = p.parse_intermixed_args(_explicit_resume(sys.argv[1:] if argv is None else argv))
+    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.config)  # no preset: the first positional is an override
+        args.config = None
+    if args.config is None and args.export is None:
+        p.error("the following arguments are required: config (a YAML preset, e.g. configs/debug.yaml; only "
+                "--export CKPT_DIR may leave it out)")
+    return args
 
 
 def _explicit_resume(argv: tp.Sequence[str]) -> tp.List[str]:
@@ -94,8 +102,13 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     try:
         from vmas.config import config_from_dict, config_to_dict, load_config
 
-        cfg = load_config(args.config, args.overrides)
-        if cfg.train.init_from:  # fine-tuning: the preset is layered on the base model's own stored config
+        if args.config is None:  # --export alone: a training checkpoint carries its config (meta.json)
+            from vmas.solvers.checkpoint import read_meta
+
+            cfg = load_config(None, args.overrides, base=read_meta(Path(args.export))["config"])
+        else:
+            cfg = load_config(args.config, args.overrides)
+        if cfg.train.init_from and args.config is not None:  # fine-tuning: the preset is layered on the base model's own stored config
             from vmas.solvers.export import stored_config
 
             cfg = load_config(args.config, args.overrides, base=stored_config(cfg.train.init_from))
