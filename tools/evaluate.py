@@ -30,6 +30,11 @@ with ``--split test``). Generated music for a clip is ``GENERATED/<id>.{wav,flac
 what ``vmas`` writes); reference music is the manifest's ``audio`` (its ``[start, start + duration)`` span), else
 ``REFERENCE/<id>.*``, else the video's own audio stream (same span).
 
+One file per clip in a folder (``--generated``, ``--reference``): a clip stem with one audio file is read from it;
+``NAME.wav`` + ``NAME.mp4``, what ``vmas generate`` writes (the raw music and the finished mix, which may hold the
+video's own sound), is read from the .wav only; any other stem with several audio files (``NAME.wav`` +
+``NAME.flac``, ``NAME.mp3`` + ``NAME.mp4``, ...) is an error listing them. Hidden files (``.name``) are not clips.
+
 A metric whose backbone weights are missing is omitted from the report and ``meta.skipped`` says why; numbers
 are never made up. Every number states how many clips it covers (``coverage`` in the JSON, the ``clips`` column of
 the .md); one covering fewer than ``--min-coverage`` of the clips (default 1: all) is null, the reason in
@@ -53,8 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "folder with --layout v2m-bench")
     p.add_argument("--layout", default="manifest", choices=LAYOUTS,
                    help="v2m-bench: a folder laid out like VidMuse's V2M-bench (video/<id>.mp4, audio/<id>.wav)")
-    p.add_argument("--generated", required=True, help="folder of generated music (<clip id>.wav)")
-    p.add_argument("--reference", help="folder of reference music (<clip id>.wav); overrides nothing in the manifest")
+    p.add_argument("--generated", required=True,
+                   help="folder of generated music, one file per clip (<clip id>.wav); NAME.wav + NAME.mp4 (what "
+                        "vmas generate writes) reads the .wav only; any other clip with several audio files is an "
+                        "error listing them")
+    p.add_argument("--reference", help="folder of reference music (<clip id>.wav, one file per clip, the same rule); "
+                                       "overrides nothing in the manifest")
     p.add_argument("--metrics", default=",".join(ALL_METRICS), help="comma-separated subset of " + ",".join(ALL_METRICS))
     p.add_argument("--out", default="report.json", help="report path (a .md table is written next to it)")
     p.add_argument("--fad-backbone", default="vggish", help="vggish[:path] | clap:<name|folder> | encodec:<src> | mel")

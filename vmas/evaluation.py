@@ -16,7 +16,9 @@ Manifest: one JSON object per line, paths relative to the manifest's folder:
 ``tags`` may be a list; ``caption`` is used when there are no tags; the curation's manifest.jsonl works as is,
 with ``split="test"``). Generated music for a clip is ``GENERATED/<id>.{wav,flac,mp3,mp4}`` (or ``<video stem>.*``,
 what ``vmas`` writes); reference music is the manifest's ``audio`` (its ``[start, start + duration)`` span), else
-``REFERENCE/<id>.*``, else the video's own audio stream (same span).
+``REFERENCE/<id>.*``, else the video's own audio stream (same span). One file per clip stem in a folder
+(:func:`one_per_stem`: ``NAME.wav`` + ``NAME.mp4`` from ``vmas generate`` reads the .wav; other duplicates are an
+error listing them).
 
 A metric whose backbone weights are missing is omitted from the report and ``meta.skipped`` says why; numbers
 are never made up.
@@ -157,26 +159,62 @@ def reference_source(clip: tp.Dict[str, tp.Any], ref_dir: tp.Optional[Path]):
     return None, None
 
 
+RAW_AND_MIX = (".mp4", ".wav")
+"""The extensions of the one pair of files a clip stem may have: ``vmas generate`` writes ``NAME.wav`` (the raw
+music, what is scored) and ``NAME.mp4`` (the finished mix, which may hold the video's own sound)."""
+
+
+def one_per_stem(files: tp.Iterable[Path], folder: Path) -> tp.Dict[str, Path]:
+    """``{stem: file}`` with exactly one file per clip stem. The rule (tools/evaluate.py --help, README's
+    Evaluation): a stem with one audio file is read from it; ``NAME.wav`` + ``NAME.mp4`` is read from the .wav; any
+    other stem with several audio files (``NAME.wav`` + ``NAME.flac``, ``NAME.mp3`` + ``NAME.mp4``, three files) is
+    a :class:`DataError` listing every such stem, because which of them is the clip's music cannot be known and
+    reading all of them would count the clip several times."""
+    by_stem: tp.Dict[str, tp.List[Path]] = {}
+    for f in files:
+        by_stem.setdefault(f.stem, []).append(f)
+    chosen, clashes = {}, []
+    for stem, group in sorted(by_stem.items()):
+        group = sorted(group, key=lambda f: f.name)
+        if len(group) == 1:
+            chosen[stem] = group[0]
+        elif tuple(sorted(f.suffix.lower() for f in group)) == RAW_AND_MIX:
+            chosen[stem] = next(f for f in group if f.suffix.lower() == ".wav")
+        else:
+            clashes.append(f"{stem} ({', '.join(f.name for f in group)})")
+    if clashes:
+        shown = "; ".join(clashes[:10]) + (f"; ... {len(clashes) - 10} more" if len(clashes) > 10 else "")
+        raise DataError(f"{folder}: several audio files for one clip: {shown}; keep one file per clip (NAME.wav "
+                        f"+ NAME.mp4, what vmas generate writes, is fine: the .wav is read)")
+    return chosen
+
+
 def find_audio(folder: tp.Optional[Path], *stems: tp.Optional[str]) -> tp.Optional[Path]:
+    """The clip's audio file ``folder/<stem>.*`` for the first of ``stems`` that has a non-empty one (one file per
+    stem: :func:`one_per_stem`), else None."""
     if folder is None:
         return None
     for stem in stems:
         if not stem:
             continue
-        for ext in AUDIO_EXTS:
-            p = folder / f"{stem}{ext}"
-            if p.is_file() and p.stat().st_size > 0:
-                return p
+        found = [folder / f"{stem}{ext}" for ext in AUDIO_EXTS]
+        found = [p for p in found if p.is_file() and p.stat().st_size > 0]
+        if found:
+            return one_per_stem(found, folder)[stem]
     return None
 
 
 def list_audio(folder: Path) -> tp.List[Path]:
+    """One audio file per clip stem of ``folder`` (:func:`one_per_stem`), sorted. Hidden files (``.name``: temp
+    files, macOS ``._name``) are not clips. An empty or unreadable file is kept: it fails to decode and lowers the
+    metric's coverage instead of vanishing from the count."""
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder of audio files")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTS and p.stat().st_size > 0)
+    files = [p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTS and p.is_file()
+             and not p.name.startswith(".")]
     if not files:
         raise DataError(f"{folder}: no audio files ({', '.join(AUDIO_EXTS)})")
-    return files
+    return sorted(one_per_stem(files, folder).values())
 
 
 def _versions() -> tp.Dict[str, str]:
@@ -264,6 +302,10 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         from collections import Counter
 
         per_video = Counter(c.get("video") for c in clips)
+        if generated.is_dir():  # every clip's ambiguous stem in one error, before any clip is read
+            stems = {c["id"] for c in clips} | {Path(c["video"]).stem for c in clips if c.get("video")}
+            one_per_stem([f for f in generated.iterdir() if f.stem in stems and f.suffix.lower() in AUDIO_EXTS
+                          and f.is_file() and f.stat().st_size > 0], generated)
         for c in clips:
             # `<video stem>.wav` (what `vmas` writes) only identifies the clip when no other clip shares the video
             stem = Path(c["video"]).stem if c.get("video") and per_video[c["video"]] == 1 else None
