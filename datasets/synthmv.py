@@ -1,4 +1,5 @@
-"""SynthMV generator command line: ``python -m datasets.synthmv --out DIR --num N [--rhythm irregular] ...``.
+"""SynthMV generator command line: ``python -m datasets.synthmv --out DIR --num N ...`` (repository root only;
+``python -m vmas.synthmv`` is the same command from any folder).
 
 The generator, its labels and the SynthMV class classifier live in :mod:`vmas.synthmv`, so that the benchmarks under
 ``tools/`` and users of an installed wheel have them too (the wheel ships no top-level ``datasets`` package). This

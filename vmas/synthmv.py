@@ -1,8 +1,8 @@
 """SynthMV: synthetic music videos whose music is learnably tied to the picture.
 
-    .venv/bin/python -m datasets.synthmv --out data/synthmv/train --num 100 --seed 0      (or python -m vmas.synthmv)
-    .venv/bin/python -m datasets.synthmv --out data/synthmv/val --num 20 --seed 1 --split val
-    .venv/bin/python -m datasets.synthmv --out data/synthmv/scenes --num 6 --seed 2 --scenes 3 --seconds 30   (cuts)
+    python -m vmas.synthmv --out data/synthmv/train --num 100 --seed 0   (any folder; datasets.synthmv: repo root only)
+    python -m vmas.synthmv --out data/synthmv/val --num 20 --seed 1 --split val
+    python -m vmas.synthmv --out data/synthmv/scenes --num 6 --seed 2 --scenes 3 --seconds 30   (cuts)
 
 Each clip is a real mp4 (H.264 video + AAC audio, 32 kHz mono) plus a labels JSON beside it, and the folder gets
 an index ``manifest.jsonl`` (one line per clip). Two kinds of link between video and music:
@@ -651,7 +651,7 @@ def write_vmas_manifest(rows: tp.Sequence[dict], out: Path, split: str, seconds:
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m datasets.synthmv", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m vmas.synthmv", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (mp4 + labels json + manifest.jsonl)")
     p.add_argument("--num", type=int, default=100, help="number of clips")
