@@ -24,44 +24,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from vmas.builders import build_codec, build_encoder, build_fuser, build_lm
 from vmas.config import load_config
 from vmas.errors import VmasError
-from vmas.utils import count_params
-
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-CLAP_TEXT_PARAMS = 125_000_000
-
-
-def estimate(cfg, dtype: str = "bf16", batch: int = 1) -> dict:
-    b = BYTES[dtype]
-    with torch.device("meta"):
-        encoder = build_encoder(cfg.model.encoder, load_weights=False)
-        lm = build_lm(cfg.model.lm, load_weights=False)
-        codec = build_codec(cfg.model.codec, load_weights=False)
-        fuser = build_fuser(cfg, encoder.out_dim)
-    lm_cfg, data = cfg.model.lm, cfg.data
-    fuser_params = count_params(fuser)
-    params = {"encoder": count_params(encoder), "lm": count_params(lm), "codec": count_params(codec),
-              "fuser": fuser_params, "text_encoder": CLAP_TEXT_PARAMS if cfg.model.tags.enabled else 0}
-    steps = round(data.clip_seconds * data.frame_rate) + lm_cfg.n_q - 1
-    cfg_batch = 2 * batch  # conditional + unconditional branch
-    kv_self = lm_cfg.num_layers * 2 * cfg_batch * steps * lm_cfg.dim * b
-    cond_len = 48 + cfg.model.tags.max_tags
-    kv_cross = lm_cfg.num_layers * 2 * cfg_batch * cond_len * lm_cfg.dim * b
-    # Largest encoder activation: stage-1 tokens x MLP hidden (4x), a few live at once.
-    T = data.num_frames // cfg.model.encoder.patch_stride[0]
-    H = data.image_size // cfg.model.encoder.patch_stride[1]
-    enc_act = 4 * batch * T * H * H * cfg.model.encoder.embed_dim * 4 * b
-    weights = sum(params.values()) * b
-    total = weights + kv_self + kv_cross + enc_act
-    gib = 1024 ** 3
-    return {"dtype": dtype, "params": params, "params_total": sum(params.values()),
-            "weights_gib": weights / gib, "kv_cache_gib": (kv_self + kv_cross) / gib,
-            "encoder_activations_gib": enc_act / gib, "total_gib": total / gib,
-            "fits_24gb_gpu": total / gib < 20.0}
+from vmas.solvers.memory import BYTES, estimate_inference
 
 
 def training(cfg, args) -> dict:
@@ -96,7 +61,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        est = training(cfg, args) if args.train else estimate(cfg, args.dtype)
+        est = training(cfg, args) if args.train else estimate_inference(cfg, args.dtype)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -86,8 +86,9 @@ def trace_allocations(fn: tp.Callable[[], tp.Any]) -> AllocationTrace:
     return AllocationTrace(times, live, marks)
 
 
-def _training_objects(cfg: Config, codec: torch.nn.Module):
-    """Model, the module engines wrap, and the optimiser, as the solver builds them (random weights)."""
+def training_objects(cfg: Config, codec: torch.nn.Module):
+    """(TrainStep, optimiser) as the solver builds them, with random weights: the objects that are measured
+    (:func:`measure_training`), estimated (:func:`estimate_training`) and timed (``tools/gpu_check.py``)."""
     from vmas.builders import build_model, build_objective
     from vmas.solvers.optim import apply_freeze, build_optimizer, param_groups, pretrained_prefixes
     from vmas.solvers.step import TrainStep
@@ -142,7 +143,7 @@ def measure_training(cfg: Config, batch_size: tp.Optional[int] = None) -> tp.Dic
 
     def run() -> None:
         with record_function(MARKS[0]):
-            held["step"], held["opt"] = _training_objects(cfg, held["codec"])
+            held["step"], held["opt"] = training_objects(cfg, held["codec"])
         step, opt = held["step"], held["opt"]
         for i in range(2):
             with record_function(MARKS[1] + str(i)):
@@ -238,7 +239,7 @@ def trace_forward(cfg: Config, batch_size: int, dtype: torch.dtype = torch.float
     from vmas.builders import build_codec
 
     with torch.device("meta"):
-        step, _ = _training_objects(cfg, build_codec(cfg.model.codec, load_weights=False))
+        step, _ = training_objects(cfg, build_codec(cfg.model.codec, load_weights=False))
     step.to(dtype)
     inputs = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in synthetic_inputs(cfg, batch_size).items()}
     if dtype != torch.float32 and "tag_emb" in inputs:
@@ -367,7 +368,7 @@ def estimate_training(cfg: Config, batch_size: tp.Optional[int] = None, world_si
     from vmas.builders import build_codec
 
     with torch.device("meta"):
-        step, _ = _training_objects(cfg, build_codec(cfg.model.codec, load_weights=False))
+        step, _ = training_objects(cfg, build_codec(cfg.model.codec, load_weights=False))
     params = [p for p in step.parameters()]
     trainable = [p for p in params if p.requires_grad]
     n_train = sum(p.numel() for p in trainable)
@@ -392,3 +393,43 @@ def estimate_training(cfg: Config, batch_size: tp.Optional[int] = None, world_si
                    "grad_checkpointing": bool(ckpt), "params_count": sum(p.numel() for p in params),
                    "trainable_count": n_train}
     return out
+
+
+# ----------------------------------------------------------------------------------------------- inference
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+CLAP_TEXT_PARAMS = 125_000_000
+
+
+def estimate_inference(cfg: Config, dtype: str = "bf16", batch: int = 1) -> tp.Dict[str, tp.Any]:
+    """Inference memory (GiB) of one window with CFG, by calculation on the meta device (``tools/estimate_memory.py``
+    without ``--train``): weights of encoder, fuser, LM, codec (+ CLAP text tower as a constant), the LM's KV cache
+    for the conditional and unconditional branch, and the largest encoder activation. An upper bound at batch 1."""
+    from vmas.builders import build_codec, build_encoder, build_fuser, build_lm
+    from vmas.utils import count_params
+
+    b = BYTES[dtype]
+    with torch.device("meta"):
+        encoder = build_encoder(cfg.model.encoder, load_weights=False)
+        lm = build_lm(cfg.model.lm, load_weights=False)
+        codec = build_codec(cfg.model.codec, load_weights=False)
+        fuser = build_fuser(cfg, encoder.out_dim)
+    lm_cfg, data = cfg.model.lm, cfg.data
+    fuser_params = count_params(fuser)
+    params = {"encoder": count_params(encoder), "lm": count_params(lm), "codec": count_params(codec),
+              "fuser": fuser_params, "text_encoder": CLAP_TEXT_PARAMS if cfg.model.tags.enabled else 0}
+    steps = round(data.clip_seconds * data.frame_rate) + lm_cfg.n_q - 1
+    cfg_batch = 2 * batch  # conditional + unconditional branch
+    kv_self = lm_cfg.num_layers * 2 * cfg_batch * steps * lm_cfg.dim * b
+    cond_len = 48 + cfg.model.tags.max_tags
+    kv_cross = lm_cfg.num_layers * 2 * cfg_batch * cond_len * lm_cfg.dim * b
+    # Largest encoder activation: stage-1 tokens x MLP hidden (4x), a few live at once.
+    T = data.num_frames // cfg.model.encoder.patch_stride[0]
+    H = data.image_size // cfg.model.encoder.patch_stride[1]
+    enc_act = 4 * batch * T * H * H * cfg.model.encoder.embed_dim * 4 * b
+    weights = sum(params.values()) * b
+    total = weights + kv_self + kv_cross + enc_act
+    gib = 1024 ** 3
+    return {"dtype": dtype, "params": params, "params_total": sum(params.values()),
+            "weights_gib": weights / gib, "kv_cache_gib": (kv_self + kv_cross) / gib,
+            "encoder_activations_gib": enc_act / gib, "total_gib": total / gib,
+            "fits_24gb_gpu": total / gib < 20.0}
