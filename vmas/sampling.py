@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass
 
 GUIDES = ("all", "tags", "both")
+DECODERS = ("cached", "recompute", "static", "static-compiled", "static-graph")
+"""``MusicLM.generate(decode=...)``: implementations of the same sampling (same tokens for the same seed)."""
 
 
 @dataclass

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from vmas.errors import CheckpointError
 from vmas.modules.patterns import DelayPattern
 from vmas.modules.transformer import CrossKV, StreamingTransformer, additive_mask, sin_embedding
+from vmas.sampling import DECODERS
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +54,18 @@ def _exponential(shape: tp.Sequence[int], device: torch.device, generator: Gener
     return torch.empty(shape, device=gen_device).exponential_(generator=generator).to(device)
 
 
-def sample_tokens(logits: torch.Tensor, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0,
-                  generator: Generators = None) -> torch.Tensor:
-    """logits [..., card] -> token ids [...].
+def noise_width(card: int, top_k: int, top_p: float) -> int:
+    """Last dimension of the Exp(1) noise one sampling call draws: top_k under top-k, else the whole vocabulary."""
+    return top_k if (top_p <= 0 and 0 < top_k < card) else card
 
-    top_p > 0: nucleus sampling (top_k ignored, as audiocraft); else top_k > 0: the k most likely tokens; else the
-    full distribution. temperature <= 0 is greedy (argmax). Sampling uses the exponential race
-    ``argmax(p_i / E_i), E_i ~ Exp(1)``, which draws token i with probability p_i and needs one noise tensor of a
-    fixed shape per call, so a seeded generator gives the same stream whatever device runs the model.
+
+def sample_with_noise(logits: torch.Tensor, noise: tp.Optional[torch.Tensor], top_k: int = 250, top_p: float = 0.0,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """logits [..., card], noise [..., :func:`noise_width`] Exp(1) (None when greedy) -> token ids [...].
+
+    The arithmetic of :func:`sample_tokens` with the noise given: no generator, no data-dependent Python branch,
+    so the static decode step runs it inside ``torch.compile`` / a CUDA graph and draws the same tokens as
+    :func:`sample_tokens` from the same numbers. The branches here depend on the sampling settings only.
     """
     if temperature <= 0:
         return logits.argmax(dim=-1)
@@ -74,18 +79,37 @@ def sample_tokens(logits: torch.Tensor, top_k: int = 250, top_p: float = 0.0, te
         probs = vals.softmax(dim=-1)
     else:
         probs, idx = logits.softmax(dim=-1), None
-    choice = (probs / _exponential(probs.shape, probs.device, generator)).argmax(dim=-1, keepdim=True)
+    choice = (probs / noise).argmax(dim=-1, keepdim=True)
     return (choice if idx is None else idx.gather(-1, choice)).squeeze(-1)
+
+
+def sample_tokens(logits: torch.Tensor, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0,
+                  generator: Generators = None) -> torch.Tensor:
+    """logits [..., card] -> token ids [...].
+
+    top_p > 0: nucleus sampling (top_k ignored, as audiocraft); else top_k > 0: the k most likely tokens; else the
+    full distribution. temperature <= 0 is greedy (argmax). Sampling uses the exponential race
+    ``argmax(p_i / E_i), E_i ~ Exp(1)``, which draws token i with probability p_i and needs one noise tensor of a
+    fixed shape per call, so a seeded generator gives the same stream whatever device runs the model.
+    """
+    noise = _draw_noise(logits.shape, top_k, top_p, temperature, logits.device, generator)
+    return sample_with_noise(logits, noise, top_k, top_p, temperature)
+
+
+def _draw_noise(logits_shape: tp.Sequence[int], top_k: int, top_p: float, temperature: float, device: torch.device,
+                generator: Generators) -> tp.Optional[torch.Tensor]:
+    """The Exp(1) noise of one :func:`sample_tokens` call on logits of ``logits_shape`` (None when greedy): every
+    decoder draws through here, so all of them consume the generator's stream identically."""
+    if temperature <= 0:
+        return None
+    width = noise_width(logits_shape[-1], top_k, top_p)
+    return _exponential((*logits_shape[:-1], width), device, generator)
 
 
 def _burn_noise(logits_shape: tp.Sequence[int], top_k: int, top_p: float, temperature: float, device: torch.device,
                 generator: Generators) -> None:
     """Consume exactly the noise :func:`sample_tokens` would (prompt steps keep the rng stream aligned)."""
-    if temperature <= 0:
-        return
-    card = logits_shape[-1]
-    width = top_k if (top_p <= 0 and 0 < top_k < card) else card
-    _exponential((*logits_shape[:-1], width), device, generator)
+    _draw_noise(logits_shape, top_k, top_p, temperature, device, generator)
 
 
 def _guide(h: torch.Tensor, cfg: float, extra_weights: tp.Sequence[float] = ()) -> torch.Tensor:
@@ -116,7 +140,7 @@ class GuidanceBranch(tp.NamedTuple):
 class LMState:
     """Decoding state held by :meth:`MusicLM.streaming`: caches plus weights fused once per sequence."""
 
-    cache: torch.Tensor  # [num_layers, 2, B, H, S_max, Dh] self-attention keys/values
+    cache: tp.List[torch.Tensor]  # per layer [2, B, H, S_max, Dh] self-attention keys/values
     cross_kv: tp.List[CrossKV]  # per layer, [B, H, L, Dh] each
     cross_mask: torch.Tensor  # [B, 1, 1, L] additive
     positions: torch.Tensor  # [S_max, dim] sinusoidal table
@@ -128,7 +152,30 @@ class LMState:
 
     @property
     def max_steps(self) -> int:
-        return self.cache.shape[4]
+        return self.cache[0].shape[3]
+
+
+@dataclasses.dataclass
+class StaticDecodeState:
+    """Everything :meth:`MusicLM.static_step` reads or writes, in buffers whose shapes never change.
+
+    The step reads input column ``t`` of ``inputs``, writes the sampled tokens into column ``t + 1`` where ``free``
+    says so (elsewhere the delay pattern's special token or the prompt stays), and advances ``t``, all in place, so
+    repeated calls (eager, compiled or replayed as a CUDA graph) run the whole decode without Python seeing a value.
+    The Python fields are fixed for a generation call (``torch.compile`` specialises on them).
+    """
+
+    lm: LMState  # KV cache (per layer [2, N, H, S, Dh]), cross-attention K/V, stacked tables (N = n_branches * B)
+    inputs: torch.Tensor  # [B, K, S + 1] long: column 0 = start (special), column s + 1 = pattern column s
+    free: torch.Tensor  # [K, S + 1] bool: column s + 1 is sampled (valid in the pattern and after the prompt)
+    t: torch.Tensor  # [1] long: the input column of the next step
+    window: torch.Tensor  # [S] long: 0..S-1, key positions (the attention mask is ``window > t``)
+    n_branches: int  # 1, or 2 + extra guidance branches (rows [c; u; u_1...] of the cache)
+    cfg: float
+    weights: tp.Tuple[float, ...]  # extra guidance branch weights (:func:`_guide`)
+    top_k: int
+    top_p: float
+    temperature: float
 
 
 class MusicLM(nn.Module):
@@ -283,6 +330,40 @@ class MusicLM(nn.Module):
             h = _guide(h, cfg, extra_weights)  # [B/n, dim]
         return torch.mm(h, state.head_t).view(h.shape[0], K, self.card)  # [B or B/2, K, card]
 
+    def static_step(self, st: StaticDecodeState, noise: tp.Optional[torch.Tensor]) -> torch.Tensor:
+        """One decoding step with fixed shapes and the sampling inside: noise [B, K, W] Exp(1) (:func:`_draw_noise`,
+        None when greedy) -> guided logits [B, K, card]; updates ``st`` in place (cache, ``inputs``, ``t``).
+
+        The same computation as one iteration of the cached loop in :meth:`generate` (``decode_step`` then
+        :func:`sample_tokens` then the pattern write), but every step-dependent value is a tensor (``st.t``), the
+        self-attention covers the whole preallocated window under a position mask
+        (:meth:`TransformerLayer.static_step`), and the only Python branches depend on the call's settings. So
+        ``torch.compile(fullgraph=True)`` compiles it once per generation setting, and on a GPU it can be captured as
+        one CUDA graph (``decode="static-graph"``).
+        """
+        lm, t = st.lm, st.t
+        B, K, _ = st.inputs.shape
+        col = st.inputs.index_select(2, t)[..., 0]  # [B, K] input column t
+        if st.n_branches > 1:
+            col = col.repeat(st.n_branches, 1)  # [N, K]: the same tokens feed every guidance branch
+        x = F.embedding(col + lm.emb_offsets, lm.emb_table).sum(dim=1) + lm.positions.index_select(0, t)  # [N, dim]
+        if lm.step_cond is not None:
+            x = x + lm.step_cond.index_select(1, t)[:, 0]
+        window_mask = torch.zeros(st.window.shape, dtype=x.dtype, device=x.device)
+        window_mask = window_mask.masked_fill(st.window > t, torch.finfo(x.dtype).min)[None, None, None]  # [1,1,1,S]
+        x = self.transformer.static_step(x, lm.cross_kv, lm.cross_mask, lm.cache, t, window_mask)
+        h = F.layer_norm(x, (self.dim,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)  # [N, dim]
+        if st.n_branches > 1:
+            h = _guide(h, st.cfg, st.weights)  # [B, dim]
+        logits = torch.mm(h, lm.head_t).view(B, K, self.card)  # [B, K, card]
+        token = sample_with_noise(logits, noise, st.top_k, st.top_p, st.temperature)  # [B, K]
+        nxt = t + 1
+        kept = st.inputs.index_select(2, nxt)[..., 0]  # [B, K] special token / prompt code already there
+        new = torch.where(st.free.index_select(1, nxt)[:, 0], token, kept)  # [B, K]
+        st.inputs.index_copy_(2, nxt, new[..., None])
+        t.add_(1)
+        return logits
+
     # ---------------------------------------------------------------------------------------------- generation
     @staticmethod
     def _stack_conditions(branches: tp.Sequence[tp.Tuple[torch.Tensor, tp.Optional[torch.Tensor]]]
@@ -306,23 +387,34 @@ class MusicLM(nn.Module):
                  generator: Generators = None, progress: bool = False,
                  use_cache: bool = True, step_cond: tp.Optional[torch.Tensor] = None,
                  uncond_step_cond: tp.Optional[torch.Tensor] = None,
-                 extra: tp.Sequence[GuidanceBranch] = ()) -> torch.Tensor:
+                 extra: tp.Sequence[GuidanceBranch] = (), decode: str = "cached") -> torch.Tensor:
         """Sample codes [B, K, num_frames] for cond [B, L, dim] (cond_mask [B, L] bool, True = attend).
 
         With ``uncond`` ([B, L', dim], e.g. the learned null condition or a negative prompt) both branches run as
         one batch of 2B and ``logits = uncond + cfg * (cond - uncond)``. ``prompt`` [B, K, T0] codes are kept as
         the first T0 frames and continued; the rng still advances through the prompt steps, so continuing
         ``generate(...)[..., :T0]`` with an identically seeded generator reproduces the one-go result.
-        ``use_cache=False`` recomputes the whole prefix every step (the benchmark's baseline; same samples).
+        ``decode`` picks the decoder, all drawing the same numbers from ``generator`` in the same order (same
+        tokens; tests): ``cached`` (KV cache, eager steps over the growing prefix), ``recompute`` (no cache: the
+        whole prefix every step; the benchmark's baseline; ``use_cache=False`` is the same), ``static`` (the
+        fixed-shape :meth:`static_step` with sampling inside), ``static-compiled`` (that step through
+        ``torch.compile(fullgraph=True)``; the first call per setting compiles) and ``static-graph`` (the static
+        step captured once as a CUDA graph and replayed; CUDA devices only).
         ``step_cond`` / ``uncond_step_cond`` [B, >=S, dim]: per-step additive conditions of the two branches (see
         :meth:`hidden`; a missing unconditional one is zeros).
         ``extra``: more guidance branches (:class:`GuidanceBranch`: ``cond_i [B, L_i, dim], mask_i, step_cond_i or
         None, w_i``), all run in the same batch: ``logits = c + (cfg - 1) (c - u) + Σ_i w_i (c - u_i)`` (with none, exactly the usual
         ``u + cfg (c - u)``). Used for two-condition guidance (video and tags, ``VMAS.generate(guide="both")``).
         """
+        if decode not in DECODERS:
+            raise ValueError(f"decode must be one of {', '.join(DECODERS)}, not {decode!r}")
+        decode = decode if use_cache else "recompute"
         B = cond.shape[0]
         K, S = self.n_q, self.pattern.num_steps(num_frames)
         device = self.out_norm.weight.device
+        if decode == "static-graph" and device.type != "cuda":
+            raise ValueError(f"decode='static-graph' replays a CUDA graph: the model is on {device}; use "
+                             "'static-compiled' or 'cached' there")
         extra = [GuidanceBranch(*e) for e in extra]
         guided = uncond is not None and (cfg != 1.0 or len(extra) > 0)
         n_branches = 2 + len(extra) if guided else 1
@@ -362,11 +454,14 @@ class MusicLM(nn.Module):
 
         steps = tqdm(range(T0, S), desc="generate", unit="step", disable=not progress, leave=False)
         with contextlib.ExitStack() as stack:
-            state = stack.enter_context(self.streaming(cond, cond_mask, S, step_cond)) if use_cache else None
-            if use_cache and T0 > 0:
+            state = stack.enter_context(self.streaming(cond, cond_mask, S, step_cond)) if decode != "recompute" else None
+            if state is not None and T0 > 0:
                 self.forward_step(self.shift_inputs(seq_upto(T0)), state)  # prefill the prompt steps in one chunk
+            if decode.startswith("static"):
+                return self.pattern.revert(self._decode_static(
+                    state, seq, free, steps, decode, n_branches, cfg, weights, top_k, top_p, temperature, generator))
             for s in steps:
-                if use_cache:
+                if decode == "cached":
                     col = seq[:, :, s - 1] if s > 0 else seq.new_full((B, K), self.special_token)  # [B, K]
                     logits = (self.decode_step(col.repeat(n_branches, 1), state, cfg, weights) if guided
                               else self.decode_step(col, state))
@@ -375,6 +470,77 @@ class MusicLM(nn.Module):
                 token = sample_tokens(logits, top_k, top_p, temperature, generator)  # [B, K]
                 seq[:, :, s] = torch.where(free[:, s], token, seq[:, :, s])
         return self.pattern.revert(seq)  # [B, K, num_frames]
+
+
+    def _decode_static(self, state: LMState, seq: torch.Tensor, free: torch.Tensor, steps: tp.Iterable[int],
+                       decode: str, n_branches: int, cfg: float, weights: tp.Sequence[float], top_k: int, top_p: float,
+                       temperature: float, generator: Generators) -> torch.Tensor:
+        """The static decoders' loop over ``steps`` (pattern columns T0..S-1) after any prompt prefill: seq [B, K, S]
+        (special / prompt codes in place) -> the completed seq [B, K, S].
+
+        Per step, Python only draws the noise (from ``generator``, in the cached loop's order and shapes) and calls
+        the step: no value comes back to Python until the end.
+        """
+        B, K, S = seq.shape
+        steps = list(steps)
+        start = seq.new_full((B, K, 1), self.special_token)
+        st = StaticDecodeState(
+            lm=state, inputs=torch.cat([start, seq], dim=2), free=F.pad(free, (1, 0), value=False),
+            t=torch.full((1,), state.offset, dtype=torch.long, device=seq.device),
+            window=torch.arange(S, device=seq.device), n_branches=n_branches, cfg=cfg, weights=tuple(weights),
+            top_k=top_k, top_p=top_p, temperature=temperature)
+        logits_shape = (B, K, self.card)
+        step = _compiled_static_step() if decode == "static-compiled" else MusicLM.static_step
+        if decode == "static-graph" and steps:
+            width = noise_width(self.card, top_k, top_p)
+            step = _CudaGraphStep(step, self, st, None if temperature <= 0 else (B, K, width))
+        for _ in steps:
+            step(self, st, _draw_noise(logits_shape, top_k, top_p, temperature, seq.device, generator))
+        return st.inputs[..., 1:]
+
+
+_COMPILED_STEP: tp.Optional[tp.Callable] = None
+
+
+def _compiled_static_step() -> tp.Callable:
+    """``torch.compile(MusicLM.static_step, fullgraph=True)``, made once per process (dynamo keeps one graph per
+    model shape and generation setting; ``dynamic=False``: every shape is a constant, the best kernels)."""
+    global _COMPILED_STEP
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(MusicLM.static_step, fullgraph=True, dynamic=False)
+    return _COMPILED_STEP
+
+
+class _CudaGraphStep:
+    """:meth:`MusicLM.static_step` captured once as a CUDA graph, then replayed once per step (CUDA only).
+
+    The graph reads the noise from its own buffer (each call copies the freshly drawn noise in) and updates the
+    decode state in place, exactly as the eager step does. The one warm-up step (needed before capture: lazy
+    library initialisation, allocations) runs at the first real step ``t0`` with dummy noise: it writes the cache
+    at ``t0`` and pattern column ``t0 + 1``, both rewritten by the real step ``t0`` before anything reads them
+    (columns that are not sampled keep their value either way), and ``t`` is put back afterwards.
+    """
+
+    def __init__(self, step: tp.Callable, model: MusicLM, st: StaticDecodeState,
+                 noise_shape: tp.Optional[tp.Tuple[int, ...]]):
+        self.noise = None if noise_shape is None else torch.ones(noise_shape, device=st.t.device)  # [B, K, W]
+        t0 = st.t.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step(model, st, self.noise)
+        torch.cuda.current_stream().wait_stream(side)
+        st.t.copy_(t0)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step(model, st, self.noise)  # recorded, not run: t is t0 again at the first replay
+        st.t.copy_(t0)
+
+    def __call__(self, model: MusicLM, st: StaticDecodeState, noise: tp.Optional[torch.Tensor]) -> torch.Tensor:
+        if noise is not None:
+            self.noise.copy_(noise)
+        self.graph.replay()
+        return self.logits
 
 
 # ------------------------------------------------------------------------------------------ pretrained weights

@@ -144,12 +144,40 @@ class TransformerLayer(nn.Module):
         residual add is fused into its projection with ``addmm``.
         """
         N, D = x.shape
-        H = self.self_attn.num_heads
-        ln = F.layer_norm
-        h = ln(x, (D,), self.norm1.weight, self.norm1.bias, self.norm1.eps)
-        qkv = torch.mm(h, self.self_attn.in_proj_weight.t()).view(N, 3, H, 1, D // H)  # [N, 3, H, 1, Dh]
+        qkv = self._step_qkv(x)  # [N, 3, H, 1, Dh]
         cache[:, :, :, t: t + 1] = qkv[:, 1:].transpose(0, 1)  # k, v -> [2, N, H, 1, Dh]
         a = F.scaled_dot_product_attention(qkv[:, 0], cache[0, :, :, : t + 1], cache[1, :, :, : t + 1])  # [N,H,1,Dh]
+        return self._step_rest(x, a, cross_kv, cross_mask)
+
+    def static_step(self, x: torch.Tensor, cache: torch.Tensor, t: torch.Tensor, window_mask: torch.Tensor,
+                    cross_kv: CrossKV, cross_mask: tp.Optional[torch.Tensor]) -> torch.Tensor:
+        """:meth:`step` with shapes that never change: x [N, dim] at step ``t`` (long tensor [1], on the model's
+        device), cache [2, N, H, S_max, Dh] -> [N, dim]. Inference only.
+
+        The query attends to the *whole* preallocated window under ``window_mask`` ([1, 1, 1, S_max] additive: 0 on
+        keys 0..t, the dtype's minimum after t, so those keys get weight exactly 0), and k/v are written at ``t``
+        with ``index_copy_``, so neither a shape nor a Python value depends on the step: ``torch.compile`` builds
+        one graph for every step and a CUDA graph can replay it. Same math as :meth:`step` (tested to 1e-5).
+        """
+        qkv = self._step_qkv(x)  # [N, 3, H, 1, Dh]
+        cache.index_copy_(3, t, qkv[:, 1:].transpose(0, 1))  # k, v -> cache[:, :, :, t]
+        a = F.scaled_dot_product_attention(qkv[:, 0], cache[0], cache[1], attn_mask=window_mask)  # [N, H, 1, Dh]
+        return self._step_rest(x, a, cross_kv, cross_mask)
+
+    def _step_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, dim] -> q, k, v of one position as [N, 3, H, 1, Dh] (views of one matmul)."""
+        N, D = x.shape
+        h = F.layer_norm(x, (D,), self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        H = self.self_attn.num_heads
+        return torch.mm(h, self.self_attn.in_proj_weight.t()).view(N, 3, H, 1, D // H)
+
+    def _step_rest(self, x: torch.Tensor, a: torch.Tensor, cross_kv: CrossKV,
+                   cross_mask: tp.Optional[torch.Tensor]) -> torch.Tensor:
+        """The rest of a one-position step after self-attention ``a`` [N, H, 1, Dh]: output projection and residual,
+        cross-attention, FFN -> [N, dim]."""
+        N, D = x.shape
+        H = self.self_attn.num_heads
+        ln = F.layer_norm
         x = torch.addmm(x, a.view(N, D), self.self_attn.out_proj.weight.t())
         h = ln(x, (D,), self.norm_cross.weight, self.norm_cross.bias, self.norm_cross.eps)
         q = torch.mm(h, self.cross_attention.in_proj_weight[:D].t()).view(N, H, 1, D // H)
@@ -184,20 +212,34 @@ class StreamingTransformer(nn.Module):
         """cond [B, L, dim] -> per-layer cross-attention keys/values."""
         return [layer.cross_kv(cond) for layer in self.layers]
 
-    def new_cache(self, batch: int, max_steps: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Preallocated self-attention cache [num_layers, 2, B, H, max_steps, Dh]."""
+    def new_cache(self, batch: int, max_steps: int, device: torch.device,
+                  dtype: torch.dtype) -> tp.List[torch.Tensor]:
+        """Preallocated self-attention cache: per layer one [2, B, H, max_steps, Dh] tensor (keys, values).
+
+        One tensor per layer rather than a view of one big tensor: a compiled step that writes into a view of a
+        graph input gets the whole base copied back every step (functionalisation), while a write into an input
+        itself is done in place.
+        """
         H = self.num_heads
-        return torch.zeros(len(self.layers), 2, batch, H, max_steps, self.dim // H, device=device, dtype=dtype)
+        return [torch.zeros(2, batch, H, max_steps, self.dim // H, device=device, dtype=dtype) for _ in self.layers]
 
     def step(self, x: torch.Tensor, cross_kv: tp.List[CrossKV], cross_mask: tp.Optional[torch.Tensor],
-             cache: torch.Tensor, t: int) -> torch.Tensor:
+             cache: tp.List[torch.Tensor], t: int) -> torch.Tensor:
         """One decoding position: x [N, dim] at step ``t`` -> [N, dim] (see :meth:`TransformerLayer.step`)."""
         for i, layer in enumerate(self.layers):
             x = layer.step(x, cache[i], t, cross_kv[i], cross_mask)
         return x
 
+    def static_step(self, x: torch.Tensor, cross_kv: tp.List[CrossKV], cross_mask: tp.Optional[torch.Tensor],
+                    cache: tp.List[torch.Tensor], t: torch.Tensor, window_mask: torch.Tensor) -> torch.Tensor:
+        """One decoding position with fixed shapes (see :meth:`TransformerLayer.static_step`): x [N, dim], ``t``
+        long [1], ``window_mask`` [1, 1, 1, S_max] -> [N, dim]."""
+        for i, layer in enumerate(self.layers):
+            x = layer.static_step(x, cache[i], t, window_mask, cross_kv[i], cross_mask)
+        return x
+
     def forward(self, x: torch.Tensor, cross_kv: tp.List[CrossKV], cross_mask: tp.Optional[torch.Tensor],
-                cache: tp.Optional[torch.Tensor] = None, offset: int = 0) -> torch.Tensor:
+                cache: tp.Optional[tp.List[torch.Tensor]] = None, offset: int = 0) -> torch.Tensor:
         """x [B, T, dim]; cache from :meth:`new_cache` (streaming) or None (whole sequence) -> [B, T, dim]."""
         ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, layer in enumerate(self.layers):
