@@ -119,7 +119,7 @@ def _add_mix_args(p: argparse.ArgumentParser) -> None:
                    help="with keep: dB the music dips while someone speaks in the video (0 = no ducking)")
     p.add_argument("--music-gain", type=_FINITE, default=d.music_gain, metavar="DB",
                    help="with keep: music level relative to the loudness of the video's own audio (between "
-                        "sentences); with replace: a plain gain before --loudness")
+                        "sentences); not used with replace (the music keeps its generated level)")
     p.add_argument("--loudness", type=_lufs, default=d.loudness, metavar="LUFS",
                    help=f"integrated loudness of the finished track (BS.1770), true peak <= {d.true_peak:g} dBTP; "
                         "'off' = no normalisation")

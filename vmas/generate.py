@@ -101,6 +101,10 @@ class GenerationRequest:
         if self.beat_from_video and not spec.beat_condition:
             notes.append("--beat-from-video has no effect: this model has no beat condition "
                          "(model.lm.beat_condition is false)")
+        if (self.mixing is not None and self.mixing.mix == "replace"
+                and self.mixing.music_gain != MixOptions().music_gain):
+            notes.append("--music-gain has no effect with --mix replace (it sets the music against the video's own "
+                         "sound): the music keeps its generated level, or use --loudness LUFS")
         top_p = spec.sampling.top_p if self.top_p is None else self.top_p
         if self.top_k is not None and top_p > 0:
             notes.append(f"--top-k has no effect while top-p is {top_p:g} (nucleus sampling wins; pass --top-p 0)")

@@ -51,9 +51,11 @@ class MixOptions:
             the video has an audio stream, ``replace`` otherwise.
         duck: how many dB the music dips while someone speaks in the original audio (12 and -12 both mean 12 dB
             down; 0 turns ducking and voice detection off). Only with ``keep``.
-        music_gain: dB added to the music. With ``keep`` the music is first set to the loudness of the original
-            audio, so this is the music's level relative to the video's own sound: -4 puts it 4 dB under the voice
-            between sentences and 16 dB under it (with ``duck`` -12) while someone speaks.
+        music_gain: with ``keep``, the music's level relative to the video's own sound in dB (the music is first
+            set to the loudness of the original audio): -4 puts it 4 dB under the voice between sentences and 16
+            dB under it (with ``duck`` -12) while someone speaks. Not used with ``replace``: there is no other
+            sound to sit under, so the music keeps its generated level (``loudness=None``: the music alone, as
+            generated, only faded and kept under the ceiling) or goes to the ``loudness`` target.
         loudness: integrated loudness of the finished track in LUFS (-14: the level streaming platforms play at);
             None = no loudness normalisation (the track is then only kept below the true-peak ceiling).
         true_peak: ceiling for the true peak in dBTP.
@@ -548,10 +550,9 @@ def finish_audio(music: np.ndarray, music_sr: int, original: tp.Optional[np.ndar
                                           start=s, stop=e).astype(np.float32)
         mix = np.pad(orig.astype(np.float32, copy=False), (0, n - orig.size))  # [n], a new array
         mix += stem
-    else:
+    else:  # the music alone at its generated level (music_gain is relative to an original that is not there)
         sr = int(music_sr)
         stem = apply_fades(music.astype(np.float32), sr, opts.fade_in, opts.fade_out)
-        stem *= np.float32(db_to_gain(opts.music_gain))
         mix = stem
     out, gain_db, limit = normalize_loudness(mix, sr, opts.loudness, opts.true_peak - abs(headroom))
     del mix
