@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install sysdeps real-music browser demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench
+.PHONY: install sysdeps real-music browser demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench realmusic-data
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -113,6 +113,46 @@ synthmv-irregular-bench: synthmv-irregular-data
 	$(IRRBENCH) --steps 1000 $(IRRSEL) --out runs/synthmv_irregular/oracle model.lm.onset_oracle=true > docs/results/synthmv_irregular_select_oracle.json
 	$(IRRBENCH) --steps 800 $(IRRSEL) --out runs/synthmv_irregular/motion model.lm.motion_condition=true > docs/results/synthmv_irregular_select_motion.json
 	$(IRRBENCH) --steps 800 --variants ar_only,contrastive,full --train-seeds 0,1,2 --jobs 4 --out runs/synthmv_irregular/motion --test-manifest $(IRR)/test/vmas_manifest.jsonl model.lm.motion_condition=true > docs/results/synthmv_irregular.json
+
+# Real-music testbed (issue 32): four Debian game soundtracks (GPL-2+ / BSD-like Ogg Vorbis, never committed) are
+# the four classes; `realmusic-data` unpacks each package's oggs into .cache/real_music_mv/<class>/ (nexuiz's sit in
+# music.pk3, a zip) and skips a class whose folder is complete (a .done stamp). See docs/data_realmusic.md.
+RMV := .cache/real_music_mv
+RMV_PKG_nexuiz := nexuiz-music
+RMV_PKG_wesnoth := wesnoth-1.16-music
+RMV_PKG_drascula := drascula-music
+RMV_PKG_hedgewars := hedgewars-data
+RMV_GLOB_nexuiz := usr/share/games/nexuiz/data/music.pk3
+RMV_GLOB_wesnoth := usr/share/games/wesnoth/1.16/data/core/music/*.ogg
+RMV_GLOB_drascula := usr/share/scummvm/drascula/audio/*.ogg
+RMV_GLOB_hedgewars := usr/share/games/hedgewars/Data/Music/*.ogg
+RMV_CLASSES := nexuiz wesnoth drascula hedgewars
+realmusic-music:
+	@for c in $(RMV_CLASSES); do \
+	  test -f $(RMV)/$$c/.done && continue; \
+	  case $$c in nexuiz) pkg=$(RMV_PKG_nexuiz); glob='$(RMV_GLOB_nexuiz)';; wesnoth) pkg=$(RMV_PKG_wesnoth); glob='$(RMV_GLOB_wesnoth)';; \
+	    drascula) pkg=$(RMV_PKG_drascula); glob='$(RMV_GLOB_drascula)';; hedgewars) pkg=$(RMV_PKG_hedgewars); glob='$(RMV_GLOB_hedgewars)';; esac; \
+	  mkdir -p $(RMV)/debs $(RMV)/$$c && \
+	  { ls $(RMV)/debs/$${pkg}_*.deb >/dev/null 2>&1 || (cd $(RMV)/debs && (apt-get download -qq $$pkg || (apt-get update -qq && apt-get download -qq $$pkg))); } && \
+	  rm -rf $(RMV)/x && dpkg -x $(RMV)/debs/$${pkg}_*.deb $(RMV)/x && \
+	  for f in $(RMV)/x/$$glob; do \
+	    case $$f in *.pk3) unzip -q -o -j $$f '*.ogg' -d $(RMV)/$$c;; *) cp $$f $(RMV)/$$c/;; esac; done && \
+	  rm -rf $(RMV)/x && touch $(RMV)/$$c/.done && echo "$$c: $$(ls $(RMV)/$$c/*.ogg | wc -l) tracks" \
+	  || echo "warning: could not fetch $$pkg (apt-get download); class $$c is missing"; \
+	done
+
+# Clips: 100 per class from the training tracks (10 s, trained as 5 s windows; .wav beside each for the codec),
+# val 6 / selection 9 / test 12 per class from their own held-out tracks. The codec's budget is steps (not minutes),
+# so its quality does not depend on the machine's load. Every step skips what exists; run under `make -o
+# $(STAMP)` to keep a concurrent edit of setup.py from reinstalling underneath a long run.
+RM := data/realmusic
+RMGEN := $(BIN)/python -m datasets.realmusic_mv
+REALMUSIC_CODEC_STEPS := 3000
+realmusic-data: install realmusic-music
+	test -f $(RM)/train/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/train --split train --per-class 100 --seed 0 --window 5 --wav
+	test -f $(RM)/val/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/val --split val --per-class 6 --seed 2 --window 5
+	test -f $(RM)/select/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/select --split select --per-class 9 --seed 3
+	test -f $(RM)/test/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/test --split test --per-class 12 --seed 1
 
 lint: install
 	$(BIN)/ruff check vmas tools datasets tests
