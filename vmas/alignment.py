@@ -168,9 +168,9 @@ def _raft_motion(x: torch.Tensor, model: torch.nn.Module, batch_size: int, num_f
     # RAFT wants H, W divisible by 8 and >= 128: resize, then express flow in input pixels again.
     Hr = max(RAFT_MIN_SIZE, 8 * math.ceil(H / 8))
     Wr = max(RAFT_MIN_SIZE, 8 * math.ceil(W / 8))
-    scale = torch.tensor([W / Wr, H / Hr]).view(1, 2, 1, 1)  # (u, v) back to input pixels
     device = next(model.parameters()).device
-    out = []
+    scale = torch.tensor([W / Wr, H / Hr], device=device).view(1, 2, 1, 1)  # (u, v) back to input pixels
+    out = []  # per chunk [n], kept on the model's device: one device -> host copy at the end, not one per chunk
     with torch.inference_mode():
         for start in range(0, T - 1, batch_size):  # chunk over frame pairs to bound memory
             stop = min(start + batch_size, T - 1)
@@ -179,9 +179,9 @@ def _raft_motion(x: torch.Tensor, model: torch.nn.Module, batch_size: int, num_f
                 chunk = F.interpolate(chunk, size=(Hr, Wr), mode="bilinear", align_corners=False)
             chunk = chunk * 2.0 - 1.0  # RAFT's input normalisation: [-1, 1]
             flow = model(chunk[:-1], chunk[1:], num_flow_updates=num_flow_updates)[-1]  # [n, 2, Hr, Wr]
-            flow = flow.float().cpu() * scale
+            flow = flow.float() * scale
             out.append(flow.norm(dim=1).mean(dim=(1, 2)))  # [n]
-    return torch.cat(out)
+    return torch.cat(out).cpu()  # [T-1] on the host, as the Farneback curve
 
 
 FARNEBACK_PARAMS = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)

@@ -45,8 +45,11 @@ class VMASObjective:
         w = batch["beat_weights"]  # [B, Ta]
         ar, per_cb = beat_weighted_ce(out.logits, out.seq, out.valid, w, global_normalizer=True)  # scalar, [K]
         if head is not None and self.alpha > 0:
-            kept = out.video_kept  # [B] bool
-            lc = head(out.video_tokens[kept], out.logits[kept], out.valid, codebooks)  # scalar
+            # the clips that kept their video: a data-dependent batch size, so one device -> host sync per step
+            # (a single nonzero shared by both selections, not one per boolean-mask index)
+            kept = out.video_kept.nonzero()[:, 0]  # [n] indices
+            lc = head(out.video_tokens.index_select(0, kept), out.logits.index_select(0, kept), out.valid,
+                      codebooks)  # scalar
             temp = (1.0 / head.logit_scale.detach().float()).reshape(())
         else:
             lc = ar.new_zeros(())

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vmas.errors import VmasError
-from vmas.metrics.embeddings import ClapAudioEmbedder, _clap_output, load_clap
+from vmas.metrics.embeddings import ClapAudioEmbedder, _clap_output, load_clap, module_device
 
 
 class ClapScore:
@@ -40,8 +40,9 @@ class ClapScore:
     @torch.no_grad()
     def text_embeddings(self, texts: tp.Sequence[str]) -> torch.Tensor:
         tok = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
-        tok = {k: v for k, v in tok.items() if k in ("input_ids", "attention_mask")}
-        return _clap_output(self.model.get_text_features(**tok)).float()  # [B, D]
+        device = module_device(self.model)
+        tok = {k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+        return _clap_output(self.model.get_text_features(**tok)).float().cpu()  # [B, D] on the host, as the audio
 
     def audio_embedding(self, wav: np.ndarray, sr: int) -> torch.Tensor:
         return self.audio.embed_windows(self.audio.windows(wav, sr)).mean(0)  # [D]

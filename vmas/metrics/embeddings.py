@@ -28,6 +28,15 @@ from vmas.errors import CheckpointError, MediaError, VmasError
 from vmas.loading import load_clap, load_state_dict_strict, torch_load
 
 VGGISH_FILE = "vggish-10086976.pth"
+
+
+def module_device(model: tp.Any) -> torch.device:
+    """Where ``model``'s weights live (the CPU for a module without any): audio arrives from NumPy on the host and
+    is moved there, and embeddings come back to the host (``.cpu()``) before they become NumPy arrays, so every
+    embedder runs on a GPU model as on a CPU one."""
+    param = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    return param.device if param is not None else torch.device("cpu")
+
 VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
 
 
@@ -250,9 +259,10 @@ class VGGishEmbedder(AudioEmbedder):
 
     @torch.no_grad()
     def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
-        x = torch.from_numpy(vggish_input(wav, sr)).float()[:, None]  # [n, 1, 96, 64]
+        x = torch.from_numpy(vggish_input(wav, sr)).float()[:, None]  # [n, 1, 96, 64] on the host
+        x = x.to(module_device(self.model))
         out = [self.model(x[i: i + self.batch]) for i in range(0, len(x), self.batch)]
-        return torch.cat(out).double().numpy()  # [n, 128]
+        return torch.cat(out).double().cpu().numpy()  # [n, 128]
 
 
 class MelStatsEmbedder(AudioEmbedder):
@@ -283,7 +293,7 @@ class EncodecEmbedder(AudioEmbedder):
     @torch.no_grad()
     def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
         x = torch.from_numpy(resample(wav, sr, self.sample_rate)).float()[None, None]  # [1, 1, N]
-        z = self.codec.encoder(x)[0].T  # [T, D]
+        z = self.codec.encoder(x.to(module_device(self.codec)))[0].T.cpu()  # [T, D]
         fps = max(1, round(getattr(self.codec, "frame_rate", 50)))
         n = max(1, z.shape[0] // fps)
         z = z[: n * fps] if z.shape[0] >= fps else z
@@ -321,8 +331,9 @@ class ClapAudioEmbedder(AudioEmbedder):
         fused = bool(getattr(self.model.config.audio_config, "enable_fusion", False))
         inputs = self.fe(list(windows), sampling_rate=self.sample_rate, return_tensors="pt",
                          truncation="fusion" if fused else "rand_trunc")
-        inputs = {k: v for k, v in inputs.items() if k in ("input_features", "is_longer")}
-        return _clap_output(self.model.get_audio_features(**inputs)).float()  # [n, D]
+        device = module_device(self.model)
+        inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_features", "is_longer")}
+        return _clap_output(self.model.get_audio_features(**inputs)).float().cpu()  # [n, D] on the host
 
     def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
         return self.embed_windows(self.windows(wav, sr)).double().numpy()
@@ -361,8 +372,9 @@ class PasstEmbedder(AudioEmbedder):
         windows = [x[i: i + self.window] for i in range(0, max(len(x), 1), self.window)]
         windows = [w for w in windows if len(w) > int(0.15 * self.sample_rate)] or windows[:1]
         with _real_stft():
-            out = [self.model(torch.from_numpy(np.ascontiguousarray(w))[None].float()) for w in windows]
-        return torch.cat(out).double().numpy()  # [n_windows, 768]
+            device = module_device(self.model)
+            out = [self.model(torch.from_numpy(np.ascontiguousarray(w))[None].float().to(device)) for w in windows]
+        return torch.cat(out).double().cpu().numpy()  # [n_windows, 768]
 
 
 def build_embedder(spec: str) -> AudioEmbedder:

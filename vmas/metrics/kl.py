@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from vmas.errors import CheckpointError, DataError, VmasError
-from vmas.metrics.embeddings import _real_stft, resample, vggish_log_mel
+from vmas.metrics.embeddings import _real_stft, module_device, resample, vggish_log_mel
 
 
 def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -88,7 +88,7 @@ def chunk_distributions(classifier: AudioClassifier, wav: np.ndarray, sr: int) -
     segments = [c for c in segments if len(c) > shortest]
     out = np.zeros((0, classifier.num_labels or 0))
     with torch.no_grad():
-        probs = [classifier.probs(torch.from_numpy(np.ascontiguousarray(c))[None])[0].numpy() for c in segments]
+        probs = [classifier.probs(torch.from_numpy(np.ascontiguousarray(c))[None])[0].cpu().numpy() for c in segments]
     return np.stack(probs) if probs else out
 
 
@@ -136,8 +136,9 @@ class ASTClassifier(AudioClassifier):
         self.name = f"ast:{source}"
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        inputs = self.fe([w.numpy() for w in x], sampling_rate=self.sample_rate, return_tensors="pt")
-        return self.model(**inputs).logits
+        inputs = self.fe([w.cpu().numpy() for w in x], sampling_rate=self.sample_rate, return_tensors="pt")
+        device = module_device(self.model)
+        return self.model(**{k: v.to(device) for k, v in inputs.items()}).logits
 
 
 class PasstClassifier(AudioClassifier):
@@ -158,7 +159,7 @@ class PasstClassifier(AudioClassifier):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         with _real_stft():
-            return self.model(x.float())
+            return self.model(x.float().to(module_device(self.model)))
 
 
 def build_classifier(spec: str) -> AudioClassifier:
