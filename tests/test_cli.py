@@ -176,9 +176,9 @@ def test_folder_input_overwrite_and_error_lines(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "a.wav", "b.mp4", "b.wav"]  # no temp leftovers
 
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    assert main(["generate", str(src / "a.mp4"), "-o", str(out), *DEBUG_MODEL]) == 1
+    assert main(["generate", str(src / "a.mp4"), "-o", str(out), *DEBUG_MODEL]) == 0  # nothing to do: not a failure
     lines = _err_lines(capsys)
-    assert any("already exists; pass --overwrite" in line for line in lines), lines
+    assert any("skipped 1 input whose outputs exist" in line and "--overwrite" in line for line in lines), lines
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert main(["generate", str(src / "a.mp4"), "-o", str(out), *DEBUG_MODEL, "--overwrite"]) == 0
     assert (out / "a.mp4").stat().st_mtime_ns > before["a.mp4"]

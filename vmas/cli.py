@@ -204,9 +204,11 @@ def _without_path(err: Exception, path: Path) -> str:
 
 def run_generate(args) -> int:
     """``vmas generate``: everything that can be checked without the model is checked first (flags, device,
-    inputs, output folder), so a mistake costs no loading and no generation; exit 2 for those, 1 if a file failed."""
+    inputs, output folder), so a mistake costs no loading and no generation; exit 2 for those, 1 if a file failed.
+    An input whose outputs exist (no ``--overwrite``) is nothing to do, not a failure: counted in one ``skipped``
+    line, exit 0 when nothing else failed."""
     from vmas.errors import VmasError
-    from vmas.generate import GenerationRequest, check_output_dir, expand_inputs, generate_for_videos
+    from vmas.generate import GenerationRequest, OutputExists, check_output_dir, expand_inputs, generate_for_videos
     from vmas.hub import load_model
     from vmas.mixing import MixOptions
     from vmas.tags.cleaner import split_tag_arg
@@ -235,8 +237,12 @@ def run_generate(args) -> int:
     for note in request.ineffective(pipe.spec):
         print(f"warning: {note}", file=sys.stderr)
     failed: tp.List[Path] = []
+    existing: tp.List[Path] = []
 
     def on_error(path: Path, err: Exception) -> None:
+        if isinstance(err, OutputExists):
+            existing.append(path)
+            return
         failed.append(path)
         print(f"skipping {path}: {_without_path(err, path)}", file=sys.stderr)
 
@@ -252,6 +258,11 @@ def run_generate(args) -> int:
         tags = f"  tags: {', '.join(r.tags)}" if r.tags else ""
         audio = f"  audio: {r.mix['mode']}, {r.mix['loudness']:.1f} LUFS" if r.mix else ""
         print(f"{r.mp4}  ({r.duration:.2f} s, {r.windows} window(s)){tags}{audio}")
+    if existing:
+        names = ", ".join(p.name for p in existing[:5]) + (", ..." if len(existing) > 5 else "")
+        one = len(existing) == 1
+        print(f"skipped {len(existing)} input{'' if one else 's'} whose outputs exist in {args.output_dir} "
+              f"({names}): pass --overwrite to replace them", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(videos)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0

@@ -23,9 +23,8 @@ error listing them).
 A metric whose backbone weights are missing is omitted from the report and ``meta.skipped`` says why; numbers
 are never made up.
 
-Also here, for the SynthMV benchmarks (``tools/synthmv_benchmark.py``, ``tools/tag_control_benchmark.py``):
-:func:`load_synthmv_clips`, :func:`generate_windows` and :func:`synthmv_judge`; their scores are
-:func:`vmas.metrics.synthmv.score`.
+Also here, for the benchmarks (``tools/*_benchmark.py`` over ``vmas.experiments``): :func:`generate_windows`; their
+clips, judge and scores are in ``vmas.experiments.scoring``.
 """
 from __future__ import annotations
 
@@ -627,7 +626,6 @@ def write_report(report: tp.Dict[str, tp.Any], out: tp.Union[str, Path]) -> Path
     return md
 
 
-
 Generator = tp.Callable[[tp.Dict[str, tp.Any], Path], None]
 
 
@@ -717,22 +715,7 @@ def run_generation(manifest: tp.Union[str, Path], out_dir: tp.Union[str, Path], 
     return stats
 
 
-
-
-# --------------------------------------------------------------------------------------------- SynthMV benchmarks
-def load_synthmv_clips(manifest: tp.Union[str, Path], limit: int) -> tp.List[tp.Dict[str, tp.Any]]:
-    """The first ``limit`` rows of a SynthMV ``vmas_manifest.jsonl`` with their labels: ``id``, ``video`` (its own
-    audio is the reference music), ``class_id``, ``tempo_bpm`` and ``events`` (visual event times, s)."""
-    clips = []
-    for line in Path(manifest).read_text().splitlines()[:limit]:
-        row = json.loads(line)
-        labels = json.loads(Path(row["labels"]).read_text())
-        clips.append({"id": row["key"], "video": row["video"], "audio": row["video"], "start": 0.0,
-                      "class_id": labels["class_id"], "tempo_bpm": labels["tempo_bpm"],
-                      "events": [e["time"] for e in labels["events"]]})
-    return clips
-
-
+# ------------------------------------------------------------------------------------------ benchmark windows
 @torch.no_grad()
 def generate_windows(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float, top_k: int, batch: int = 12,
                      tags: tp.Optional[tp.Sequence[tp.Sequence[str]]] = None,
@@ -780,22 +763,3 @@ def generate_windows(pipe, clips: tp.Sequence[dict], seed: int, cfg_scale: float
         wav = pipe.codec.decode(codes)[:, 0]  # [B, N]
         wavs += [w.numpy() for w in wav]
     return wavs
-
-
-def synthmv_judge(pipe, classifier_type) -> tp.Tuple[tp.Any, tp.Callable[[np.ndarray], np.ndarray]]:
-    """(class classifier, codec round trip) for ``pipe``'s music.
-
-    The classifier is ``classifier_type.train_default`` (``vmas.synthmv.SynthMVClassifier``, passed in because
-    the dataset generator is not part of the installed package) trained on real renders of the scored window length
-    plus their reconstructions through the model's codec, so codec artefacts alone do not move the class.
-    """
-    codec, sr = pipe.codec, pipe.codec.sample_rate
-
-    @torch.no_grad()
-    def roundtrip(wav: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(wav, dtype=torch.float32, device=pipe.device)[None, None]  # [1, 1, N]
-        return codec.decode(codec.encode(x))[0, 0, : x.shape[-1]].cpu().numpy()
-
-    if sr != 32000:
-        raise VmasError(f"SynthMV renders at 32 kHz but the model's codec runs at {sr} Hz")
-    return classifier_type.train_default(seconds=pipe.config.data.clip_seconds, transform=roundtrip), roundtrip

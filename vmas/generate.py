@@ -213,18 +213,25 @@ def check_output_dir(out_dir: tp.Union[str, Path]) -> Path:
     return out_dir
 
 
-def _output_conflict(video: Path, out_dir: Path, overwrite: bool, taken: tp.Dict[str, Path]) -> tp.Optional[str]:
+class OutputExists(MediaError):
+    """``video``'s outputs exist and ``overwrite`` is off: nothing to do for it, which is not a failure (``vmas
+    generate`` counts these apart and still exits 0)."""
+
+
+def _output_conflict(video: Path, out_dir: Path, overwrite: bool,
+                     taken: tp.Dict[str, Path]) -> tp.Optional[MediaError]:
     """Why ``video``'s outputs cannot be written (None = they can): they would replace the input itself, another
-    input of the run has the same name, or they exist and ``overwrite`` is off."""
+    input of the run has the same name (both failures), or they exist and ``overwrite`` is off
+    (:class:`OutputExists`)."""
     stem = video.stem
     outputs = [out_dir / f"{stem}{ext}" for ext in OUTPUT_SUFFIXES]
     if video.exists() and any(o.exists() and o.samefile(video) for o in outputs):
-        return "its output would replace the input itself; choose another output folder with -o"
+        return MediaError(f"{video}: its output would replace the input itself; choose another output folder with -o")
     if stem in taken:
-        return f"same output name as {taken[stem]} ({out_dir / stem}.*); rename one of them"
+        return MediaError(f"{video}: same output name as {taken[stem]} ({out_dir / stem}.*); rename one of them")
     existing = [o for o in outputs if o.exists()]
     if existing and not overwrite:
-        return f"{existing[0]} already exists; pass --overwrite to replace it"
+        return OutputExists(f"{video}: {existing[0]} already exists; pass --overwrite to replace it")
     return None
 
 
@@ -238,8 +245,8 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPip
 
     Each file runs inside its own error boundary: a :class:`VmasError` for one file is passed to ``on_error``
     (default: re-raise) and the others still finish. ``on_window(done, total)`` is called after each generation
-    window of a batch (the web page's progress bar, :mod:`vmas.app`). ``overwrite=False`` skips (as an error) a
-    video whose outputs already exist. Outputs are written into a hidden folder inside ``out_dir`` and renamed
+    window of a batch (the web page's progress bar, :mod:`vmas.app`). ``overwrite=False`` skips a video whose
+    outputs already exist, passing :class:`OutputExists` to ``on_error`` (a caller tells it from a failure). Outputs are written into a hidden folder inside ``out_dir`` and renamed
     into place when complete, so an interrupted run (Ctrl-C) never leaves a half-written file under a final name.
 
     Every video has its own random generator seeded with ``request.seed``: a video's music does not depend on the
@@ -264,7 +271,7 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPip
     for video in map(Path, videos):
         conflict = _output_conflict(video, out_dir, overwrite, taken)
         if conflict:
-            fail(video, MediaError(f"{video}: {conflict}"))
+            fail(video, conflict)
             continue
         try:
             jobs.append(_prepare(video, pipe, req, auto_tagger))
