@@ -64,7 +64,7 @@ TARGET_RMS_DB = -20.0
 EDGE_SECONDS = 0.05
 """Onsets earlier than this in a clip are the window's cut, not the music (dropped from the labels)."""
 ONSET_HOP = SAMPLE_RATE // 100
-"""10 ms hops: the resolution of the onset-F1 score (``vmas.metrics.synthmv.onset_times``)."""
+"""10 ms hops: the resolution of the onset-F1 score (``vmas.metrics.onsets.onset_times_10ms``)."""
 
 
 @dataclass(frozen=True)

@@ -155,14 +155,13 @@ def test_finetune_moves_the_demo_model_toward_the_class(tmp_path):
 
     from vmas.cli import main as vmas_main
     from vmas.data.shards import alignment_fn, write_shards
-    from vmas.evaluation import synthmv_judge
+    from vmas.experiments.scoring import synthmv_judge
     from vmas.hub import load_model
     from vmas.solvers.cli import main as train_main
-    from vmas.synthmv import SynthMVClassifier
 
     base = load_model(DEMO)
     seconds, d = base.config.data.clip_seconds, base.config.data
-    classifier, _ = synthmv_judge(base, SynthMVClassifier)
+    classifier, _ = synthmv_judge(base)
     rows, _ = _synthmv_clips(tmp_path / "mine", [TARGET] * 8, 4242, seconds)  # "your videos": one class
     for row in rows[6:]:
         row["split"] = "val"

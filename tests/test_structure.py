@@ -145,7 +145,8 @@ def test_generate_with_cuts_and_hits_through_the_demo_model(tmp_path):
     """The whole `vmas generate --cuts auto --hits ...` path: sections restart at the detected cut, and onsets land
     on the requested hits (the demo model starts a note on the bent grid's beats)."""
     from vmas.generate import generate_for_video
-    from vmas.metrics.synthmv import onset_times
+    from vmas.experiments.scoring import hits_within
+    from vmas.metrics.onsets import onset_times_10ms
 
     clip = generate_multiscene(11, scenes=2, seconds=6.0, size=32, out_path=tmp_path / "v.mp4")
     hits = [1.3, 2.9, 4.4]
@@ -155,4 +156,4 @@ def test_generate_with_cuts_and_hits_through_the_demo_model(tmp_path):
     wav = media.read_audio(res.wav, sr=32000).numpy().reshape(-1)
     assert wav.size == 6 * 32000 and res.windows == 2  # one fresh window per section
     assert clip.labels["cuts"] == structure.detect_cuts(tmp_path / "v.mp4")
-    assert structure.hits_within(onset_times(wav, 32000), hits) >= 2 / 3
+    assert hits_within(onset_times_10ms(wav, 32000), hits) >= 2 / 3

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from vmas.metrics.synthmv import onset_f1, onset_times
+from vmas.metrics.onsets import onset_f1, onset_times_10ms
 
 
 @pytest.mark.parametrize("onsets,events,expected", [
@@ -19,14 +19,14 @@ def test_onset_f1_by_hand(onsets, events, expected):
     assert onset_f1(onsets, events, tol=0.05) == pytest.approx(expected)
 
 
-def test_onset_times_of_clicks():
+def test_onset_times_10ms_of_clicks():
     sr = 32000
     wav = np.zeros(sr * 2, np.float32)
     rng = np.random.default_rng(0)
     for t in (0.3, 0.9, 1.5):
         i = int(t * sr)
         wav[i: i + 320] = rng.standard_normal(320) * np.exp(-np.arange(320) / 60)
-    assert onset_f1(onset_times(wav, sr), [0.3, 0.9, 1.5], tol=0.03) == 1.0
+    assert onset_f1(onset_times_10ms(wav, sr), [0.3, 0.9, 1.5], tol=0.03) == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,9 @@ def clips(tmp_path_factory):
 def test_scorer_separates_matched_from_mismatched_music(clips):
     from datasets.synthmv import SynthMVClassifier
     from vmas.data import media
-    from vmas.evaluation import load_synthmv_clips
-    from vmas.metrics.synthmv import score
+    from vmas.experiments.scoring import score, synthmv_clips
 
-    cl = load_synthmv_clips(clips, 3)
+    cl = synthmv_clips(clips, 3)
     assert [c["class_id"] for c in cl] == [0, 3, 5]
     real = [media.read_audio(c["video"], sr=32000).numpy() for c in cl]
     clf = SynthMVClassifier.train_default(per_class=3, seconds=4.0)
@@ -62,7 +61,7 @@ def test_scorer_separates_matched_from_mismatched_music(clips):
 
 
 def test_mean_std_over_sampling_seeds():
-    from vmas.metrics.synthmv import mean_std
+    from vmas.experiments.aggregate import over_sampling_seeds as mean_std
 
     assert mean_std([{"a": 0.5}]) == {"a": 0.5}
     got = mean_std([{"a": 1.0, "b": 0.2}, {"a": 3.0, "b": 0.2}])

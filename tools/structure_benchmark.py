@@ -8,7 +8,7 @@ object:
 - ``segment_class_acc``: share of segments whose music the SynthMV classifier (trained on real renders cut into
   ``--judge-window`` excerpts, plus their codec reconstructions) judges as the segment's class, with ``--cuts auto``;
 - ``switch_latency_s``: median over cuts of the seconds until an excerpt starting after the cut is judged as the new
-  class (``vmas.structure.switch_latency``; a cut that never switches counts with its last offset tried);
+  class (``vmas.experiments.scoring.switch_latency``; a cut that never switches counts with its last offset tried);
 - ``seam_flux_ratio``: spectral flux at seams (the cuts and every window seam) over the flux elsewhere
   (``vmas.structure.seam_flux_ratio``; 1 = a seam is as eventful as any moment of the music);
 - ``hits_within_50ms``: share of requested hits (``--hits``, random times) with an onset within +-50 ms;
@@ -37,8 +37,8 @@ import numpy as np
 
 from vmas import structure
 from vmas.data import media
-from vmas.experiments.provenance import provenance
-from vmas.metrics.synthmv import onset_times
+from vmas.experiments import aggregate, scoring
+from vmas.metrics.onsets import onset_times_10ms
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,8 +96,8 @@ def score(wav: np.ndarray, sr: int, clip: dict, classifier, judge_window: float,
           hits: tp.Sequence[float] = ()) -> tp.Dict[str, tp.Any]:
     """Every metric of one clip's music (see the module docstring)."""
     segs = clip["segments"]
-    pred = structure.segment_classes(wav, sr, segs, classifier, judge_window)
-    lat = [structure.switch_latency(wav, sr, s["start"], s["end"], s["class_id"], classifier, judge_window)
+    pred = scoring.segment_classes(wav, sr, segs, classifier, judge_window)
+    lat = [scoring.switch_latency(wav, sr, s["start"], s["end"], s["class_id"], classifier, judge_window)
            for s in segs[1:]]
     every = seams["cuts"] + seams["windows"]
     return {"segment_correct": [int(p == s["class_id"]) for p, s in zip(pred, segs)],
@@ -105,7 +105,7 @@ def score(wav: np.ndarray, sr: int, clip: dict, classifier, judge_window: float,
             "flux_all": structure.seam_flux_ratio(wav, sr, every) if every else float("nan"),
             "flux_cuts": structure.seam_flux_ratio(wav, sr, seams["cuts"]) if seams["cuts"] else float("nan"),
             "flux_windows": structure.seam_flux_ratio(wav, sr, seams["windows"]) if seams["windows"] else float("nan"),
-            "hits": structure.hits_within(onset_times(wav, sr), hits) if len(hits) else float("nan")}
+            "hits": scoring.hits_within(onset_times_10ms(wav, sr), hits) if len(hits) else float("nan")}
 
 
 def summarise(per_clip: tp.Sequence[dict]) -> tp.Dict[str, float]:
@@ -124,13 +124,18 @@ def summarise(per_clip: tp.Sequence[dict]) -> tp.Dict[str, float]:
 
 def over_seeds(runs: tp.Sequence[tp.Dict[str, float]]) -> tp.Dict[str, tp.Any]:
     """{metric: {mean, std, runs}} over sampling seeds (NaN metrics dropped)."""
-    out = {}
-    for k in runs[0]:
-        vals = [r[k] for r in runs if not np.isnan(r[k])]
-        if vals:
-            out[k] = {"mean": round(float(np.mean(vals)), 4), "std": round(float(np.std(vals)), 4),
-                      "runs": [round(v, 4) for v in vals]}
-    return out
+    return aggregate.over_sampling_seeds(runs, digits=4, drop_nan=True, single=False)
+
+
+def quietest_cuts(tried: tp.Mapping[float, tp.Mapping[str, tp.Any]]) -> float:
+    """The crossfade whose cuts have the lowest seam flux ratio (rounded to 0.01; ties: the shorter one)."""
+    return min(tried, key=lambda f: (round(tried[f].get("seam_flux_ratio_cuts", {}).get("mean", 1e9), 2), f))
+
+
+def most_hits(tried: tp.Mapping[str, tp.Mapping[str, tp.Any]]) -> str:
+    """Where a hit grid's tempo comes from when none is requested: the source placing most hits within 50 ms
+    (ties: the first tried, picture)."""
+    return max(tried, key=lambda t: tried[t].get("hits_within_50ms", {}).get("mean", 0.0))
 
 
 def run_method(pipe, clips, out: Path, seeds, classifier, args, cuts: str, crossfade: float,
@@ -175,22 +180,13 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     t0 = time.time()
     from vmas.hub import load_model
-    from vmas.synthmv import SynthMVClassifier
 
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
     pipe = load_model(args.model)
     sr = pipe.codec.sample_rate
 
-    def roundtrip(wav):
-        import torch
-
-        with torch.no_grad():
-            x = torch.as_tensor(wav, dtype=torch.float32)[None, None]
-            return pipe.codec.decode(pipe.codec.encode(x))[0, 0, : x.shape[-1]].numpy()
-
-    classifier = SynthMVClassifier.train_default(per_class=args.per_class, seconds=10.0, transform=roundtrip,
-                                                 window=args.judge_window)
+    classifier, _ = scoring.synthmv_judge(pipe, per_class=args.per_class, seconds=10.0, window=args.judge_window)
     select = make_set(out / "select", args.select, 101, args.scenes, args.seconds)
     test = make_set(out / "test", args.test, 202, args.scenes, args.seconds)
 
@@ -205,18 +201,14 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
             fp += sum(not any(abs(f - t) <= 0.041 for t in c["cuts"]) for f in found)
         return {"precision": tp_ / max(1, tp_ + fp), "recall": tp_ / max(1, tp_ + fn), "cuts": tp_ + fn}
 
-    # selection: the crossfade with the quietest cuts (ties: the shorter one)
-    fades = [float(x) for x in args.crossfades.split(",")]
-    tried = {}
-    for fade in fades:
-        tried[f"{fade:g}"] = run_method(pipe, select, out / "select_runs" / f"auto_xf{fade:g}", seeds[:1], classifier,
-                                        args, "auto", fade)
-    chosen = min(fades, key=lambda f: (round(tried[f"{f:g}"].get("seam_flux_ratio_cuts", {}).get("mean", 1e9), 2), f))
-    # selection: where a hit grid's tempo comes from when none is requested (most hits placed; ties: picture)
+    # selection split first (rules: quietest_cuts, most_hits); the test split is then scored with the choices only
+    tried = {float(fade): run_method(pipe, select, out / "select_runs" / f"auto_xf{float(fade):g}", seeds[:1],
+                                     classifier, args, "auto", float(fade)) for fade in args.crossfades.split(",")}
+    chosen = aggregate.choose(tried, quietest_cuts)
     tempo_tried = {t: run_method(pipe, select, out / "select_runs" / f"auto_hits_{t}_xf{chosen:g}", seeds[:1],
                                  classifier, args, "auto", chosen, with_hits=True, hits_tempo=t)
                    for t in ("picture", "hits")}
-    hits_tempo = max(("picture", "hits"), key=lambda t: tempo_tried[t].get("hits_within_50ms", {}).get("mean", 0.0))
+    hits_tempo = aggregate.choose(tempo_tried, most_hits)
 
     runs = out / "test_runs"
     auto = run_method(pipe, test, runs / f"auto_xf{chosen:g}", seeds, classifier, args, "auto", chosen)
@@ -246,11 +238,11 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
                     "detection": {"select": detection(select), "test": detection(test)}},
         "baselines": {"plain": plain, "own_music": own_music, "label_cuts": labels,
                       "hits_chance": pick(chance, "hits_within_50ms")},
-        "selection": {"crossfade_s": chosen, "tried": tried, "rule": "lowest seam flux ratio at the cuts",
-                      "hits_tempo": hits_tempo, "hits_tempo_tried": tempo_tried,
-                      "hits_tempo_rule": "most hits within 50 ms"},
-        "meta": dict(provenance(), command="python tools/structure_benchmark.py " + " ".join(
-            sys.argv[1:] if argv is None else argv), model=args.model, sampling_seeds=seeds,
+        "selection": {"crossfade_s": chosen, "tried": {f"{f:g}": r for f, r in tried.items()},
+                      "rule": aggregate.rule_text(quietest_cuts), "hits_tempo": hits_tempo,
+                      "hits_tempo_tried": tempo_tried, "hits_tempo_rule": aggregate.rule_text(most_hits)},
+        "meta": aggregate.result_meta(
+            "structure_benchmark", argv, model=args.model, sampling_seeds=seeds,
             data_seeds={"select": 101, "test": 202}, hit_seed=4242, test_videos=len(test),
             select_videos=len(select), scenes=args.scenes, seconds=args.seconds, judge_window_s=args.judge_window,
             omp_num_threads=os.environ.get("OMP_NUM_THREADS"), wall_s=round(time.time() - t0, 1)),

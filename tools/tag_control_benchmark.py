@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="first sampling seed (also draws classes B and tempos)")
     p.add_argument("--sample-seeds", type=int, default=3,
                    help="sampling seeds per condition; the printed numbers are their means (spread in meta)")
-    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's generation.cfg)")
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--guide", default=None, choices=["all", "tags", "both"],
                    help="CFG branch when tags are given (see VMAS.generate); default: the model's generation.guide")
@@ -54,18 +54,21 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from vmas.evaluation import generate_windows, load_synthmv_clips, synthmv_judge
+    from vmas.evaluation import generate_windows
+    from vmas.experiments.aggregate import result_meta
+    from vmas.experiments.scoring import synthmv_clips, synthmv_judge
     from vmas.hub import load_model
-    from vmas.synthmv import CLASSES, SynthMVClassifier, estimate_tempo
+    from vmas.synthmv import CLASSES, estimate_tempo
 
     pipe = load_model(args.model)
     if not pipe.config.model.tags.enabled:
         raise SystemExit(f"{args.model}: model has no tag branch")
     guide = args.guide or pipe.config.generation.guide
     tag_cfg = pipe.config.generation.tag_cfg if args.tag_cfg is None else args.tag_cfg
-    clips = load_synthmv_clips(Path(args.test_manifest), args.clips)
+    cfg = pipe.spec.sampling.cfg if args.cfg is None else args.cfg
+    clips = synthmv_clips(args.test_manifest, args.clips)
     sr = pipe.codec.sample_rate
-    clf, _ = synthmv_judge(pipe, SynthMVClassifier)
+    clf, _ = synthmv_judge(pipe)
     rng = np.random.default_rng(args.seed)
     truth = np.array([c["class_id"] for c in clips])
     other = (truth + rng.integers(1, len(CLASSES), len(clips))) % len(CLASSES)  # a different class per clip
@@ -73,8 +76,8 @@ def main(argv=None) -> int:
     other_tempos = [round(float(rng.uniform(*CLASSES[b].tempo_range))) for b in other]
 
     def run(seed, tags=None, negative=None):
-        wavs = generate_windows(pipe, clips, seed, args.cfg, args.top_k, tags=tags, negative=negative, guide=guide,
-                                tag_cfg=tag_cfg)
+        wavs = generate_windows(pipe, clips, seed=seed, cfg_scale=cfg, top_k=args.top_k, tags=tags,
+                                negative=negative, guide=guide, tag_cfg=tag_cfg)
         return wavs, clf.predict(wavs, sr)
 
     runs: tp.Dict[str, tp.List[float]] = {k: [] for k in KEYS}
@@ -94,11 +97,12 @@ def main(argv=None) -> int:
                                      np.abs(est_other - np.array(other_tempos)) <= 0.08 * np.array(other_tempos)]):
             runs[key].append(round(float(np.mean(value)), 4))
     result: tp.Dict[str, tp.Any] = {k: float(np.mean(v)) for k, v in runs.items()}
-    result["meta"] = {
-        "clips": len(clips), "model": str(args.model), "seeds": list(range(args.seed, args.seed + args.sample_seeds)),
-        "runs": runs, "std": {k: round(float(np.std(v)), 4) for k, v in runs.items()}, "cfg": args.cfg,
-        "top_k": args.top_k, "guide": guide, "tag_cfg": tag_cfg or args.cfg, "manifest": str(args.test_manifest),
-        "requested_tempos": tempos, "estimated_tempos": estimated}
+    result["meta"] = result_meta(
+        "tag_control_benchmark", argv, clips=len(clips), model=str(args.model),
+        seeds=list(range(args.seed, args.seed + args.sample_seeds)), runs=runs,
+        std={k: round(float(np.std(v)), 4) for k, v in runs.items()}, cfg=cfg, top_k=args.top_k, guide=guide,
+        tag_cfg=tag_cfg or cfg, manifest=str(args.test_manifest), requested_tempos=tempos,
+        estimated_tempos=estimated)
     out = Path(args.out) if args.out else Path(args.model).parent.parent / f"tag_control_{guide}.json"
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))

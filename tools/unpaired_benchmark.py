@@ -39,11 +39,10 @@ from its checkpoint) and each model's scores per split (``scores_<key>.json``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
-import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 import typing as tp
@@ -52,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmas.experiments.provenance import provenance
+from vmas.experiments import aggregate, runs, scoring
 
 ROOT = Path(__file__).resolve().parent.parent  # default paths of the repo's configs, data and runs
 
@@ -60,13 +59,14 @@ VARIANTS = ("with_unpaired", "without_unpaired")
 SPLIT_SEEDS = {"test": 1, "selection": 2}  # SynthMV generator seed of each scoring split
 
 
-# ------------------------------------------------------------------------------------------------------- data
 def make_data(args) -> tp.Dict[str, tp.Any]:
     """SynthMV train/test videos, the demo codec, paired + music-only shards (each step skipped when done)."""
     from vmas.builders import build_codec
     from vmas.config import load_config
     from vmas.data import shards
     from vmas.data.music_only import as_music_only
+    from vmas.models.codec import save_codec
+    from vmas.solvers.export import init_codec
     from vmas.synthmv import generate_dataset
 
     data = Path(args.data)
@@ -78,8 +78,10 @@ def make_data(args) -> tp.Dict[str, tp.Any]:
             generate_dataset(data / split, num, seed=seed, split=split, window=window, workers=1)
     codec_path = data / "codec.pt"
     cfg = load_config(args.config, [f"model.codec.pretrained={codec_path}"])
-    if not codec_path.exists():
-        extract_codec(Path(args.codec_from), cfg, codec_path)
+    if not codec_path.exists():  # the codec stored in the demo export, as a fine-tune of it would take it
+        codec_path.parent.mkdir(parents=True, exist_ok=True)
+        init = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=args.codec_from))
+        save_codec(init_codec(init), codec_path, source=args.codec_from)
     held = set(args.held_out)
     rows = shards.read_manifest(data / "train" / "vmas_manifest.jsonl")
     paired = [r for r in rows if r["class_id"] not in held]
@@ -96,27 +98,11 @@ def make_data(args) -> tp.Dict[str, tp.Any]:
             "fraction": len(music) / max(1, len(rows))}
 
 
-def extract_codec(export: Path, cfg, out: Path) -> None:
-    """The codec stored in an inference export (``vmas.solvers.export``) -> a codec file for ``model.codec.pretrained``."""
-    import dataclasses
-
-    from vmas.builders import build_codec
-    from vmas.loading import torch_load
-    from vmas.models.codec import save_codec
-
-    blob = torch_load(export)
-    codec = build_codec(dataclasses.replace(cfg.model.codec, pretrained=""))
-    codec.load_state_dict(blob["codec"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_codec(codec, out, source=str(export))
-
-
-# ------------------------------------------------------------------------------------------------------ train
 def run_dir(out_root: Path, name: str, seed: int, steps: int, fraction: float, budget: str = "steps") -> Path:
     """``<out>/steps<S>/without_unpaired/seed<N>`` (shared by every fraction) or
     ``<out>/steps<S>/with_unpaired_f<F>[_paired]/seed<N>`` (``_paired``: the ``--budget paired`` runs)."""
     variant = name if name == "without_unpaired" else f"{name}_f{fraction:g}" + ("_paired" if budget == "paired" else "")
-    return out_root / f"steps{steps}" / variant / f"seed{seed}"
+    return runs.run_dir(out_root, variant, seed, steps)
 
 
 def run_steps(name: str, steps: int, fraction: float, budget: str) -> int:
@@ -125,103 +111,81 @@ def run_steps(name: str, steps: int, fraction: float, budget: str) -> int:
     return round(steps / (1.0 - fraction)) if name == "with_unpaired" and budget == "paired" else steps
 
 
-def train_runs(args, data: tp.Mapping[str, tp.Any], runs: tp.Sequence[tp.Tuple[str, int, int, float, str]]
-               ) -> tp.Dict[tp.Tuple[str, int, int, float, str], Path]:
-    """Train the missing (variant, seed, steps, fraction, budget) runs, ``--jobs`` at once (one thread each); a run
-    with a checkpoint resumes from it; a run is finished when its ``model.pt`` exists (so a rerun reuses it)."""
-    from vmas.solvers.checkpoint import latest_checkpoint
-
-    out_root = Path(args.out)
-    dirs = {k: run_dir(out_root, *k) for k in runs}
-    todo, seen = [], set()
-    for k, d in dirs.items():  # one job per folder (without_unpaired runs are shared by every fraction)
-        if not (d / "model.pt").exists() and d not in seen:
-            todo.append(k)
-            seen.add(d)
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1")
-    running: tp.Dict[tp.Tuple[str, int, int, float, str], tp.Tuple[subprocess.Popen, tp.Any]] = {}
-    while todo or running:
-        while todo and len(running) < max(1, args.jobs):
-            key = todo.pop(0)
-            name, seed, steps, fraction, budget = key
-            out = dirs[key]
-            extra = ([f"data.unpaired_shards={data['music']}", f"data.unpaired_fraction={fraction}"]
-                     if name == "with_unpaired" else ["data.unpaired_fraction=0"])
-            cmd = [sys.executable, str(ROOT / "tools" / "train.py"), args.config, f"train.out_dir={out}",
-                   f"train.seed={seed}", f"model.codec.pretrained={data['codec']}",
-                   f"data.train_shards={data['paired']}", "data.val_shards=''", "train.eval_every=0",
-                   f"optim.max_steps={run_steps(name, steps, fraction, budget)}", "train.save_every=100",
-                   *args.overrides, *extra]
-            if latest_checkpoint(out / "checkpoints") is not None:
-                cmd.append("--resume")
-            out.mkdir(parents=True, exist_ok=True)
-            log = open(out / "train.log", "a")
-            print(f"training {out.relative_to(out_root)}: {' '.join(cmd[2:])}", file=sys.stderr)
-            running[key] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log)
-        time.sleep(1)
-        for key, (proc, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[key]
-            if proc.returncode != 0 or not (dirs[key] / "model.pt").exists():
-                for other, _ in running.values():
-                    other.terminate()
-                raise SystemExit(f"training {dirs[key]} failed: see {dirs[key] / 'train.log'}")
-    return {k: d / "model.pt" for k, d in dirs.items()}
+def train_job(args, data, name: str, seed: int, steps: int, fraction: float, budget: str) -> runs.TrainJob:
+    extra = ([f"data.unpaired_shards={data['music']}", f"data.unpaired_fraction={fraction}"]
+             if name == "with_unpaired" else ["data.unpaired_fraction=0"])
+    return runs.TrainJob(run_dir(Path(args.out), name, seed, steps, fraction, budget), args.config, (
+        f"train.seed={seed}", f"model.codec.pretrained={data['codec']}", f"data.train_shards={data['paired']}",
+        "data.val_shards=''", "train.eval_every=0", f"optim.max_steps={run_steps(name, steps, fraction, budget)}",
+        "train.save_every=100", *args.overrides, *extra))
 
 
-# ------------------------------------------------------------------------------------------------------ score
-def score_model(path: Path, clips: tp.Sequence[dict], held: tp.Collection[int], args, shared: dict
-                ) -> tp.Dict[str, tp.List[float]]:
+def score_model(path: Path, clips: tp.Sequence[dict], args, shared: dict) -> tp.Dict[str, tp.List[float]]:
     """Per sampling seed: class accuracy of tags-only music for the held-out / paired test clips and of video-only
     music for the paired ones. Cached beside the model, keyed by the model's bytes, the clips and the settings."""
-    from vmas.evaluation import generate_windows, synthmv_judge
+    from vmas.evaluation import generate_windows
     from vmas.hub import load_model
-    from vmas.synthmv import SynthMVClassifier
 
-    key = json.dumps({"clips": [c["id"] for c in clips], "split": args.split, "held": sorted(held), "seed": args.seed,
-                      "sample_seeds": args.sample_seeds, "cfg": args.cfg, "top_k": args.top_k,
-                      "model_sha1": hashlib.sha1(path.read_bytes()).hexdigest()}, sort_keys=True)
-    cache = path.parent / f"scores_{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    pipe = load_model(path)
-    if "judge" not in shared:  # every model shares the codec
-        shared["judge"] = synthmv_judge(pipe, SynthMVClassifier)[0]
-    clf, sr = shared["judge"], pipe.codec.sample_rate
-    truth = np.array([c["class_id"] for c in clips])
-    out_mask = np.isin(truth, list(held))
-    tags = [c["tags"] for c in clips]
-    paired_clips = [c for c, o in zip(clips, out_mask) if not o]
-    res: tp.Dict[str, tp.List[float]] = {"held_out_tags": [], "paired_tags": [], "paired_video": []}
-    for seed in range(args.seed, args.seed + args.sample_seeds):
-        pred = clf.predict(generate_windows(pipe, clips, seed, args.cfg, args.top_k, tags=tags, video=False), sr)
-        res["held_out_tags"].append(round(float(np.mean(pred[out_mask] == truth[out_mask])), 4))
-        res["paired_tags"].append(round(float(np.mean(pred[~out_mask] == truth[~out_mask])), 4))
-        pred_v = clf.predict(generate_windows(pipe, paired_clips, seed, args.cfg, args.top_k), sr)
-        res["paired_video"].append(round(float(np.mean(pred_v == truth[~out_mask])), 4))
-    cache.write_text(json.dumps(res, indent=1))
-    return res
+    def compute() -> tp.Dict[str, tp.List[float]]:
+        pipe = load_model(path)
+        if "judge" not in shared:  # every model shares the codec
+            shared["judge"] = scoring.synthmv_judge(pipe)[0]
+        clf, sr = shared["judge"], pipe.codec.sample_rate
+        gen = dict(cfg_scale=pipe.spec.sampling.cfg if args.cfg is None else args.cfg, top_k=args.top_k)
+        truth = np.array([c["class_id"] for c in clips])
+        out = np.isin(truth, args.held_out)
+        res: tp.Dict[str, tp.List[float]] = {"held_out_tags": [], "paired_tags": [], "paired_video": []}
+        for seed in range(args.seed, args.seed + args.sample_seeds):
+            pred = clf.predict(generate_windows(pipe, clips, seed=seed, tags=[c["tags"] for c in clips],
+                                                video=False, **gen), sr)
+            res["held_out_tags"].append(round(float(np.mean(pred[out] == truth[out])), 4))
+            res["paired_tags"].append(round(float(np.mean(pred[~out] == truth[~out])), 4))
+            pred_v = clf.predict(generate_windows(pipe, [c for c, o in zip(clips, out) if not o], seed=seed, **gen),
+                                 sr)
+            res["paired_video"].append(round(float(np.mean(pred_v == truth[~out])), 4))
+        return res
+
+    key = {"clips": [c["id"] for c in clips], "split": args.split, "held": sorted(args.held_out), "seed": args.seed,
+           "sample_seeds": args.sample_seeds, "cfg": args.cfg, "top_k": args.top_k}
+    return runs.cached_scores(path, key, compute)
 
 
-def summary(values: tp.Sequence[float]) -> tp.Dict[str, float]:
-    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
+def measure(paths, clips, args, shared, seeds, steps: int, fraction: float, budget: str) -> tp.Dict[str, tp.Any]:
+    """The printed keys of one (steps, fraction, budget) setting, pooled over training and sampling seeds."""
+    scores = {(n, s): score_model(paths[(n, s, steps, fraction, budget)], clips, args, shared)
+              for n in VARIANTS for s in seeds}
+
+    def pooled(name: str, metric: str) -> tp.Dict[str, float]:
+        return aggregate.spread([v for s in seeds for v in scores[(name, s)][metric]])
+
+    return {"steps": steps, "fraction": fraction, "budget": budget,
+            "with_unpaired_steps": run_steps("with_unpaired", steps, fraction, budget),
+            "unpaired_tags_class_acc": pooled("with_unpaired", "held_out_tags"),
+            "paired_tags_class_acc": pooled("with_unpaired", "paired_tags"),
+            "without_unpaired_class_acc": pooled("without_unpaired", "held_out_tags"),
+            "paired": {n: {"tags_class_acc": pooled(n, "paired_tags"), "video_class_acc": pooled(n, "paired_video")}
+                       for n in VARIANTS},
+            "runs": {f"{n}/seed{s}": scores[(n, s)] for n in VARIANTS for s in seeds}}
 
 
-def test_clips(manifest: Path, limit: int) -> tp.List[dict]:
-    """The SynthMV test clips with their labelled tags (the tags a user would give for that music)."""
-    from vmas.evaluation import load_synthmv_clips
-    from vmas.solvers.inputs import split_tags
+def choose(tried: tp.Mapping[int, tp.Mapping[str, tp.Any]]) -> int:
+    """Settings whose paired results (tags-only and video-only class accuracy of with_unpaired) are each no lower
+    than without_unpaired's mean minus its std at the same steps qualify; among them the largest gain
+    unpaired_tags_class_acc - without_unpaired_class_acc wins (ties: fewer with_unpaired steps). When none
+    qualifies, the smallest paired shortfall wins."""
+    ok = [i for i, r in tried.items() if shortfall(r) == 0.0]
+    if ok:
+        return max(ok, key=lambda i: (gain(tried[i]), -tried[i]["with_unpaired_steps"]))
+    return min(tried, key=lambda i: (shortfall(tried[i]), -gain(tried[i])))
 
-    clips = load_synthmv_clips(manifest, limit)
-    rows = {json.loads(line)["key"]: json.loads(line) for line in manifest.read_text().splitlines() if line.strip()}
-    for c in clips:
-        c["tags"] = split_tags(rows[c["id"]]["tags"], 16)
-    return clips
+
+def shortfall(r) -> float:
+    w, wo = r["paired"]["with_unpaired"], r["paired"]["without_unpaired"]
+    return sum(max(0.0, wo[k]["mean"] - wo[k]["std"] - w[k]["mean"]) for k in ("tags_class_acc", "video_class_acc"))
 
 
+def gain(r) -> float:
+    return r["unpaired_tags_class_acc"]["mean"] - r["without_unpaired_class_acc"]["mean"]
 
 
 def main(argv=None) -> int:
@@ -248,7 +212,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--sample-seeds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="first sampling seed")
-    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's generation.cfg)")
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
     p.add_argument("--preprocess-workers", type=int, default=0, help="shard-writing processes (0 = this process)")
@@ -263,77 +227,46 @@ def main(argv=None) -> int:
     seeds = [int(x) for x in args.train_seeds.split(",") if x != ""]
     grid = [(int(st), float(fr) if fr != "auto" else round(data["fraction"], 4), bu)
             for bu in args.budget.split(",") for st in args.steps.split(",") for fr in args.fraction.split(",")]
-    paths = train_runs(args, data, [(n, s, *g) for g in grid for s in seeds for n in VARIANTS])
+    jobs = {(n, s, *g): train_job(args, data, n, s, *g) for g in grid for s in seeds for n in VARIANTS}
+    runs.train_pool(jobs.values(), args.jobs)
     train_s = time.time() - t0
     if args.train_only:
         return 0
-    clips = test_clips(Path(args.data) / args.split / "vmas_manifest.jsonl", args.test_videos)
+    clips = scoring.synthmv_clips(Path(args.data) / args.split / "vmas_manifest.jsonl", args.test_videos, 16)
     shared: tp.Dict[str, tp.Any] = {}
+    paths = {k: j.model for k, j in jobs.items()}
     results = [measure(paths, clips, args, shared, seeds, *g) for g in grid]
-    if len(grid) == 1:
-        result = results[0]
-    else:
-        result = {"grid": results, "chosen": choose(results)}
-    result["meta"] = {
-        "held_out_classes": args.held_out, "split": args.split, "test_clips": len(clips),
-        "held_out_test_clips": sum(c["class_id"] in args.held_out for c in clips),
-        "training_seeds": seeds, "sampling_seeds": list(range(args.seed, args.seed + args.sample_seeds)),
-        "spread": "mean and population std over all (training seed, sampling seed) runs",
-        "default_fraction": round(data["fraction"], 4),
-        "train_clips": data["counts"], "cfg": args.cfg, "top_k": args.top_k, "config": args.config,
-        "codec_from": args.codec_from, "overrides": list(args.overrides), "train_seconds": round(train_s, 1),
-        "total_seconds": round(time.time() - t0, 1),
-        "command": "python tools/unpaired_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        **provenance({"codec": data["codec"]})}
+    result = results[0] if len(grid) == 1 else {"grid": results,
+                                                "chosen": chosen(results, aggregate.choose(dict(enumerate(results)),
+                                                                                           choose))}
+    from vmas.config import load_config
+
+    cfg = load_config(args.config).generation.cfg if args.cfg is None else args.cfg
+    result["meta"] = aggregate.result_meta(
+        "unpaired_benchmark", argv, {"codec": data["codec"]}, held_out_classes=args.held_out, split=args.split,
+        test_clips=len(clips), held_out_test_clips=sum(c["class_id"] in args.held_out for c in clips),
+        training_seeds=seeds, sampling_seeds=list(range(args.seed, args.seed + args.sample_seeds)),
+        spread="mean and population std over all (training seed, sampling seed) runs",
+        default_fraction=round(data["fraction"], 4), train_clips=data["counts"], cfg=cfg, top_k=args.top_k,
+        config=args.config, codec_from=args.codec_from, overrides=list(args.overrides),
+        train_seconds=round(train_s, 1), total_seconds=round(time.time() - t0, 1))
     if len(grid) == 1:
         result["meta"].update(steps=grid[0][0], unpaired_fraction=grid[0][1], budget=grid[0][2],
                               runs=results[0].pop("runs"))
     else:
-        result["meta"]["selection_rule"] = choose.__doc__.strip()
+        result["meta"]["selection_rule"] = aggregate.rule_text(choose)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"results_{args.split}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
     return 0
 
 
-def measure(paths, clips, args, shared, seeds, steps: int, fraction: float, budget: str) -> tp.Dict[str, tp.Any]:
-    """The printed keys of one (steps, fraction, budget) setting, pooled over training and sampling seeds."""
-    scores = {(n, s): score_model(paths[(n, s, steps, fraction, budget)], clips, args.held_out, args, shared)
-              for n in VARIANTS for s in seeds}
-
-    def pooled(name: str, metric: str) -> tp.List[float]:
-        return [v for s in seeds for v in scores[(name, s)][metric]]
-
-    return {"steps": steps, "fraction": fraction, "budget": budget,
-            "with_unpaired_steps": run_steps("with_unpaired", steps, fraction, budget),
-            "unpaired_tags_class_acc": summary(pooled("with_unpaired", "held_out_tags")),
-            "paired_tags_class_acc": summary(pooled("with_unpaired", "paired_tags")),
-            "without_unpaired_class_acc": summary(pooled("without_unpaired", "held_out_tags")),
-            "paired": {n: {"tags_class_acc": summary(pooled(n, "paired_tags")),
-                           "video_class_acc": summary(pooled(n, "paired_video"))} for n in VARIANTS},
-            "runs": {f"{n}/seed{s}": scores[(n, s)] for n in VARIANTS for s in seeds}}
-
-
-def choose(results: tp.Sequence[tp.Mapping[str, tp.Any]]) -> tp.Dict[str, tp.Any]:
-    """Settings whose paired results (tags-only and video-only class accuracy of with_unpaired) are each no lower
-    than without_unpaired's mean minus its std at the same steps qualify; among them the largest gain
-    unpaired_tags_class_acc - without_unpaired_class_acc wins (ties: fewer with_unpaired steps). When none
-    qualifies, the smallest paired shortfall wins."""
-    def shortfall(r) -> float:
-        w, wo = r["paired"]["with_unpaired"], r["paired"]["without_unpaired"]
-        return sum(max(0.0, wo[k]["mean"] - wo[k]["std"] - w[k]["mean"])
-                   for k in ("tags_class_acc", "video_class_acc"))
-
-    def gain(r) -> float:
-        return r["unpaired_tags_class_acc"]["mean"] - r["without_unpaired_class_acc"]["mean"]
-
-    ok = [r for r in results if shortfall(r) == 0.0]
-    if ok:
-        best = max(ok, key=lambda r: (gain(r), -r["with_unpaired_steps"]))
-    else:
-        best = min(results, key=lambda r: (shortfall(r), -gain(r)))
-    return {"steps": best["steps"], "fraction": best["fraction"], "budget": best["budget"], "qualified": bool(ok),
-            "gain": round(gain(best), 4), "paired_shortfall": round(shortfall(best), 4)}
+def chosen(results: tp.Sequence[tp.Mapping[str, tp.Any]], i: int) -> tp.Dict[str, tp.Any]:
+    """The ``chosen`` entry of a grid: setting ``i``, whether any setting qualified, its gain and shortfall."""
+    best = results[i]
+    return {"steps": best["steps"], "fraction": best["fraction"], "budget": best["budget"],
+            "qualified": any(shortfall(r) == 0.0 for r in results), "gain": round(gain(best), 4),
+            "paired_shortfall": round(shortfall(best), 4)}
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def onset_times(wav: tp.Any, sr: int, hop_length: int = 512) -> np.ndarray:
     The one onset detector of the package. Callers differ only in the time resolution they need, and keep the
     resolution their numbers were measured with: the training beats (:func:`music_beats`) use 5 ms hops at the
     native rate, MV-Align uses the AV-Align reference's 22.05 kHz / hop 512 (``vmas.metrics.mv_align.audio_peaks``
-    resamples first), the SynthMV onset F1 uses 10 ms hops (``vmas.metrics.synthmv.onset_times``). Silence has no
+    resamples first), the SynthMV onset F1 uses 10 ms hops (``vmas.metrics.onsets.onset_times_10ms``). Silence has no
     onsets (librosa would warn on an all-zero signal).
     """
     y = to_tensor(wav).detach().cpu().to(torch.float32).numpy().reshape(-1)  # [N]

@@ -238,6 +238,12 @@ def build_contrastive(cfg: Config, video_dim: int, music_dim: int) -> tp.Optiona
     part of the model so that they are checkpointed with it and reused by the retrieval metric."""
     if cfg.loss.contrastive_weight <= 0:
         return None
+    return build_contrastive_heads(cfg, video_dim, music_dim)
+
+
+def build_contrastive_heads(cfg: Config, video_dim: int, music_dim: int) -> nn.Module:
+    """Fresh contrastive heads of ``loss`` whatever ``loss.contrastive_weight`` says: what the retrieval score of a
+    model trained without them uses (``vmas.experiments.scoring.retrieval_r1``: chance, as it should be)."""
     from vmas.losses import ContrastiveLoss
 
     return ContrastiveLoss(video_dim=video_dim, music_dim=music_dim, proj_dim=cfg.loss.contrastive_dim,

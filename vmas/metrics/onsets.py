@@ -1,7 +1,7 @@
 """Onset F1: how many detected onsets land on reference onsets (or labelled events), within a tolerance.
 
 One implementation for every caller (codec reconstructions in ``tools/train_codec.py``, music vs SynthMV's visual
-events in :mod:`vmas.metrics.synthmv`): ``mir_eval.onset.f_measure``, the MIR community's reference, which counts
+events in ``vmas.experiments.scoring``): ``mir_eval.onset.f_measure``, the MIR community's reference, which counts
 a maximum one-to-one matching of onsets within ``±tol`` (inclusive).
 """
 from __future__ import annotations
@@ -9,6 +9,14 @@ from __future__ import annotations
 import typing as tp
 
 import numpy as np
+
+
+def onset_times_10ms(wav: np.ndarray, sr: int) -> np.ndarray:
+    """Onset times (s) of ``wav`` at 10 ms hops (:func:`vmas.alignment.onset_times` with hop ``sr // 100``): the
+    onsets every onset-F1 and hit score compares with labelled events; training's onsets use the codec's hop."""
+    from vmas.alignment import onset_times
+
+    return onset_times(wav, sr, hop_length=max(1, sr // 100))
 
 
 def onset_f1(estimated: tp.Sequence[float], reference: tp.Sequence[float], tol: float = 0.05) -> float:
