@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install sysdeps real-music browser demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench realmusic-data
+.PHONY: install sysdeps real-music browser demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench realmusic-music realmusic-data
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -147,12 +147,16 @@ realmusic-music:
 # $(STAMP)` to keep a concurrent edit of setup.py from reinstalling underneath a long run.
 RM := data/realmusic
 RMGEN := $(BIN)/python -m datasets.realmusic_mv
-REALMUSIC_CODEC_STEPS := 3000
+REALMUSIC_CODEC_STEPS := 2000
 realmusic-data: install realmusic-music
 	test -f $(RM)/train/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/train --split train --per-class 100 --seed 0 --window 5 --wav
 	test -f $(RM)/val/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/val --split val --per-class 6 --seed 2 --window 5
 	test -f $(RM)/select/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/select --split select --per-class 9 --seed 3
 	test -f $(RM)/test/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/test --split test --per-class 12 --seed 1
+	test -f $(RM)/codec_train/.done || ($(RMGEN) --out $(RM)/codec_train --split train --audio-only && touch $(RM)/codec_train/.done)
+	test -f runs/realmusic/codec.pt || $(BIN)/python tools/train_codec.py --config configs/realmusic_codec.yaml --audio-dir $(RM)/codec_train --out runs/realmusic/codec.pt --steps $(REALMUSIC_CODEC_STEPS) --threads 1
+	test -f $(RM)/shards/train.done || ($(BIN)/python tools/preprocess.py --manifest $(RM)/train/vmas_manifest.jsonl --out $(RM)/shards --config configs/realmusic.yaml --splits train --workers 1 && touch $(RM)/shards/train.done)
+	test -f $(RM)/shards/val.done || ($(BIN)/python tools/preprocess.py --manifest $(RM)/val/vmas_manifest.jsonl --out $(RM)/shards --config configs/realmusic.yaml --splits val --workers 1 && touch $(RM)/shards/val.done)
 
 lint: install
 	$(BIN)/ruff check vmas tools datasets tests

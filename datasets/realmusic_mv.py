@@ -174,6 +174,11 @@ def level(wav: np.ndarray) -> tp.Tuple[np.ndarray, float]:
     return (wav * gain).astype(np.float32), 20 * float(np.log10(gain))
 
 
+def loud(raw: np.ndarray) -> bool:
+    """RMS of the raw window at or above :data:`MIN_RMS_DB` dBFS."""
+    return 20 * np.log10(max(float(np.sqrt(np.mean(np.square(raw, dtype=np.float64)))), 1e-9)) >= MIN_RMS_DB
+
+
 def plan_events(wav: np.ndarray, seconds: float) -> tp.Tuple[np.ndarray, tp.List[dict]]:
     """(every detected onset time [n] s, rendered events) of a levelled clip.
 
@@ -244,7 +249,7 @@ def class_clips(audio: tp.Dict[str, np.ndarray], class_id: int, sound: Soundtrac
 
     def ok(track: str, start: int) -> bool:
         raw = audio[track][start: start + n]
-        if 20 * np.log10(max(float(np.sqrt(np.mean(np.square(raw, dtype=np.float64)))), 1e-9)) < MIN_RMS_DB:
+        if not loud(raw):
             return False
         wav, gain_db = level(raw)
         labels = make_labels(wav, seed, class_id, sound, track, start / SAMPLE_RATE, seconds, gain_db, size)
@@ -324,6 +329,31 @@ def generate_dataset(out: tp.Union[str, Path], split: str, per_class: int, seed:
     return manifest
 
 
+def write_audio_windows(out: tp.Union[str, Path], split: str, split_seed: int = 0, seconds: float = 10.0,
+                        music_dir: tp.Union[str, Path] = MUSIC_DIR,
+                        classes: tp.Sequence[str] = tuple(s.name for s in SOUNDTRACKS)) -> int:
+    """Every loud enough ``seconds`` window of ``split``'s tracks, levelled as the clips are, as ``<class>/<track>_<start>.wav``
+    (no pictures or labels): the codec's training audio, a superset of the split's clips. Returns the count."""
+    from vmas.data import media
+
+    out = Path(out)
+    n, count = round(seconds * SAMPLE_RATE), 0
+    tracks = {c: [p for p in files if usable(p, seconds)] for c, files in find_tracks(music_dir, classes).items()}
+    assignment = split_tracks(tracks, split_seed)
+    for cname in classes:
+        (out / cname).mkdir(parents=True, exist_ok=True)
+        for p in tracks[cname]:
+            if p.name not in assignment[split][cname]:
+                continue
+            audio = media.read_audio(p, sr=SAMPLE_RATE).numpy()
+            for start in range(0, audio.size - n + 1, n):
+                raw = audio[start: start + n]
+                if loud(raw):
+                    media.write_wav(out / cname / f"{p.stem}_{start // SAMPLE_RATE:05d}.wav", level(raw)[0], SAMPLE_RATE)
+                    count += 1
+    return count
+
+
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m datasets.realmusic_mv", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -341,7 +371,14 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     p.add_argument("--window", type=float, default=None, help="cut clips into windows of this many seconds in "
                    "vmas_manifest.jsonl (5 for the 5 s presets)")
     p.add_argument("--workers", type=int, default=1, help="render processes")
+    p.add_argument("--audio-only", action="store_true", help="write every loud window of the split's tracks as a "
+                   "levelled wav, no pictures (the codec's training audio)")
     args = p.parse_args(argv)
+    if args.audio_only:
+        count = write_audio_windows(args.out, args.split, args.split_seed, args.seconds, args.music_dir,
+                                    [c for c in args.classes.split(",") if c])
+        print(f"wrote {count} windows to {args.out}")
+        return 0
     if args.per_class < 1 or args.seconds <= 1.0 or args.size < 16 or args.size % 2:
         p.error("need --per-class >= 1, --seconds > 1 and an even --size >= 16")
     t0 = time.time()
