@@ -16,6 +16,7 @@ import tempfile
 import typing as tp
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -49,6 +50,8 @@ class GenerationRequest:
     """CFG branch with user tags, ``all``, ``tags`` or ``both`` (``VMAS.generate``); None = the model's config."""
     tag_cfg: tp.Optional[float] = None
     """Guidance scale of the tags branch (``generation.tag_cfg``; 0 = ``cfg``)."""
+    decode: tp.Optional[str] = None
+    """Decoder implementation (``generation.decode``: cached, static, static-compiled, static-graph; same tokens)."""
     beat_from_video: tp.Optional[bool] = None
     """Fit the beat grid to the picture's motion peaks (``generation.beat_from_video``)."""
     seed: int = 0
@@ -430,41 +433,84 @@ one long call (the decoder's convolutions reach a few frames; its LSTM's memory 
 
 
 def decode_music(codec, codes: torch.Tensor, device, chunk_seconds: float = DECODE_CHUNK_SECONDS,
-                 context_seconds: float = DECODE_CONTEXT_SECONDS) -> torch.Tensor:
+                 context_seconds: float = DECODE_CONTEXT_SECONDS, out: tp.Any = None,
+                 length: tp.Optional[int] = None) -> tp.Any:
     """Codes ``long [K, T]`` -> mono audio ``float [N]`` on the CPU, in chunks of ``chunk_seconds`` with
     ``context_seconds`` of codes either side (memory bounded by the chunk, time linear in ``T``). Music of at most
-    one chunk (plus its context) is decoded in a single call, exactly as before."""
+    one chunk (plus its context) is decoded in a single call, exactly as before.
+
+    With ``out`` (a :class:`vmas.mixing.Track`) each chunk is written there as it is decoded, cut at ``length``
+    samples (the track is zero past the music), and the track is returned: the music is never whole in memory."""
     fr = codec.frame_rate
     K, T = codes.shape
     chunk, context = max(1, round(chunk_seconds * fr)), max(0, round(context_seconds * fr))
+    parts = []
+    at = 0
+
+    def keep(wav: torch.Tensor) -> None:
+        nonlocal at
+        if out is None:
+            parts.append(wav)
+            return
+        wav = wav[: max(0, length - at)] if length is not None else wav
+        out.write(at, wav.numpy())
+        at += wav.numel()
+
     with torch.no_grad():
         if T <= chunk + context:
-            return codec.decode(codes[None].to(device))[0, 0].float().cpu()  # [N]
-        parts = []
-        for s in range(0, T, chunk):
-            a, e, b = max(0, s - context), min(T, s + chunk), min(T, s + chunk + context)
-            wav = codec.decode(codes[None, :, a:b].to(device))[0, 0].float().cpu()  # [(b - a) * hop]
-            hop = wav.numel() / (b - a)  # samples per code frame
-            parts.append(wav[round((s - a) * hop): round((e - a) * hop)])
-        return torch.cat(parts)
+            keep(codec.decode(codes[None].to(device))[0, 0].float().cpu())  # [N]
+        else:
+            for s in range(0, T, chunk):
+                a, e, b = max(0, s - context), min(T, s + chunk), min(T, s + chunk + context)
+                wav = codec.decode(codes[None, :, a:b].to(device))[0, 0].float().cpu()  # [(b - a) * hop]
+                hop = wav.numel() / (b - a)  # samples per code frame
+                keep(wav[round((s - a) * hop): round((e - a) * hop)])
+    if out is not None:
+        if length is not None:
+            out.n = length
+        return out
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _music_track(job: _Job, pipe: "VMASPipeline", folder: Path):
+    """The music of ``job`` as a float32 :class:`vmas.mixing.Track` file in ``folder``: decoded chunk by chunk,
+    ``round(seconds * sr)`` samples (cut, or zero past the decoded music), scaled under 0.99 when it would clip
+    (keeps the relative dynamics): the samples the whole-tensor path wrote, without the whole tensor."""
+    from vmas.mixing import Track, _spans
+
+    sr = pipe.codec.sample_rate
+    n = round(job.seconds * sr)
+    track = Track.on_disk(1, 0, folder)
+    if job.audio is not None:  # decoded and joined by vmas.structure (--cuts / --hits)
+        track.write(0, torch.as_tensor(job.audio, dtype=torch.float32)[:n].numpy())
+        track.n = n
+    else:
+        decode_music(pipe.codec, job.codes, pipe.device, out=track, length=n)
+    peak = torch.zeros((), dtype=torch.float32)
+    for s, e in _spans(n):
+        peak = torch.maximum(peak, torch.from_numpy(np.abs(track.read(s, e)[0])).max())
+    if peak > 0.99:  # avoid clipping in the written file; keeps relative dynamics
+        scale = 0.99 / peak
+        for s, e in _spans(n):
+            track.write(s, (torch.from_numpy(np.ascontiguousarray(track.read(s, e)[0])) * scale).numpy())
+    return track
 
 
 def _write_outputs(job: _Job, pipe: "VMASPipeline", out_dir: Path, windows: int,
                    mixing: tp.Optional[MixOptions] = None) -> GenerationResult:
+    """``NAME.wav`` (the music alone) and ``NAME.mp4`` (the finished video) in ``out_dir``. Every whole-length
+    signal lives in float32 files of a work folder inside ``out_dir`` (the output's own disk, not a /tmp that may
+    be held in memory), removed when done: memory does not grow with the video's length (issue 35)."""
     sr = pipe.codec.sample_rate
-    if job.audio is not None:  # decoded and joined by vmas.structure (--cuts / --hits)
-        wav = torch.as_tensor(job.audio, dtype=torch.float32)
-    else:
-        wav = decode_music(pipe.codec, job.codes, pipe.device)  # [N]
-    n = round(job.seconds * sr)
-    wav = torch.nn.functional.pad(wav, (0, max(0, n - wav.numel())))[:n]
-    peak = wav.abs().max()
-    if peak > 0.99:  # avoid clipping in the written file; keeps relative dynamics
-        wav = wav * (0.99 / peak)
     stem = job.video.stem
     wav_path, mp4_path = out_dir / f"{stem}.wav", out_dir / f"{stem}.mp4"
-    media.write_wav(wav_path, wav, sr)  # the music alone, as the model made it (what evaluation reads)
-    mix = _mux_finished(job, wav.numpy(), sr, mp4_path, mixing or MixOptions())
+    work = Path(tempfile.mkdtemp(prefix=".audio-", dir=out_dir))
+    try:
+        music = _music_track(job, pipe, work)
+        media.write_wav(wav_path, music, sr)  # the music alone, as the model made it (what evaluation reads)
+        mix = _mux_finished(job, music, sr, mp4_path, mixing or MixOptions(), work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return GenerationResult(video=job.video, wav=wav_path, mp4=mp4_path, duration=job.seconds, tags=job.tags,
                             windows=windows, mix=mix)
 
@@ -473,13 +519,17 @@ MIX_RATE = 48000
 """Rate of the finished track when the video's own audio is kept (video audio's usual rate; the music is resampled)."""
 
 
-def _mux_finished(job: _Job, music, sr: int, mp4_path: Path, opts: MixOptions) -> tp.Dict[str, tp.Any]:
+def _mux_finished(job: _Job, music, sr: int, mp4_path: Path, opts: MixOptions,
+                  work: tp.Optional[Path] = None) -> tp.Dict[str, tp.Any]:
     """Mux the finished track (:func:`vmas.mixing.finish_audio`: the music over or instead of the video's own audio
     stream) into ``mp4_path``, keeping the decoded AAC's true peak under the ceiling; returns the measurements.
 
-    The picture is copied when MP4 takes its codec, else re-encoded to H.264 once (:func:`media.mp4_video_source`;
-    ``video`` in the result says which). Audio that does not decode at all loses nothing: the music alone is used
-    (``audio_note`` says why) rather than the file being skipped after its music was generated.
+    The track keeps the original's channel layout when the MP4's AAC takes it (mono, stereo, 5.1:
+    :data:`media.AAC_LAYOUTS`); any other layout is downmixed to stereo, and ``audio_note`` says so. The picture is
+    copied when MP4 takes its codec, else re-encoded to H.264 once (:func:`media.mp4_video_source`; ``video`` in
+    the result says which). Audio that does not decode at all loses nothing: the music alone is used
+    (``audio_note`` says why) rather than the file being skipped after its music was generated. ``work``: folder
+    for the disk-backed tracks (None: in memory).
     """
     import logging
 
@@ -489,30 +539,38 @@ def _mux_finished(job: _Job, music, sr: int, mp4_path: Path, opts: MixOptions) -
     mode = opts.resolve_mode(job.info.has_audio)
     if mode == "keep" and not job.info.has_audio:
         raise MediaError(f"{job.video}: --mix keep needs an audio stream and this video has none; use --mix replace")
-    original, note = None, ""
+    original, layout, note = None, None, ""
     if mode == "keep":
         try:
-            original = media.read_audio(job.video, sr=MIX_RATE, duration=job.info.duration).numpy()
+            own = media.read_audio_track(job.video, MIX_RATE, duration=job.info.duration, folder=work,
+                                         layouts=media.AAC_LAYOUTS)
+            original, layout, note = own.track, own.layout, own.note
+            if note:
+                log.warning("%s: %s", job.video, note)
         except MediaError as err:
             note = f"its audio does not decode ({str(err).split(': ', 1)[-1]}); the music replaces it"
             log.warning("%s: %s", job.video, note)
             mode = "replace"
-    res = mixing.finish_audio(music, sr, original, MIX_RATE, dataclasses.replace(opts, mix=mode), headroom=0.5)
+    res = mixing.finish_audio(music, sr, original, MIX_RATE, dataclasses.replace(opts, mix=mode), headroom=0.5,
+                              layout=layout, folder=work)
+    if original is not None:
+        original.close()
     source, how = media.mp4_video_source(job.video, mp4_path.parent)
     try:
         if source != job.video:
             log.warning("%s: %s", job.video, how)
 
         def encode(audio):
-            media.mux_audio(source, audio, mp4_path, sr=res.sample_rate,  # --duration trims the video too
+            media.mux_audio(source, audio, mp4_path, sr=res.sample_rate, layout=res.layout,  # --duration: video too
                             duration=job.seconds if job.seconds < job.info.duration else None)
-            return media.read_audio(mp4_path, sr=res.sample_rate).numpy()
+            return media.read_audio_track(mp4_path, res.sample_rate, folder=work).track
 
-        _, decoded = mixing.encode_within_ceiling(res.audio, res.sample_rate, opts.true_peak, encode)
+        _, decoded = mixing.encode_within_ceiling(res.audio, res.sample_rate, opts.true_peak, encode, folder=work)
     finally:
         if source != job.video:
             source.unlink(missing_ok=True)
-    out = dict(res.summary(), loudness=round(mixing.integrated_loudness(decoded, res.sample_rate), 2),
+    weights = mixing.loudness_weights(res.layout) if len(res.layout) > 1 else None
+    out = dict(res.summary(), loudness=round(mixing.integrated_loudness(decoded, res.sample_rate, weights), 2),
                true_peak=round(mixing.true_peak(decoded, res.sample_rate), 2), video=how)
     if note:
         out["audio_note"] = note

@@ -33,12 +33,19 @@ class SamplingParams:
     tag_cfg: float = 0.0
     """Guidance scale of the tags-only branch (``guide`` tags / both): how hard the user's tags are pushed against
     the picture. 0 = the same as ``cfg``."""
+    decode: str = "cached"
+    """Decoder implementation (:data:`DECODERS`; the same tokens for the same seed, only the speed differs):
+    ``cached`` (KV cache, eager), ``static`` / ``static-compiled`` (fixed-shape step with sampling inside, eager /
+    ``torch.compile``; the first call per setting compiles), ``static-graph`` (that step replayed as a CUDA graph;
+    CUDA only), ``recompute`` (no cache; a benchmark baseline)."""
 
     def check(self) -> "SamplingParams":
         """Raise ValueError on a value no sampler accepts (kept out of ``__init__`` so configs report their own
         errors); returns self."""
         if self.guide not in GUIDES:
             raise ValueError(f"guide must be 'all', 'tags' or 'both', not {self.guide!r}")
+        if self.decode not in DECODERS:
+            raise ValueError(f"decode must be one of {', '.join(DECODERS)}, not {self.decode!r}")
         return self
 
     @staticmethod

@@ -117,6 +117,10 @@ class PretrainedEmbedder:
 def _load_timm(name: str, weights: str) -> tp.Tuple[torch.nn.Module, int, tp.Sequence[float], tp.Sequence[float]]:
     import timm
 
+    from vmas.loading import offline_if_unreachable
+
+    if not weights:  # timm asks the hub, which retries an unreachable hub for tens of seconds: find out once
+        offline_if_unreachable()
     # pretrained_cfg_overlay(file=...) makes timm read a local file through its own key filtering.
     kwargs = dict(pretrained_cfg_overlay=dict(file=weights)) if weights else {}
     model = timm.create_model(name, pretrained=True, num_classes=0, **kwargs)  # num_classes=0: pooled features

@@ -216,7 +216,7 @@ class VMAS(nn.Module):
                                 num_frames=num_frames, cfg=guidance.cfg, top_k=sampling.top_k, top_p=sampling.top_p,
                                 temperature=sampling.temperature, prompt=prompt, generator=generator,
                                 progress=progress, step_cond=step, uncond_step_cond=None if u is None else u.step_cond,
-                                extra=guidance.extra)
+                                extra=guidance.extra, decode=sampling.decode)
 
 
 # ------------------------------------------------------------------------------------------------------- guidance

@@ -160,7 +160,7 @@ class TransformerLayer(nn.Module):
         one graph for every step and a CUDA graph can replay it. Same math as :meth:`step` (tested to 1e-5).
         """
         qkv = self._step_qkv(x)  # [N, 3, H, 1, Dh]
-        cache.index_copy_(3, t, qkv[:, 1:].transpose(0, 1))  # k, v -> cache[:, :, :, t]
+        cache.index_copy_(3, t, qkv[:, 1:].transpose(0, 1).to(cache.dtype))  # k, v -> cache[:, :, :, t] (autocast)
         a = F.scaled_dot_product_attention(qkv[:, 0], cache[0], cache[1], attn_mask=window_mask)  # [N, H, 1, Dh]
         return self._step_rest(x, a, cross_kv, cross_mask)
 

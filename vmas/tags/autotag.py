@@ -37,8 +37,7 @@ class HFCausalLM:
 
         from vmas.loading import hf_pretrained
 
-        fix = (f"download it with `huggingface-cli download {name_or_path} --local-dir DIR` and set "
-               "model.tags.llm to DIR")
+        fix = _fix("llm", name_or_path)
         self.tokenizer = hf_pretrained(AutoTokenizer, name_or_path, "llm", fix)
         self.model = hf_pretrained(AutoModelForCausalLM, name_or_path, "llm", fix).to(device).eval()
         self.max_new_tokens = max_new_tokens
@@ -97,17 +96,28 @@ def caption_to_tags(caption: str, llm: tp.Callable[[str], str], max_tags: int = 
     return clean_tags(llm(CAPTION_PROMPT.format(description=caption)).split("\n\n")[0], max_tags=max_tags)
 
 
+def _fix(kind: str, name: str) -> str:
+    """The end of every 'not available' line: where to get the model and which setting names it."""
+    hub = name if "/" in name and not name.startswith(("/", ".", "~")) else "ORG/NAME"
+    return (f"download it with `huggingface-cli download {hub} --local-dir DIR` and set model.tags.{kind} to DIR "
+            "(or to a hub name in the local cache)")
+
+
 def _load(kind: str, name: str, factory: tp.Callable):
-    """Build a captioner/LLM; the transformers ``pipeline`` behind the captioner raises OSError/ValueError when the
-    model is not cached, turned here into the same one-line error :func:`vmas.loading.hf_pretrained` gives."""
+    """Build a captioner/LLM. :func:`vmas.loading.resolve_pretrained` answers first, so a missing folder or an
+    uncached name on a machine without the hub fails at once (the transformers ``pipeline`` behind the captioner
+    would retry the hub for tens of seconds); a model that still does not load raises OSError/ValueError, turned
+    into the same one-line error :func:`vmas.loading.hf_pretrained` gives, with the reason whole."""
+    from vmas.loading import error_reason, resolve_pretrained
+
     if not name:
         raise CheckpointError(f"--auto-tags needs a {kind}: set model.tags.{kind} to a transformers name or path")
+    resolve_pretrained(name, kind, _fix(kind, name))
     try:
         return factory()
     except (OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{kind} '{name}' is not available offline ({str(err).splitlines()[0][:100]}): download it with "
-            f"`huggingface-cli download {name} --local-dir DIR` and set model.tags.{kind} to DIR") from None
+        raise CheckpointError(f"{kind} '{name}' is not available offline ({error_reason(err)}): "
+                              f"{_fix(kind, name)}") from None
 
 
 def build_auto_tagger(captioner: str, llm: str, device: tp.Union[str, torch.device] = "cpu",

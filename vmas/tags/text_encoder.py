@@ -133,8 +133,10 @@ def build_text_encoder(spec: str, device: tp.Union[str, torch.device] = "cpu") -
         else:
             raise CheckpointError(f"unknown text encoder '{spec}': use 'clap:<name or path>' or 'minilm[:<path>]'")
     except (OSError, ValueError) as err:
+        from vmas.loading import error_reason
+
         raise CheckpointError(
-            f"text encoder '{spec}' is not available offline ({str(err).splitlines()[0][:120]}): download "
+            f"text encoder '{spec}' is not available offline ({error_reason(err)}): download "
             f"'{target}' with `huggingface-cli download {target} --local-dir DIR` and set model.tags.text_encoder "
             f"to '{kind}:DIR'") from None
     return enc.to(device)
