@@ -52,8 +52,6 @@ class GenerationRequest:
     """Guidance scale of the tags branch (``generation.tag_cfg``; 0 = ``cfg``)."""
     decode: tp.Optional[str] = None
     """Decoder implementation (``generation.decode``: cached, static, static-compiled, static-graph; same tokens)."""
-    decode: tp.Optional[str] = None
-    """Decoder implementation (``generation.decode``: cached, static, static-compiled, static-graph; same tokens)."""
     beat_from_video: tp.Optional[bool] = None
     """Fit the beat grid to the picture's motion peaks (``generation.beat_from_video``)."""
     seed: int = 0
