@@ -7,8 +7,9 @@ What is compared, and with what (docs/metrics.md has the measured differences):
 * the Fréchet distance vs the ``frechet_audio_distance`` package's statistics and distance on the same embeddings;
 * KL vs AudioCraft's definition (audiocraft/metrics/kld.py), written down below because audiocraft cannot be
   installed beside torch 2.14;
-* AV-Align: the public script's algorithm (guyyariv/TempoTokens av_align.py), its steps written out below on files,
-  against :class:`vmas.metrics.mv_align.MVAlign` with ``reference=True``, and our one-to-one score beside it.
+* AV-Align: the public script's first revision (guyyariv/TempoTokens av_align.py, 2023-10), its steps written out
+  below on files, against :class:`vmas.metrics.mv_align.MVAlign` with ``reference="2023-10"``, and our one-to-one
+  score beside it (the current revision, with the script's own numbers on real footage: test_av_align_parity.py).
 
 The reference packages are the ``parity`` extra (``make install`` puts them in with ``--no-deps``); a test whose
 package or music is missing skips and says how to get it. Reference code is only called, never copied.
@@ -25,7 +26,7 @@ import torch
 from vmas.metrics import FrechetAudioDistance, KLDivergence, MVAlign, frechet_distance
 from vmas.metrics.embeddings import VGGish, VGGishEmbedder, load_audio, resample, vggish_examples, vggish_input
 from vmas.metrics.kl import AudioClassifier
-from vmas.metrics.mv_align import av_align_iou, av_align_reference_iou
+from vmas.metrics.mv_align import av_align_2023_iou, av_align_iou
 
 PARITY = "the parity extra: make install (pip install --no-deps -c requirements/lock.txt '.[parity]')"
 
@@ -214,7 +215,7 @@ def test_kl_matches_audiocraft_definition():
 
 # ------------------------------------------------------------------------------------------------------ AV-Align
 def reference_av_align(video_path, audio_path):
-    """The public AV-Align script's steps (guyyariv/TempoTokens av_align.py, read 2026-12-03), written out:
+    """The public AV-Align script's steps (guyyariv/TempoTokens av_align.py, revision 2023-10), written out:
     all frames with OpenCV at the file's fps; Farneback (0.5, 3, 15, 3, 5, 1.2, 0) on BGR->gray pairs, the first
     pair twice; strict local maxima at i / fps; ``librosa.load`` + ``onset_strength`` + ``onset_detect`` on that
     envelope + ``frames_to_time``; an audio peak counts once if some video peak lies strictly within one frame."""
@@ -282,7 +283,7 @@ def _ours_both(video, audio):
     frames, fps = read_video_frames(str(video))
     wav, sr = load_audio(audio)
     motion = motion_curve(frames)
-    one, ref = MVAlign(), MVAlign(reference=True)
+    one, ref = MVAlign(), MVAlign(reference="2023-10")
     return (one.update_media(wav, sr, frames, fps, motion=motion),
             ref.update_media(wav, sr, frames, fps, motion=motion), fps)
 
@@ -305,7 +306,7 @@ def test_av_align_reference_algorithm_and_one_to_one_side_by_side(tmp_path):
     assert ours_ref == pytest.approx(ref, abs=1e-12)
     assert ref == pytest.approx(2 / (3 + len(v_peaks) - 2))
     assert one == pytest.approx(1 / (3 + len(v_peaks) - 1))
-    assert av_align_reference_iou(a_peaks, v_peaks, fps) == ref and av_align_iou(a_peaks, v_peaks, fps) == one
+    assert av_align_2023_iou(a_peaks, v_peaks, fps) == ref and av_align_iou(a_peaks, v_peaks, fps) == one
 
 
 def test_av_align_reference_on_real_music(real_music, tmp_path):

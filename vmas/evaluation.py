@@ -403,18 +403,23 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
 
     # ---- MV-Align (one-to-one) and the AV-Align reference's score on the same motion
     if "mv_align" in metrics:
+        from vmas.metrics.av_align import AVAlign, motion_from_frames
         from vmas.metrics.mv_align import MVAlign, motion_curve, read_video_frames
 
-        mv, mv_ref, av_ref = MVAlign(mv_flow), MVAlign(mv_flow), MVAlign(mv_flow, reference=True)
+        mv, mv_ref = MVAlign(mv_flow), MVAlign(mv_flow)
+        # the AV-Align script's two revisions: always Farneback, the music read by librosa.load (docs/metrics.md)
+        av_ref, av_2023 = AVAlign("2025-02"), AVAlign("2023-10")
         todo = [c for c in clips if c["gen_path"] is not None and c.get("video")]
         errors = 0
         for c in tqdm(todo, desc="MV-Align", disable=not progress):
             try:
                 frames, fps = read_video_frames(c["video"], float(c.get("start") or 0.0), c.get("duration"))
                 motion = motion_curve(frames, mv_flow)
+                script_motion = motion if mv_flow == "farneback" else motion_from_frames(frames)
                 gen = audio(c["gen_path"], 22050)
                 mv.update_media(gen, 22050, frames, fps, c["id"], motion=motion)
-                av_ref.update_media(gen, 22050, frames, fps, c["id"], motion=motion)
+                for av in (av_ref, av_2023):
+                    av.update_motion(script_motion, fps, c["gen_path"], clip_id=c["id"])
                 if c["ref_path"] is not None:
                     mv_ref.update_media(audio(c["ref_path"], 22050, c["ref_span"]), 22050, frames, fps, c["id"],
                                         motion=motion)
@@ -428,10 +433,14 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         if mv.scores:
             report["mv_align"] = mv.compute()
             report["av_align_reference"] = av_ref.compute()
+            report["av_align_2023"] = av_2023.compute()
             meta["backbones"]["mv_align"] = mv.meta()
             meta["backbones"]["av_align_reference"] = av_ref.meta()
-            meta["clips"]["mv_align"] = meta["clips"]["av_align_reference"] = len(mv.scores)
-            coverage["mv_align"] = coverage["av_align_reference"] = _cover(len(mv.scores), expected_gen)
+            meta["backbones"]["av_align_2023"] = av_2023.meta()
+            for key, m in (("mv_align", mv), ("av_align_reference", av_ref), ("av_align_2023", av_2023)):
+                meta["clips"][key] = len(m.scores)
+                coverage[key] = _cover(len(m.scores), expected_gen)
+                meta.setdefault("per_clip", {})[key] = dict(m.scores)  # the report's distribution plots
             if mv_ref.scores:
                 meta["mv_align_reference"] = mv_ref.compute()  # ground-truth music on the same videos
         else:
@@ -533,9 +542,10 @@ def load_retrieval_embeddings(path: tp.Optional[str]):
 
 
 # ------------------------------------------------------------------------------------------------------ output
-REPORTED = ("fad", "kl", "fd", "imagebind", "mv_align", "av_align_reference", "retrieval", "clap")
+REPORTED = ("fad", "kl", "fd", "imagebind", "mv_align", "av_align_reference", "av_align_2023", "retrieval", "clap")
 NAMES = {"fad": "FAD", "kl": "KL", "fd": "FD", "imagebind": "ImageBind score", "mv_align": "MV-Align (one-to-one)",
-         "av_align_reference": "AV-Align (reference script)", "retrieval": "retrieval", "clap": "CLAP score"}
+         "av_align_reference": "AV-Align (script 2025-02)", "av_align_2023": "AV-Align (script 2023-10)",
+         "retrieval": "retrieval", "clap": "CLAP score"}
 
 
 def coverage_text(report: tp.Dict[str, tp.Any], metric: str) -> str:

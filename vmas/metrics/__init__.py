@@ -2,6 +2,7 @@
 
 See docs/metrics.md for each definition, backbone and how to reproduce the paper's setting.
 """
+from vmas.metrics.av_align import AVAlign, AVAlignRevision, av_align_files
 from vmas.metrics.clap_score import ClapScore
 from vmas.metrics.embeddings import (
                                      AudioEmbedder,
@@ -31,6 +32,7 @@ from vmas.metrics.kl import (
 from vmas.metrics.mv_align import (
                                      MVAlign,
                                      audio_peaks,
+                                     av_align_2023_iou,
                                      av_align_iou,
                                      av_align_reference_iou,
                                      match_peaks,
@@ -44,6 +46,7 @@ __all__ = [
     "VGGish", "VGGishEmbedder", "build_embedder", "load_audio", "load_vggish", "vggish_input",
     "FrechetAudioDistance", "frechet_distance", "AudioClassifier", "ASTClassifier", "KLDivergence",
     "MelBandClassifier", "PasstClassifier", "build_classifier", "chunk_distributions", "kl_divergence",
-    "label_distribution", "MVAlign", "audio_peaks", "av_align_iou", "av_align_reference_iou", "match_peaks",
+    "label_distribution", "AVAlign", "AVAlignRevision", "av_align_files", "MVAlign", "audio_peaks",
+    "av_align_2023_iou", "av_align_iou", "av_align_reference_iou", "match_peaks",
     "motion_curve", "video_peaks", "VideoMusicRetrieval", "recall_at_k", "retrieval_ranks",
 ]

@@ -10,27 +10,18 @@ Definition, per clip:
 4. a pair (a, v) matches when |a - v| < 1 / fps (strictly inside ±1 video frame, as the reference);
 5. score = |M| / (|A| + |V| - |M|) (IoU), where M is a **one-to-one** maximum matching.
 
-The public reference counts, for every audio peak, whether *some* video peak is near, so two onsets next to one
-motion peak both count and the IoU can exceed what a matching allows; here every peak is used at most once. Points
-on a line with a symmetric tolerance form an interval graph, where the greedy two-pointer sweep over sorted times is
-a maximum matching. A clip with no peaks at all scores 0 (not NaN).
+The AV-Align script (guyyariv/TempoTokens ``av_align.py``) is in :mod:`vmas.metrics.av_align`, one definition per
+revision: the current one (2025-02: video peaks only at magnitude >= 0.1, each video peak used by at most one audio
+peak, greedily in audio order; report key ``av_align_reference``) and the first (2023-10: every local maximum,
+many-to-one; ``av_align_2023``). MV-Align differs from the current script only in that every local maximum is a
+peak (no 0.1 threshold), in its resampler (scipy's polyphase filter, with which the README's SynthMV numbers were
+measured, against the script's ``librosa.load``) and in matching by a sweep over sorted times; on sorted peaks with
+one tolerance for all, the script's greedy loop and the sweep find matchings of the same (maximum) size. Points on
+a line with a symmetric tolerance form an interval graph, where the greedy sweep is a maximum matching. A clip with
+no peaks at all scores 0 (not NaN).
 
-The reference's own algorithm is here too, as :func:`av_align_reference_iou` / :class:`AVAlignReference`, so a
-number can be put beside papers that ran the public script (``av_align.py`` of guyyariv/TempoTokens, read
-2026-12-03). Its steps, in our words:
-
-a. frames: every frame of the video file, OpenCV, at the file's own fps; grayscale from BGR;
-b. motion: Farneback magnitude per consecutive pair (same parameters as above), the first pair counted twice;
-c. video peaks: strict local maxima at ``j / fps`` (the public file loops to an undefined ``n``; ``len`` is meant);
-d. audio peaks: ``librosa.load(path)`` (mono, 22.05 kHz through soxr_hq), ``onset_strength`` then
-   ``onset_detect`` on that envelope, frames to seconds (hop 512);
-e. intersection: for each audio peak, 1 if **any** video peak lies strictly within ``(v - 1/fps, v + 1/fps)``
-   (then stop looking), so one video peak can serve many audio peaks;
-f. score = intersection / (|A| + |V| - intersection), averaged over files (both sets empty: the script divides
-   by zero; here 0, as ours).
-
-Only (d)'s resampler and (e) differ from MV-Align (one-to-one) above; (e) lets the score exceed what a matching
-allows (two onsets at one motion peak give 2 / (2 + 1 - 2) = 2).
+:func:`av_align_reference_iou` / :class:`MVAlign` with ``reference=True`` score peaks the current script's way
+(``reference="2023-10"``: the first revision's), so callers that hold peaks or frames need not know the module.
 """
 from __future__ import annotations
 
@@ -39,8 +30,8 @@ import typing as tp
 import numpy as np
 
 from vmas.alignment import FARNEBACK_PARAMS, onset_times  # noqa: F401 - FARNEBACK_PARAMS re-exported
-from vmas.alignment import farneback_motion as _pair_motion
 from vmas.errors import DataError, VmasError
+from vmas.metrics import av_align as script
 
 
 def audio_peaks(wav: np.ndarray, sr: int, target_sr: int = 22050, hop_length: int = 512,
@@ -55,14 +46,15 @@ def audio_peaks(wav: np.ndarray, sr: int, target_sr: int = 22050, hop_length: in
 
 
 def farneback_motion(frames: np.ndarray) -> np.ndarray:
-    """uint8 RGB frames [T, H, W, 3] -> mean Farneback flow magnitude per frame [T] (f[0] = f[1], as the reference).
+    """uint8 RGB frames [T, H, W, 3] -> mean Farneback flow magnitude per frame float64 [T] (f[0] = f[1], as the
+    reference).
 
-    The flow itself is :func:`vmas.alignment.farneback_motion`, the same curve the training motion uses."""
+    The AV-Align script's curve exactly (:func:`vmas.metrics.av_align.motion_from_frames`: ``cv2.mean``, a double);
+    :func:`vmas.alignment.farneback_pair_motion` (training, [T-1]) is the same flow averaged in float32, within 1e-6."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 2:
         raise DataError(f"MV-Align: frames must be uint8 [T>=2, H, W, 3], got {frames.shape}")
-    mags = _pair_motion(frames).double().numpy()  # [T-1]
-    return np.concatenate([mags[:1], mags])  # [T]
+    return script.motion_from_frames(frames)  # [T]
 
 
 def motion_curve(frames: np.ndarray, flow: str = "farneback", **raft_kwargs) -> np.ndarray:
@@ -81,13 +73,10 @@ def motion_curve(frames: np.ndarray, flow: str = "farneback", **raft_kwargs) -> 
     raise VmasError(f"MV-Align: unknown flow method '{flow}'; use farneback, raft_small or raft_large")
 
 
-def video_peaks(motion: np.ndarray, fps: float) -> np.ndarray:
-    """Times (s) of strict local maxima of the motion curve (end frames never count)."""
-    m = np.asarray(motion, dtype=np.float64)
-    if m.size < 3:
-        return np.zeros(0)
-    idx = np.nonzero((m[1:-1] > m[:-2]) & (m[1:-1] > m[2:]))[0] + 1
-    return idx / float(fps)
+def video_peaks(motion: np.ndarray, fps: float, min_peak: float = 0.0) -> np.ndarray:
+    """Times (s) of strict local maxima of the motion curve (end frames never count) of magnitude >= ``min_peak``
+    (0.1 in the current AV-Align script; MV-Align keeps every maximum)."""
+    return script.video_peak_times(motion, fps, min_peak)
 
 
 def match_peaks(a: np.ndarray, v: np.ndarray, tol: float) -> int:
@@ -114,21 +103,21 @@ def av_align_iou(a: np.ndarray, v: np.ndarray, fps: float) -> float:
     return m / (union_total - m)
 
 
-def reference_intersection(a: np.ndarray, v: np.ndarray, fps: float) -> int:
-    """The AV-Align reference's intersection: audio peaks with *some* video peak strictly within one frame
-    (many audio peaks may share one video peak)."""
-    tol = 1.0 / float(fps)
-    v = np.asarray(v, dtype=np.float64)
-    return int(sum(bool(np.any((v - tol < t) & (t < v + tol))) for t in np.asarray(a, dtype=np.float64)))
+def reference_intersection(a: np.ndarray, v: np.ndarray, fps: float, revision: str = "2025-02") -> int:
+    """The AV-Align script's intersection: for each audio peak in order, a video peak strictly within one frame;
+    in the current revision each video peak is used once (greedy), in ``"2023-10"`` it may serve many."""
+    return len(script.match(a, v, fps, script.get_revision(revision).one_to_one))
 
 
 def av_align_reference_iou(a: np.ndarray, v: np.ndarray, fps: float) -> float:
-    """The reference's score |I| / (|A| + |V| - |I|) with its many-to-one intersection; may exceed 1. Both sets
-    empty: 0 (the reference divides by zero)."""
-    a, v = np.asarray(a), np.asarray(v)
-    inter = reference_intersection(a, v, fps)
-    denom = len(a) + len(v) - inter
-    return inter / denom if denom else 0.0
+    """The current script's score |I| / (|A| + |V| - |I|), greedy one-to-one; ``v`` already thresholded
+    (:func:`video_peaks` with ``min_peak=0.1``). Both sets empty: 0 (the script divides by zero)."""
+    return script.score_peaks(a, v, fps, script.CURRENT).score
+
+
+def av_align_2023_iou(a: np.ndarray, v: np.ndarray, fps: float) -> float:
+    """The 2023 script's score with its many-to-one intersection; may exceed 1. Both sets empty: 0."""
+    return script.score_peaks(a, v, fps, script.ORIGINAL).score
 
 
 class MVAlign:
@@ -137,20 +126,23 @@ class MVAlign:
 
     Args:
         flow (str): see :func:`motion_curve`.
-        reference (bool): score the AV-Align reference's way instead (``av_align_reference_iou`` on audio peaks
-            read as ``librosa.load`` reads them), for comparison with papers that ran the public script.
+        reference (bool | str): score the AV-Align script's way instead, for comparison with papers that ran it:
+            ``True`` or ``"2025-02"`` the current revision (0.1 threshold, greedy one-to-one), ``"2023-10"`` the
+            first (many-to-one); audio peaks read as ``librosa.load`` reads them (soxr_hq). For files, prefer
+            :class:`vmas.metrics.av_align.AVAlign`, which also reads the audio file with librosa.
     """
 
-    def __init__(self, flow: str = "farneback", reference: bool = False):
+    def __init__(self, flow: str = "farneback", reference: tp.Union[bool, str] = False):
         self.flow = flow
         self.reference = reference
+        self.revision = script.get_revision("2025-02" if reference is True else reference) if reference else None
         self.reset()
 
     def reset(self) -> None:
         self.scores: tp.Dict[str, float] = {}
 
     def update(self, a: np.ndarray, v: np.ndarray, fps: float, clip_id: tp.Optional[str] = None) -> float:
-        score = av_align_reference_iou(a, v, fps) if self.reference else av_align_iou(a, v, fps)
+        score = script.score_peaks(a, v, fps, self.revision).score if self.revision else av_align_iou(a, v, fps)
         self.scores[clip_id if clip_id is not None else str(len(self.scores))] = score
         return score
 
@@ -158,9 +150,9 @@ class MVAlign:
                      clip_id: tp.Optional[str] = None, motion: tp.Optional[np.ndarray] = None) -> float:
         """``motion`` [T]: a precomputed :func:`motion_curve` of ``frames`` (the flow is the costly part; the two
         scores of one clip share it)."""
-        a = audio_peaks(wav, sr, resampler="soxr_hq" if self.reference else "poly")
+        a = audio_peaks(wav, sr, resampler="soxr_hq" if self.revision else "poly")
         m = motion_curve(frames, self.flow) if motion is None else motion
-        return self.update(a, video_peaks(m, fps), fps, clip_id)
+        return self.update(a, video_peaks(m, fps, self.revision.min_peak if self.revision else 0.0), fps, clip_id)
 
     def compute(self) -> float:
         if not self.scores:
@@ -168,10 +160,8 @@ class MVAlign:
         return float(np.mean(list(self.scores.values())))
 
     def meta(self) -> tp.Dict[str, tp.Any]:
-        if self.reference:
-            return {"clips": len(self.scores), "flow": self.flow, "tolerance": "±1 video frame (strict)",
-                    "matching": "many-to-one (AV-Align reference, guyyariv/TempoTokens av_align.py)",
-                    "onsets": "librosa onset_detect @22.05 kHz (soxr_hq, as librosa.load) hop 512"}
+        if self.revision:
+            return {"clips": len(self.scores), **self.revision.describe(), "flow": self.flow}
         return {"clips": len(self.scores), "flow": self.flow, "tolerance": "±1 video frame (strict)",
                 "matching": "one-to-one", "onsets": "librosa onset_detect @22.05 kHz hop 512"}
 
