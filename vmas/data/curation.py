@@ -185,7 +185,7 @@ def resolve_embedder_spec(spec: str, weights: str = "") -> str:
     return AUTO_EMBEDDER if isinstance(cached, str) else "pixels"
 
 
-def build_embedder(spec: str = "auto", weights: str = "", device: str = "cpu", threshold: float = 0.0) -> Embedder:
+def build_frame_embedder(spec: str = "auto", weights: str = "", device: str = "cpu", threshold: float = 0.0) -> Embedder:
     """Frame embedder from ``data.curation.embedder`` / ``embedder_weights`` (``auto``: see
     :func:`resolve_embedder_spec`). The choice is logged with the threshold the run applies: ``threshold`` is
     ``data.curation.variety_threshold`` (0 = the embedder's default, as :func:`variety_threshold` decides), so the
@@ -506,7 +506,7 @@ _WORKER: tp.Dict[str, tp.Any] = {}
 
 def _init_worker(cfg: "CurationConfig", device: str, kwargs: dict) -> None:
     torch.set_num_threads(1)  # parallelism comes from processes
-    embedder = build_embedder(cfg.embedder, cfg.embedder_weights, device, cfg.variety_threshold)
+    embedder = build_frame_embedder(cfg.embedder, cfg.embedder_weights, device, cfg.variety_threshold)
     _WORKER.update(kwargs, cfg=cfg, embedder=embedder,
                    vocal_remover=build_vocal_remover(cfg, device))
 
@@ -611,7 +611,7 @@ def curate(items: tp.Sequence[VideoItem], out_dir: tp.Union[str, Path], data_cfg
         pool = mp.get_context("spawn").Pool(workers, _init_worker, (cfg, device, kwargs))
         results: tp.Iterator[CurationResult] = pool.imap(_work, todo_items)
     elif todo_items:
-        emb = embedder if embedder is not None else build_embedder(cfg.embedder, cfg.embedder_weights, device,
+        emb = embedder if embedder is not None else build_frame_embedder(cfg.embedder, cfg.embedder_weights, device,
                                                                    cfg.variety_threshold)
         vr = vocal_remover if vocal_remover is not None else build_vocal_remover(cfg, device)
         results = (curate_video(it, cfg, embedder=emb, vocal_remover=vr, **kwargs) for it in todo_items)

