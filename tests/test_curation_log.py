@@ -40,8 +40,8 @@ def test_curation_log_names_the_default_when_not_set(caplog):
     from vmas.data import curation
 
     with caplog.at_level(logging.INFO):
-        curation.build_embedder("auto", "", "cpu")
-        curation.build_embedder("histogram", "", "cpu", threshold=0.5)
+        curation.build_frame_embedder("auto", "", "cpu")
+        curation.build_frame_embedder("histogram", "", "cpu", threshold=0.5)
     lines = _threshold_lines(caplog)
     assert "variety threshold 0.75" in lines[0] and "default" in lines[0], lines
     assert "histogram" in lines[1] and "variety threshold 0.5 " in lines[1], lines

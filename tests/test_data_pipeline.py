@@ -194,7 +194,7 @@ def test_pretrained_embedder_loads_local_timm_weights(tmp_path):
     ref = timm.create_model("test_resnet", pretrained=False, num_classes=0).eval()
     path = tmp_path / "test_resnet.safetensors"
     save_file(ref.state_dict(), str(path))
-    emb = curation.build_embedder("timm:test_resnet", str(path))
+    emb = curation.build_frame_embedder("timm:test_resnet", str(path))
     frames = np.random.default_rng(0).integers(0, 255, (3, 40, 40, 3), dtype=np.uint8)
     got = emb(frames)
     x = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255,
@@ -204,7 +204,7 @@ def test_pretrained_embedder_loads_local_timm_weights(tmp_path):
         want = ref(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     with pytest.raises(curation.ConfigError, match="embedder_weights"):
-        curation.build_embedder("timm:test_resnet", str(tmp_path / "missing.pth"))
+        curation.build_frame_embedder("timm:test_resnet", str(tmp_path / "missing.pth"))
 
 
 def test_pretrained_embedder_loads_local_torchvision_weights(tmp_path):
@@ -213,7 +213,7 @@ def test_pretrained_embedder_loads_local_torchvision_weights(tmp_path):
     torch.manual_seed(0)
     ref = torchvision.models.get_model("resnet18", weights=None).eval()
     torch.save(ref.state_dict(), tmp_path / "resnet18.pth")
-    emb = curation.build_embedder("torchvision:resnet18", str(tmp_path / "resnet18.pth"))
+    emb = curation.build_frame_embedder("torchvision:resnet18", str(tmp_path / "resnet18.pth"))
     frames = np.random.default_rng(1).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
     got = emb(frames)  # pooled 512-d features: the classifier is dropped
     x = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255, size=(224, 224),

@@ -139,11 +139,7 @@ def manifest(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(manifest, tmp_path_factory):
     """One process, in this process (the preprocess CLI's main)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import preprocess
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
+    from tools import preprocess  # the repository root is importable in tests (as datasets/ is)
     out = tmp_path_factory.mktemp("ref_shards")
     assert preprocess.main(["--manifest", str(manifest), "--out", str(out), "--config", DEBUG, *OVR]) == 0
     return out

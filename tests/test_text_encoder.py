@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from vmas.errors import CheckpointError
-from vmas.tags.text_encoder import ClapTextEncoder, build_text_encoder, minilm_default_path
+from vmas.tags.text_encoder import ClapTextEncoder, load_text_encoder, minilm_default_path
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    return build_text_encoder("minilm")
+    return load_text_encoder("minilm")
 
 
 def test_minilm_matches_manual_mean_pooling(minilm):
@@ -43,7 +43,7 @@ def test_batch_padding_and_cache(minilm):
 def test_clap_from_tiny_local_checkpoint(tiny_clap):
     from transformers import AutoTokenizer, ClapModel
 
-    enc = build_text_encoder(f"clap:{tiny_clap}")
+    enc = load_text_encoder(f"clap:{tiny_clap}")
     assert isinstance(enc, ClapTextEncoder) and enc.dim == 16
     got = enc.embed_strings(["piano", "jazz"])
     model = ClapModel.from_pretrained(str(tiny_clap)).eval()
@@ -56,6 +56,6 @@ def test_clap_from_tiny_local_checkpoint(tiny_clap):
 
 def test_missing_clap_name_is_one_clear_line():
     with pytest.raises(CheckpointError, match="not available offline.*huggingface-cli download"):
-        build_text_encoder("clap:/nonexistent/clap-folder")
+        load_text_encoder("clap:/nonexistent/clap-folder")
     with pytest.raises(CheckpointError, match="unknown text encoder"):
-        build_text_encoder("word2vec")
+        load_text_encoder("word2vec")

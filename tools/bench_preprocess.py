@@ -91,7 +91,7 @@ def make_data(syn: Path, videos: int) -> dict:
         shutil.rmtree(syn, ignore_errors=True)
         _run(cmd, "SynthMV generation")
         stamp.write_text(json.dumps(want))
-    rows = shards.read_manifest(manifest)
+    rows = shards.read_curation_manifest(manifest)
     clips = sum(r.get("split", "train") == "train" for r in rows)
     return {"videos": videos, "train_clips": clips, "manifest": str(manifest),
             "description": f"{clips} SynthMV {WINDOW} s windows of {videos} videos of 10 s, {SIZE}² "

@@ -83,7 +83,7 @@ def make_data(args) -> tp.Dict[str, tp.Any]:
         init = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=args.codec_from))
         save_codec(init_codec(init), codec_path, source=args.codec_from)
     held = set(args.held_out)
-    rows = shards.read_manifest(data / "train" / "vmas_manifest.jsonl")
+    rows = shards.read_curation_manifest(data / "train" / "vmas_manifest.jsonl")
     paired = [r for r in rows if r["class_id"] not in held]
     music = [as_music_only(r) for r in rows if r["class_id"] in held]
     enc, align = shards.default_factories(cfg.data, cfg.loss, functools.partial(build_codec, cfg.model.codec))

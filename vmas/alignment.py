@@ -188,7 +188,7 @@ FARNEBACK_PARAMS = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_
 """OpenCV's reference parameters, as the AV-Align reference (MV-Align) uses them."""
 
 
-def farneback_motion(frames: tp.Any) -> torch.Tensor:
+def farneback_pair_motion(frames: tp.Any) -> torch.Tensor:
     """uint8 RGB frames ``[T,H,W,3]`` -> mean Farneback flow magnitude between consecutive frames ``[T-1]``.
 
     The one Farneback implementation: the motion the beat-weighted loss is trained on (shards, beat grids from the
@@ -227,7 +227,7 @@ def video_motion(frames: tp.Any, flow: str = "raft_small", weights: str = "DEFAU
     if flow not in FLOW_METHODS:
         raise DataError(f"video_motion: unknown flow method '{flow}' (choose from {', '.join(FLOW_METHODS)})")
     if flow == "farneback":  # back to the uint8 [T,H,W,3] frames OpenCV reads (exact for uint8 input)
-        return farneback_motion((x * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        return farneback_pair_motion((x * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     model = model if model is not None else load_raft(flow, weights, str(device))
     return _raft_motion(x, model, batch_size, num_flow_updates)
 

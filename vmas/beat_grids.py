@@ -4,7 +4,7 @@
 Why a module above :mod:`vmas.modules.rhythm`: these parse tags (:mod:`vmas.tags.cleaner`) and decode video and run
 optical flow (:mod:`vmas.data.media`, :mod:`vmas.alignment`), which an nn-module file must not do; the grid math
 (:func:`~vmas.modules.rhythm.fit_grid`, :func:`~vmas.modules.rhythm.beat_features`) stays there on plain arrays.
-The video grid uses the package's one Farneback motion curve (:func:`vmas.alignment.farneback_motion`).
+The video grid uses the package's one Farneback motion curve (:func:`vmas.alignment.farneback_pair_motion`).
 """
 from __future__ import annotations
 

@@ -205,9 +205,9 @@ def build_text_encoder(cfg: TagConfig, device: tp.Union[str, torch.device] = "cp
     """The frozen tag text encoder named by ``model.tags.text_encoder`` (None when the tag branch is off)."""
     if not cfg.enabled:
         return None
-    from vmas.tags.text_encoder import build_text_encoder as build
+    from vmas.tags.text_encoder import load_text_encoder
 
-    return build(cfg.text_encoder, device=device)
+    return load_text_encoder(cfg.text_encoder, device=device)
 
 
 # ------------------------------------------------------------------------------------------------------- model

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         device = ranks.pin_device(args.device, info)
         if args.workers == 0:  # fail fast (one clear line) before touching any video
             cur = cfg.data.curation
-            embedder = curation.build_embedder(cur.embedder, cur.embedder_weights, device, cur.variety_threshold)
+            embedder = curation.build_frame_embedder(cur.embedder, cur.embedder_weights, device, cur.variety_threshold)
             remover = curation.build_vocal_remover(cfg.data.curation, device)
         else:
             embedder = remover = None

@@ -412,7 +412,9 @@ class ShardPlan:
         return hashlib.sha1("\n".join(r["key"] for r in self.rows).encode()).hexdigest()
 
 
-def read_manifest(path: tp.Union[str, Path]) -> tp.List[dict]:
+def read_curation_manifest(path: tp.Union[str, Path]) -> tp.List[dict]:
+    """The rows of a curation manifest (``python -m vmas.disco_mv`` writes it), as written; the evaluation
+    manifest reader (``vmas.evaluation.read_manifest``) normalises ids and paths instead."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist: write it with python -m datasets.disco_mv first")
@@ -602,7 +604,7 @@ def write_shards(manifest: tp.Union[str, Path, tp.Sequence[dict]], out_dir: tp.U
     from vmas.data.ranks import RankInfo
 
     info = rank or RankInfo()
-    rows = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    rows = read_curation_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
     plans = [p for s in splits for p in plan_shards(rows, s, data_cfg.clips_per_shard)]
     if not plans:
         where = manifest if isinstance(manifest, (str, Path)) else "the manifest rows"
@@ -654,7 +656,7 @@ def merge(manifest: tp.Union[str, Path, tp.Sequence[dict]], out_dir: tp.Union[st
     once then write the same bytes, and a rank that stops early never overwrites the last rank's complete index
     with an older partial one.
     """
-    rows = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    rows = read_curation_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
     out = Path(out_dir)
     plans = [p for s in splits for p in plan_shards(rows, s, data_cfg.clips_per_shard)]
     done = {p.name: json.loads(_marker(out, p).read_text()) for p in plans if is_done(out, p)}

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vmas.builders import build_codec, build_model, build_objective
+from vmas.builders import build_codec, build_model, build_objective, build_text_encoder
 from vmas.config import Config, config_to_dict, dump_config
 from vmas.data import loader as shard_loader
 from vmas.errors import ConfigError
@@ -109,11 +109,7 @@ class Solver:
         self.codec.to(self.device)
         self.ema = EMA(self.model, decay=cfg.optim.ema_decay, every=cfg.optim.ema_every)
         self.data = DataStream(cfg, self.rank, self.world)
-        self.text_encoder = None
-        if cfg.model.tags.enabled:
-            from vmas.tags.text_encoder import build_text_encoder
-
-            self.text_encoder = build_text_encoder(cfg.model.tags.text_encoder, device="cpu")
+        self.text_encoder = build_text_encoder(cfg.model.tags, device="cpu")  # None without a tag branch
         self.inputs = BatchInputs(cfg.loss, cfg.data, cfg.model.tags.max_tags, cfg.model.lm.beat_condition,
                                   self.text_encoder, onset_oracle=cfg.model.lm.onset_oracle,
                                   motion=cfg.model.lm.motion_condition)
