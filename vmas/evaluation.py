@@ -125,7 +125,7 @@ def read_v2m_bench(root: tp.Union[str, Path]) -> tp.List[tp.Dict[str, tp.Any]]:
             clips.append({"id": v.stem, "video": str(v), "audio": str(wav) if wav else None})
     for c in clips:
         c.setdefault("duration", None)
-        c.update(start=0.0, text="", tags="")
+        c.update(start=0.0, text="", tags="", layout="v2m-bench")
     return clips
 
 
@@ -138,22 +138,40 @@ def load_clips(source: tp.Union[str, Path], layout: str = "manifest",
     if layout != "manifest":
         raise VmasError(f"unknown layout '{layout}'; use one of {', '.join(LAYOUTS)}")
     clips = read_manifest(source)
-    return [c for c in clips if c.get("split", split) == split] if split else clips
+    from collections import Counter
+
+    twice = sorted(k for k, n in Counter(c["id"] for c in clips).items() if n > 1)
+    if twice:  # two rows would read the same generated file: the clip would count twice
+        shown = ", ".join(twice[:10]) + (f", ... {len(twice) - 10} more" if len(twice) > 10 else "")
+        raise DataError(f"{source}: clip id(s) on more than one row: {shown}; give every row its own 'id'")
+    if not split:
+        return clips
+    kept = [c for c in clips if c.get("split", split) == split]
+    if not kept:
+        present = sorted({str(c["split"]) for c in clips if "split" in c})
+        raise DataError(f"{source}: no row has split '{split}' (splits present: {', '.join(present) or 'none'}); "
+                        f"pass one of them to --split")
+    return kept
 
 
 def reference_source(clip: tp.Dict[str, tp.Any], ref_dir: tp.Optional[Path]):
     """(path, span) of a clip's reference music, in this order: the manifest's ``audio`` file, ``REF_DIR/<id>.*``
     (already clip-length), the audio stream of the manifest's video. ``span`` = (start, duration) s inside a
-    long source file (curation manifests point at whole source files), None for a clip-length file."""
+    long source file (curation manifests point at whole source files), None for a clip-length file.
+
+    A clip whose ``audio`` names a file that is not there has no reference, (None, None): falling back to the
+    video's own soundtrack would score against other audio (a curation's vocal-removed music, say, replaced by the
+    song with its vocals) and nothing would say so. Nor does a V2M-bench clip without music (``layout`` set on
+    the clip by :func:`read_v2m_bench`) fall back to its video's sound."""
     span = (float(clip.get("start") or 0.0), float(clip.get("duration") or 0.0))
     span = None if span == (0.0, 0.0) else span
     ref = clip.get("audio")
-    if ref and Path(ref).is_file():
-        return Path(ref), span
+    if ref:
+        return (Path(ref), span) if Path(ref).is_file() else (None, None)
     found = find_audio(ref_dir, clip["id"])
     if found is not None:
         return found, None
-    if clip.get("video") and Path(clip["video"]).is_file():
+    if clip.get("video") and Path(clip["video"]).is_file() and clip.get("layout") != "v2m-bench":
         return Path(clip["video"]), span
     return None, None
 
@@ -315,6 +333,10 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         meta["clips"]["missing_generated"] = len(missing)
         if missing:
             meta["missing_generated_ids"] = missing[:20]
+        no_ref = [c["id"] for c in clips if c["ref_path"] is None and (c["audio"] or layout != "v2m-bench")]
+        if no_ref:  # the named audio file is absent, or there is nothing to read at all
+            meta["clips"]["missing_reference"] = len(no_ref)
+            meta["missing_reference_ids"] = no_ref[:20]
         gen_files = [(c["gen_path"], None) for c in clips if c["gen_path"] is not None]
         ref_files = [(c["ref_path"], c["ref_span"]) for c in clips if c["ref_path"] is not None]
         # every clip should have generated music and a reference; a V2M-bench folder may lack music for a video
@@ -455,6 +477,9 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             if retrieval_embeddings or model is None:
                 video, music, ids = load_retrieval_embeddings(retrieval_embeddings)
                 source = str(retrieval_embeddings)
+                if ids is not None and clips and [str(i) for i in ids] != [c["id"] for c in clips]:
+                    raise DataError(f"{retrieval_embeddings}: its rows' ids are not the manifest's clips in order "
+                                    f"({len(ids)} rows, {len(clips)} clips); make the file from this manifest")
                 expected = len(video)  # the file's own pairs: which clips it was made from is its maker's record
             else:
                 from vmas.hub import load_model
@@ -511,7 +536,8 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                             if side in cov)
             meta.setdefault("withheld", {})[m] = (
                 f"covers {cov['clips']} of {cov['of']} clips ({100 * _fraction(cov):.0f}%{sides}), below "
-                f"--min-coverage {min_coverage:g}; see meta.missing_generated_ids and meta.clip_errors, or pass "
+                f"--min-coverage {min_coverage:g}; see meta.missing_generated_ids, missing_reference_ids and "
+                f"clip_errors, or pass "
                 f"--min-coverage {_fraction(cov):.4g} to print it")
     report["coverage"] = coverage
     report["meta"] = meta
