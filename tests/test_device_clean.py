@@ -24,11 +24,15 @@ derived from bf16's precision (see :func:`bf16_bound`).
 """
 from __future__ import annotations
 
+import collections
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.device_guard import DeviceGuard, StrayDevice
 from vmas.builders import build_codec, build_model, build_objective
@@ -328,3 +332,250 @@ def test_kl_classifier_inputs_reach_the_model_device():
     clf.model = _Net()
     embedder = type("ByChunks", (), {"embed": lambda self, w, sr: chunk_distributions(clf, w, sr)})()
     _embed_on_device(embedder, clf.model, _sine(32000, 2.5), 32000)
+
+
+@pytest.mark.parametrize("decode", ["cached", "recompute", "static"])
+def test_lm_decoders_are_device_clean(gen_model, decode):
+    """Every eager decoder of MusicLM.generate with CFG, an extra guidance branch, per-step conditions and a prompt:
+    no stray host tensor, and no sync or transfer inside the step loop (the counts do not grow with the steps)."""
+    cfg, model, _ = gen_model
+    lm, d = model.lm, model.lm.dim
+    g = torch.Generator().manual_seed(2)
+    B, K, L = 2, lm.n_q, 5
+    cond, uncond, extra = (torch.randn(B, L, d, generator=g) for _ in range(3))
+    mask = torch.tensor([[True] * L, [True, True, False, False, False]])
+    step_cond = torch.randn(B, 40, d, generator=g)
+    prompt = torch.randint(0, lm.card, (B, K, 3), generator=g)
+    guard = DeviceGuard()
+    guard.place(lm, cond, uncond, extra, mask, step_cond, prompt)
+    counts = []
+    for num_frames in (8, 16):
+        guard.reset_events()
+        with guard:
+            codes = lm.generate(cond, mask, uncond, None, num_frames=num_frames, cfg=3.0, top_k=8, prompt=prompt,
+                                generator=torch.Generator().manual_seed(0), step_cond=step_cond,
+                                extra=[(extra, mask, None, 0.5)], decode=decode)
+        assert guard.is_dev(codes) and codes.shape == (B, K, num_frames)
+        counts.append((guard.count(guard.syncs), guard.count(guard.transfers)))
+    assert counts[0] == counts[1], counts  # nothing per step
+    assert counts[0] == (collections.Counter(), collections.Counter()), counts
+
+
+# ------------------------------------------------------------------------------------------------------ bf16
+U_BF16 = 2.0 ** -8
+"""bf16 unit roundoff: 8 significand bits (7 stored), round to nearest -> relative error <= 2^-8 per rounding."""
+_NO_ROUNDING = {"aten::view", "aten::_unsafe_view", "aten::t", "aten::permute", "aten::transpose", "aten::expand",
+                "aten::select", "aten::slice", "aten::unbind", "aten::unsqueeze", "aten::squeeze", "aten::detach",
+                "aten::alias", "aten::clone", "aten::copy_", "aten::zeros_like", "aten::index_select", "aten::index",
+                "aten::cat", "aten::stack", "aten::split", "aten::chunk", "aten::_to_copy_from_bf16"}
+
+
+class _Roundings(TorchDispatchMode):
+    """Counts the bf16 roundings of a computation: every op that writes a bf16 result by arithmetic (casts to bf16
+    included, views / copies / gathers excluded, they move values without rounding them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func._schema.name
+        if name == "aten::_to_copy" and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.bfloat16:
+            name = "aten::_to_copy_from_bf16"  # bf16 -> bf16 / fp32: exact
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        if name not in _NO_ROUNDING and any(isinstance(o, torch.Tensor) and o.dtype == torch.bfloat16 for o in outs):
+            self.count += 1
+        return out
+
+
+def bf16_bound(roundings: int, sigmas: float = 4.0) -> float:
+    """Relative RMS error bound of a result computed through ``roundings`` bf16 roundings (vs the same in fp32).
+
+    Derivation: each rounding multiplies a value by ``(1 + d)`` with ``|d| <= u = 2^-8``; CPU autocast accumulates
+    matmuls in fp32, so only operands and results are rounded (each counted by :class:`_Roundings`). To first order
+    the relative errors of a chain add; modelled as independent, zero-mean and uniform on [-u, u] (variance u^2/3)
+    -- the probabilistic rounding-error analysis of Higham & Mary (SIAM J. Sci. Comput. 2019) -- their sum over
+    R roundings has standard deviation ``u * sqrt(R / 3)``. Counting every rounding of the whole computation as if
+    all were in series on the path of each output (pre-norm residual networks add every branch's error into the
+    stream) over-counts, and ``sigmas`` = 4 standard deviations is the margin. The deterministic worst case,
+    ``R * u``, is far looser and would accept almost anything.
+    """
+    return sigmas * U_BF16 * (roundings / 3) ** 0.5
+
+
+def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt())
+
+
+def _check_losses(names, s16, s32, z16, z32, rel):
+    """Cross-entropies against the logits' own difference, exactly: |CE(z + d) - CE(z)| <= 2 max|d| (mean value
+    theorem; the gradient softmax - onehot has l1 norm <= 2), and a weighted mean of positions moves no more than
+    its largest position. So the CE may differ by no more than twice the largest logit difference (plus fp32
+    noise): a loss computed in bf16 (a 2048-way log-softmax loses digits) would not pass. The contrastive term
+    and the total also depend on the video side: they get the bound carried through the CE from the logits'
+    scale, 2 max|z| x the relative bound."""
+    dz = float((z16.float() - z32.float()).abs().max())
+    for name in ("ar", *[n for n in names if n.startswith("ce_q")]):
+        i = names.index(name)
+        assert abs(float(s16[i] - s32[i])) <= 2 * dz + 1e-5, (name, float(s16[i]), float(s32[i]), dz)
+    loose = 2 * float(z32.abs().max()) * rel
+    for name in ("loss", "contrastive"):
+        i = names.index(name)
+        assert abs(float(s16[i] - s32[i])) <= loose, (name, float(s16[i]), float(s32[i]), loose)
+
+
+def test_training_step_bf16_autocast_matches_fp32():
+    """The training step under ``torch.autocast('cpu', bfloat16)`` (the torch engine's bf16; on a GPU the same
+    autocast runs on CUDA) against fp32, same random draws: logits within the bf16 bound; each loss within the
+    bound carried through the cross-entropy (|dCE| <= 2 max|dz| per position: its gradient in the logits,
+    softmax - onehot, has l1 norm <= 2); backward and the optimiser step stay finite and in fp32 (master
+    weights)."""
+    cfg, step, opt = _train_step(["model.lm.cond_dropout=0.3", "model.lm.video_swap_prob=0"])
+    inputs = _train_inputs(cfg)
+    inputs["no_video"] = torch.zeros(3, dtype=torch.bool)  # keep 2+ clips with a video: the contrastive term runs
+    model = step.model
+    captured = {}
+    hook = model.lm.register_forward_hook(lambda m, a, out: captured.__setitem__("logits", out.detach()))
+    results = {}
+    for mode in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        rounding = _Roundings()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"), rounding:
+            total, stats = step(**inputs)
+        results[mode] = (stats, captured["logits"], rounding.count)
+        if mode == "bf16":
+            total.backward()
+            opt.step()
+    hook.remove()
+    (s32, z32, _), (s16, z16, R) = results["fp32"], results["bf16"]
+    assert z16.dtype == torch.bfloat16 and R > 50  # the heads ran in bf16, and the count saw the network
+    rel = bf16_bound(R)
+    assert _rel_rms(z16, z32) <= rel, (_rel_rms(z16, z32), rel, R)
+    _check_losses(step.stat_names(), s16, s32, z16, z32, rel)
+    assert float(s32[step.stat_names().index("contrastive")]) > 0  # the contrastive term was compared, not skipped
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in step.parameters())
+
+
+def test_training_step_in_bf16_weights_like_deepspeed():
+    """DeepSpeed's ``bf16.enabled`` casts the module itself to bf16 (no autocast): forward, losses, backward and an
+    optimiser step run with bf16 weights; logits and losses agree with fp32 within the same bounds."""
+    import copy
+
+    cfg, step, _ = _train_step(["model.lm.video_swap_prob=0"])
+    inputs = _train_inputs(cfg)
+    half = copy.deepcopy(step).bfloat16()
+    captured = []
+    hooks = [s.model.lm.register_forward_hook(lambda m, a, out: captured.append(out.detach())) for s in (step, half)]
+    torch.manual_seed(0)
+    _, s32 = step(**inputs)
+    torch.manual_seed(0)
+    rounding = _Roundings()
+    with rounding:
+        total, s16 = half(**inputs)
+    for h in hooks:
+        h.remove()
+    total.backward()
+    torch.optim.AdamW(half.parameters(), lr=1e-3).step()
+    assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in half.parameters())
+    z32, z16 = captured
+    rel = bf16_bound(rounding.count)
+    assert z16.dtype == torch.bfloat16 and _rel_rms(z16, z32) <= rel, (_rel_rms(z16, z32), rel)
+    _check_losses(step.stat_names(), s16, s32, z16, z32, rel)
+
+
+def _teacher_forced_decode(lm, cond, mask, step_cond, seq, cfg):
+    """Guided cached decoding fed the given pattern columns: logits of every step [S, B, K, card]."""
+    B, K, S = seq.shape
+    conds, masks = lm._stack_conditions([(cond, mask), (torch.zeros_like(cond), None)])
+    steps = torch.cat([step_cond, torch.zeros_like(step_cond)])
+    out = []
+    with torch.no_grad(), lm.streaming(conds, masks, S, steps) as state:
+        for s in range(S):
+            col = seq[:, :, s - 1] if s > 0 else seq.new_full((B, K), lm.special_token)
+            out.append(lm.decode_step(col.repeat(2, 1), state, cfg).float())
+    return torch.stack(out)
+
+
+def test_generation_bf16_autocast(gen_model):
+    """Generation under ``torch.autocast('cpu', bfloat16)``: every guide mode runs device-clean and gives codes in
+    range; the guided per-step logits of the cached decoder (teacher-forced on the same columns, so both see the
+    same inputs) are within the bf16 bound of fp32."""
+    cfg, model, _ = gen_model
+    inputs = _gen_inputs(cfg)
+    for guide in ("all", "tags", "both"):
+        guard = DeviceGuard()
+        guard.place(model, inputs)
+        with torch.autocast("cpu", dtype=torch.bfloat16), guard:
+            codes = model.generate(num_frames=8, cfg=3.0, guide=guide, top_k=8,
+                                   generator=torch.Generator().manual_seed(0), **inputs)
+        assert guard.is_dev(codes) and codes.dtype == torch.long
+        assert 0 <= int(codes.min()) and int(codes.max()) < cfg.model.lm.card
+    lm = model.lm
+    g = torch.Generator().manual_seed(3)
+    B, K, S = 2, lm.n_q, 12
+    cond, step_cond = torch.randn(B, 5, lm.dim, generator=g), torch.randn(B, S, lm.dim, generator=g)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    seq = torch.randint(0, lm.card, (B, K, S), generator=g)
+    z32 = _teacher_forced_decode(lm, cond, mask, step_cond, seq, 3.0)
+    rounding = _Roundings()
+    with torch.autocast("cpu", dtype=torch.bfloat16), rounding:
+        z16 = _teacher_forced_decode(lm, cond, mask, step_cond, seq, 3.0)
+    # per step: the roundings of one step's path (the count is over all S steps; each step's output depends on its
+    # own step and the cached keys/values of the earlier ones, so the whole count over-counts and stays a bound)
+    assert rounding.count > S
+    rel = bf16_bound(rounding.count)
+    assert _rel_rms(z16, z32) <= rel, (_rel_rms(z16, z32), rel)
+
+
+# -------------------------------------------------------------------------------------------- attention kernels
+class _AttentionCalls(TorchFunctionMode):
+    """Records each ``scaled_dot_product_attention`` call (site, mask shape, is_causal) and each softmax / tril
+    made by the model's own code (a hand-written attention or a materialised causal mask would show there)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.other = [], []
+        self._site = DeviceGuard().site
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+            self.calls.append({"site": re.sub(r":\d+ in ", " in ", self._site()),
+                               "mask": None if mask is None else tuple(mask.shape),
+                               "causal": bool(kwargs.get("is_causal", False)), "q": tuple(args[0].shape),
+                               "k": tuple(args[1].shape)})
+        elif name in ("softmax", "tril", "triu"):
+            site = self._site()
+            if site.startswith(("vmas/models/", "vmas/modules/")):
+                self.other.append(f"{name} at {site}")
+        return func(*args, **kwargs)
+
+
+def test_training_attention_uses_sdpa_without_materialised_causal_mask():
+    """In the training forward every attention is one ``scaled_dot_product_attention`` call: the LM's causal
+    self-attention with ``is_causal=True`` and no mask (flash kernels on a GPU), cross-attention with a key-padding
+    mask [B, 1, 1, L] (broadcast over heads and queries: memory-efficient kernel), Hiera's mask-unit attention
+    without a mask; no softmax or triangular mask built by hand (docs/lm.md "Attention kernels")."""
+    cfg, step, _ = _train_step(["model.lm.grad_checkpointing=false", "model.encoder.grad_checkpointing=false"])
+    inputs = _train_inputs(cfg)
+    rec = _AttentionCalls()
+    with rec:
+        step(**inputs)
+    B, L, S = 3, None, cfg.model.lm.n_q - 1 + round(cfg.data.clip_seconds * cfg.data.frame_rate)
+    by_site = collections.defaultdict(list)
+    for c in rec.calls:
+        by_site[c["site"]].append(c)
+    assert set(by_site) == {"vmas/models/hiera.py in forward", "vmas/modules/transformer.py in _attend"}, by_site
+    lm_calls = by_site["vmas/modules/transformer.py in _attend"]
+    layers = cfg.model.lm.num_layers
+    selfs = [c for c in lm_calls if c["q"] == c["k"]]  # self-attention: queries and keys are the S steps
+    cross = [c for c in lm_calls if c["q"] != c["k"]]
+    assert len(selfs) == len(cross) == layers, lm_calls
+    assert all(c["causal"] and c["mask"] is None and c["q"][2] == S for c in selfs)
+    L = cross[0]["k"][2]
+    assert all(not c["causal"] and c["mask"] == (B, 1, 1, L) for c in cross)
+    assert all(c["mask"] is None and not c["causal"] for c in by_site["vmas/models/hiera.py in forward"])
+    assert not rec.other, rec.other
