@@ -10,7 +10,8 @@ from datasets.synthmv import write_mp4
 from vmas.cli import main
 from vmas.config import load_config
 from vmas.data.media import audio_duration, probe_video
-from vmas.generate import GenerationRequest, _window_plan, generate_for_video, generate_for_videos
+from vmas.engine import window_plan as _window_plan
+from vmas.generate import GenerationRequest, generate_for_video, generate_for_videos
 from vmas.hub import load_pretrained
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vmas import structure
+from vmas.engine import window_plan as _window_plan
 from vmas.errors import VmasError
-from vmas.generate import _window_plan
 from vmas.modules.rhythm import beat_features
 from vmas.synthmv import CLASSES, FPS, SAMPLE_RATE, generate_clip, generate_multiscene
 
@@ -144,8 +144,8 @@ def test_hits_need_a_beat_condition():
 def test_generate_with_cuts_and_hits_through_the_demo_model(tmp_path):
     """The whole `vmas generate --cuts auto --hits ...` path: sections restart at the detected cut, and onsets land
     on the requested hits (the demo model starts a note on the bent grid's beats)."""
-    from vmas.generate import generate_for_video
     from vmas.experiments.scoring import hits_within
+    from vmas.generate import generate_for_video
     from vmas.metrics.onsets import onset_times_10ms
 
     clip = generate_multiscene(11, scenes=2, seconds=6.0, size=32, out_path=tmp_path / "v.mp4")
