@@ -9,6 +9,8 @@ accumulate ``grad_accum`` micro-batches per optimiser update; ``step()`` returns
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import typing as tp
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from vmas.errors import CheckpointError
 from vmas.solvers.distributed import init_deepspeed_distributed
 from vmas.solvers.ds_config import deepspeed_config
 from vmas.utils import atomic_save, resolve_device
+
+logger = logging.getLogger(__name__)
 
 
 class Engine(tp.Protocol):
@@ -153,10 +157,131 @@ class DeepSpeedEngine:
             self.engine.empty_partition_cache()
 
 
+# ------------------------------------------------------------------------------------------ optimiser kernels
+@dataclasses.dataclass(frozen=True)
+class AdamChoice:
+    """Which Adam(W) implementation runs the update, and why (the start-up log line)."""
+
+    impl: str  # one of ADAM_IMPLS
+    reason: str
+
+
+ADAM_IMPLS = ("deepspeed.FusedAdam", "deepspeed.DeepSpeedCPUAdam", "torch.AdamW(fused)", "torch.AdamW")
+
+
+def deepspeed_op_compatible(builder: str) -> bool:
+    """Whether DeepSpeed's op ``builder`` (``FusedAdamBuilder``, ``CPUAdamBuilder``) is pre-built or can be built
+    here (its accelerator's builder reports a usable toolchain). False when DeepSpeed is missing or cannot tell."""
+    try:
+        from deepspeed.accelerator import get_accelerator
+
+        op = get_accelerator().create_op_builder(builder)
+        return op is not None and bool(op.is_compatible(verbose=False))
+    except Exception:  # noqa: BLE001 - no DeepSpeed, no accelerator, a toolchain probe that throws: not usable
+        return False
+
+
+def choose_adam(engine: str, device_type: str, offload: str = "none",
+                op_compatible: tp.Callable[[str], bool] = deepspeed_op_compatible) -> AdamChoice:
+    """The one rule for the AdamW kernel (same maths and hyper-parameters in every case; speed and memory differ):
+
+    - DeepSpeed with ZeRO-Offload (optimiser state on the CPU): ``DeepSpeedCPUAdam`` (vectorised C++ Adam, what
+      DeepSpeed expects there) when its op can build, else torch's AdamW on the CPU;
+    - on CUDA: DeepSpeed's ``FusedAdam`` (multi-tensor CUDA kernel) under the DeepSpeed engine when its op can build,
+      else torch's ``AdamW(fused=True)`` (one fused CUDA kernel for all parameters);
+    - on the CPU: torch's AdamW as built (foreach), the numbers every CPU test was written against.
+    """
+    if engine == "deepspeed" and offload in ("cpu", "nvme"):
+        if op_compatible("CPUAdamBuilder"):
+            return AdamChoice("deepspeed.DeepSpeedCPUAdam", f"ZeRO-Offload to {offload}: DeepSpeed's CPU Adam op")
+        return AdamChoice("torch.AdamW", f"ZeRO-Offload to {offload}, but DeepSpeed's CPUAdam op cannot build here")
+    if device_type == "cuda":
+        if engine == "deepspeed" and op_compatible("FusedAdamBuilder"):
+            return AdamChoice("deepspeed.FusedAdam", "CUDA, DeepSpeed's FusedAdam op is available")
+        why = "the torch engine" if engine != "deepspeed" else "DeepSpeed's FusedAdam op cannot build here"
+        return AdamChoice("torch.AdamW(fused)", f"CUDA, {why}")
+    return AdamChoice("torch.AdamW", f"{device_type}: torch's AdamW (foreach)")
+
+
+def _engine_device_type(cfg: Config) -> str:
+    if cfg.train.engine == "deepspeed":  # DeepSpeed runs on its accelerator: CUDA when there is one
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(cfg.train.device).type
+
+
+def _offload(ds: tp.Mapping[str, tp.Any]) -> str:
+    return str(ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none"))
+
+
+def _adam(impl: str, groups: tp.List[tp.Dict[str, tp.Any]], optimizer: torch.optim.Optimizer
+          ) -> torch.optim.Optimizer:
+    d = optimizer.defaults
+    hp = dict(lr=d["lr"], betas=d["betas"], eps=d["eps"], weight_decay=d["weight_decay"])
+    if impl == "deepspeed.FusedAdam":
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(groups, adam_w_mode=True, **hp)
+    if impl == "deepspeed.DeepSpeedCPUAdam":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **hp)
+    return torch.optim.AdamW(groups, fused=True, **hp)
+
+
+def select_optimizer(cfg: Config, optimizer: torch.optim.Optimizer, scheduler: tp.Any,
+                     ds: tp.Optional[tp.Dict[str, tp.Any]] = None,
+                     op_compatible: tp.Callable[[str], bool] = deepspeed_op_compatible
+                     ) -> tp.Tuple[torch.optim.Optimizer, tp.Any, AdamChoice]:
+    """The optimiser and scheduler the engine runs: ``optimizer`` (torch AdamW from
+    :func:`vmas.solvers.optim.build_optimizer`) rebuilt as the kernel :func:`choose_adam` picks, over the same
+    parameter groups (lr, weight decay, names), with its ``LambdaLR`` rebuilt on the same factors; logged in one
+    line at start-up. Chosen here because the engine is where the device and DeepSpeed's offload are known.
+
+    D-Adaptation and plain CPU runs keep the objects as given. A kernel that fails to build when constructed (a
+    JIT compile that breaks despite a compatible toolchain) falls back to torch's AdamW (fused on CUDA). With
+    ZeRO-Offload and torch's AdamW, ``ds`` gets ``zero_force_ds_cpu_optimizer: false`` (DeepSpeed refuses a
+    non-DeepSpeed CPU optimiser otherwise).
+    """
+    if cfg.optim.optimizer != "adamw" or not isinstance(optimizer, torch.optim.AdamW):
+        return optimizer, scheduler, AdamChoice("as built", f"optim.optimizer={cfg.optim.optimizer}")
+    device_type = _engine_device_type(cfg)
+    offload = _offload(ds or {}) if cfg.train.engine == "deepspeed" else "none"
+    choice = choose_adam(cfg.train.engine, device_type, offload, op_compatible)
+    if choice.impl == "torch.AdamW":
+        if offload != "none" and ds is not None:
+            ds["zero_force_ds_cpu_optimizer"] = False
+        logger.info("optimiser: torch.AdamW (%s)", choice.reason)
+        return optimizer, scheduler, choice
+    keep = ("params", "lr", "weight_decay", "name", "base_lr", "initial_lr")
+    groups = [{k: v for k, v in g.items() if k in keep} for g in optimizer.param_groups]
+    try:
+        new = _adam(choice.impl, groups, optimizer)
+    except Exception as err:  # noqa: BLE001 - an op that does not build: the torch kernel is always there
+        if choice.impl == "torch.AdamW(fused)":
+            raise
+        failed = f"{choice.impl} failed to build ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        if offload != "none":
+            choice = AdamChoice("torch.AdamW", failed)
+            if ds is not None:
+                ds["zero_force_ds_cpu_optimizer"] = False
+            logger.info("optimiser: torch.AdamW (%s)", choice.reason)
+            return optimizer, scheduler, choice
+        choice = AdamChoice("torch.AdamW(fused)", failed)
+        new = _adam(choice.impl, groups, optimizer)
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler = torch.optim.lr_scheduler.LambdaLR(new, scheduler.lr_lambdas)
+    logger.info("optimiser: %s (%s)", choice.impl, choice.reason)
+    return new, scheduler, choice
+
+
 def build_engine(cfg: Config, module: nn.Module, optimizer, scheduler, world_size: int, local_rank: int) -> Engine:
-    """``train.engine``: DeepSpeed (sets up the process group first) or the single-process torch engine."""
+    """``train.engine``: DeepSpeed (sets up the process group first) or the single-process torch engine; the
+    optimiser kernel is chosen here (:func:`select_optimizer`)."""
     if cfg.train.engine == "deepspeed":
         init_deepspeed_distributed(local_rank)
-        return DeepSpeedEngine(module, optimizer, scheduler, deepspeed_config(cfg, world_size))
+        ds = deepspeed_config(cfg, world_size)
+        optimizer, scheduler, _ = select_optimizer(cfg, optimizer, scheduler, ds)
+        return DeepSpeedEngine(module, optimizer, scheduler, ds)
+    optimizer, scheduler, _ = select_optimizer(cfg, optimizer, scheduler)
     return TorchEngine(module, optimizer, scheduler, cfg.train.grad_accum, cfg.optim.grad_clip, cfg.train.precision,
                        resolve_device(cfg.train.device))
