@@ -54,7 +54,7 @@ def test_benchmark_scores_every_cut_clip_and_fails_loudly(tmp_path, capsys):
     printed = capsys.readouterr()
     assert rc == 0, printed.err[-2000:]
     assert not (out / "failures.jsonl").exists()
-    assert sorted(p.name for p in (out / "generated").iterdir()) == [
+    assert sorted(p.name for p in (out / "generated").iterdir() if not p.name.startswith(".")) == [
         f"src-{k}.{ext}" for k in range(3) for ext in ("mp4", "wav")]
     report = json.loads((out / "report.json").read_text())
     assert report["coverage"]["fad"] == {"clips": 3, "of": 3, "fraction": 1.0,
@@ -89,3 +89,21 @@ def test_benchmark_scores_every_cut_clip_and_fails_loudly(tmp_path, capsys):
     assert isinstance(report["fad"], float) and report["coverage"]["kl"] == {"clips": 3, "of": 4, "fraction": 0.75}
     assert "3/4 ref, 3/4 gen" not in (out / "report.md").read_text()  # the reference side is complete: 4/4
     assert "4/4 ref, 3/4 gen" in (out / "report.md").read_text()
+
+
+def test_benchmark_refuses_to_score_music_made_with_other_settings(tmp_path, capsys):
+    """A resumed run reuses finished clips, so they must come from the same model and controls: another seed (or
+    model) on the same --out is an error naming the difference, not a silent mix of two models' music."""
+    tool = _tool()
+    manifest = _curation_like(tmp_path, starts=(0.0,))
+    out = tmp_path / "bench"
+    args = ["--manifest", str(manifest), "--out", str(out), *ARGS, "--metrics", "kl"]
+    assert tool.main(args) == 0
+    record = json.loads((out / "generated" / ".generation.json").read_text())
+    assert record == {"model": "vmas-debug-random", "cfg": 3.0, "top_k": 16, "temperature": 1.0, "seed": 0,
+                      "auto_tags": False}
+    assert json.loads((out / "report.json").read_text())["meta"]["generation"] == record
+    capsys.readouterr()
+    assert tool.main(args + ["--seed", "1"]) == 2
+    assert "other settings (seed 0 -> 1)" in capsys.readouterr().err
+    assert tool.main(args + ["--seed", "1", "--skip-generation"]) == 0  # only scoring: the record is reported

@@ -75,9 +75,9 @@ def test_benchmark_generates_then_evaluates(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["meta"]["clips"]["kl"] == 1 and 0.0 <= report["mv_align"] <= 1.0
     assert "| kl |" in (out / "report.md").read_text()
-    # resumable: a second run skips the finished clip and only evaluates
+    # resumable: a second run (same model and controls: .generation.json) skips the finished clip, only evaluates
     again = run([ROOT / "tools" / "benchmark.py", "--manifest", manifest, "--model", DEMO, "--out", out,
-                 "--metrics", "kl", "--kl-classifier", "mel", "--no-progress"], tmp_path)
+                 "--metrics", "kl", "--kl-classifier", "mel", "--top-k", "10", "--no-progress"], tmp_path)
     assert "'skipped': 1" in again.stdout
 
 

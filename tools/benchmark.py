@@ -2,6 +2,9 @@
 
 Resumable per clip: ``OUT/generated/<clip id>.wav`` is written atomically (into ``OUT/generated/.partial`` first,
 then renamed), and a clip whose output exists is skipped, so an interrupted run continues where it stopped.
+``OUT/generated/.generation.json`` records what made that music (model, sampling controls, seed); a run with other
+settings on the same folder is refused (one ``error:`` line naming what differs), so music from another model is
+never scored as this one's. The report carries the record in ``meta.generation``.
 A clip that fails is logged to ``OUT/failures.jsonl`` and retried on the next run; the others still finish.
 
 Every number of the report states how many clips it covers (``coverage`` in report.json, the ``clips`` column of
@@ -27,11 +30,12 @@ Thin wrapper over :func:`vmas.evaluation.run_generation` with :func:`vmas.evalua
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import typing as tp
 from pathlib import Path
 
-from vmas.errors import VmasError
+from vmas.errors import DataError, VmasError
 from vmas.evaluation import (
     ALL_METRICS,
     LAYOUTS,
@@ -77,6 +81,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     gen_dir = out / "generated"
     stats = {"failed": 0}
     try:
+        record = generation_record(gen_dir, args, write=not args.skip_generation)
         if not args.skip_generation:
             generator = vmas_generator(args.model, cfg=args.cfg, top_k=args.top_k, temperature=args.temperature,
                                        seed=args.seed, auto_tags=args.auto_tags)
@@ -90,12 +95,41 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    report["meta"]["generation"] = record
     md = write_report(report, out / "report.json")
     print(md.read_text())
     problems = report_problems(report, failed=stats["failed"], clips=sum(stats.values()))
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def generation_record(gen_dir: Path, args: argparse.Namespace, write: bool) -> tp.Optional[tp.Dict[str, tp.Any]]:
+    """What made the music in ``gen_dir``: the model (a checkpoint file with its size and modification time, so a
+    retrained file at the same path counts as another model) and the controls. A folder already holding a
+    different record is refused; a new one is recorded (``write``). Returns the record in force (None: evaluating
+    a folder nobody recorded, e.g. ``--skip-generation`` on music from elsewhere)."""
+    model = args.model or "default"
+    if args.model and Path(args.model).is_file():
+        st = Path(args.model).stat()
+        model = {"path": str(Path(args.model).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    want = {"model": model, "cfg": args.cfg, "top_k": args.top_k, "temperature": args.temperature,
+            "seed": args.seed, "auto_tags": args.auto_tags}
+    path = gen_dir / ".generation.json"
+    have = json.loads(path.read_text()) if path.is_file() else None
+    if have is not None and write and have != want:
+        differ = ", ".join(f"{k} {have.get(k)!r} -> {want.get(k)!r}" for k in sorted(set(have) | set(want))
+                           if have.get(k) != want.get(k))
+        raise DataError(f"{gen_dir} holds music generated with other settings ({differ}); pass another --out, or "
+                        f"delete {gen_dir} to generate again")
+    if have is None and write:
+        gen_dir.mkdir(parents=True, exist_ok=True)
+        if any(gen_dir.glob("*.wav")):
+            print(f"warning: {gen_dir} holds music from a run that did not record its settings; its clips are "
+                  f"kept and counted as made with these", file=sys.stderr)
+        path.write_text(json.dumps(want, indent=2) + "\n")
+        have = want
+    return have
 
 
 if __name__ == "__main__":
