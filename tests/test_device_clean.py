@@ -184,15 +184,22 @@ def _gen_inputs(cfg, B: int = 2):
     }
 
 
-@pytest.mark.parametrize("guide,neg", [("all", False), ("tags", False), ("both", False), ("all", True)])
-def test_generation_is_device_clean(gen_model, guide, neg):
-    """VMAS.generate with every guide mode (and negative tags), the beat grid, the motion condition computed from
-    the frames, and a prompt continued (what --cuts / --hits windows do): no stray host tensor; the per-step loop
-    has no device->host sync and no host->device copy."""
+@pytest.mark.parametrize("guide,neg,hits", [("all", False, False), ("tags", False, False), ("both", False, False),
+                                            ("all", True, False), ("both", False, True)])
+def test_generation_is_device_clean(gen_model, guide, neg, hits):
+    """VMAS.generate with every guide mode (and negative tags), the beat grid (one per clip, or per frame of the
+    whole video as --hits bends it, read from a later window's start), the motion condition computed from the
+    frames, and a prompt continued (what --cuts / --hits windows do): no stray host tensor; the per-step loop has
+    no device->host sync and no host->device copy."""
     cfg, model, _ = gen_model
     inputs = _gen_inputs(cfg)
     if not neg:
         inputs.pop("neg_emb")
+    extra = {}
+    if hits:  # per-frame grids [B, N, 2] of a 60-frame video, this window starting at frame 20
+        inputs["beat"] = torch.stack([torch.full((60, 2), 12.5), torch.full((60, 2), float("nan"))])
+        inputs["beat"][0, 30:, 0] = 10.0
+        extra["beat_start"] = 20
     num_frames, T0 = 12, 4
     prompt = torch.randint(0, cfg.model.lm.card, (2, cfg.model.lm.n_q, T0))
     guard = DeviceGuard()
@@ -200,7 +207,7 @@ def test_generation_is_device_clean(gen_model, guide, neg):
     gen = torch.Generator().manual_seed(0)  # a CPU generator drives any device (vmas.models.lm._exponential)
     with guard:
         codes = model.generate(num_frames=num_frames, cfg=3.0, guide=guide, top_k=8, generator=gen, prompt=prompt,
-                               **inputs)
+                               **inputs, **extra)
     assert guard.is_dev(codes) and codes.shape == (2, cfg.model.lm.n_q, num_frames)
     assert torch.equal(codes[..., :T0], prompt)
     assert guard.count(guard.syncs) == {"sync: .cpu() at vmas/models/vmas.py in video_motion": 1}
@@ -579,3 +586,27 @@ def test_training_attention_uses_sdpa_without_materialised_causal_mask():
     assert all(not c["causal"] and c["mask"] == (B, 1, 1, L) for c in cross)
     assert all(c["mask"] is None and not c["causal"] for c in by_site["vmas/models/hiera.py in forward"])
     assert not rec.other, rec.other
+
+
+def test_torch_engine_step_loop_syncs(tmp_path):
+    """The engine's micro-step loop as the solver runs it (bf16 autocast, accumulation over 2 micro-batches,
+    gradient clipping, optimiser and schedule): device-clean, and its device -> host syncs are the contrastive
+    selection (one per micro-batch) and the clipped gradient norm read for the log (one per update)."""
+    from vmas.solvers.engines import TorchEngine
+    from vmas.solvers.optim import build_scheduler
+
+    cfg, step, opt = _train_step(["model.lm.video_swap_prob=0"])
+    engine = TorchEngine(step, opt, build_scheduler(opt, cfg.optim), grad_accum=2, grad_clip=1.0, precision="bf16",
+                         device=torch.device("cpu"))
+    inputs = _train_inputs(cfg)
+    guard = DeviceGuard()
+    guard.place(step, inputs)
+    with guard:
+        for _ in range(4):  # 2 updates
+            total, stats = engine(**inputs)
+            engine.backward(total)
+            engine.step()
+    assert guard.is_dev(step) and 0 < engine.grad_norm < float("inf")
+    assert guard.count(guard.syncs) == {"sync: nonzero at vmas/losses/objective.py in __call__": 4,
+                                        "sync: .item()/bool()/int()/float() at vmas/solvers/engines.py in step": 2}
+    assert not guard.transfers
