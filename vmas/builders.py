@@ -137,6 +137,15 @@ def build_codec(cfg: CodecConfig, load_weights: bool = True) -> nn.Module:
     return model.eval()
 
 
+def build_codec_to_train(cfg: CodecConfig) -> nn.Module:
+    """A fresh, trainable codec of ``model.codec``'s architecture for the codec trainer
+    (``vmas.codec_training``): weights from the caller's random stream (``train.seed``), codebooks initialised by
+    k-means on the first batch (``kmeans_init``), unlike :func:`build_codec`'s frozen tokenizer."""
+    from vmas.models.codec import Codec
+
+    return Codec(**codec_kwargs(cfg), kmeans_init=True)
+
+
 def _random_codec(kwargs: tp.Dict[str, tp.Any]) -> nn.Module:
     """A codec with the weights of ``Codec(**kwargs)`` built right after ``torch.manual_seed(RANDOM_CODEC_SEED)``.
 

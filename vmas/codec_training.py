@@ -21,7 +21,7 @@ import torchaudio
 from torch import nn
 
 from vmas.alignment import onset_times
-from vmas.builders import codec_kwargs
+from vmas.builders import build_codec_to_train
 from vmas.config import Config, config_to_dict
 from vmas.data import media
 from vmas.errors import DataError
@@ -150,7 +150,7 @@ def train_codec(cfg: Config, clips: tp.List[np.ndarray], names: tp.List[str], ou
     seed_everything(cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed)
     c = cfg.model.codec
-    codec = Codec(**codec_kwargs(c), kmeans_init=True)
+    codec = build_codec_to_train(c)
     n_eval = min(eval_count, max(1, len(clips) // 10)) if len(clips) > 1 else 0
     train_clips, eval_clips = clips[n_eval:], (clips[:n_eval] or clips[:1])
     crop = int(round(cfg.data.clip_seconds * c.sample_rate))

@@ -87,22 +87,13 @@ def trace_allocations(fn: tp.Callable[[], tp.Any]) -> AllocationTrace:
 
 
 def training_objects(cfg: Config, codec: torch.nn.Module):
-    """(TrainStep, optimiser) as the solver builds them, with random weights: the objects that are measured
-    (:func:`measure_training`), estimated (:func:`estimate_training`) and timed (``tools/gpu_check.py``)."""
-    from vmas.builders import build_model, build_objective
-    from vmas.solvers.optim import apply_freeze, build_optimizer, param_groups, pretrained_prefixes
-    from vmas.solvers.step import TrainStep
+    """(TrainStep in training mode, optimiser) with random weights: the solver's own training objects
+    (:func:`vmas.solvers.objects.build_training_objects`), measured (:func:`measure_training`), estimated
+    (:func:`estimate_training`) and timed (``tools/gpu_check.py``)."""
+    from vmas.solvers.objects import build_training_objects
 
-    model = build_model(cfg, codec=codec, load_weights=False)
-    if cfg.optim.freeze:
-        apply_freeze(model, cfg.optim.freeze)
-    if cfg.optim.lora_rank:
-        from vmas.solvers.lora import apply_lora
-
-        apply_lora(model, cfg.optim.lora_targets, cfg.optim.lora_rank, cfg.optim.lora_alpha)
-    step = TrainStep(model, build_objective(cfg)).train()
-    optimizer = build_optimizer(param_groups(model, cfg.optim, pretrained_prefixes(cfg)), cfg.optim)
-    return step, optimizer
+    built = build_training_objects(cfg, codec, load_weights=False)
+    return built.step.train(), built.optimizer
 
 
 def synthetic_inputs(cfg: Config, batch_size: int) -> tp.Dict[str, tp.Any]:

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vmas.builders import build_codec, build_model, build_objective, build_text_encoder
+from vmas.builders import build_codec, build_text_encoder
 from vmas.config import Config, config_to_dict, dump_config
 from vmas.data import loader as shard_loader
 from vmas.errors import ConfigError
@@ -45,12 +45,11 @@ from vmas.solvers.distributed import barrier, dist_env, mean_over_ranks
 from vmas.solvers.ds_config import deepspeed_config
 from vmas.solvers.ema import EMA
 from vmas.solvers.engines import build_engine
-from vmas.solvers.export import export_ema, init_codec, load_init_weights
+from vmas.solvers.export import export_ema, init_codec
 from vmas.solvers.inputs import BatchInputs, run_beat_weights
-from vmas.solvers.lora import apply_lora
 from vmas.solvers.monitor import TrainMonitor
-from vmas.solvers.optim import apply_freeze, build_optimizer, build_scheduler, param_groups, pretrained_prefixes
-from vmas.solvers.step import TrainStep
+from vmas.solvers.objects import build_training_objects
+from vmas.solvers.optim import build_scheduler
 from vmas.solvers.stream import DataStream
 from vmas.solvers.synthetic import SyntheticClips
 from vmas.solvers.validation import evaluate_sharded
@@ -90,21 +89,13 @@ class Solver:
         # same seed on every rank: identical initial weights (DeepSpeed also broadcasts rank 0's)
         seed_everything(cfg.train.seed)
         self.codec = build_codec(cfg.model.codec) if not cfg.train.init_from else init_codec(cfg)
-        self.model = model if model is not None else build_model(cfg, codec=self.codec)
-        if cfg.train.init_from:  # fine-tuning: the weights of an export or checkpoint (the step starts at 0)
-            load_init_weights(self.model, cfg.train.init_from)
-        if cfg.optim.freeze:
-            apply_freeze(self.model, cfg.optim.freeze)
-        if cfg.optim.lora_rank:
-            apply_lora(self.model, cfg.optim.lora_targets, cfg.optim.lora_rank, cfg.optim.lora_alpha)
-        groups = param_groups(self.model, cfg.optim, pretrained_prefixes(cfg))
-        self.param_summary = {g["name"]: sum(p.numel() for p in g["params"]) for g in groups}
-        self.frozen_params = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
-        optimizer = build_optimizer(groups, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.optim)
-        step_module = TrainStep(self.model, build_objective(cfg))
-        self.stat_names = step_module.stat_names()
-        self.engine = build_engine(cfg, step_module, optimizer, scheduler, self.world, self.local_rank)
+        # model (+ train.init_from weights: the step starts at 0), freeze, LoRA, optimiser, step: the same objects
+        # the memory estimator measures (vmas.solvers.objects)
+        built = build_training_objects(cfg, self.codec, model)
+        self.model, self.param_summary, self.frozen_params = built.model, built.param_summary, built.frozen_params
+        scheduler = build_scheduler(built.optimizer, cfg.optim)
+        self.stat_names = built.step.stat_names()
+        self.engine = build_engine(cfg, built.step, built.optimizer, scheduler, self.world, self.local_rank)
         self.device = torch.device(self.engine.device)
         self.codec.to(self.device)
         self.ema = EMA(self.model, decay=cfg.optim.ema_decay, every=cfg.optim.ema_every)
