@@ -33,6 +33,7 @@ import torch
 from einops import rearrange
 
 from vmas.errors import MediaError
+from vmas.mixing import downmix_weights
 
 PathLike = tp.Union[str, Path]
 log = logging.getLogger(__name__)
@@ -154,7 +155,9 @@ class _Span:
     times: np.ndarray
     """Presentation times of the non-empty packets, sorted, seconds after the first one, float64 [P]."""
     duration: float
-    """Last presentation time - first + the median frame interval: the stream's duration as players see it."""
+    """Last presentation time - first + the median frame interval: the stream's duration as players see it. An
+    AVI's is its header's (every index entry, dropped-frame entries included: the last real frame shows until the
+    stream ends), so a sparse or variable-rate AVI keeps its length."""
     codec: str
     format: str
     """Container format names as FFmpeg reports them (e.g. ``avi``, ``mov,mp4,m4a,3gp,3g2,mj2``)."""
@@ -181,6 +184,7 @@ def _packet_span(path: Path) -> _Span:
         except Exception:  # a truncated tail: the packets before it still count
             pass
         header = float(stream.duration * tb) if stream.duration and tb else 0.0
+        start = stream.start_time
     if not pts or not tb:
         return _Span(times=np.zeros(1), duration=header or 1.0 / 25.0, codec=codec, format=fmt)
     t = np.unique(np.asarray(pts, np.int64))  # [P] sorted; AVI B-frame streams repeat none, MPEG-TS may
@@ -188,7 +192,14 @@ def _packet_span(path: Path) -> _Span:
     dt = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
     if dt <= 0:  # a single frame: the header's duration, else a 1/25 s still (the least surprising answer)
         dt = header if 0 < header < 10 else 1.0 / 25.0
-    return _Span(times=times, duration=float(times[-1] + dt), codec=codec, format=fmt)
+    duration = float(times[-1] + dt)
+    if fmt == "avi" and header:
+        # an AVI's header counts every index entry, dropped-frame entries (no data: the previous frame stays on
+        # screen) included: its end is the stream's end, also when the last entries are dropped frames
+        end = header - (float((t[0] - (start or 0)) * tb) if start is not None else 0.0)
+        if end > times[-1]:
+            duration = end
+    return _Span(times=times, duration=duration, codec=codec, format=fmt)
 
 
 def _times_agree(a: tp.Optional[np.ndarray], b: np.ndarray) -> bool:
@@ -521,26 +532,12 @@ def _origin(container) -> float:
     return 0.0
 
 
-# Mono downmix weights by channel name: ITU-R BS.775's stereo downmix (L' = L + 0.707 C + 0.707 Ls, R' likewise,
-# LFE left out as FFmpeg does) followed by the mean of L' and R'. Stereo is then the plain mean of its channels,
-# and a voice in the centre channel keeps the level it has in a stereo mix (0.707 + 0.707, halved, per side).
-_DOWNMIX = {"FL": 0.5, "FR": 0.5, "FC": 0.7071, "LFE": 0.0, "BC": 0.7071,
-            "BL": 0.3536, "BR": 0.3536, "SL": 0.3536, "SR": 0.3536}
-
-
-def downmix_weights(names: tp.Sequence[str]) -> np.ndarray:
-    """Weights ``[C]`` that turn channels named ``names`` (FFmpeg's: FL, FR, FC, LFE, BL, BR, SL, SR, ...) into
-    mono. One channel is itself; a layout with a name outside the table gets the plain mean."""
-    if len(names) == 1:
-        return np.ones(1, np.float32)
-    if all(n in _DOWNMIX for n in names):
-        return np.asarray([_DOWNMIX[n] for n in names], np.float32)
-    return np.full(len(names), 1.0 / len(names), np.float32)
-
-
-def _decode_audio(container, stream, path: Path, start: float, duration: tp.Optional[float], origin: float = 0.0):
-    """Decode [start, start+duration) (seconds after ``origin``) of ``stream`` to mono float32 at its own rate:
-    (samples [n], rate).
+def _decode_frames(container, stream, path: Path, start: float, duration: tp.Optional[float], origin: float,
+                   emit: tp.Callable[[np.ndarray, tp.Tuple[str, ...], float], None]) -> tp.Tuple[int, float, float]:
+    """Decode [start, start+duration) (seconds after ``origin``) of ``stream`` at its own rate, handing each
+    piece to ``emit(samples float32 [C, n], channel names, time of the first frame)``; returns ``(rate,
+    time of the first frame, end)`` where ``end`` is the stream's end (s after ``start``) from its header when
+    ``duration`` is None and the header has one, else ``duration`` (None: run to the last sample).
 
     As robust as FFmpeg's own tools: a packet the decoder rejects (a damaged AC3 sync word, an MP3 frame cut by an
     AVI chunk) is skipped and counted, not the end of the stream. Its time span is filled with silence when the next
@@ -561,19 +558,17 @@ def _decode_audio(container, stream, path: Path, start: float, duration: tp.Opti
         except Exception:
             container.seek(0, stream=stream)
     end = None if duration is None else start + duration
-    chunks: tp.List[np.ndarray] = []
     first_time: tp.Optional[float] = None
     got = packets = skipped = 0
     reason, lost = "", False  # why the last skipped packet failed; a packet was skipped since the last frame
-    weights: tp.Dict[tp.Tuple[str, ...], np.ndarray] = {}
+    names: tp.Tuple[str, ...] = ()
 
     def add(out) -> None:
-        nonlocal got
+        nonlocal got, names
         names = tuple(c.name for c in out.layout.channels)
-        w = weights.setdefault(names, downmix_weights(names))
-        arr = w @ out.to_ndarray().astype(np.float32)  # [C] @ [C, n] -> [n]
-        chunks.append(arr)
-        got += arr.size
+        arr = out.to_ndarray().astype(np.float32)  # [C, n]
+        emit(arr, names, first_time)
+        got += arr.shape[1]
 
     try:
         for pkt in container.demux(stream):
@@ -592,7 +587,7 @@ def _decode_audio(container, stream, path: Path, start: float, duration: tp.Opti
                 elif lost and t is not None:  # fill the skipped packets' span (measured from this frame's time)
                     gap = round((t - first_time) * rate) - got
                     if gap > 0:
-                        chunks.append(np.zeros(gap, np.float32))
+                        emit(np.zeros((len(names), gap), np.float32), names, first_time)
                         got += gap
                 lost = False
                 for out in resampler.resample(frame):
@@ -603,30 +598,169 @@ def _decode_audio(container, stream, path: Path, start: float, duration: tp.Opti
             add(out)
     except av.error.FFmpegError as err:  # a truncated tail: keep what decoded, the caller zero-pads
         reason = _short(err)
-    if not chunks:
+    if not got:
         raise MediaError(f"{path}: cannot decode the audio stream ({reason or 'no audio frames'}); the file may "
                          "be truncated or corrupt")
     if skipped:
         log.warning("%s: skipped %d of %d audio packets that failed to decode (%s); their time is silent", path,
                     skipped, packets, reason)
+    if duration is None and stream.duration and tb:  # drop the codec's padding of its last frame (AAC: 1024)
+        stream_start = float(stream.start_time * tb) - origin if stream.start_time is not None else 0.0
+        duration = max(0.0, stream_start + float(stream.duration * tb) - start)
+    return rate, (0.0 if first_time is None else first_time), duration
+
+
+def _decode_audio(container, stream, path: Path, start: float, duration: tp.Optional[float], origin: float = 0.0):
+    """Decode [start, start+duration) (seconds after ``origin``) of ``stream`` to mono float32 at its own rate
+    (:func:`_decode_frames`, channels mixed down by :func:`downmix_weights`): (samples [n], rate)."""
+    chunks: tp.List[np.ndarray] = []
+    weights: tp.Dict[tp.Tuple[str, ...], np.ndarray] = {}
+
+    def emit(arr: np.ndarray, names: tp.Tuple[str, ...], first_time: float) -> None:
+        w = weights.setdefault(names, downmix_weights(names))
+        chunks.append(w @ arr)  # [C] @ [C, n] -> [n]
+
+    rate, first_time, duration = _decode_frames(container, stream, path, start, duration, origin, emit)
     wav = np.concatenate(chunks)
-    first_time = 0.0 if first_time is None else first_time
     offset = round((start - first_time) * rate)  # samples to drop (>0) or zeros to prepend (<0)
     if offset > 0:
         wav = wav[offset:]
     elif offset < 0:
         wav = np.concatenate([np.zeros(-offset, np.float32), wav])
-    if duration is None and stream.duration and tb:  # drop the codec's padding of its last frame (AAC: 1024)
-        stream_start = float(stream.start_time * tb) - origin if stream.start_time is not None else 0.0
-        duration = max(0.0, stream_start + float(stream.duration * tb) - start)
     if duration is not None:
         wav = wav[: round(duration * rate)]
     return wav, rate
 
 
-def write_wav(path: PathLike, wav: tp.Union[torch.Tensor, np.ndarray], sr: int) -> Path:
-    """Write 16-bit PCM wav. ``wav`` is float in [-1, 1], ``[N]`` (mono) or ``[C, N]``; values are clipped."""
+AAC_LAYOUTS = {("FC",): "mono", ("FL", "FR"): "stereo", ("FL", "FR", "FC", "LFE", "BL", "BR"): "5.1",
+               ("FL", "FR", "FC", "LFE", "SL", "SR"): "5.1"}
+"""Channel layouts the finished MP4's AAC track carries, by FFmpeg channel names -> the encoder's layout. AAC has one
+5.1 (its surrounds are one pair): a 5.1(side) source (AC3, most DVDs and cameras) is written as 5.1, its side pair
+as the surround pair; the channel weights and downmix are the same. Any other layout is downmixed to stereo."""
+
+
+@dataclass
+class AudioTrack:
+    """The video's own audio as :func:`read_audio_track` reads it."""
+
+    track: tp.Any
+    """:class:`vmas.mixing.Track` ``[C, N]`` at ``sample_rate``."""
+    sample_rate: int
+    layout: tp.Tuple[str, ...]
+    """FFmpeg channel names of the channels of ``track``."""
+    note: str = ""
+    """One line when the layout was changed (downmixed to stereo for the output codec), else empty."""
+
+
+def read_audio_track(path: PathLike, sr: int, duration: tp.Optional[float] = None,
+                     folder: tp.Optional[PathLike] = None, layouts: tp.Optional[tp.Collection] = None
+                     ) -> AudioTrack:
+    """All channels of the first audio stream of ``path`` at ``sr``, streamed into a :class:`vmas.mixing.Track`
+    (a float32 file in ``folder``; in memory when None): memory is a few blocks whatever the length.
+
+    The same samples as :func:`read_audio` per channel (same decoding, offset, trimming and resampler, chunk for
+    chunk; a mono file gives exactly :func:`read_audio`'s samples). A layout outside ``layouts`` (channel-name
+    tuples; default: any) is downmixed to stereo (ITU-R BS.775, :func:`vmas.mixing.stereo_downmix`) as it is
+    decoded, and ``note`` says so.
+    """
+    from vmas.mixing import Track, stereo_downmix
+
     path = Path(path)
+    with _open_av(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: no audio stream; pass a file with audio")
+        stream = container.streams.audio[0]
+        state: tp.Dict[str, tp.Any] = {"track": None, "pos": 0, "offset": 0, "names": None, "matrix": None}
+
+        def emit(arr: np.ndarray, names: tp.Tuple[str, ...], first_time: float) -> None:
+            if state["track"] is None:  # the first frame fixes the layout (and the offset, as in read_audio)
+                state["names"], state["offset"] = names, round((0.0 - first_time) * rate_of[0])
+                if layouts is not None and names not in layouts:
+                    state["matrix"], state["names"] = stereo_downmix(names), ("FL", "FR")
+                state["track"] = Track.like(len(state["names"]), 0, folder)
+            if names != state["names"] and state["matrix"] is None:  # the layout changed mid-stream: map by name
+                mapped = np.zeros((len(state["names"]), arr.shape[1]), np.float32)
+                for i, nm in enumerate(names):
+                    if nm in state["names"]:
+                        mapped[state["names"].index(nm)] = arr[i]
+                arr = mapped
+            elif state["matrix"] is not None:
+                arr = (stereo_downmix(names) @ arr).astype(np.float32)
+            at = state["pos"] - state["offset"]  # position in the result: offset samples dropped or prepended
+            state["pos"] += arr.shape[1]
+            if at + arr.shape[1] <= 0:
+                return
+            if at < 0:
+                arr, at = arr[:, -at:], 0
+            state["track"].write(at, arr)
+
+        rate_of = [stream.codec_context.sample_rate or stream.rate]
+        rate, _, stream_duration = _decode_frames(container, stream, path, 0.0, duration, _origin(container), emit)
+    native = state["track"]
+    source_names = state["names"]
+    if stream_duration is not None:
+        native.n = min(native.n, round(stream_duration * rate))
+    out = _resample_track(native, rate, sr, Track.like(native.channels, 0, folder))
+    if out is not native:
+        native.close()
+    if duration is not None:
+        out.n = round(duration * sr)  # zeros past the end of the stream (Track reads), as read_audio pads
+    note = ""
+    if state["matrix"] is not None:
+        note = (f"its {len(source_names) if source_names else '?'}-channel audio is downmixed to stereo (the MP4's "
+                "AAC track takes mono, stereo and 5.1)")
+    return AudioTrack(track=out, sample_rate=sr, layout=tuple(state["names"]), note=note)
+
+
+def _resample_track(src, rate: int, sr: int, out):
+    """:func:`resample_audio` of every channel of the Track ``src`` into the Track ``out`` (``src`` itself when
+    the rates agree), chunk for chunk as :func:`resample_audio` cuts a whole signal, so each channel equals it."""
+    if rate == sr:
+        return src
+    import torchaudio.functional as AF
+
+    g = math.gcd(int(rate), int(sr))
+    period = int(rate) // g
+    step = max(1, RESAMPLE_CHUNK // period) * period
+    n = src.n
+    if n <= step:
+        whole = src.read(0, n)
+        out.write(0, np.stack([AF.resample(torch.from_numpy(np.ascontiguousarray(row)), rate, sr).numpy()
+                               for row in whole]))
+        return out
+    width = math.ceil(6 * period / min(period, int(sr) // g) / 0.99) + 1  # the kernel's reach, input samples
+    margin = -(-width // period) * period + period
+    at = 0
+    for s in range(0, n, step):
+        a, b = max(0, s - margin), min(n, s + step + margin)
+        piece = src.read(a, b)
+        rows = []
+        for row in piece:
+            res = AF.resample(torch.from_numpy(np.ascontiguousarray(row)), rate, sr)
+            first = (s - a) // period * (int(sr) // g)
+            count = (min(n, s + step) - s) // period * (int(sr) // g) if s + step < n else res.numel() - first
+            rows.append(res[first: first + count].numpy())
+        out.write(at, np.stack(rows))
+        at += rows[0].size
+    return out
+
+
+def write_wav(path: PathLike, wav: tp.Union[torch.Tensor, np.ndarray, tp.Any], sr: int) -> Path:
+    """Write 16-bit PCM wav. ``wav`` is float in [-1, 1], ``[N]`` (mono) or ``[C, N]``, or a
+    :class:`vmas.mixing.Track` (written block by block); values are clipped."""
+    from vmas.mixing import Track, _spans
+
+    path = Path(path)
+    if isinstance(wav, Track):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(path), "wb") as f:
+            f.setnchannels(wav.channels)
+            f.setsampwidth(2)
+            f.setframerate(int(sr))
+            for s, e in _spans(wav.n):
+                pcm = (np.clip(wav.read(s, e).astype(np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2")
+                f.writeframes(np.ascontiguousarray(pcm.T).tobytes())
+        return path
     x = wav.detach().cpu().float().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav, np.float32)
     if x.ndim == 1:
         x = x[None]
@@ -674,13 +808,24 @@ def reencode_h264(video_path: PathLike, out_path: PathLike, crf: int = REENCODE_
             rate = vin.average_rate or vin.guessed_rate or Fraction(25)
             step = max(1, round(1 / (float(rate) * float(tb))))  # one frame interval in the stream's time base
             w, h = vin.codec_context.width, vin.codec_context.height
-            vout = out.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
+            # no B-frames: decode order = display order, so the track's end (last sample + its duration) is the
+            # last frame's end and the source's duration carries over exactly (with B-frames the MP4's stated
+            # duration includes the reordering delay)
+            vout = out.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset, "bf": "0"})
             vout.width, vout.height = w, h
             vout.pix_fmt = "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
             vout.time_base = vout.codec_context.time_base = tb
             if src.rotation:
                 vout.set_display_rotation(src.rotation)
             last = None  # pts of the last frame written (output time base = the source's)
+            end = round(src.span.duration / float(tb))  # the source's end: the last frame shows until then
+            held: tp.List[tp.Any] = []  # the latest packet, muxed when the next one comes (or at the end)
+
+            def mux(pkt) -> None:
+                if held:
+                    out.mux(held.pop())
+                held.append(pkt)
+
             for k, frame in enumerate(_decoded_frames(inp, vin)):
                 # frame k shows at the time our reader gives frame k (the container's times, not a decoder's
                 # pts that AVI B-frames scramble); frames beyond the count follow one interval apart
@@ -695,10 +840,17 @@ def reencode_h264(video_path: PathLike, out_path: PathLike, crf: int = REENCODE_
                 frame = frame.reformat(format=vout.pix_fmt)
                 frame.pts, frame.time_base = pts, tb
                 for pkt in vout.encode(frame):
-                    out.mux(pkt)
+                    mux(pkt)
             if last is None:
                 raise MediaError(f"{video_path}: no frame decodes; the file may be corrupt, re-encode it")
             for pkt in vout.encode(None):
+                mux(pkt)
+            if held:
+                # an MP4 track ends at its last sample (in decode order) + that sample's duration: ending it at the
+                # source's end gives the last frame its display duration from the source (a sparse AVI's dropped
+                # entries, a VFR file's last interval), whatever the encoder's reordering delay
+                pkt = held.pop()
+                pkt.duration = max(1, max(end, last + 1) - pkt.dts)
                 out.mux(pkt)
     except MediaError:
         out_path.unlink(missing_ok=True)
@@ -726,7 +878,8 @@ def mp4_video_source(video_path: PathLike, work_dir: PathLike) -> tp.Tuple[Path,
 
 
 def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.ndarray], out_path: PathLike,
-              sr: tp.Optional[int] = None, bitrate: int = 128_000, duration: tp.Optional[float] = None) -> Path:
+              sr: tp.Optional[int] = None, bitrate: tp.Optional[int] = None, duration: tp.Optional[float] = None,
+              layout: tp.Optional[tp.Sequence[str]] = None) -> Path:
     """Copy of ``video_path`` with ``wav`` as its (only) audio track.
 
     The video stream is copied packet by packet when the output takes its codec (no re-encode, so no quality loss
@@ -736,14 +889,23 @@ def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.nda
     already in the video is dropped. Packets are interleaved as they are read: memory does not grow with length.
 
     Args:
-        wav: a wav/audio file path (read at ``sr``, or its own rate when ``sr`` is None) or a float tensor/array
-            ``[N]`` / ``[1, N]`` at ``sr`` (required then).
+        wav: a wav/audio file path (read at ``sr``, or its own rate when ``sr`` is None, mixed to mono), a float
+            tensor/array ``[N]`` / ``[1, N]`` at ``sr`` (required then), or a :class:`vmas.mixing.Track`
+            ``[C, N]`` (read block by block) whose channels are named ``layout`` (one of :data:`AAC_LAYOUTS`;
+            default mono / stereo by channel count).
+        bitrate: AAC bit rate; default 128 kbit/s for mono plus 64 kbit/s per further channel.
         duration: keep only the first ``duration`` seconds of the video (``vmas generate --duration``): packets are
             dropped from the first one decoded after that time, so every frame shown before it still decodes
             (with B-frames the copy may run up to the stream's reordering delay, a frame or two, longer).
     """
+    from vmas.mixing import Track
+
     video_path, out_path = Path(video_path), Path(out_path)
-    if isinstance(wav, (str, Path)):
+    if isinstance(wav, Track):
+        if sr is None:
+            raise MediaError(f"{out_path}: mux_audio needs sr= when wav is a track")
+        samples = wav
+    elif isinstance(wav, (str, Path)):
         wav_path = Path(wav)
         if sr is None:
             with _open_av(wav_path) as c:
@@ -760,7 +922,7 @@ def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.nda
     try:
         if source != video_path:
             log.warning("%s: %s", video_path, how)
-        return _mux_copy(source, video_path, samples, sr, out_path, bitrate, duration)
+        return _mux_copy(source, video_path, samples, sr, out_path, bitrate, duration, layout)
     finally:
         if source != video_path:
             source.unlink(missing_ok=True)
@@ -784,8 +946,8 @@ def _cut_before(path: Path, seconds: float) -> tp.Tuple[int, float]:
     return limit, float((kept[-1] - first) * tb + dt)
 
 
-def _mux_copy(source: Path, video_path: Path, samples: np.ndarray, sr: int, out_path: Path, bitrate: int,
-              duration: tp.Optional[float] = None) -> Path:
+def _mux_copy(source: Path, video_path: Path, samples: tp.Any, sr: int, out_path: Path, bitrate: tp.Optional[int],
+              duration: tp.Optional[float] = None, layout: tp.Optional[tp.Sequence[str]] = None) -> Path:
     """Mux the video stream of ``source`` (copied) with ``samples`` [N] at ``sr`` (AAC, fitted to the video's
     duration) into ``out_path``, through a temporary file so a failure leaves nothing half-written. ``duration``:
     only that much of the video (see :func:`mux_audio`)."""
@@ -794,15 +956,24 @@ def _mux_copy(source: Path, video_path: Path, samples: np.ndarray, sr: int, out_
     end, limit = _packet_span(source).duration, None
     if duration is not None and duration < end:
         limit, end = _cut_before(source, duration)
+    from vmas.mixing import Track, default_layout
+
     n = round(end * sr)
-    samples = np.pad(samples.astype(np.float32), (0, max(0, n - samples.size)))[:n]
+    track = Track.of(samples)
+    names = tuple(layout) if layout is not None else (("FC",) if track.channels == 1
+                                                      else default_layout(track.channels))
+    if names not in AAC_LAYOUTS or len(names) != track.channels:
+        raise MediaError(f"{out_path}: the MP4's AAC track takes mono, stereo or 5.1, not {len(names)} channels "
+                         f"{names}; downmix first (read_audio_track(layouts=AAC_LAYOUTS))")
+    aac_layout = AAC_LAYOUTS[names]
+    bitrate = bitrate or 128_000 + 64_000 * (track.channels - 1)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.stem + ".tmp" + out_path.suffix)
     try:
         with _open_av(source) as src, av.open(str(tmp), "w") as dst:
             vin = src.streams.video[0]
             vout = dst.add_stream_from_template(vin)
-            aout = dst.add_stream("aac", rate=sr, layout="mono")
+            aout = dst.add_stream("aac", rate=sr, layout=aac_layout)
             aout.bit_rate = bitrate
 
             def video():  # (time in s, stream order, packet), in dts order as demuxed
@@ -816,8 +987,8 @@ def _mux_copy(source: Path, video_path: Path, samples: np.ndarray, sr: int, out_
 
             def audio():
                 for i in range(0, n, 1024):
-                    chunk = samples[i:i + 1024][None]  # [1, n]
-                    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
+                    chunk = track.read(i, min(n, i + 1024)).astype(np.float32)  # [C, m], zeros past its end
+                    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=aac_layout)
                     frame.sample_rate, frame.pts = sr, i
                     for pkt in aout.encode(frame):
                         yield float(pkt.dts * pkt.time_base), 1, pkt
@@ -848,6 +1019,7 @@ def audio_duration(path: PathLike) -> float:
         return float(c.duration / 1e6) if c.duration else 0.0
 
 
-__all__ = ["VideoInfo", "probe_video", "read_video_frames", "read_audio", "write_wav", "mux_audio",
+__all__ = ["VideoInfo", "probe_video", "read_video_frames", "read_audio", "read_audio_track", "AudioTrack",
+           "AAC_LAYOUTS", "write_wav", "mux_audio",
            "mp4_video_plan", "mp4_video_source", "reencode_h264", "MP4_COPY_CODECS", "downmix_weights",
            "normalize_frames", "nearest_indices", "resize_center_crop", "audio_duration", "IMAGENET_MEAN", "IMAGENET_STD"]
