@@ -77,3 +77,35 @@ def test_retrieval_embeddings_from_another_manifest_are_refused(tmp_path):
     np.savez(emb, video=np.eye(3), music=np.eye(3), ids=np.array(["c0", "c1", "c2"]))
     report = evaluate(gen, m, metrics=["retrieval"], retrieval_embeddings=str(emb), progress=False)
     assert report["retrieval"] == {"R@1": 1.0, "R@10": 1.0} and report["coverage"]["retrieval"]["fraction"] == 1.0
+
+
+def test_two_videos_with_one_name_never_share_a_generated_file(tmp_path):
+    """`<video stem>.wav` identifies a clip only when its stem is unique: clips from a/clip.mp4 and b/clip.mp4
+    once both read GENERATED/clip.wav (one file, counted twice)."""
+    from vmas.evaluation import evaluate
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    _wav(gen / "clip.wav", 1, 0.3)
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        _wav(tmp_path / d / "clip.wav", 2)  # stands in for the video (and its soundtrack: the reference)
+    rows = [{"id": "a-clip", "video": "a/clip.wav"}, {"id": "b-clip", "video": "b/clip.wav"}]
+    report = evaluate(gen, _manifest(tmp_path / "m.jsonl", rows), metrics=["fad"], fad_backbone="mel",
+                      progress=False, min_coverage=0.0)
+    assert report["meta"]["clips"]["missing_generated"] == 2 and "fad" in report["meta"]["skipped"]
+    # a unique stem still identifies its clip (what `vmas generate` writes: NAME.wav for NAME.mp4)
+    rows = [{"id": "a-clip", "video": "a/clip.wav"}, {"id": "c-other", "video": "b/other.wav"}]
+    _wav(tmp_path / "b" / "other.wav", 3)
+    report = evaluate(gen, _manifest(tmp_path / "m.jsonl", rows), metrics=["fad"], fad_backbone="mel",
+                      progress=False, min_coverage=0.0)
+    assert report["meta"]["clips"]["missing_generated"] == 1 and report["meta"]["missing_generated_ids"] == ["c-other"]
+
+
+def test_split_and_limit_without_a_manifest_are_refused(tmp_path):
+    from vmas.errors import VmasError
+    from vmas.evaluation import evaluate
+
+    (tmp_path / "g").mkdir()
+    with pytest.raises(VmasError, match="--split and --limit select manifest rows"):
+        evaluate(tmp_path / "g", reference=tmp_path / "g", metrics=["fad"], split="test", progress=False)

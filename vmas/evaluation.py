@@ -304,6 +304,9 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
     if manifest is None:
         if ref_dir is None:
             raise VmasError("pass --manifest, or --reference DIR to compare two folders of audio")
+        if split or limit:  # they select manifest rows: without one they would silently do nothing
+            raise VmasError("--split and --limit select manifest rows; two folders are compared whole (drop them, "
+                            "or pass --manifest)")
         gen_files = [(p, None) for p in list_audio(generated)]
         ref_files = [(p, None) for p in list_audio(ref_dir)]
         clips: tp.List[tp.Dict[str, tp.Any]] = []
@@ -318,14 +321,17 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
             meta["layout"].update(clips=len(clips), without_music=[c["id"] for c in clips if not c["audio"]])
         from collections import Counter
 
-        per_video = Counter(c.get("video") for c in clips)
+        # `<video stem>.wav` (what `vmas` writes) only identifies a clip whose video stem no other clip shares (as
+        # its video stem or its id): two videos named clip.mp4 in two folders would both read GENERATED/clip.wav
+        per_stem = Counter(Path(c["video"]).stem for c in clips if c.get("video"))
+        ids = {c["id"] for c in clips}
         if generated.is_dir():  # every clip's ambiguous stem in one error, before any clip is read
             stems = {c["id"] for c in clips} | {Path(c["video"]).stem for c in clips if c.get("video")}
             one_per_stem([f for f in generated.iterdir() if f.stem in stems and f.suffix.lower() in AUDIO_EXTS
                           and f.is_file() and f.stat().st_size > 0], generated)
         for c in clips:
-            # `<video stem>.wav` (what `vmas` writes) only identifies the clip when no other clip shares the video
-            stem = Path(c["video"]).stem if c.get("video") and per_video[c["video"]] == 1 else None
+            stem = Path(c["video"]).stem if c.get("video") else None
+            stem = stem if stem and per_stem[stem] == 1 and (stem == c["id"] or stem not in ids) else None
             c["gen_path"] = find_audio(generated, c["id"], stem)
             c["ref_path"], c["ref_span"] = reference_source(c, ref_dir)
         missing = [c["id"] for c in clips if c["gen_path"] is None]
