@@ -23,7 +23,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_debug_size_check_on_the_cpu_writes_every_key(tmp_path):
     out = tmp_path / "gpu_check.json"
-    proc = _run("--config", "configs/debug.yaml", "--out", str(out), "--steps", "2", "train.engine=torch")
+    proc = _run("--config", "configs/debug.yaml", "--out", str(out), "--steps", "2", "--decoders", "cached,static",
+                "train.engine=torch")
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     t, g, meta = r["train"], r["generate"], r["meta"]
@@ -35,7 +36,7 @@ def test_debug_size_check_on_the_cpu_writes_every_key(tmp_path):
     for name, d in g["decoders"].items():
         if "skipped" not in d:  # 125 frames + 3 delay steps
             assert d["steps"] == 128 and d["steps_per_s"] * d["window_s_wall"] == pytest.approx(128), name
-    assert "cached" in g["decoders"] and "skipped" not in g["decoders"]["cached"]
+    assert sorted(g["decoders"]) == ["cached", "static"] and "skipped" not in g["decoders"]["cached"]
     assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and len(meta["commit"]) in (40, 7)
 
 

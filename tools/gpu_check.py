@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up step)")
     p.add_argument("--repeats", type=int, default=1, help="timed generations per decoder (after one warm-up)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: train, generate")
+    p.add_argument("--decoders", default="", help="comma list of decoders to time (default: every one offered)")
     p.add_argument("--json", action="store_true", help="also print the result on stdout")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (after the check's own)")
     args = p.parse_args(argv)
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         skip = {s for s in args.skip.split(",") if s}
         result = {"train": None if "train" in skip else device_check.train_check(cfg, device, args.steps),
                   "generate": None if "generate" in skip else device_check.generate_check(
-                      cfg, device, cfg.generation.cfg)}
+                      cfg, device, cfg.generation.cfg, args.repeats, [d for d in args.decoders.split(",") if d])}
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -136,8 +136,8 @@ def decoders() -> tp.List[str]:
     return [d for d in DECODERS if d != "recompute"]
 
 
-def generate_check(cfg: Config, device: torch.device, cfg_scale: float = 3.0,
-                   repeats: int = 1) -> tp.Dict[str, tp.Any]:
+def generate_check(cfg: Config, device: torch.device, cfg_scale: float = 3.0, repeats: int = 1,
+                   only: tp.Sequence[str] = ()) -> tp.Dict[str, tp.Any]:
     """One window of ``data.clip_seconds`` with CFG per decoder: steps/s and wall time (the first call of each
     decoder compiles or captures and is not timed), plus the encoder's forward and the codec's decode."""
     from vmas.builders import build_codec, build_model
@@ -158,7 +158,7 @@ def generate_check(cfg: Config, device: torch.device, cfg_scale: float = 3.0,
         out["encoder"] = {"frames": data.num_frames, "image_size": data.image_size, "forward_s": enc_s,
                           "tokens": list(tokens.shape)}
         steps = model.pattern.num_steps(num_frames)
-        for decode in decoders():
+        for decode in [d for d in decoders() if not only or d in only]:
             extra = {"decode": decode} if len(decoders()) > 1 else {}
             sampling = SamplingParams(cfg=cfg_scale, top_k=250, **extra)
             _reset_peak(device)
