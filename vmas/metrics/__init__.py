@@ -3,6 +3,7 @@
 See docs/metrics.md for each definition, backbone and how to reproduce the paper's setting.
 """
 from vmas.metrics.av_align import AVAlign, AVAlignRevision, av_align_files
+from vmas.metrics.beat import BeatCoverageHit, BeatMetrics, beat_align_score, beat_iou, biou, tbiou
 from vmas.metrics.clap_score import ClapScore
 from vmas.metrics.embeddings import (
                                      AudioEmbedder,
@@ -42,6 +43,7 @@ from vmas.metrics.mv_align import (
 from vmas.metrics.retrieval import VideoMusicRetrieval, recall_at_k, retrieval_ranks
 
 __all__ = [
+    "BeatCoverageHit", "BeatMetrics", "beat_align_score", "beat_iou", "biou", "tbiou",
     "ClapScore", "AudioEmbedder", "ClapAudioEmbedder", "EncodecEmbedder", "MelStatsEmbedder", "PasstEmbedder",
     "VGGish", "VGGishEmbedder", "build_embedder", "load_audio", "load_vggish", "vggish_input",
     "FrechetAudioDistance", "frechet_distance", "AudioClassifier", "ASTClassifier", "KLDivergence",
