@@ -35,6 +35,7 @@ from vmas.builders import build_fuser, build_lm  # noqa: E402
 from vmas.config import LMConfig, load_config  # noqa: E402
 from vmas.hub import preset_path  # noqa: E402
 from vmas.models.lm import musicgen_to_vmas_state_dict  # noqa: E402
+from vmas.sampling import SamplingParams  # noqa: E402
 from vmas.utils import count_params  # noqa: E402
 
 
@@ -78,8 +79,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--card", type=int, default=2048)
     parser.add_argument("--frames", type=int, default=500, help="code frames (pattern steps = frames + n_q - 1)")
     parser.add_argument("--cond-len", type=int, default=48, help="condition tokens (48 video tokens in the paper)")
-    parser.add_argument("--top-k", type=int, default=250)
-    parser.add_argument("--cfg", type=float, default=3.0)
+    # a random LM has no generation config of its own: the package's default sampling (vmas.sampling.SamplingParams)
+    parser.add_argument("--top-k", type=int, default=SamplingParams().top_k)
+    parser.add_argument("--cfg", type=float, default=SamplingParams().cfg)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (0 = torch default); per-step cost is op overhead, so 1 is fastest")

@@ -64,9 +64,10 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     p.add_argument("--clap-model", default="laion/clap-htsat-unfused")
     p.add_argument("--mv-flow", default="farneback")
     p.add_argument("--retrieval-embeddings", help="see tools/evaluate.py")
-    p.add_argument("--cfg", type=float, default=3.0)
-    p.add_argument("--top-k", type=int, default=250)
-    p.add_argument("--temperature", type=float, default=1.0)
+    # sampling: None = the model's own generation config (what `vmas generate` uses), so the scores are of its music
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's generation.cfg)")
+    p.add_argument("--top-k", type=int, default=None, help="default: the model's generation.top_k")
+    p.add_argument("--temperature", type=float, default=None, help="default: the model's generation.temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--auto-tags", action="store_true", help="tag branch: tags from the auto-tagger")
     p.add_argument("--split", help="keep manifest rows whose 'split' is this (e.g. test)")
