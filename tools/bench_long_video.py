@@ -8,7 +8,13 @@ quiet 220 Hz tone as its own audio track, so the default ``--mix keep`` path run
 records its wall time and peak resident memory (``wait4``'s ``ru_maxrss``: the whole process, imports and model
 included). Results go to ``OUT/bench_long_video.json`` after each length; a rerun with the same settings reuses the
 lengths already measured. The printed JSON has ``meta`` (command, commit, date, machine, load average) and one row
-per length with ``seconds_per_video_minute``, the number that stays flat when time is linear in length.
+per length with ``seconds_per_video_minute``, the number that stays flat when time is linear in length, and
+``summary`` (issue 35): peak RSS growth in MB per video minute between the shortest and the longest length, the
+longest's peak over the shortest's, and CPU seconds per video minute at each length. ``meta.load_before`` is the
+load average when the run started, ``meta.load_avg`` when it ended.
+
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_long_video.py --minutes 1 10 30 --model vmas-debug-random \
+        --out outputs/bench_long_debug --json
 """
 from __future__ import annotations
 
@@ -84,6 +90,17 @@ def run_generate(video: Path, out: Path, model: str | None) -> dict:
                 mp4_audio_s=round(audio_duration(mp4), 3), stdout=stdout.strip().splitlines()[-1:])
 
 
+def summarize(rows: list) -> dict:
+    """Memory growth and time per minute over ``rows`` (sorted by length): what stays flat when memory is bounded
+    and time is linear."""
+    if len(rows) < 2:
+        return {}
+    a, b = rows[0], rows[-1]
+    return dict(peak_rss_mb_per_video_minute=round((b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["minutes"] - a["minutes"]), 2),
+                peak_rss_longest_over_shortest=round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
+                cpu_s_per_video_minute=[round(r["cpu_s"] / r["minutes"], 2) for r in rows])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -102,6 +119,8 @@ def main(argv=None) -> int:
     settings = dict(model=args.model or "default", fps=args.fps, width=args.width, height=args.height)
     old = json.loads(results_path.read_text()) if results_path.exists() else {}
     rows = {r["minutes"]: r for r in old.get("rows", [])} if old.get("settings") == settings else {}
+    load_before = old.get("meta", {}).get("load_before") if rows else None
+    load_before = load_before or os.getloadavg()
     for minutes in args.minutes:
         if minutes in rows:
             continue
@@ -112,10 +131,11 @@ def main(argv=None) -> int:
         rows[minutes] = row
         meta = dict(command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
                     commit=git_commit(Path(__file__).resolve().parent), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    machine=f"{platform.machine()}, {os.cpu_count()} CPUs", load_avg=os.getloadavg(),
-                    omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""))
-        results_path.write_text(json.dumps(dict(settings=settings, meta=meta, rows=sorted(rows.values(),
-                                                key=lambda r: r["minutes"])), indent=1))
+                    machine=f"{platform.machine()}, {os.cpu_count()} CPUs", load_before=load_before,
+                    load_avg=os.getloadavg(), omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""))
+        ordered = sorted(rows.values(), key=lambda r: r["minutes"])
+        results_path.write_text(json.dumps(dict(settings=settings, meta=meta, summary=summarize(ordered),
+                                                rows=ordered), indent=1))
     result = json.loads(results_path.read_text())
     result["rows"] = [rows[m] for m in sorted(set(args.minutes))]
     if args.json:

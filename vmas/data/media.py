@@ -895,8 +895,9 @@ def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.nda
             default mono / stereo by channel count).
         bitrate: AAC bit rate; default 128 kbit/s for mono plus 64 kbit/s per further channel.
         duration: keep only the first ``duration`` seconds of the video (``vmas generate --duration``): packets are
-            dropped from the first one decoded after that time, so every frame shown before it still decodes
-            (with B-frames the copy may run up to the stream's reordering delay, a frame or two, longer).
+            dropped from the first one decoded after that time, so every frame shown before it still decodes, and
+            the last packet kept lasts until ``duration``: the video stream and the audio both last ``duration``
+            (the last frame shown stays until then, however sparse the frames).
     """
     from vmas.mixing import Track
 
@@ -928,22 +929,23 @@ def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.nda
             source.unlink(missing_ok=True)
 
 
-def _cut_before(path: Path, seconds: float) -> tp.Tuple[int, float]:
-    """(dts limit in stream ticks, duration in s of the kept packets) to keep ``seconds`` of ``path``'s video.
+def _cut_before(path: Path, seconds: float) -> tp.Tuple[int, int]:
+    """(how many packets to keep, in demux (decode) order; the first presentation time, ticks) to keep
+    ``seconds`` of ``path``'s video.
 
-    Packets decoded before ``seconds`` (dts) are kept: that includes every reference frame a frame shown before
-    ``seconds`` needs, so the copy decodes cleanly without re-encoding.
+    The packets up to the last one (in decode order) of a frame shown before ``seconds`` are kept: every frame shown
+    before ``seconds`` and every reference frame it needs, so the copy decodes cleanly without re-encoding. That last
+    packet is shown before ``seconds``, so giving it the duration up to ``seconds`` ends the MP4 track there (its
+    stated end is its last packet's presentation time + duration), with or without B-frames and at any frame rate.
     """
     with _open_av(path) as container:
         stream = container.streams.video[0]
         tb = float(stream.time_base)
-        pkts = [(p.pts if p.pts is not None else p.dts, p.dts) for p in container.demux(stream)
-                if p.size > 0 and p.dts is not None]
-    first = min(t for t, _ in pkts)
+        pts = [p.pts if p.pts is not None else p.dts for p in container.demux(stream) if p.dts is not None]
+    first = min(pts)
     limit = first + max(1, round(seconds / tb))
-    kept = np.unique([t for t, d in pkts if d < limit])  # [P] presentation times of the kept packets
-    dt = float(np.median(np.diff(kept))) * tb if len(kept) > 1 else seconds
-    return limit, float((kept[-1] - first) * tb + dt)
+    shown = [i for i, t in enumerate(pts) if t < limit]
+    return (shown[-1] + 1 if shown else 1), first
 
 
 def _mux_copy(source: Path, video_path: Path, samples: tp.Any, sr: int, out_path: Path, bitrate: tp.Optional[int],
@@ -953,9 +955,14 @@ def _mux_copy(source: Path, video_path: Path, samples: tp.Any, sr: int, out_path
     only that much of the video (see :func:`mux_audio`)."""
     import av
 
-    end, limit = _packet_span(source).duration, None
+    # the source's duration (a re-encode ends where its source does: reencode_h264), the picture's own timing
+    end, limit, first_pts = (_source(video_path).span.duration if source != video_path
+                             else _packet_span(source).duration), None, 0
     if duration is not None and duration < end:
-        limit, end = _cut_before(source, duration)
+        # --duration N: the picture ends at N exactly (the last frame kept shows until N, however sparse the
+        # frames), and the audio with it
+        limit, first_pts = _cut_before(source, duration)
+        end = duration
     from vmas.mixing import Track, default_layout
 
     n = round(end * sr)
@@ -977,13 +984,24 @@ def _mux_copy(source: Path, video_path: Path, samples: tp.Any, sr: int, out_path
             aout.bit_rate = bitrate
 
             def video():  # (time in s, stream order, packet), in dts order as demuxed
+                held, count = None, 0  # with a cut, the last packet waits: its duration ends the track at N
                 for pkt in src.demux(vin):
                     if pkt.dts is None:  # the demuxer's flush packet
                         continue
-                    if limit is not None and pkt.dts >= limit:  # --duration: demux order is dts order
+                    if limit is not None and count >= limit:  # --duration: _cut_before counted these packets
                         break
+                    count += 1
                     pkt.stream = vout
-                    yield float(pkt.dts * pkt.time_base), 0, pkt
+                    if limit is None:
+                        yield float(pkt.dts * pkt.time_base), 0, pkt
+                        continue
+                    if held is not None:
+                        yield float(held.dts * held.time_base), 0, held
+                    held = pkt
+                if held is not None:  # shown before N: it lasts until N
+                    shown = held.pts if held.pts is not None else held.dts
+                    held.duration = max(1, round(end / float(held.time_base)) + first_pts - shown)
+                    yield float(held.dts * held.time_base), 0, held
 
             def audio():
                 for i in range(0, n, 1024):
