@@ -118,3 +118,11 @@ def test_dadaptation_is_kept():
     cfg, _, opt, sched = _objects("optim.optimizer=dadam", "optim.lr=1.0")
     got, got_sched, choice = select_optimizer(cfg, opt, sched, op_compatible=_ops(FusedAdamBuilder=True))
     assert got is opt and got_sched is sched and choice.impl == "as built"
+
+
+def test_build_engine_reports_its_choice():
+    from vmas.solvers.engines import build_engine
+
+    cfg, model, opt, sched = _objects()
+    engine = build_engine(cfg, model, opt, sched, world_size=1, local_rank=0)
+    assert engine.optimizer is opt and engine.optimizer_choice.impl == "torch.AdamW"

@@ -277,11 +277,15 @@ def select_optimizer(cfg: Config, optimizer: torch.optim.Optimizer, scheduler: t
 def build_engine(cfg: Config, module: nn.Module, optimizer, scheduler, world_size: int, local_rank: int) -> Engine:
     """``train.engine``: DeepSpeed (sets up the process group first) or the single-process torch engine; the
     optimiser kernel is chosen here (:func:`select_optimizer`)."""
+    engine: tp.Any
     if cfg.train.engine == "deepspeed":
         init_deepspeed_distributed(local_rank)
         ds = deepspeed_config(cfg, world_size)
-        optimizer, scheduler, _ = select_optimizer(cfg, optimizer, scheduler, ds)
-        return DeepSpeedEngine(module, optimizer, scheduler, ds)
-    optimizer, scheduler, _ = select_optimizer(cfg, optimizer, scheduler)
-    return TorchEngine(module, optimizer, scheduler, cfg.train.grad_accum, cfg.optim.grad_clip, cfg.train.precision,
-                       resolve_device(cfg.train.device))
+        optimizer, scheduler, choice = select_optimizer(cfg, optimizer, scheduler, ds)
+        engine = DeepSpeedEngine(module, optimizer, scheduler, ds)
+    else:
+        optimizer, scheduler, choice = select_optimizer(cfg, optimizer, scheduler)
+        engine = TorchEngine(module, optimizer, scheduler, cfg.train.grad_accum, cfg.optim.grad_clip,
+                             cfg.train.precision, resolve_device(cfg.train.device))
+    engine.optimizer_choice = choice  # what ran the update, for reports (tools/gpu_check.py)
+    return engine
