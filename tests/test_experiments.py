@@ -93,3 +93,26 @@ def test_result_meta_has_command_and_provenance(tmp_path, monkeypatch):
     assert {"commit", "dirty_tree", "date", "machine", "load_avg_1m"} <= set(meta)
     assert meta["codec"]["missing"] is True
     json.dumps(meta)
+
+
+def test_scene_scores_by_hand():
+    import numpy as np
+
+    from vmas.experiments import scene_scores
+
+    sr = 100
+    wav = np.zeros(10 * sr)
+    # 2 s excerpts every 1 s inside [1, 5]: starts 1, 2, 3 (a 4th would end past 5)
+    assert [t for t, _ in scene_scores.judge_windows(wav, sr, 1.0, 5.0, 2.0, 1.0)] == [1.0, 2.0, 3.0]
+    assert scene_scores.hits_within([1.00, 2.06], [1.04, 2.0, 3.0]) == 1 / 3  # 2.0 is 60 ms from 2.06
+    assert math.isnan(scene_scores.hits_within([1.0], []))
+    wav[int(6.3 * sr):] = 1.0  # the music turns loud 1.3 s after a cut at 5 s
+
+    class Loud:  # judges an excerpt as class 1 once it is mostly loud
+        def predict(self, wavs, sr):
+            return np.array([int(np.mean(w) > 0.5) for w in wavs])
+
+    # excerpts of 1 s from 5.0 every 0.1 s: the first that is > half loud starts at 5.9 (6.3 - 0.5 = 5.8 is exactly
+    # half, not more)
+    assert scene_scores.switch_latency(wav, sr, 5.0, 10.0, 1, Loud(), window=1.0, step=0.1) == (0.9, True)
+    assert scene_scores.switch_latency(wav, sr, 5.0, 6.0, 1, Loud(), window=1.0, step=0.1) == (0.0, False)

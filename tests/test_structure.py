@@ -144,7 +144,7 @@ def test_hits_need_a_beat_condition():
 def test_generate_with_cuts_and_hits_through_the_demo_model(tmp_path):
     """The whole `vmas generate --cuts auto --hits ...` path: sections restart at the detected cut, and onsets land
     on the requested hits (the demo model starts a note on the bent grid's beats)."""
-    from vmas.experiments.scoring import hits_within
+    from vmas.experiments.scene_scores import hits_within
     from vmas.generate import generate_for_video
     from vmas.metrics.onsets import onset_times_10ms
 

@@ -1,5 +1,8 @@
 """Does the music follow the picture's structure? Scene cuts and hit points on multi-scene SynthMV (issue 22).
 
+(Over 150 lines for its docstring and its methods x baselines table; the scores are
+``vmas.experiments.scene_scores``, selection, spreads and meta ``vmas.experiments.aggregate``.)
+
 Makes its own held-out videos (``vmas.synthmv.generate_dataset(scenes=N)``: the scene class, hence instrument, key
 and tempo, changes at each cut; the labels give the cut times and each segment's class), generates music for them
 with the shipped model through ``vmas.generate.generate_for_video`` (what ``vmas generate`` runs) and prints one JSON
@@ -8,7 +11,7 @@ object:
 - ``segment_class_acc``: share of segments whose music the SynthMV classifier (trained on real renders cut into
   ``--judge-window`` excerpts, plus their codec reconstructions) judges as the segment's class, with ``--cuts auto``;
 - ``switch_latency_s``: median over cuts of the seconds until an excerpt starting after the cut is judged as the new
-  class (``vmas.experiments.scoring.switch_latency``; a cut that never switches counts with its last offset tried);
+  class (``vmas.experiments.scene_scores.switch_latency``; a cut that never switches counts with its last offset tried);
 - ``seam_flux_ratio``: spectral flux at seams (the cuts and every window seam) over the flux elsewhere
   (``vmas.structure.seam_flux_ratio``; 1 = a seam is as eventful as any moment of the music);
 - ``hits_within_50ms``: share of requested hits (``--hits``, random times) with an onset within +-50 ms;
@@ -37,34 +40,9 @@ import numpy as np
 
 from vmas import structure
 from vmas.data import media
-from vmas.experiments import aggregate, scoring
-from vmas.metrics.onsets import onset_times_10ms
+from vmas.experiments import aggregate, scene_scores, scoring
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-
-
-def make_set(out: Path, num: int, seed: int, scenes: int, seconds: float) -> tp.List[dict]:
-    """Multi-scene SynthMV clips (made once, reused): rows with ``video`` and the labels."""
-    from vmas.synthmv import generate_dataset
-
-    manifest = out / "manifest.jsonl"
-    if not manifest.exists() or sum(1 for _ in open(manifest)) != num:
-        generate_dataset(out, num, seed=seed, seconds=seconds, scenes=scenes, workers=1, split=out.name)
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    return [dict(json.loads((out / r["labels"]).read_text()), video=str(out / r["path"]), id=r["id"]) for r in rows]
-
-
-def draw_hits(clip: dict, index: int, num: int, gap: float = 1.5) -> tp.List[float]:
-    """``num`` hit times (s, 10 ms grid) in [1, seconds - 1], at least ``gap`` apart; fixed per clip."""
-    rng = np.random.default_rng([4242, index])
-    hits: tp.List[float] = []
-    while len(hits) < num:
-        t = round(float(rng.uniform(1.0, clip["seconds"] - 1.0)), 2)
-        if all(abs(t - h) >= gap for h in hits):
-            hits.append(t)
-    return sorted(hits)
 
 
 def generate(pipe, clip: dict, out: Path, seed: int, **controls) -> np.ndarray:
@@ -77,49 +55,6 @@ def generate(pipe, clip: dict, out: Path, seed: int, **controls) -> np.ndarray:
         generate_for_video(clip["video"], pipe, out, seed=seed, mix="replace", loudness=None, **controls)
         (out / f"{clip['id']}.mp4").unlink(missing_ok=True)
     return media.read_audio(wav, sr=pipe.codec.sample_rate).numpy().reshape(-1)
-
-
-def seams_of(clip: dict, cuts: tp.Sequence[float], pipe, stride_s: float, crossfade: float) -> tp.Dict[str, list]:
-    """Seam times (s) of a run: the middle of each cut's crossfade, and every continuation window's first new frame
-    (``vmas.structure.section_windows``, the same plan generation used)."""
-    fr = pipe.codec.frame_rate
-    window, stride = round(pipe.spec.window_seconds * fr), round(stride_s * fr)
-    overlap = max(1, round(crossfade * fr)) if cuts else 0
-    total = round(clip["seconds"] * fr)
-    win = []
-    for sec in structure.section_windows(total, window, stride, [round(c * fr) for c in cuts], overlap):
-        win += [(s + (window - stride)) / fr for s, _ in sec.windows[1:]]
-    return {"cuts": [c + overlap / fr / 2 for c in cuts], "windows": win}
-
-
-def score(wav: np.ndarray, sr: int, clip: dict, classifier, judge_window: float, seams: tp.Dict[str, list],
-          hits: tp.Sequence[float] = ()) -> tp.Dict[str, tp.Any]:
-    """Every metric of one clip's music (see the module docstring)."""
-    segs = clip["segments"]
-    pred = scoring.segment_classes(wav, sr, segs, classifier, judge_window)
-    lat = [scoring.switch_latency(wav, sr, s["start"], s["end"], s["class_id"], classifier, judge_window)
-           for s in segs[1:]]
-    every = seams["cuts"] + seams["windows"]
-    return {"segment_correct": [int(p == s["class_id"]) for p, s in zip(pred, segs)],
-            "latency": [t for t, _ in lat], "switched": [ok for _, ok in lat],
-            "flux_all": structure.seam_flux_ratio(wav, sr, every) if every else float("nan"),
-            "flux_cuts": structure.seam_flux_ratio(wav, sr, seams["cuts"]) if seams["cuts"] else float("nan"),
-            "flux_windows": structure.seam_flux_ratio(wav, sr, seams["windows"]) if seams["windows"] else float("nan"),
-            "hits": scoring.hits_within(onset_times_10ms(wav, sr), hits) if len(hits) else float("nan")}
-
-
-def summarise(per_clip: tp.Sequence[dict]) -> tp.Dict[str, float]:
-    """Clip scores of one sampling seed -> the benchmark's numbers."""
-    def nanmean(key):
-        vals = [c[key] for c in per_clip if not np.isnan(c[key])]
-        return float(np.mean(vals)) if vals else float("nan")
-
-    lat = [t for c in per_clip for t in c["latency"]]
-    return {"segment_class_acc": float(np.mean([x for c in per_clip for x in c["segment_correct"]])),
-            "switch_latency_s": float(np.median(lat)) if lat else float("nan"),
-            "switched_share": float(np.mean([x for c in per_clip for x in c["switched"]])) if lat else float("nan"),
-            "seam_flux_ratio": nanmean("flux_all"), "seam_flux_ratio_cuts": nanmean("flux_cuts"),
-            "seam_flux_ratio_windows": nanmean("flux_windows"), "hits_within_50ms": nanmean("hits")}
 
 
 def over_seeds(runs: tp.Sequence[tp.Dict[str, float]]) -> tp.Dict[str, tp.Any]:
@@ -146,19 +81,17 @@ def run_method(pipe, clips, out: Path, seeds, classifier, args, cuts: str, cross
     for seed in seeds:
         per_clip = []
         for i, clip in enumerate(clips):
-            hits = draw_hits(clip, i, args.hits) if (with_hits or score_hits) else []
-            if cuts == "labels":
-                cut_arg = ",".join(f"{c:g}" for c in clip["cuts"])
-            else:
-                cut_arg = cuts
+            hits = scene_scores.draw_hits(clip, i, args.hits) if (with_hits or score_hits) else []
+            cut_arg = ",".join(f"{c:g}" for c in clip["cuts"]) if cuts == "labels" else cuts
             # the options under test: generate_sections reads these module defaults at call time
             structure.CROSSFADE_S, structure.HITS_TEMPO = crossfade, hits_tempo
             wav = generate(pipe, clip, out / f"seed{seed}", seed, cuts=cut_arg,
                            hits=",".join(f"{h:g}" for h in hits) if with_hits else None)
             used = structure.resolve_cuts(cut_arg, clip["video"], clip["seconds"])
-            seams = seams_of(clip, used, pipe, pipe.spec.window_seconds / 2, crossfade)
-            per_clip.append(score(wav, pipe.codec.sample_rate, clip, classifier, args.judge_window, seams, hits))
-        runs.append(summarise(per_clip))
+            seams = scene_scores.seam_times(clip, used, pipe, pipe.spec.window_seconds / 2, crossfade)
+            per_clip.append(scene_scores.clip_scores(wav, pipe.codec.sample_rate, clip, classifier, args.judge_window,
+                                                     seams, hits))
+        runs.append(scene_scores.summary(per_clip))
     return over_seeds(runs)
 
 
@@ -187,19 +120,8 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     sr = pipe.codec.sample_rate
 
     classifier, _ = scoring.synthmv_judge(pipe, per_class=args.per_class, seconds=10.0, window=args.judge_window)
-    select = make_set(out / "select", args.select, 101, args.scenes, args.seconds)
-    test = make_set(out / "test", args.test, 202, args.scenes, args.seconds)
-
-    # detection on both sets against the labels (+-1 frame at 25 fps)
-    def detection(clips):
-        tp_ = fp = fn = 0
-        for c in clips:
-            found = structure.detect_cuts(c["video"], c["seconds"])
-            hit = [any(abs(f - t) <= 0.041 for f in found) for t in c["cuts"]]
-            tp_ += sum(hit)
-            fn += len(hit) - sum(hit)
-            fp += sum(not any(abs(f - t) <= 0.041 for t in c["cuts"]) for f in found)
-        return {"precision": tp_ / max(1, tp_ + fp), "recall": tp_ / max(1, tp_ + fn), "cuts": tp_ + fn}
+    select = scene_scores.multiscene_clips(out / "select", args.select, 101, args.scenes, args.seconds)
+    test = scene_scores.multiscene_clips(out / "test", args.test, 202, args.scenes, args.seconds)
 
     # selection split first (rules: quietest_cuts, most_hits); the test split is then scored with the choices only
     tried = {float(fade): run_method(pipe, select, out / "select_runs" / f"auto_xf{float(fade):g}", seeds[:1],
@@ -219,12 +141,10 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
                       chosen, with_hits=True, hits_tempo=hits_tempo)
     chance = run_method(pipe, test, runs / f"auto_xf{chosen:g}", seeds, classifier, args, "auto", chosen,
                         score_hits=True)
-    own = []
-    for i, clip in enumerate(test):
-        wav = media.read_audio(clip["video"], sr=sr).numpy().reshape(-1)
-        own.append(score(wav, sr, clip, classifier, args.judge_window, {"cuts": clip["cuts"], "windows": []},
-                         draw_hits(clip, i, args.hits)))
-    own_music = over_seeds([summarise(own)])
+    own_music = over_seeds([scene_scores.summary([  # the clip's own soundtrack: cuts are its only seams
+        scene_scores.clip_scores(media.read_audio(clip["video"], sr=sr).numpy().reshape(-1), sr, clip, classifier,
+                                 args.judge_window, {"cuts": clip["cuts"], "windows": []},
+                                 scene_scores.draw_hits(clip, i, args.hits)) for i, clip in enumerate(test)])])
 
     def pick(res, key):
         return res.get(key, {"mean": None, "std": None})
@@ -235,7 +155,8 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
         "seam_flux_ratio": pick(auto, "seam_flux_ratio"),
         "hits_within_50ms": pick(hits, "hits_within_50ms"),
         "details": {"cuts_auto": auto, "cuts_auto_with_hits": hits,
-                    "detection": {"select": detection(select), "test": detection(test)}},
+                    "detection": {"select": scene_scores.cut_detection(select),
+                                  "test": scene_scores.cut_detection(test)}},
         "baselines": {"plain": plain, "own_music": own_music, "label_cuts": labels,
                       "hits_chance": pick(chance, "hits_within_50ms")},
         "selection": {"crossfade_s": chosen, "tried": {f"{f:g}": r for f, r in tried.items()},

@@ -1,5 +1,7 @@
 """The paper's ablation in miniature, on SynthMV where the truth is known (issues 10, 17).
 
+(Over 150 lines for its docstring and flags; training, caches, scores and spreads are ``vmas.experiments``'.)
+
 Trains (or reuses) the variants with the same step budget for each training seed, then generates music for
 held-out SynthMV videos and scores it (scores of a finished (variant, seed) are cached beside its model, keyed by
 the test set and the generation settings, so an interrupted benchmark continues where it stopped):
@@ -36,7 +38,6 @@ import time
 import typing as tp
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vmas.config import load_config
@@ -84,24 +85,6 @@ def judge(pipe, shared: dict) -> None:
     if "judge" not in shared:
         shared.update(judge=scoring.synthmv_judge(pipe), sr=pipe.codec.sample_rate,
                       seconds=pipe.config.data.clip_seconds)
-
-
-def baselines(clips: tp.Sequence[dict], shared: dict, seed: int) -> tp.Dict[str, tp.Any]:
-    """``random``: each clip gets the real music of another held-out clip (a derangement); ``codec_ceiling``: the
-    clip's own music through the codec (what a perfect LM could produce)."""
-    from vmas.data import media
-
-    classifier, roundtrip = shared["judge"]
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(clips))
-    while len(clips) > 1 and np.any(perm == np.arange(len(clips))):
-        perm = rng.permutation(len(clips))
-    sr = shared["sr"]
-    real = [media.read_audio(c["video"], sr=sr, duration=shared["seconds"]).numpy() for c in clips]
-    rows = {"random": dict(scoring.score([real[j] for j in perm], sr, clips, classifier),
-                           r_at_1=1.0 / len(clips), r_at_1_note="chance (1/N)"),
-            "codec_ceiling": scoring.score([roundtrip(w) for w in real], sr, clips, classifier)}
-    return rows
 
 
 def main(argv=None) -> int:
@@ -158,7 +141,7 @@ def main(argv=None) -> int:
         from vmas.hub import load_model
 
         judge(load_model(jobs[(names[-1], seeds[0])].model), shared)
-    for row, scores in baselines(clips, shared, args.seed).items():
+    for row, scores in scoring.baselines(clips, *shared["judge"], shared["sr"], shared["seconds"], args.seed).items():
         # one shape for every row with several training seeds: {mean, std} (the baselines are deterministic)
         results[row] = scores if len(seeds) == 1 else {
             k: v if isinstance(v, str) else {"mean": float(v), "std": 0.0} for k, v in scores.items()}

@@ -1,5 +1,8 @@
 """Does the tag branch learn from music without video? (issue 25) Measured on SynthMV with classes held out.
 
+(Over 150 lines because it declares its own data split, music-only shards, step budgets and a selection rule;
+run folders, the training pool, score caches, spreads and meta are ``vmas.experiments``'.)
+
 SynthMV's 6 classes are split: the ``--held-out`` classes (default 4 and 5) appear in training ONLY as music-only
 clips (their audio and tags, no video: ``vmas.data.music_only.as_music_only`` rows -> shards without frames), the
 others as paired clips, as today. Two models train with the same steps and seeds:

@@ -2,10 +2,10 @@
 what each benchmark measures on generated music (moved out of the product modules, issue 33).
 
 - :func:`synthmv_clips` / :func:`synthmv_judge`: held-out clips and the codec-aware class classifier;
-- :func:`score`: MV-Align, onset-to-event F1 and class accuracy of one set of generations (``synthmv_benchmark``);
+- :func:`score`: MV-Align, onset-to-event F1 and class accuracy of one set of generations (``synthmv_benchmark``),
+  and of its :func:`baselines` (another clip's music, the codec's round trip);
 - :func:`retrieval_r1`, :func:`oracle_onsets`: the retrieval score and the onset oracle's diagnostic input;
-- :func:`judge_windows`, :func:`segment_classes`, :func:`switch_latency`, :func:`hits_within`: scene-cut and
-  hit-point scores (``structure_benchmark``).
+- scene cuts and hit points (``structure_benchmark``): :mod:`vmas.experiments.scene_scores`.
 """
 from __future__ import annotations
 
@@ -89,6 +89,23 @@ def score(wavs: tp.Sequence[np.ndarray], sr: int, clips: tp.Sequence[dict], clas
     return {"mv_align": mv.compute(), "onset_f1": float(np.mean(f1s)), "class_acc": acc}
 
 
+def baselines(clips: tp.Sequence[dict], classifier, roundtrip: tp.Callable[[np.ndarray], np.ndarray], sr: int,
+              seconds: float, seed: int) -> tp.Dict[str, tp.Dict[str, tp.Any]]:
+    """:func:`score` of two references on ``clips``: ``random``, each clip with the real music of another clip (a
+    derangement drawn with ``seed``: the right kind of audio, the wrong video; R@1 = chance), and
+    ``codec_ceiling``, each clip's own music through the codec (``roundtrip``): what a perfect LM could produce."""
+    from vmas.data import media
+
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(clips))
+    while len(clips) > 1 and np.any(perm == np.arange(len(clips))):
+        perm = rng.permutation(len(clips))
+    real = [media.read_audio(c["video"], sr=sr, duration=seconds).numpy() for c in clips]
+    return {"random": dict(score([real[j] for j in perm], sr, clips, classifier), r_at_1=1.0 / len(clips),
+                           r_at_1_note="chance (1/N)"),
+            "codec_ceiling": score([roundtrip(w) for w in real], sr, clips, classifier)}
+
+
 def retrieval_r1(pipe, clips: tp.Sequence[dict]) -> tp.Tuple[float, float, str]:
     """(R@1 with the training-time music feature, R@1 with one-hot real codes, note); see
     ``model_retrieval_embeddings(music_from=...)``. The first is the reported number (decided before measuring).
@@ -121,55 +138,3 @@ def oracle_onsets(clips: tp.Sequence[dict], seconds: float, sr: int, frame_rate:
     n = round(seconds * frame_rate)
     return torch.stack([music_beats(media.read_audio(c["video"], sr=sr, duration=seconds), sr, frame_rate, n).float()
                         for c in clips])
-
-
-# ------------------------------------------------------------------------------------------ scene cuts and hits
-def judge_windows(wav: np.ndarray, sr: int, start: float, end: float, window: float, hop: float
-                  ) -> tp.List[tp.Tuple[float, np.ndarray]]:
-    """[(window start s, samples)] of ``window``-second excerpts of ``wav`` inside ``[start, end]`` every ``hop``
-    s (at least one, clipped to the span when it is shorter than a window)."""
-    n = round(window * sr)
-    out = []
-    t = start
-    while True:
-        a = round(t * sr)
-        b = min(a + n, round(end * sr), wav.size)
-        if b - a >= sr // 4:
-            out.append((t, wav[a:b]))
-        t += hop
-        if t + window > end + 1e-6:
-            break
-    return out
-
-
-def segment_classes(wav: np.ndarray, sr: int, segments: tp.Sequence[dict], classifier: tp.Any,
-                    window: float = 2.0) -> tp.List[int]:
-    """The class each segment's music is judged as: the classifier's class shares (``classifier.scores``)
-    averaged over ``window``-second excerpts at half-window hops across the segment, then the largest."""
-    out = []
-    for seg in segments:
-        pieces = [w for _, w in judge_windows(wav, sr, seg["start"], seg["end"], window, window / 2)]
-        out.append(int(np.asarray(classifier.scores(pieces, sr)).mean(axis=0).argmax()))
-    return out
-
-
-def switch_latency(wav: np.ndarray, sr: int, cut: float, end: float, new_class: int, classifier: tp.Any,
-                   window: float = 2.0, step: float = 0.1) -> tp.Tuple[float, bool]:
-    """(seconds after ``cut`` until the music is judged as ``new_class``, switched): the start offset of the first
-    ``window``-second excerpt after the cut that the classifier assigns to the new class, tried every ``step`` s
-    while the excerpt stays inside the segment (``end``). Never switching gives the last offset tried and False
-    (a censored value: the true latency is longer)."""
-    tried = judge_windows(wav, sr, cut, end, window, step)
-    preds = classifier.predict([w for _, w in tried], sr)
-    for (t, _), p in zip(tried, preds):
-        if int(p) == new_class:
-            return round(t - cut, 3), True
-    return round(tried[-1][0] - cut, 3) if tried else 0.0, False
-
-
-def hits_within(onsets: tp.Sequence[float], hits: tp.Sequence[float], tol: float = 0.05) -> float:
-    """Share of ``hits`` with an onset within ``tol`` s (NaN without hits)."""
-    if not len(hits):
-        return float("nan")
-    on = np.asarray(onsets, np.float64)
-    return float(np.mean([bool(on.size) and float(np.abs(on - h).min()) <= tol for h in hits]))
