@@ -171,7 +171,8 @@ def test_static_step_compiles_as_one_graph_for_every_step():
             logits[name] = torch.stack([fn(model, st, noise) for _ in range(S)])
             assert int(st.t) == S
     assert len(graphs) == 1, f"{len(graphs)} graphs for {S} steps"
-    torch.testing.assert_close(logits["compiled"], logits["eager"], rtol=0, atol=0)  # the same ops, run eagerly
+    # traced, the step's attention is written as reductions (inductor fuses them) instead of SDPA: rounding only
+    torch.testing.assert_close(logits["compiled"], logits["eager"], rtol=0, atol=ATOL)
 
 
 @pytest.mark.slow

@@ -45,6 +45,19 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out[:, None, None, :]
 
 
+def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh) + mask) v for one query per row: q [N, H, 1, Dh], k/v [N, H, S, Dh], additive mask
+    [N or 1, 1, 1, S] -> [N, H, 1, Dh].
+
+    SDPA's math written as broadcasts and reductions, for the compiled static step: inductor fuses it into two
+    vectorised loops over the window, where its SDPA fallback (the CPU flash kernel, tuned for many queries)
+    costs several times more for a single query.
+    """
+    scores = (q * k).sum(dim=-1, dtype=torch.float32) * q.shape[-1] ** -0.5 + mask[:, :, 0]  # [N, H, S]
+    probs = scores.softmax(dim=-1).to(v.dtype)  # [N, H, S]
+    return (probs[..., None] * v).sum(dim=2, keepdim=True)  # [N, H, 1, Dh]
+
+
 class MultiheadAttention(nn.Module):
     """Bias-free multi-head attention with audiocraft's fused ``in_proj_weight`` ([q; k; v] rows, [3*dim, dim]).
 
@@ -161,7 +174,10 @@ class TransformerLayer(nn.Module):
         """
         qkv = self._step_qkv(x)  # [N, 3, H, 1, Dh]
         cache.index_copy_(3, t, qkv[:, 1:].transpose(0, 1).to(cache.dtype))  # k, v -> cache[:, :, :, t] (autocast)
-        a = F.scaled_dot_product_attention(qkv[:, 0], cache[0], cache[1], attn_mask=window_mask)  # [N, H, 1, Dh]
+        if torch.compiler.is_compiling():
+            a = _one_query_attention(qkv[:, 0], cache[0], cache[1], window_mask)  # [N, H, 1, Dh]
+        else:
+            a = F.scaled_dot_product_attention(qkv[:, 0], cache[0], cache[1], attn_mask=window_mask)  # [N, H, 1, Dh]
         return self._step_rest(x, a, cross_kv, cross_mask)
 
     def _step_qkv(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,7 +197,10 @@ class TransformerLayer(nn.Module):
         x = torch.addmm(x, a.view(N, D), self.self_attn.out_proj.weight.t())
         h = ln(x, (D,), self.norm_cross.weight, self.norm_cross.bias, self.norm_cross.eps)
         q = torch.mm(h, self.cross_attention.in_proj_weight[:D].t()).view(N, H, 1, D // H)
-        a = F.scaled_dot_product_attention(q, cross_kv[0], cross_kv[1], attn_mask=cross_mask)  # [N, H, 1, Dh]
+        if torch.compiler.is_compiling() and cross_mask is not None:  # the compiled static step (see there)
+            a = _one_query_attention(q, cross_kv[0], cross_kv[1], cross_mask)  # [N, H, 1, Dh]
+        else:
+            a = F.scaled_dot_product_attention(q, cross_kv[0], cross_kv[1], attn_mask=cross_mask)  # [N, H, 1, Dh]
         x = torch.addmm(x, a.view(N, D), self.cross_attention.out_proj.weight.t())
         h = ln(x, (D,), self.norm2.weight, self.norm2.bias, self.norm2.eps)
         return torch.addmm(x, F.gelu(torch.mm(h, self.linear1.weight.t())), self.linear2.weight.t())
