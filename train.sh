@@ -31,6 +31,7 @@ NGPU="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/nul
 LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --master_port "$MASTER_PORT")
 if [[ "$NGPU" -gt 0 ]]; then
     PER_NODE="${GPUS_PER_NODE:-$NGPU}"
+    [[ -n "${NPROC:-}" ]] && echo "warning: NPROC=$NPROC is for machines without GPUs; here GPUS_PER_NODE=$PER_NODE processes run" >&2
     if [[ -n "${NODE_RANK:-}" ]]; then            # every node launches itself (srun): no ssh
         : "${MASTER_ADDR:?set MASTER_ADDR to the first node when NODE_RANK is used}"
         LAUNCH+=(--no_ssh --node_rank "$NODE_RANK" --num_nodes "${NUM_NODES:?set NUM_NODES with NODE_RANK}"
@@ -44,6 +45,7 @@ if [[ "$NGPU" -gt 0 ]]; then
         LAUNCH+=(--num_gpus "$PER_NODE")
     fi
 else                                              # CPU: DeepSpeed picks its CPU accelerator, gloo on loopback
+    [[ -n "${GPUS_PER_NODE:-}${HOSTFILE:-}${NODE_RANK:-}" ]] && echo "warning: no GPU here: GPUS_PER_NODE, HOSTFILE and NODE_RANK are not used (NPROC=${NPROC:-1} CPU processes)" >&2
     LAUNCH+=(--num_gpus "${NPROC:-1}" --master_addr "${MASTER_ADDR:-127.0.0.1}")
 fi
 ENTRY="${ENTRY:-tools/train.py}"

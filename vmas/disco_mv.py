@@ -70,6 +70,10 @@ def main(argv=None) -> int:
         if args.embedder_weights:
             overrides.append(f"data.curation.embedder_weights={args.embedder_weights}")
         cfg = load_config(args.config, overrides)
+        for item in args.overrides:  # curation reads the data section only: anything else would look applied
+            if not item.split("=", 1)[0].strip().startswith("data."):
+                print(f"warning: {item.split('=', 1)[0]} has no effect on curation (it reads data.*)",
+                      file=sys.stderr)
         if args.workers < 0:
             raise ConfigError(f"--workers {args.workers}: must be >= 0 (0 = this process)")
         split_overrides = curation.load_split_file(args.split_file) if args.split_file else None

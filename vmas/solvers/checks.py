@@ -5,6 +5,7 @@ cluster slot; these checks need only the config, the world size and the file sys
 """
 from __future__ import annotations
 
+import typing as tp
 from pathlib import Path
 
 from vmas.config import Config
@@ -44,6 +45,10 @@ def check_config(cfg: Config, world_size: int) -> int:
         _check_train_shards(d.unpaired_shards, "data.unpaired_shards")
     if t.deepspeed_config and not Path(t.deepspeed_config).is_file():
         raise ConfigError(f"train.deepspeed_config: {t.deepspeed_config} not found (see configs/deepspeed/)")
+    if t.early_stop > 0 and not (t.eval_every > 0 and d.val_shards):
+        raise ConfigError(f"train.early_stop={t.early_stop} can never stop the run: it counts validations, which need "
+                          f"train.eval_every > 0 (is {t.eval_every}) and data.val_shards (is {d.val_shards!r}); set "
+                          "both, or train.early_stop=0")
     enc_frames = cfg.model.encoder.num_frames
     if d.num_frames != enc_frames or d.image_size != cfg.model.encoder.image_size:
         raise ConfigError(f"data frames {d.num_frames}x{d.image_size}px != model.encoder {enc_frames}x"
@@ -65,3 +70,35 @@ def _check_train_shards(pattern, key: str = "data.train_shards") -> None:
     if missing:
         raise ConfigError(f"{key}: {len(missing)} of {len(shards)} shards do not exist "
                           f"(first: {missing[0]}); fix the path or run with --synthetic")
+
+
+def config_warnings(cfg: Config) -> tp.List[str]:
+    """Settings this run will not use although they look meant to be used (one line each, logged at start-up):
+    a run must not look as if it validated or mixed music-only clips when it does not (issue 36)."""
+    t, d = cfg.train, cfg.data
+    out = []
+    if d.val_shards and t.eval_every <= 0:
+        out.append(f"data.val_shards={d.val_shards!r} is not read: train.eval_every=0 turns validation off "
+                   "(best_val_ce stays null); set train.eval_every=N")
+    if t.eval_every > 0 and not d.val_shards:
+        out.append(f"train.eval_every={t.eval_every} does nothing: data.val_shards is empty (no validation runs)")
+    if t.synthetic and d.unpaired_fraction > 0:
+        out.append(f"data.unpaired_fraction={d.unpaired_fraction:g} is not used: synthetic batches (train.synthetic="
+                   "true) are all paired clips")
+    return out
+
+
+UNREAD_BY_TRAINING = {"data.curation.": "curation (python -m vmas.disco_mv)",
+                      "data.preprocess.": "preprocessing (tools/preprocess.py)"}
+"""Config sections a training run carries (they are stored with it) but never reads, and who does."""
+
+
+def unread_overrides(overrides: tp.Sequence[str]) -> tp.List[str]:
+    """One line per command-line override that training never reads (it would look applied and do nothing)."""
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        for prefix, reader in UNREAD_BY_TRAINING.items():
+            if key.startswith(prefix):
+                out.append(f"{key} has no effect on training: it is read by {reader}")
+    return out

@@ -116,6 +116,11 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
             _refuse_synthetic_beside_shards(args.overrides)
             cfg.train.synthetic = True
         cfg = config_from_dict(config_to_dict(cfg))  # re-validate after CLI flags
+        if rank == 0 and not args.export:
+            from vmas.solvers.checks import unread_overrides
+
+            for line in unread_overrides(args.overrides):
+                print(f"warning: {line}", file=sys.stderr)
         if args.export:
             from vmas.solvers.export import export_checkpoint
 

@@ -40,7 +40,7 @@ from vmas.config import Config, config_to_dict, dump_config
 from vmas.data import loader as shard_loader
 from vmas.errors import ConfigError
 from vmas.solvers import checkpoint as ckpt
-from vmas.solvers.checks import check_config
+from vmas.solvers.checks import check_config, config_warnings
 from vmas.solvers.distributed import barrier, dist_env, mean_over_ranks
 from vmas.solvers.ds_config import deepspeed_config
 from vmas.solvers.ema import EMA
@@ -204,6 +204,8 @@ class Solver:
                      self.param_summary, self.frozen_params, self.global_batch, cfg.data.batch_size, t.grad_accum,
                      self.world)
             log.info("data: %s", self.data.describe())
+            for line in config_warnings(cfg):
+                log.warning("warning: %s", line)
         monitor = TrainMonitor(self.out, cfg.name, max_steps, self.step, self.stat_names, t.progress, t.log_every,
                                enabled=self.is_main)
         start_step, t0 = self.step, time.time()
