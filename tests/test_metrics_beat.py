@@ -167,3 +167,46 @@ def test_beat_metrics_accumulate_and_cut_detection(tmp_path):
     w.release()
     cuts = beat.video_cuts(path, 6.0, "auto")
     assert len(cuts) == 1 and abs(cuts[0] - 3.0) <= 0.08
+
+
+# ------------------------------------------------------------------------------------------------------ evaluate()
+def _clicks(path, times, seconds=6.0, sr=22050):
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    wav = np.zeros(int(seconds * sr), np.float32)
+    for t in times:  # decaying noise bursts (a Hann click is too smooth for librosa's tempo estimate)
+        k = int(t * sr)
+        wav[k: k + 2000] += rng.standard_normal(2000).astype(np.float32) * np.exp(-np.arange(2000) / 300) * 0.5
+    sf.write(str(path), wav, sr, subtype="PCM_16")
+
+
+def test_evaluate_reports_the_beat_metrics(tmp_path):
+    """evaluate(metrics=["beat"]): identical music scores BCS = BHS = BIoU = 1; silent music 0 everywhere (no
+    beats, not NaN); TBIoU compares the detected cut (3 s) with the generated beats; per-clip scores in meta."""
+    import json
+
+    import cv2
+
+    from vmas.evaluation import evaluate
+
+    (tmp_path / "gen").mkdir()
+    rows = []
+    for i in range(2):
+        w = cv2.VideoWriter(str(tmp_path / f"c{i}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 64))
+        for j in range(150):
+            w.write(np.full((64, 64, 3), (0, 0, 200) if j < 75 else (200, 0, 0), np.uint8))
+        w.release()
+        _clicks(tmp_path / f"ref{i}.wav", np.arange(0.25, 6.0, 0.5))
+        rows.append(json.dumps({"id": f"c{i}", "video": f"c{i}.avi", "audio": f"ref{i}.wav"}))
+    _clicks(tmp_path / "gen" / "c0.wav", np.arange(0.25, 6.0, 0.5))  # the reference itself
+    _clicks(tmp_path / "gen" / "c1.wav", [])  # silence
+    (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
+    report = evaluate(tmp_path / "gen", tmp_path / "m.jsonl", metrics=["beat"], progress=False)
+    per = report["meta"]["per_clip"]
+    assert per["bcs"] == {"c0": 1.0, "c1": 0.0} and per["bhs"] == {"c0": 1.0, "c1": 0.0}
+    assert per["biou"] == {"c0": 1.0, "c1": 0.0} and per["beat_align"]["c1"] == 0.0
+    assert report["bcs"] == 0.5 and report["beat_f1"] == 0.5 and report["coverage"]["tbiou"]["clips"] == 2
+    # c0: the cut at 3.0 s is within 0.5 s of a beat (2.75 / 3.25, beat_track's beats follow the clicks)
+    gen_beats = beat.music_beats(beat.load_22k(tmp_path / "gen" / "c0.wav", legacy=False))
+    assert per["tbiou"]["c0"] == pytest.approx(1 / len(gen_beats)) and len(gen_beats) >= 8

@@ -40,7 +40,7 @@ import torch
 
 from vmas.errors import CheckpointError, DataError, MediaError, VmasError
 
-ALL_METRICS = ("fad", "kl", "mv_align", "retrieval", "clap", "fd", "imagebind")
+ALL_METRICS = ("fad", "kl", "mv_align", "retrieval", "clap", "fd", "imagebind", "beat")
 LAYOUTS = ("manifest", "v2m-bench")
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 IMAGEBIND_UNAVAILABLE = (
@@ -421,6 +421,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                 kl.update_audio(c["id"], ref_wav, sr, gen_wav, sr)
             report["kl"] = kl.compute()
             meta["kl"] = kl.compute_all()
+            meta.setdefault("per_clip", {})["kl"] = kl.per_clip()
             meta["backbones"]["kl"] = clf.describe()
             meta["clips"]["kl"] = len(kl.pq)
             coverage["kl"] = _cover(len(kl.pq), expected_ref)
@@ -428,6 +429,9 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                 meta["fallbacks"].append(f"kl: {clf.name} (paper: PaSST)")
         except (CheckpointError, DataError) as err:
             skip("kl", str(err))
+
+    # clip id -> (the AV-Align script's Farneback curve [T], fps): read once, for MV-Align, AV-Align and beat
+    motions: tp.Dict[str, tp.Tuple[np.ndarray, float]] = {}
 
     # ---- MV-Align (one-to-one) and the AV-Align reference's score on the same motion
     if "mv_align" in metrics:
@@ -444,6 +448,7 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                 frames, fps = read_video_frames(c["video"], float(c.get("start") or 0.0), c.get("duration"))
                 motion = motion_curve(frames, mv_flow)
                 script_motion = motion if mv_flow == "farneback" else motion_from_frames(frames)
+                motions[c["id"]] = (script_motion, fps)
                 gen = audio(c["gen_path"], 22050)
                 mv.update_media(gen, 22050, frames, fps, c["id"], motion=motion)
                 for av in (av_ref, av_2023):
@@ -474,6 +479,55 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         else:
             skip("mv_align", errors if isinstance(errors, str) else
                  f"no clip with a readable video and generated music ({errors} errors)")
+
+    # ---- beat metrics: BCS/BHS (LORIS), Beat Align Score (Bailando), TBIoU/BIoU (VeM); vmas.metrics.beat
+    if "beat" in metrics:
+        from vmas.metrics import beat as bm
+        from vmas.metrics.av_align import CURRENT, motion_from_frames, video_peak_times
+        from vmas.metrics.mv_align import read_video_frames
+
+        cover, others = bm.BeatCoverageHit(), bm.BeatMetrics()
+        for c in tqdm([c for c in clips if c["gen_path"] is not None], desc="beat", disable=not progress):
+            try:
+                gen_beats = bm.music_beats(bm.load_22k(c["gen_path"], legacy=False))
+                ref_beats = None
+                if c["ref_path"] is not None:
+                    cover.update_files(c["id"], c["ref_path"], c["gen_path"], c["ref_span"])
+                    ref_beats = bm.music_beats(bm.load_22k(c["ref_path"], False, *(c["ref_span"] or (0.0, None))))
+                if c.get("video"):
+                    if c["id"] not in motions:
+                        frames, fps = read_video_frames(c["video"], float(c.get("start") or 0.0), c.get("duration"))
+                        motions[c["id"]] = (motion_from_frames(frames), fps)
+                    motion, fps = motions[c["id"]]
+                    cuts = bm.video_cuts(c["video"], len(motion) / fps)
+                    others.update(c["id"], gen_beats, video_peak_times(motion, fps, CURRENT.min_peak), cuts,
+                                  ref_beats)
+                elif ref_beats is not None:
+                    others.scores["biou"][c["id"]] = bm.biou(gen_beats, ref_beats)
+            except (DataError, MediaError) as err:
+                clip_error("beat", err)
+        per_clip = meta.setdefault("per_clip", {})
+        if cover.clips:
+            res = cover.compute()
+            for key in ("bcs", "bhs", "csd", "hsd"):
+                report[key] = res[key]
+            report["beat_f1"] = res["f1"]
+            meta["backbones"]["bcs_bhs"] = cover.meta()
+            per_clip["bcs"] = {k: v["bcs"] for k, v in cover.per_clip().items()}
+            per_clip["bhs"] = {k: v["bhs"] for k, v in cover.per_clip().items()}
+            for key in ("bcs", "bhs", "csd", "hsd", "beat_f1"):
+                meta["clips"][key] = len(cover.clips)
+                coverage[key] = _cover(len(cover.clips), expected_ref)
+        for key, scores in others.scores.items():
+            if scores:
+                report[key] = float(np.mean(list(scores.values())))
+                per_clip[key] = dict(scores)
+                meta["clips"][key] = len(scores)
+                coverage[key] = _cover(len(scores), expected_ref if key == "biou" else expected_gen)
+        if others.scores["beat_align"]:
+            meta["backbones"]["beat_align"] = others.meta()
+        if not cover.clips and not any(others.scores.values()):
+            skip("beat", "no clip with generated music and a reference or a video")
 
     # ---- retrieval
     if "retrieval" in metrics:
@@ -574,9 +628,12 @@ def load_retrieval_embeddings(path: tp.Optional[str]):
 
 
 # ------------------------------------------------------------------------------------------------------ output
-REPORTED = ("fad", "kl", "fd", "imagebind", "mv_align", "av_align_reference", "av_align_2023", "retrieval", "clap")
+REPORTED = ("fad", "kl", "fd", "imagebind", "mv_align", "av_align_reference", "av_align_2023", "bcs", "bhs", "csd",
+            "hsd", "beat_f1", "beat_align", "tbiou", "biou", "retrieval", "clap")
 NAMES = {"fad": "FAD", "kl": "KL", "fd": "FD", "imagebind": "ImageBind score", "mv_align": "MV-Align (one-to-one)",
          "av_align_reference": "AV-Align (script 2025-02)", "av_align_2023": "AV-Align (script 2023-10)",
+         "bcs": "BCS (LORIS)", "bhs": "BHS (LORIS)", "csd": "CSD", "hsd": "HSD", "beat_f1": "beat F1 (LORIS)",
+         "beat_align": "Beat Align Score", "tbiou": "TBIoU", "biou": "BIoU",
          "retrieval": "retrieval", "clap": "CLAP score"}
 
 
