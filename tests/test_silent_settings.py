@@ -99,3 +99,14 @@ def test_train_sh_says_which_launcher_settings_it_ignores(tmp_path):
     assert "warning: no GPU here: GPUS_PER_NODE, HOSTFILE and NODE_RANK are not used (NPROC=1 CPU processes)" \
         in res.stderr
     assert "rank ran" in res.stdout
+
+
+def test_generation_set_of_training_settings_warns(caplog):
+    from vmas.hub import load_model
+
+    with caplog.at_level(logging.WARNING, logger="vmas.hub"):
+        pipe = load_model("vmas-debug-random", overrides=["optim.lr=0.5", "generation.top_k=3", "train.seed=2"])
+    warned = [r.getMessage() for r in caplog.records if r.name == "vmas.hub"]
+    assert warned == ["warning: optim.lr has no effect on generation (a training or data-preparation setting)",
+                      "warning: train.seed has no effect on generation (a training or data-preparation setting)"]
+    assert pipe.spec.sampling.top_k == 3  # a generation setting is applied, and not warned about

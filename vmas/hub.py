@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import logging
 import os
 import typing as tp
 from pathlib import Path
 
 from vmas.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 if tp.TYPE_CHECKING:
     from vmas.pipeline import VMASPipeline
@@ -109,6 +112,11 @@ def preset_path(name: str) -> Path:
     return Path(str(path))
 
 
+UNREAD_BY_GENERATION = ("optim.", "train.", "data.curation.", "data.preprocess.", "data.train_shards",
+                        "data.val_shards", "data.unpaired_")
+"""Override prefixes that an inference load never reads (issue 36: ``vmas generate --set optim.lr=...`` said nothing)."""
+
+
 def load_model(name_or_path: tp.Union[str, os.PathLike, None] = None, device: str = "cpu",
                overrides: tp.Sequence[str] = ()) -> "VMASPipeline":
     """Load an inference-ready :class:`vmas.pipeline.VMASPipeline` (EMA weights, eval mode) by name or path.
@@ -117,6 +125,10 @@ def load_model(name_or_path: tp.Union[str, os.PathLike, None] = None, device: st
     generation defaults, auto-tagging models (``model.tags.captioner``), ... An override that changes the
     architecture fails as weights that do not fit the config.
     """
+    for item in overrides:  # loading reads model.*, data shapes and generation.*; these would look applied
+        key = item.split("=", 1)[0].strip()
+        if key.startswith(UNREAD_BY_GENERATION):
+            log.warning("warning: %s has no effect on generation (a training or data-preparation setting)", key)
     path, entry = resolve(name_or_path or DEFAULT_MODEL)
     if path is None:
         from vmas.config import load_config
