@@ -244,16 +244,26 @@ def launch(model: tp.Optional[str] = None, host: str = "127.0.0.1", port: int = 
     limits = limits or AppLimits()
     name = model or DEFAULT_MODEL
     pipe = load_model(name, device=str(resolve_device(device)))
+    from vmas.threads import configure_threads
+
+    configure_threads(sum(t.numel() for t in pipe.model.parameters()))
     page = build_app(pipe, name, limits, out_root)
     out_root = Path(out_root).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     try:
         page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                     max_file_size=f"{limits.max_file_mb:g}mb", allowed_paths=[str(out_root), str(EXAMPLE.parent)],
-                    ssr_mode=False, show_error=False, inbrowser=False, footer_links=[])
+                    ssr_mode=False, show_error=False, inbrowser=False, footer_links=[], quiet=True)
     except OSError as err:  # Gradio's "Cannot find empty port in range: 7860-7860. ..."
         raise VmasError(f"cannot serve on {host}:{port} ({str(err).split('.')[0]}): pass another --port, or "
                         "--host 127.0.0.1 if the address is not this machine's") from None
+    # our own start-up lines (Gradio's are off: its hint says to edit launch(), a vmas user passes --share)
+    print(f"* Running on local URL:  http://{host}:{page.server_port}", flush=True)
+    if share:
+        print(f"* Running on public URL: {page.share_url}", flush=True)
+    else:
+        print("* To create a public link, restart with `vmas app --share` (anyone with the link can use it)",
+              flush=True)
     return page
 
 

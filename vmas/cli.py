@@ -91,6 +91,9 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
                    help="music (and output video) for at most this many seconds of each video")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--batch-size", type=_number(int, 1), default=1, help="videos generated together")
+    p.add_argument("--threads", type=_number(int, 1), default=None,
+                   help="CPU threads for generation (default: chosen from the model's size and the cores this process "
+                        "may use, minus busy ones; OMP_NUM_THREADS also sets it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set a config value of the loaded model for this run, e.g. model.tags.captioner=DIR or "
                         "generation.top_k=100 (repeatable; KEY= clears a string)")
@@ -226,6 +229,10 @@ def run_generate(args) -> int:
     pipe = load_model(args.model, device=str(device), overrides=args.overrides)
     if pipe.note:
         print(pipe.note, file=sys.stderr)
+    from vmas.threads import configure_threads
+
+    threads, why = configure_threads(sum(t.numel() for t in pipe.model.parameters()), args.threads)
+    logging.getLogger("vmas").info("generating with %d CPU thread(s) (%s)", threads, why)
     request = GenerationRequest(
         tags=split_tag_arg(args.tags), instruments=split_tag_arg(args.instruments), genres=split_tag_arg(args.genres),
         tempo=args.tempo, negative=split_tag_arg(args.negative), auto_tags=args.auto_tags,
