@@ -399,7 +399,8 @@ def test_bench_generate_tool_runs_at_debug_size(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run([sys.executable, str(tool), "--json", "--dim", "32", "--layers", "1", "--heads", "2",
                            "--ffn", "64", "--card", "32", "--frames", "12", "--cond-len", "5", "--top-k", "8",
-                           "--repeat", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                           "--repeat", "1", "--decoders", "cached,static"],  # static-compiled: test_static_decode
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["greedy_matches_hf"] and result["hf_output_ok"] and result["recompute_same_codes"]
@@ -407,3 +408,5 @@ def test_bench_generate_tool_runs_at_debug_size(tmp_path):
     # MusicGen-medium (paper preset), ours and transformers' decoder: the same parameter count
     assert result["params_paper_lm"] == result["params_paper_lm_hf"] > 1.8e9
     assert result["ours_cached_tok_s"] > 0 and result["cached_over_recompute"] > 0
+    assert result["static_same_codes"] and result["ours_static_tok_s"] > 0 and result["static_over_hf"] > 0
+    assert result["best_decoder"] in ("cached", "static") and len(result["meta"]["load_start"]) == 3

@@ -1,13 +1,23 @@
-"""Generation speed of MusicLM: KV cache vs. whole-prefix recompute vs. transformers' MusicGen, in one process.
+"""Generation speed of MusicLM's decoders vs. transformers' MusicGen, in one process (ratios from one run).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python tools/bench_generate.py --json
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python tools/bench_generate.py --json
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python tools/bench_generate.py --json --dim 1024 --layers 24 \
+        --heads 16 --ffn 4096 --skip-recompute --repeat 2          # MusicGen-small's decoder size
     HF_HUB_OFFLINE=1 .venv/bin/python tools/bench_generate.py --frames 100 --skip-recompute   # quick look
 
-All three decoders share the same random weights (a transformers ``MusicgenForCausalLM`` mapped into ours through
+Decoders (``MusicLM.generate(decode=...)``, all drawing the same numbers from the same generator, so the codes must
+be equal; checked): ``cached`` (today's KV-cache loop, eager), ``static`` (the fixed-shape step with sampling inside,
+eager), ``static-compiled`` (that step through ``torch.compile(fullgraph=True)``; its compile time is reported
+separately as ``static_compiled_compile_s`` and not timed), ``recompute`` (no cache; runs once: it is slow, and
+quadratic in the steps, so ``--skip-recompute`` at large sizes), and transformers' ``MusicgenForCausalLM.generate``.
+
+All decoders share the same random weights (a transformers ``MusicgenForCausalLM`` mapped into ours through
 :func:`vmas.models.lm.musicgen_to_vmas_state_dict`) and the same settings: one sample, 500 frames = 503 delay-pattern
 steps, top-k 250, CFG 3 (so both run a batch of 2 inside). Rates are pattern steps per second (each step emits K
-tokens per sample), best of ``--repeat`` alternating runs (the recompute baseline runs once: it is slow), per wall
-second (``*_tok_s``) and per CPU second of this process (``*_cpu_tok_s``, steadier when other jobs share the CPU). transformers is given ``EncoderDecoderCache(DynamicCache(), DynamicCache())``: with its default
+tokens per sample), best of ``--repeat`` alternating runs, per wall second (``*_tok_s``) and per CPU second of this
+process (``*_cpu_tok_s``, steadier when other jobs share the CPU); ``best_over_hf`` is the fastest of our decoders
+against transformers. The machine's load average at start and end is recorded (``meta``). transformers is given
+``EncoderDecoderCache(DynamicCache(), DynamicCache())``: with its default
 cache, ``generate(encoder_hidden_states=...)`` stores self- and cross-attention entries in one cache and the output is
 wrong. It also needs ``attention_mask`` of shape [B, 1]: the mask it builds itself has B*K rows and perturbs the
 logits by ~0.1. Its output is checked here (valid codes, and greedy codes equal to ours on a short run), so the comparison is
@@ -87,6 +97,9 @@ def main(argv=None) -> dict:
                         help="torch CPU threads (0 = torch default); per-step cost is op overhead, so 1 is fastest")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of ours / transformers (best is kept)")
     parser.add_argument("--skip-recompute", action="store_true", help="skip the slow no-cache baseline")
+    parser.add_argument("--decoders", default="cached,static,static-compiled",
+                        help="comma list of our decoders to time (MusicLM.generate(decode=...)); the first is the "
+                             "reference the others' codes are compared with")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads:
@@ -106,10 +119,10 @@ def main(argv=None) -> dict:
     uncond = torch.randn(1, args.cond_len, args.dim, device=device)
     K, steps = args.n_q, args.frames + args.n_q - 1
 
-    def run_ours(frames: int, use_cache: bool = True, temperature: float = 1.0):
+    def run_ours(frames: int, decode: str = "cached", temperature: float = 1.0):
         gen = torch.Generator(device=device).manual_seed(args.seed)
         return ours.generate(cond, None, uncond, None, num_frames=frames, cfg=args.cfg, top_k=args.top_k,
-                             temperature=temperature, generator=gen, use_cache=use_cache)
+                             temperature=temperature, generator=gen, decode=decode)
 
     def run_hf(frames: int, sample: bool = True):
         bos = torch.full((K, 1), args.card, device=device)  # [B*K, 1] start token
@@ -128,42 +141,67 @@ def main(argv=None) -> dict:
     greedy_match = torch.equal(run_ours(check_frames, temperature=0.0), run_hf(check_frames, sample=False))
     log(f"greedy CFG codes, ours == transformers over {check_frames} frames: {greedy_match}")
 
-    # Best of --repeat runs, ours and transformers alternating, so that a burst of load from other processes on a
-    # shared machine hits both alike.
-    result = {k: 0.0 for k in ("ours_cached_tok_s", "hf_musicgen_tok_s", "ours_cached_cpu_tok_s", "hf_musicgen_cpu_tok_s")}
+    # Compile the static step before timing (one graph per shape and setting: the first call at the timed length).
+    decoders = [d for d in args.decoders.split(",") if d]
+    result: tp.Dict[str, tp.Any] = {"meta": {"load_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+                                             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}
+    if "static-compiled" in decoders:
+        t, _ = timed(lambda: run_ours(args.frames, "static-compiled"), sync)
+        result["static_compiled_compile_s"] = t
+        log(f"static-compiled: first call (compiles) {t:.1f} s")
+
+    # Best of --repeat runs, all decoders alternating, so that a burst of load from other processes on a shared
+    # machine hits each alike.
+    runs = [(f"ours, {d}", "ours_" + d.replace("-", "_"), lambda d=d: run_ours(args.frames, d)) for d in decoders]
+    runs.append(("transformers MusicgenForCausalLM.generate", "hf_musicgen", lambda: run_hf(args.frames)))
+    for _, key, _ in runs:
+        result[f"{key}_tok_s"] = result[f"{key}_cpu_tok_s"] = 0.0
     codes = {}
     for r in range(args.repeat):
-        for name, key, fn in [("ours, KV cache", "ours_cached", lambda: run_ours(args.frames)),
-                              ("transformers MusicgenForCausalLM.generate", "hf_musicgen", lambda: run_hf(args.frames))]:
+        for name, key, fn in runs:
             t, cpu = timed(lambda key=key, fn=fn: codes.__setitem__(key, fn()), sync)
             result[f"{key}_tok_s"] = max(result[f"{key}_tok_s"], steps / t)
             result[f"{key}_cpu_tok_s"] = max(result[f"{key}_cpu_tok_s"], steps / cpu)
             log(f"[{r}] {name}: {steps / t:.1f} steps/s wall, {steps / cpu:.1f} per CPU second")
     hf_codes = codes["hf_musicgen"]
     hf_ok = tuple(hf_codes.shape) == (1, K, args.frames) and int(hf_codes.min()) >= 0 and int(hf_codes.max()) < args.card
+    ref = "ours_" + decoders[0].replace("-", "_")
+    for _, key, _ in runs[1:-1]:
+        result[f"{key[5:]}_same_codes"] = torch.equal(codes[key], codes[ref])  # e.g. static_same_codes
     if args.skip_recompute:
         result["ours_recompute_tok_s"] = None
     else:
-        t, cpu = timed(lambda: codes.__setitem__("recompute", run_ours(args.frames, use_cache=False)), sync)
+        t, cpu = timed(lambda: codes.__setitem__("recompute", run_ours(args.frames, "recompute")), sync)
         result["ours_recompute_tok_s"] = steps / t
         result["ours_recompute_cpu_tok_s"] = steps / cpu
         log(f"ours, recompute whole prefix: {steps / t:.1f} steps/s wall, {steps / cpu:.1f} per CPU second")
-        result["recompute_same_codes"] = torch.equal(codes["recompute"], codes["ours_cached"])
+        result["recompute_same_codes"] = torch.equal(codes["recompute"], codes[ref])
 
     recompute = result["ours_recompute_tok_s"]
-    result["cached_over_recompute"] = result["ours_cached_tok_s"] / recompute if recompute else None
-    result["cached_over_recompute_cpu"] = (result["ours_cached_cpu_tok_s"] / result["ours_recompute_cpu_tok_s"]
-                                           if recompute else None)
-    result["cached_over_hf"] = result["ours_cached_tok_s"] / result["hf_musicgen_tok_s"]
-    result["cached_over_hf_cpu"] = result["ours_cached_cpu_tok_s"] / result["hf_musicgen_cpu_tok_s"]
+    for _, key, _ in runs[:-1]:
+        short = key[5:]  # cached, static, static_compiled
+        for unit, suffix in (("tok_s", ""), ("cpu_tok_s", "_cpu")):
+            result[f"{short}_over_hf{suffix}"] = result[f"{key}_{unit}"] / result[f"hf_musicgen_{unit}"]
+            if key != "ours_cached" and "ours_cached_tok_s" in result:
+                result[f"{short}_over_cached{suffix}"] = result[f"{key}_{unit}"] / result[f"ours_cached_{unit}"]
+    if "ours_cached_tok_s" in result:
+        result["cached_over_recompute"] = result["ours_cached_tok_s"] / recompute if recompute else None
+        result["cached_over_recompute_cpu"] = (result["ours_cached_cpu_tok_s"] / result["ours_recompute_cpu_tok_s"]
+                                               if recompute else None)
+    best = max(runs[:-1], key=lambda run: result[f"{run[1]}_tok_s"])[1]
+    result["best_decoder"] = best[5:].replace("_", "-")
+    result["best_over_hf"] = result[f"{best}_tok_s"] / result["hf_musicgen_tok_s"]
+    result["best_over_hf_cpu"] = (max(result[f"{key}_cpu_tok_s"] for _, key, _ in runs[:-1])
+                                  / result["hf_musicgen_cpu_tok_s"])
     result["hf_output_ok"] = hf_ok
     result["greedy_matches_hf"] = greedy_match
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["meta"]["load_end"] = os.getloadavg()
     result.update(paper_param_counts())
     result["setup"] = {"dim": args.dim, "layers": args.layers, "heads": args.heads, "ffn": args.ffn, "n_q": K,
                        "card": args.card, "frames": args.frames, "steps": steps, "cond_len": args.cond_len,
                        "top_k": args.top_k, "cfg": args.cfg, "batch": 1, "repeat": args.repeat, "device": str(device),
-                       "threads": torch.get_num_threads(), "torch": torch.__version__}
+                       "threads": torch.get_num_threads(), "torch": torch.__version__, "decoders": decoders}
     if args.json:
         print(json.dumps(result))
     else:
