@@ -172,6 +172,8 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
         mix_note = (f"audio: {result.mix['mode']}, {result.mix['loudness']:.1f} LUFS, true peak "
                     f"{result.mix['true_peak']:.1f} dBTP" if result.mix else "")
         summary = f"{result.mp4.name}: {result.duration:.2f} s of music, {result.windows} window(s). {mix_note}"
+        if result.cuts_note:
+            summary += f". Scene {result.cuts_note}" if result.cuts else f". Scene cuts: {result.cuts_note}"
         return str(result.mp4), [str(result.mp4), str(result.wav)], ", ".join(result.tags), summary
 
     with gr.Blocks(title="vmas: music for your video", analytics_enabled=False) as page:

@@ -264,7 +264,8 @@ def run_generate(args) -> int:
     for r in results:
         tags = f"  tags: {', '.join(r.tags)}" if r.tags else ""
         audio = f"  audio: {r.mix['mode']}, {r.mix['loudness']:.1f} LUFS" if r.mix else ""
-        print(f"{r.mp4}  ({r.duration:.2f} s, {r.windows} window(s)){tags}{audio}")
+        cuts = f"  {r.cuts_note}" if r.cuts_note else ""
+        print(f"{r.mp4}  ({r.duration:.2f} s, {r.windows} window(s)){tags}{audio}{cuts}")
     if existing:
         names = ", ".join(p.name for p in existing[:5]) + (", ..." if len(existing) > 5 else "")
         one = len(existing) == 1

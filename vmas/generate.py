@@ -42,6 +42,16 @@ class GenerationResult:
     mix: tp.Dict[str, tp.Any] = dataclasses.field(default_factory=dict)
     """The finished track of ``mp4``: mode, loudness (LUFS) and true peak (dBTP) measured on the decoded mp4,
     normalisation gain, speech intervals (:meth:`vmas.mixing.MixResult.summary`)."""
+    cuts: tp.Optional[tp.List[float]] = None
+    """Section boundaries the music restarted at (s): the detected scene cuts with ``--cuts auto`` (empty: none
+    found), the given ones otherwise; None when no cuts were asked for."""
+
+    @property
+    def cuts_note(self) -> str:
+        """One line for the user: ``"no cuts found"`` / ``"cuts at 3.20, 7.84 s"``; empty without ``--cuts``."""
+        if self.cuts is None:
+            return ""
+        return "cuts at " + ", ".join(f"{c:.2f}" for c in self.cuts) + " s" if self.cuts else "no cuts found"
 
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".3gp",
@@ -163,7 +173,10 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPip
             continue
         for job in chunk:
             try:
-                results.append(_write_atomically(job, pipe, out_dir, windows, req.mixing))
+                res = _write_atomically(job, pipe, out_dir, windows, req.mixing)
+                asked = req.cuts not in (None, "none")
+                results.append(dataclasses.replace(res, cuts=[round(float(c), 3) for c in job.cuts] if asked
+                                                   else None))
             except VmasError as err:
                 fail(job.video, err)
             bar.update(1)

@@ -1,0 +1,35 @@
+"""`vmas generate --cuts auto` says what it found (issue 35 part 4): the cut times, or "no cuts found"."""
+from __future__ import annotations
+
+import pytest
+
+from vmas.generate import GenerationResult
+
+
+def test_cuts_note_by_hand():
+    r = GenerationResult(video=None, wav=None, mp4=None, duration=1.0, tags=[], windows=1)
+    assert r.cuts_note == ""
+    assert GenerationResult(None, None, None, 1.0, [], 1, cuts=[]).cuts_note == "no cuts found"
+    assert GenerationResult(None, None, None, 1.0, [], 1, cuts=[3.2, 7.844]).cuts_note == "cuts at 3.20, 7.84 s"
+
+
+@pytest.mark.slow
+def test_cli_prints_detected_cuts_or_none(tmp_path, capsys):
+    """A two-scene SynthMV clip: the detected cut is printed where the structure detector puts it; one scene:
+    "no cuts found"; no --cuts: nothing about cuts."""
+    from vmas import structure
+    from vmas.cli import main
+    from vmas.synthmv import generate_multiscene
+
+    two = generate_multiscene(11, scenes=2, seconds=6.0, size=32, out_path=tmp_path / "two.mp4")
+    generate_multiscene(5, scenes=1, seconds=4.0, size=32, out_path=tmp_path / "one.mp4")
+    common = ["-o", str(tmp_path / "out"), "--model", "vmas-debug-random", "--top-k", "16", "-q", "--mix", "replace"]
+    assert main(["generate", str(tmp_path / "two.mp4"), str(tmp_path / "one.mp4"), "--cuts", "auto", *common]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cut = structure.detect_cuts(tmp_path / "two.mp4")
+    assert cut == two.labels["cuts"] and len(cut) == 1
+    assert any("two.mp4" in ln and f"cuts at {cut[0]:.2f} s" in ln for ln in lines), lines
+    assert any("one.mp4" in ln and "no cuts found" in ln for ln in lines), lines
+    assert main(["generate", str(tmp_path / "one.mp4"), "--overwrite", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "one.mp4" in printed and "no cuts found" not in printed and "cuts at" not in printed
