@@ -10,12 +10,13 @@ that ends in NumPy cannot be checked that way.
 :class:`DeviceGuard` keeps the data on the CPU and tracks *provenance* instead: each tensor is either on the
 fake **device** (``dev``) or on the **host**, and every operation is checked as CUDA would check it.
 
-- ``dev``: what :meth:`DeviceGuard.place` marks (model parameters and buffers, the inputs), every output of an
-  operation with a ``dev`` input, tensors made with an explicit ``device=`` argument and the results of
-  ``.to(<device>)`` (any explicit device is taken to name the model's device: on a GPU run that is what
-  ``x.device`` / ``param.device`` evaluate to).
+- ``dev``: what :meth:`DeviceGuard.place` marks (model parameters and buffers, the inputs) and every output of an
+  operation with a ``dev`` input. Inside the guard ``x.device`` of a ``dev`` tensor answers :data:`DEV`
+  (``cpu:0``: a real CPU device that compares unequal to ``cpu``), so ``torch.arange(n, device=x.device)``,
+  ``.to(param.device)`` and ``str(param.device)`` name the device, exactly as they evaluate to ``cuda:0`` on a GPU.
 - ``host``: tensors made by factories without ``device=`` (``torch.arange(n)``, ``torch.tensor([...])``: on a GPU
-  run they land on the default device, the CPU), ``torch.from_numpy``, and the results of ``.cpu()``.
+  run they land on the default device, the CPU), with ``device="cpu"`` or a CPU generator's ``.device``,
+  ``torch.from_numpy``, and the results of ``.cpu()`` (``x.device`` answers ``cpu``).
 
 Tags live on storages (``untyped_storage().data_ptr()``), so views, in-place results and the tensors autograd
 saves for backward share their base's tag; tagged storages are held until the guard is dropped, so an address is
@@ -30,13 +31,14 @@ What is reported, each with the first stack frame inside the watched code (``vma
   CPU scalars), and ``.numpy()`` of a ``dev`` tensor (CUDA raises). Raised at once as :class:`StrayDevice` by
   default.
 - ``syncs``: device -> host reads that stall a GPU stream: ``.item()`` / ``bool()`` / ``int()`` / ``float()``
-  (``aten._local_scalar_dense``), ``.tolist()``, ``.cpu()``, boolean-mask indexing and ``nonzero`` (their output
-  size depends on the data) of ``dev`` tensors.
+  (``aten._local_scalar_dense``), ``.tolist()``, ``.cpu()`` / ``.to("cpu")``, boolean-mask indexing and
+  ``nonzero`` (their output size depends on the data) of ``dev`` tensors.
 - ``transfers``: host -> device copies (``.to(device)`` of host data, ``dev[...] = host``, indexing a ``dev``
   tensor with a host index): legal on CUDA, but each is a copy per call, which matters in a per-step loop.
 
-Limits (false negatives, never false alarms): an explicit ``device="cpu"`` is trusted to mean the model's device;
-code below the torch-function level (C++ kernels) is trusted.
+Limits: code below the torch-function level (C++ kernels) is trusted; a host tensor without elements carries no
+tag (its ``.device`` answers ``cpu``); torch's own Python code moving tensors to a device it got from C++ (plain
+``cpu``, e.g. ``clip_grad_norm_``'s per-device groups) is not read as a move to the host.
 """
 from __future__ import annotations
 
@@ -55,7 +57,6 @@ from torch.utils._pytree import tree_flatten
 import vmas
 
 VMAS_ROOT = os.path.dirname(os.path.abspath(vmas.__file__))
-TORCH_ROOT = os.path.dirname(os.path.abspath(torch.__file__))
 
 
 class StrayDevice(RuntimeError):
@@ -89,6 +90,20 @@ def _device_arg(args: tp.Sequence[tp.Any], kwargs: tp.Mapping[str, tp.Any]) -> b
     return any(isinstance(a, (torch.device, str, torch.Tensor)) for a in args[1:])
 
 
+DEV = torch.device("cpu", 0)
+"""What ``tensor.device`` answers for a tensor on the fake device (the host answers ``cpu``): a real, usable CPU
+device that compares unequal to ``cpu``, so ``device=x.device`` / ``.to(param.device)`` carry which side a
+tensor is on exactly as they do on a GPU, while ``device="cpu"`` and ``generator.device`` name the host."""
+_DEVICE_ATTR = torch.Tensor.device
+
+
+def _names_dev(device: tp.Any) -> bool:
+    """Whether a ``device=`` / ``.to()`` argument names the fake device (``cpu:0``), not the host (``cpu``)."""
+    if isinstance(device, (str, int)):
+        device = torch.device(device)
+    return isinstance(device, torch.device) and device == DEV
+
+
 class _Function(TorchFunctionMode):
     def __init__(self, guard: "DeviceGuard"):
         super().__init__()
@@ -98,11 +113,12 @@ class _Function(TorchFunctionMode):
         kwargs = kwargs or {}
         g = self.guard
         name = getattr(func, "__name__", "")
+        if name == "__get__" and getattr(func, "__self__", None) is _DEVICE_ATTR:
+            t = args[0]
+            return (DEV if g.is_dev(t) else func(*args)) if g.tracked(t) else func(*args)
         inputs = _tensors((args, kwargs))
-        # an explicit device names the model's device when watched code asks for it; torch's own code puts its
-        # host scalars there with an explicit device="cpu" too (Adam's step counter), which stays host
-        explicit = kwargs.get("device") is not None and g.watched_caller(skip_torch=False)
-        on_dev = explicit or any(g.is_dev(t) for t in inputs)
+        explicit = kwargs.get("device")
+        on_dev = _names_dev(explicit) or any(g.is_dev(t) for t in inputs)
         if name == "numpy" and inputs and g.is_dev(inputs[0]):
             g.violation("numpy() of a device tensor (CUDA raises: needs .cpu() first)")
         if name in _TO_SYNC and inputs and g.is_dev(inputs[0]):
@@ -112,26 +128,30 @@ class _Function(TorchFunctionMode):
             out = func(*args, **kwargs)
         finally:
             g.context.pop()
-        if name == "to" and _device_arg(args, kwargs) and isinstance(out, torch.Tensor) \
-                and g.watched_caller(skip_torch=True):  # nn.Module.to called by watched code counts too
-            target = next((a for a in args[1:] if isinstance(a, torch.Tensor)), None)
-            to_dev = g.is_dev(target) if target is not None else True
+        if name == "to" and _device_arg(args, kwargs) and isinstance(out, torch.Tensor):
+            target = next((a for a in args[1:] if isinstance(a, (torch.Tensor, torch.device, str))), None)
+            if isinstance(target, torch.Tensor):
+                to_dev = g.is_dev(target)
+            else:
+                to_dev = _names_dev(kwargs.get("device", target))
+            if not to_dev and not g.watched_caller():
+                # torch's own code moves its scalars with devices from C++ (grouping by device, which answers
+                # plain ``cpu``): not a request to leave the device
+                return out
             if to_dev and not g.is_dev(args[0]):
                 g.transfers.append(Event("h2d: .to(device)", g.site()))
-                if out is args[0]:  # a no-op on the CPU: give the device copy its own storage (and tag)
-                    out = out.clone()
             elif not to_dev and g.is_dev(args[0]):
-                g.syncs.append(Event("sync: .to(host tensor's device)", g.site()))
-                if out is args[0]:
-                    out = out.clone()
+                g.syncs.append(Event("sync: .to(host)", g.site()))
+            if out is args[0] and to_dev != g.is_dev(args[0]):  # a no-op on the CPU: give the copy its own tag
+                out = out.clone()
             g.tag(out, to_dev)
         elif name == "cpu" and isinstance(out, torch.Tensor):
             if out is args[0] and g.is_dev(out):
                 out = out.clone()
             g.tag(out, False)
-        elif explicit:
+        elif explicit is not None:
             for t in _tensors(out):
-                g.tag(t, True)
+                g.tag(t, _names_dev(explicit))
         return out
 
 
@@ -249,17 +269,12 @@ class DeviceGuard:
             frame = frame.f_back
         return "<outside the watched code>"
 
-    def watched_caller(self, skip_torch: bool) -> bool:
-        """Whether the torch call being handled was made by watched code (``skip_torch``: the first frame outside
-        torch's own Python code, e.g. the caller of ``nn.Module.to``)."""
-        frame = sys._getframe(2)  # 0: this method, 1: __torch_function__, 2: the caller of the torch function
-        while frame is not None:
-            path = os.path.abspath(frame.f_code.co_filename)
-            if path == os.path.abspath(__file__) or (skip_torch and path.startswith(TORCH_ROOT)):
-                frame = frame.f_back
-                continue
-            return path.startswith(self.roots)
-        return False
+    def watched_caller(self) -> bool:
+        """Whether the torch call being handled was made directly by watched code (not by torch's own)."""
+        frame = sys._getframe(1)
+        while frame is not None and os.path.abspath(frame.f_code.co_filename) == os.path.abspath(__file__):
+            frame = frame.f_back
+        return frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(self.roots)
 
     def violation(self, kind: str) -> None:
         event = Event(kind, self.site())

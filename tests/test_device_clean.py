@@ -11,11 +11,12 @@ suite where every tensor is on the CPU. Two techniques make them show here:
 2. :class:`tests.device_guard.DeviceGuard` for the rest (the training step with its dropout draws and optimiser
    step, sampling, motion, metric embedders): real CPU numbers, with each tensor tagged as being on a second, fake
    device or on the host, and every operation checked as CUDA checks it. Its docstring gives the rules; in short,
-   model parameters, inputs, results of ``.to(device)`` / explicit ``device=`` and everything computed from them
-   are on the device, factory calls without ``device=`` and ``torch.from_numpy`` are on the host, and an operation
-   that mixes the two (beyond 0-dim host scalars, which CUDA accepts) is a violation naming the source line. It
-   also lists device->host syncs (``.item()``, ``bool()``, ``.cpu()``) and host->device copies per call site,
-   which the decode-loop tests count per step.
+   model parameters, inputs and everything computed from them are on the device, and inside the guard their
+   ``.device`` answers ``cpu:0`` (a second CPU device that compares unequal to ``cpu``), so ``device=x.device`` and
+   ``.to(param.device)`` follow them; factory calls without ``device=`` (or with ``"cpu"``), ``torch.from_numpy``
+   and ``.cpu()`` results are on the host; an operation that mixes the two (beyond 0-dim host scalars, which CUDA
+   accepts) is a violation naming the source line. It also lists device->host syncs (``.item()``, ``bool()``,
+   ``.cpu()``) and host->device copies per call site, which the loop tests count per step.
 
 Both are shown to catch a deliberately stray ``torch.arange(n)`` in a tiny module (the first tests below).
 
@@ -210,8 +211,11 @@ def test_generation_is_device_clean(gen_model, guide, neg, hits):
                                **inputs, **extra)
     assert guard.is_dev(codes) and codes.shape == (2, cfg.model.lm.n_q, num_frames)
     assert torch.equal(codes[..., :T0], prompt)
+    # the motion condition: flow runs on the host frames (once per call); the sampler's per-step noise copy
+    # (vmas/models/lm.py, _exponential) is left to test_decode_loop_makes_no_per_step_copy
     assert guard.count(guard.syncs) == {"sync: .cpu() at vmas/models/vmas.py in video_motion": 1}
-    assert guard.count(guard.transfers) == {"h2d: .to(device) at vmas/models/vmas.py in video_motion": 1}
+    transfers = _outside_sampler(guard.count(guard.transfers))
+    assert transfers == {"h2d: .to(device) at vmas/models/vmas.py in video_motion": 1}
 
 
 # ---------------------------------------------------------------------------------------------- on ``meta``
@@ -341,31 +345,56 @@ def test_kl_classifier_inputs_reach_the_model_device():
     _embed_on_device(embedder, clf.model, _sine(32000, 2.5), 32000)
 
 
-@pytest.mark.parametrize("decode", ["cached", "recompute", "static"])
-def test_lm_decoders_are_device_clean(gen_model, decode):
-    """Every eager decoder of MusicLM.generate with CFG, an extra guidance branch, per-step conditions and a prompt:
-    no stray host tensor, and no sync or transfer inside the step loop (the counts do not grow with the steps)."""
-    cfg, model, _ = gen_model
-    lm, d = model.lm, model.lm.dim
-    g = torch.Generator().manual_seed(2)
-    B, K, L = 2, lm.n_q, 5
+SAMPLER_NOISE = "h2d: .to(device) at vmas/models/lm.py in _exponential"
+"""One host -> device copy per sampled step: ``_exponential`` draws the Exp(1) noise on the CPU generator's device
+and moves it (``torch.empty(shape, device=gen_device).exponential_(generator=generator).to(device)``), so that a
+seed gives the same stream on any device. Kept apart here: vmas/models/lm.py belongs to the decode rewrite."""
+
+
+def _outside_sampler(counts):
+    return collections.Counter({k: v for k, v in counts.items() if k != SAMPLER_NOISE})
+
+
+def _decode(lm, decode, num_frames, guard, g_seed=2):
+    g = torch.Generator().manual_seed(g_seed)
+    B, K, L, d = 2, lm.n_q, 5, lm.dim
     cond, uncond, extra = (torch.randn(B, L, d, generator=g) for _ in range(3))
     mask = torch.tensor([[True] * L, [True, True, False, False, False]])
     step_cond = torch.randn(B, 40, d, generator=g)
     prompt = torch.randint(0, lm.card, (B, K, 3), generator=g)
-    guard = DeviceGuard()
     guard.place(lm, cond, uncond, extra, mask, step_cond, prompt)
-    counts = []
+    guard.reset_events()
+    with guard:
+        codes = lm.generate(cond, mask, uncond, None, num_frames=num_frames, cfg=3.0, top_k=8, prompt=prompt,
+                            generator=torch.Generator().manual_seed(0), step_cond=step_cond,
+                            extra=[(extra, mask, None, 0.5)], decode=decode)
+    assert guard.is_dev(codes) and codes.shape == (B, K, num_frames)
+    return guard.count(guard.syncs), guard.count(guard.transfers)
+
+
+@pytest.mark.xfail(strict=True, reason="vmas/models/lm.py:54 (_exponential) copies the sampling noise drawn on the "
+                   "CPU generator to the model's device every decode step: `torch.empty(shape, device=gen_device)"
+                   ".exponential_(generator=generator).to(device)` (one H2D copy per step; draw all steps' noise "
+                   "at once, or on a generator on the model's device, to remove it)")
+@pytest.mark.parametrize("decode", ["cached", "static"])
+def test_decode_loop_makes_no_per_step_copy(gen_model, decode):
+    lm = gen_model[1].lm
+    guard = DeviceGuard()
+    short, long = _decode(lm, decode, 8, guard), _decode(lm, decode, 16, guard)
+    assert short[1] == long[1]  # host -> device copies do not grow with the number of steps
+
+
+@pytest.mark.parametrize("decode", ["cached", "recompute", "static"])
+def test_lm_decoders_are_device_clean(gen_model, decode):
+    """Every eager decoder of MusicLM.generate with CFG, an extra guidance branch, per-step conditions and a prompt:
+    no stray host tensor, and no sync inside the step loop; no host -> device copy either, but the sampler's noise
+    (:data:`SAMPLER_NOISE`, one per step; test_decode_loop_makes_no_per_step_copy)."""
+    lm = gen_model[1].lm
+    guard = DeviceGuard()
     for num_frames in (8, 16):
-        guard.reset_events()
-        with guard:
-            codes = lm.generate(cond, mask, uncond, None, num_frames=num_frames, cfg=3.0, top_k=8, prompt=prompt,
-                                generator=torch.Generator().manual_seed(0), step_cond=step_cond,
-                                extra=[(extra, mask, None, 0.5)], decode=decode)
-        assert guard.is_dev(codes) and codes.shape == (B, K, num_frames)
-        counts.append((guard.count(guard.syncs), guard.count(guard.transfers)))
-    assert counts[0] == counts[1], counts  # nothing per step
-    assert counts[0] == (collections.Counter(), collections.Counter()), counts
+        syncs, transfers = _decode(lm, decode, num_frames, guard)
+        assert not syncs and not _outside_sampler(transfers), (syncs, transfers)
+        assert transfers[SAMPLER_NOISE] == lm.pattern.num_steps(num_frames)  # what the xfail above is about
 
 
 # ------------------------------------------------------------------------------------------------------ bf16
