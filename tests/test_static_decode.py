@@ -110,6 +110,20 @@ def test_static_with_per_row_generators_and_no_guidance():
     assert torch.equal(out[0], out[1])
 
 
+def test_noise_drawn_at_once_is_the_per_step_noise():
+    """A CPU generator driving a model on another device draws every step's noise at once (one host->device copy
+    instead of one per step): the same numbers, in the same order, as drawing step by step; per-row generators
+    too."""
+    for make in (lambda: torch.Generator().manual_seed(7), lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]):
+        for kw in SETTINGS:
+            kw = {**dict(top_k=250, top_p=0.0, temperature=1.0), **kw}
+            lazy, once = (list(lm_mod._step_noise((2, K, CARD), 5, kw["top_k"], kw["top_p"], kw["temperature"],
+                                                  torch.device("cpu"), make(), at_once=a)) for a in (False, True))
+            assert len(lazy) == len(once) == 5
+            for a, b in zip(lazy, once):
+                assert (a is None and b is None) or torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------ the whole model
 @pytest.fixture(scope="module")
 def vmas_model():

@@ -106,6 +106,34 @@ def _draw_noise(logits_shape: tp.Sequence[int], top_k: int, top_p: float, temper
     return _exponential((*logits_shape[:-1], width), device, generator)
 
 
+def _generator_device(generator: Generators) -> tp.Optional[torch.device]:
+    if isinstance(generator, (list, tuple)):
+        return generator[0].device if generator else None
+    return None if generator is None else generator.device
+
+
+def _step_noise(logits_shape: tp.Sequence[int], n: int, top_k: int, top_p: float, temperature: float,
+                device: torch.device, generator: Generators,
+                at_once: tp.Optional[bool] = None) -> tp.Iterator[tp.Optional[torch.Tensor]]:
+    """The noise of ``n`` successive sampling steps, in order (the numbers ``n`` :func:`sample_tokens` calls draw).
+
+    A generator on another kind of device than the model (a CPU generator driving a CUDA model, which keeps seeded
+    runs equal across devices) draws all ``n`` at once and sends them in one copy: a host->device copy per step
+    would block the host every step. Otherwise each step draws its own (no memory held for later steps).
+    ``at_once`` forces either way (tests: the same numbers).
+    """
+    gen_device = _generator_device(generator)
+    if at_once is None:
+        at_once = gen_device is not None and gen_device.type != device.type
+    if temperature > 0 and n > 0 and at_once:
+        gen_device = gen_device or device
+        draws = [_draw_noise(logits_shape, top_k, top_p, temperature, gen_device, generator) for _ in range(n)]
+        yield from torch.stack(draws).to(device).unbind(0)  # [n, B, K, W] -> n x [B, K, W]
+        return
+    for _ in range(n):
+        yield _draw_noise(logits_shape, top_k, top_p, temperature, device, generator)
+
+
 def _burn_noise(logits_shape: tp.Sequence[int], top_k: int, top_p: float, temperature: float, device: torch.device,
                 generator: Generators) -> None:
     """Consume exactly the noise :func:`sample_tokens` would (prompt steps keep the rng stream aligned)."""
@@ -457,20 +485,20 @@ class MusicLM(nn.Module):
             state = stack.enter_context(self.streaming(cond, cond_mask, S, step_cond)) if decode != "recompute" else None
             if state is not None and T0 > 0:
                 self.forward_step(self.shift_inputs(seq_upto(T0)), state)  # prefill the prompt steps in one chunk
+            noise = _step_noise(logits_shape, S - T0, top_k, top_p, temperature, device, generator)
             if decode.startswith("static"):
                 return self.pattern.revert(self._decode_static(
-                    state, seq, free, steps, decode, n_branches, cfg, weights, top_k, top_p, temperature, generator))
-            for s in steps:
+                    state, seq, free, steps, decode, n_branches, cfg, weights, top_k, top_p, temperature, noise))
+            for s, eps in zip(steps, noise):
                 if decode == "cached":
                     col = seq[:, :, s - 1] if s > 0 else seq.new_full((B, K), self.special_token)  # [B, K]
                     logits = (self.decode_step(col.repeat(n_branches, 1), state, cfg, weights) if guided
                               else self.decode_step(col, state))
                 else:
                     logits = recompute(s + 1)
-                token = sample_tokens(logits, top_k, top_p, temperature, generator)  # [B, K]
+                token = sample_with_noise(logits, eps, top_k, top_p, temperature)  # [B, K] (= sample_tokens)
                 seq[:, :, s] = torch.where(free[:, s], token, seq[:, :, s])
         return self.pattern.revert(seq)  # [B, K, num_frames]
-
 
     def static_state(self, state: LMState, seq: torch.Tensor, free: torch.Tensor, n_branches: int = 1,
                      cfg: float = 1.0, weights: tp.Sequence[float] = (), top_k: int = 250, top_p: float = 0.0,
@@ -488,23 +516,22 @@ class MusicLM(nn.Module):
 
     def _decode_static(self, state: LMState, seq: torch.Tensor, free: torch.Tensor, steps: tp.Iterable[int],
                        decode: str, n_branches: int, cfg: float, weights: tp.Sequence[float], top_k: int, top_p: float,
-                       temperature: float, generator: Generators) -> torch.Tensor:
+                       temperature: float, noise: tp.Iterator[tp.Optional[torch.Tensor]]) -> torch.Tensor:
         """The static decoders' loop over ``steps`` (pattern columns T0..S-1) after any prompt prefill: seq [B, K, S]
-        (special / prompt codes in place) -> the completed seq [B, K, S].
+        (special / prompt codes in place) -> the completed seq [B, K, S]. ``noise``: each step's Exp(1) noise
+        (:func:`_step_noise`, the cached loop's numbers).
 
-        Per step, Python only draws the noise (from ``generator``, in the cached loop's order and shapes) and calls
-        the step: no value comes back to Python until the end.
+        Per step, Python only hands over the noise and calls the step: no value comes back to Python until the end.
         """
         B, K, S = seq.shape
         steps = list(steps)
         st = self.static_state(state, seq, free, n_branches, cfg, weights, top_k, top_p, temperature)
-        logits_shape = (B, K, self.card)
         step = _compiled_static_step() if decode == "static-compiled" else MusicLM.static_step
         if decode == "static-graph" and steps:
             width = noise_width(self.card, top_k, top_p)
             step = _CudaGraphStep(step, self, st, None if temperature <= 0 else (B, K, width))
-        for _ in steps:
-            step(self, st, _draw_noise(logits_shape, top_k, top_p, temperature, seq.device, generator))
+        for _, eps in zip(steps, noise):
+            step(self, st, eps)
         return st.inputs[..., 1:]
 
 
