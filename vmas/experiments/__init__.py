@@ -10,6 +10,9 @@ package imports them), so a result JSON is made the same way whichever benchmark
 - :mod:`vmas.experiments.scoring` SynthMV test clips, the class judge, scores and baselines (moved out of
   ``evaluation``); :mod:`vmas.experiments.scene_scores` the structure benchmark's scores (out of ``structure``);
 - :mod:`vmas.experiments.device_check` the measurements behind ``tools/gpu_check.py``;
+- :mod:`vmas.experiments.report` several systems scored in one run (``tools/evaluate.py --generated a=DIR
+  b=DIR``: one table, each system's missing clips) and the offline ``report.html`` (distributions, onsets over
+  motion, mel spectrograms, audio links; matplotlib);
 - :mod:`vmas.experiments.provenance` the ``meta`` block of a result JSON (commit, clean tree, date, machine, load,
   and the codec's training steps and weight hash, so two results that disagree can be traced to their inputs).
 """
