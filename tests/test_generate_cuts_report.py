@@ -33,3 +33,21 @@ def test_cli_prints_detected_cuts_or_none(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "one.mp4"), "--overwrite", *common]) == 0
     printed = capsys.readouterr().out
     assert "one.mp4" in printed and "no cuts found" not in printed and "cuts at" not in printed
+
+
+def test_web_page_keeps_the_error_line_in_its_summary(tmp_path):
+    """A broken upload: the page's generate answers with the CLI's one-line error in the summary (which stays until
+    the next request) and empty outputs, instead of raising (a toast that fades and red 'Error' badges)."""
+    pytest.importorskip("gradio")
+    from vmas.app import build_app
+    from vmas.hub import load_model
+
+    page = build_app(load_model("vmas-debug-random", device="cpu"), "vmas-debug-random", out_root=tmp_path / "o")
+    fn = next(f.fn for f in page.fns.values() if f.api_name == "generate")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video" * 100)
+    args = [str(broken), "", "", "", None, "", "all", 3.0, 0.0, False, 0, 0, 0, 0.0, 1.0, "replace", -12.0, -4.0,
+            -14.0]
+    video, files, used, summary = fn(*args, progress=lambda *a, **k: None)
+    assert (video, files, used) == (None, [], "")
+    assert summary.startswith("error: broken.mp4: ") and "\n" not in summary and "Traceback" not in summary

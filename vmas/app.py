@@ -163,12 +163,15 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
                                         music_gain, loudness)
             result = run_request(pipe, video, controls, limits, out_root,
                                  on_window=lambda done, total: progress((done, total), desc="windows", unit="window"))
-        except VmasError as err:  # the CLI's one line, in the page; the server keeps serving
-            log.info("request refused: %s", err)
-            raise gr.Error(f"error: {_one_line(err, video)}", duration=None, print_exception=False) from None
-        except (ValueError, TypeError, OSError) as err:  # a malformed field or an unreadable upload
-            log.warning("request failed", exc_info=True)
-            raise gr.Error(f"error: {_one_line(err, video)}", duration=None, print_exception=False) from None
+        except (VmasError, ValueError, TypeError, OSError) as err:  # the CLI's one line; the server keeps serving
+            if isinstance(err, VmasError):
+                log.info("request refused: %s", err)
+            else:  # a malformed field or an unreadable upload
+                log.warning("request failed", exc_info=True)
+            # the line stays in the summary until the next request (a toast alone fades, leaving red badges)
+            line = f"error: {_one_line(err, video)}"
+            gr.Warning(line, duration=None)
+            return None, [], "", line
         mix_note = (f"audio: {result.mix['mode']}, {result.mix['loudness']:.1f} LUFS, true peak "
                     f"{result.mix['true_peak']:.1f} dBTP" if result.mix else "")
         summary = f"{result.mp4.name}: {result.duration:.2f} s of music, {result.windows} window(s). {mix_note}"
