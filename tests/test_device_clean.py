@@ -639,3 +639,29 @@ def test_torch_engine_step_loop_syncs(tmp_path):
     assert guard.count(guard.syncs) == {"sync: nonzero at vmas/losses/objective.py in __call__": 4,
                                         "sync: .item()/bool()/int()/float() at vmas/solvers/engines.py in step": 2}
     assert not guard.transfers
+
+
+def test_solver_train_step_is_device_clean(tmp_path):
+    """The solver's whole step (loader batch -> inputs on the device, torch engine in bf16, the update, EMA, the
+    stats) with the engine's device being the fake one: no violation; per step one host -> device copy of each
+    input and three syncs, each needed: the contrastive selection, the gradient norm and the stats for the log."""
+    from tests.device_guard import DEV
+    from vmas.solvers.solver import Solver
+
+    overrides = [o for o in FULL if not o.startswith("model.tags") and "grad_checkpointing" not in o]
+    cfg = load_config(CONFIGS / "debug.yaml", [*overrides, "train.engine=torch", "train.precision=bf16",
+                                               f"train.out_dir={tmp_path}"])
+    solver = Solver(cfg)
+    solver.device = solver.engine.device = DEV  # what torch.device("cuda") is on a GPU
+    guard = DeviceGuard()
+    guard.place(solver.engine.module, solver.ema.__dict__)
+    with guard:
+        for _ in range(2):
+            stats = solver.train_step()
+    assert np.isfinite(stats["loss"])
+    syncs = guard.count(guard.syncs)
+    assert set(syncs) <= {"sync: nonzero at vmas/losses/objective.py in __call__",
+                          "sync: .item()/bool()/int()/float() at vmas/solvers/engines.py in step",
+                          "sync: .tolist() at vmas/solvers/solver.py in train_step"}, syncs
+    assert all(n == 2 for n in syncs.values()), syncs  # once per step
+    assert all(k.endswith("vmas/solvers/inputs.py in __call__") for k in guard.count(guard.transfers))
