@@ -51,3 +51,11 @@ def test_web_page_keeps_the_error_line_in_its_summary(tmp_path):
     video, files, used, summary = fn(*args, progress=lambda *a, **k: None)
     assert (video, files, used) == (None, [], "")
     assert summary.startswith("error: broken.mp4: ") and "\n" not in summary and "Traceback" not in summary
+
+
+def test_upload_the_browser_cannot_preview_gets_a_note():
+    from vmas.app import preview_note
+
+    assert preview_note(None) == "" and preview_note("/x/clip.MP4") == "" and preview_note("/x/a.webm") == ""
+    note = preview_note("/x/tree.avi")
+    assert note.startswith("preview unavailable: browsers do not play .avi files") and "Generate" in note

@@ -137,6 +137,23 @@ def _one_line(err: Exception, video: tp.Optional[str]) -> str:
     return text
 
 
+BROWSER_VIDEO = (".mp4", ".m4v", ".mov", ".webm", ".ogv", ".ogg")
+"""Containers a browser's <video> usually plays; other uploads (AVI, WMV, FLV, MKV, MPEG-TS...) cannot be previewed
+in the upload box, though generation reads them all."""
+
+
+def preview_note(video: tp.Optional[str]) -> str:
+    """What the summary says when an upload is chosen: for a container the browser cannot preview, that the preview
+    is unavailable (the box may show Gradio's "Video not playable") and that generation works; else nothing."""
+    if not video:
+        return ""
+    suffix = Path(video).suffix.lower()
+    if suffix in BROWSER_VIDEO:
+        return ""
+    return (f"preview unavailable: browsers do not play {suffix or 'this format'} files (the box may say "
+            "\"Video not playable\"); press Generate: the result is an MP4 that plays here")
+
+
 def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = None,
               out_root: tp.Union[str, Path] = "outputs/app"):
     """The Gradio Blocks page for one loaded pipeline (not launched; :func:`launch` does that)."""
@@ -233,6 +250,7 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
         button.click(generate, [video, tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg, beat, seed,
                                 duration, top_k, top_p, temperature, mix, duck, music_gain, loudness],
                      [result, files, used, summary], concurrency_limit=1, api_name="generate")
+        video.change(preview_note, video, summary, queue=False, show_progress="hidden")
     # one request at a time: the loaded model is not shared between threads; others wait in the queue (position shown)
     page.queue(default_concurrency_limit=1, max_size=limits.max_queue)
     return page
