@@ -29,6 +29,7 @@ clip of a different class), ``codec_ceiling`` (the clip's own music through the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -216,6 +217,7 @@ def lm_main(args) -> tp.Dict[str, tp.Any]:
     from vmas.config import load_config
     from vmas.evaluation import generate_windows
     from vmas.experiments import aggregate
+    from vmas.experiments.provenance import codec_record
     from vmas.experiments.runs import TrainJob, cached_scores, run_dir, train_pool
     from vmas.experiments.scoring import codec_roundtrip
     from vmas.hub import load_model
@@ -224,7 +226,7 @@ def lm_main(args) -> tp.Dict[str, tp.Any]:
     seeds = [int(x) for x in args.train_seeds.split(",") if x != ""]
     jobs = {s: TrainJob(run_dir(args.out, args.variant, s), args.config,
                         (f"optim.max_steps={args.steps}", f"train.seed={s}", *args.overrides)) for s in seeds}
-    if not args.no_train:
+    if not args.no_train and not args.baselines_only:
         train_pool(jobs.values(), args.jobs, poll_s=5.0)
     if args.train_only:
         return {}
@@ -233,8 +235,12 @@ def lm_main(args) -> tp.Dict[str, tp.Any]:
     clips = load_clips(args.test, args.clips)
     codec = load_codec(ROOT / config.model.codec.pretrained).eval()
     roundtrip = codec_roundtrip(codec)
-    judge = SoundtrackJudge.build(load_clips(args.train), roundtrip, seconds,
-                                  Path(args.out) / f"judge_{int(seconds * 1000)}ms.npz")
+    train: tp.List[dict] = []
+    for c in load_clips(args.train):  # the first --judge-clips of each class
+        if sum(d["class_id"] == c["class_id"] for d in train) < args.judge_clips:
+            train.append(c)
+    judge = SoundtrackJudge.build(train, roundtrip, seconds,
+                                  Path(args.out) / f"judge_{int(seconds * 1000)}ms_{args.judge_clips}.npz")
     refs: tp.Dict[int, tp.List[np.ndarray]] = {}
     for c in load_clips(args.reference):
         refs.setdefault(c["class_id"], []).append(read_audio(c))
@@ -254,12 +260,27 @@ def lm_main(args) -> tp.Dict[str, tp.Any]:
                "cfg": args.cfg, "top_k": args.top_k, "reference": str(args.reference), "metric": "realmusic-v1"}
         return cached_scores(path, key, compute, args.rescore)
 
+    def baselines() -> tp.Dict[str, tp.Any]:
+        """``mismatched`` and ``codec_ceiling`` rows, cached in ``--out`` (they need no trained model)."""
+        key = {"clips": [c["id"] for c in clips], "seed": args.seed, "reference": str(args.reference),
+               "codec": codec_record(ROOT / config.model.codec.pretrained)["weights_sha256"],
+               "judge": args.judge_clips, "metric": "realmusic-v1"}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        cache = Path(args.out) / f"baselines_{digest}.json"
+        if cache.exists() and not args.rescore:
+            return json.loads(cache.read_text())
+        perm = mismatch(clips, args.seed)
+        rows = {"mismatched": score_set([real[j] for j in perm], clips, judge, refs, seconds),
+                "codec_ceiling": score_set([roundtrip(w) for w in real], clips, judge, refs, seconds)}
+        cache.write_text(json.dumps(rows, indent=1))
+        return rows
+
+    if args.baselines_only:
+        return dict(baselines(), judge_acc_on_real_test=judge_real)
     per_model = [model_scores(s) for s in seeds]
     results: tp.Dict[str, tp.Any] = {
         "model": per_model[0] if len(seeds) == 1 else aggregate.over_training_seeds(per_model)}
-    perm = mismatch(clips, args.seed)
-    results["mismatched"] = score_set([real[j] for j in perm], clips, judge, refs, seconds)
-    results["codec_ceiling"] = score_set([roundtrip(w) for w in real], clips, judge, refs, seconds)
+    results.update(baselines())
     results["meta"] = aggregate.result_meta(
         "realmusic_benchmark", args.argv, {"codec": ROOT / config.model.codec.pretrained},
         training_seeds=seeds, steps=args.steps, config=args.config, overrides=list(args.overrides),
@@ -294,6 +315,9 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     m.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's generation.cfg)")
     m.add_argument("--top-k", type=int, default=None)
     m.add_argument("--rescore", action="store_true")
+    m.add_argument("--judge-clips", type=int, default=40, help="training clips per class the judge learns from")
+    m.add_argument("--baselines-only", action="store_true",
+                   help="score (and cache) the mismatched and codec-ceiling rows only; no model needed")
     m.add_argument("--train-only", action="store_true")
     m.add_argument("--no-train", action="store_true", help="score finished runs only")
     m.add_argument("--json", action="store_true")
