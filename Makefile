@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install sysdeps real-music browser demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench realmusic-music realmusic-data
+.PHONY: install sysdeps real-music browser demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench realmusic-music realmusic-data realmusic-bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -157,6 +157,16 @@ realmusic-data: install realmusic-music
 	test -f runs/realmusic/codec.pt || $(BIN)/python tools/train_codec.py --config configs/realmusic_codec.yaml --audio-dir $(RM)/codec_train --out runs/realmusic/codec.pt --steps $(REALMUSIC_CODEC_STEPS) --threads 1
 	test -f $(RM)/shards/train.done || ($(BIN)/python tools/preprocess.py --manifest $(RM)/train/vmas_manifest.jsonl --out $(RM)/shards --config configs/realmusic.yaml --splits train --workers 1 && touch $(RM)/shards/train.done)
 	test -f $(RM)/shards/val.done || ($(BIN)/python tools/preprocess.py --manifest $(RM)/val/vmas_manifest.jsonl --out $(RM)/shards --config configs/realmusic.yaml --splits val --workers 1 && touch $(RM)/shards/val.done)
+
+# Issue 32 (tools/realmusic_benchmark.py): the codec's reconstruction on held-out tracks vs plain baselines of its bit
+# rate, then the motion-conditioned LM over 3 training seeds at a pinned step budget, scored against mismatched real
+# music and the codec ceiling. Finished runs (runs/realmusic/lm/motion/seed*/model.pt) and their scores are reused.
+REALMUSIC_LM_STEPS := 400
+RMBENCH := $(BIN)/python tools/realmusic_benchmark.py
+realmusic-bench: realmusic-data
+	mkdir -p docs/results
+	$(RMBENCH) codec --json > runs/realmusic/codec_report.json && cp runs/realmusic/codec_report.json docs/results/realmusic_codec.json
+	$(RMBENCH) lm --train-seeds 0,1,2 --steps $(REALMUSIC_LM_STEPS) --json train.eval_every=200 > runs/realmusic/realmusic.json && cp runs/realmusic/realmusic.json docs/results/realmusic.json
 
 lint: install
 	$(BIN)/ruff check vmas tools datasets tests
