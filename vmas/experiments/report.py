@@ -137,6 +137,8 @@ def systems_table(multi: tp.Mapping[str, tp.Any]) -> str:
         meta = multi["systems"][n].get("meta", {})
         for m, why in {**meta.get("skipped", {}), **meta.get("withheld", {})}.items():
             notes.append(f"- {n}: {m}: {why}")
+        for f in meta.get("fallbacks", []):
+            notes.append(f"- {n}: not the paper backbone, not comparable with published numbers: {f}")
         if multi.get("missing", {}).get(n):
             ids = multi["missing"][n]
             notes.append(f"- {n}: {len(ids)} clip(s) without generated music: {', '.join(ids[:50])}"
