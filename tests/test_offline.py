@@ -146,3 +146,15 @@ def test_paper_curation_fails_in_seconds(no_hub, tmp_path, capsys):
     assert len(err) == 1 and "data.curation.embedder 'timm:vit_base_patch16_clip_224.openai' could not be loaded" \
         in err[0] and "data.curation.embedder_weights" in err[0], err
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_hub_codec_name_fails_in_seconds(no_hub):
+    """``model.codec.pretrained: facebook/encodec_32khz`` (paper) tries two files of the hub: no retries either."""
+    from vmas.builders import build_codec
+    from vmas.config import CodecConfig
+
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="codec 'facebook/encodec_32khz' is not in the local Hugging Face cache"):
+        build_codec(CodecConfig(pretrained="facebook/encodec_32khz"))
+    assert time.perf_counter() - t0 < BOUND_S
+    assert os.environ["HF_HUB_OFFLINE"] == "1"

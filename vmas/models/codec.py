@@ -348,6 +348,9 @@ def _load_hub(name: str) -> Codec:
     ``compression_state_dict.bin`` (``facebook/musicgen-medium``); both must already be in the local HF cache."""
     from huggingface_hub import hf_hub_download
 
+    from vmas.loading import offline_if_unreachable
+
+    offline_if_unreachable()  # an unreachable hub would be retried for ~25 s per file below
     for filename in ("config.json", "compression_state_dict.bin"):
         try:
             found = hf_hub_download(name, filename)
