@@ -665,3 +665,33 @@ def test_solver_train_step_is_device_clean(tmp_path):
                           "sync: .tolist() at vmas/solvers/solver.py in train_step"}, syncs
     assert all(n == 2 for n in syncs.values()), syncs  # once per step
     assert all(k.endswith("vmas/solvers/inputs.py in __call__") for k in guard.count(guard.transfers))
+
+
+def test_user_generation_with_cuts_and_hits_is_device_clean(tmp_path):
+    """``generate_for_videos`` as the CLI runs it (4 s video: several windows, a cut at 2 s restarting the music,
+    hit points bending the beat grid, motion condition from the frames, codec decode), with model and codec on the
+    fake device: no violation, and the only device -> host reads are the ``.cpu()`` of whole results (motion curve,
+    codes, waveform), a few per window, none per decode step."""
+    from datasets.synthmv import write_mp4
+    from vmas.generate import GenerationRequest, generate_for_videos
+    from vmas.hub import load_pretrained
+
+    torch.manual_seed(0)
+    cfg = load_config(CONFIGS / "debug.yaml", ["model.lm.beat_condition=true", "model.lm.motion_condition=true",
+                                               "model.lm.video_fuse=cross+sum", "loss.motion_flow=farneback"])
+    pipe = load_pretrained(None, config=cfg, random_note="debug")
+    frames = (np.random.default_rng(0).random((100, 32, 64, 3)) * 255).astype(np.uint8)  # 4 s at 25 fps
+    write_mp4(tmp_path / "v.mp4", frames, np.zeros(4 * 32000, np.float32), fps=25)
+    guard = DeviceGuard()
+    guard.place(pipe.model, pipe.codec)
+    with guard:
+        res = generate_for_videos([tmp_path / "v.mp4"], pipe, tmp_path / "out",
+                                  GenerationRequest(top_k=16, cuts=[2.0], hits=[1.0, 3.0]), progress=False)
+    assert res and res[0].cuts == [2.0]
+    syncs = guard.count(guard.syncs)
+    assert all(k.startswith("sync: .cpu() at ") for k in syncs), syncs
+    assert sum(syncs.values()) <= 12, syncs  # a few per window / section, none per decode step
+    assert set(_outside_sampler(guard.count(guard.transfers))) <= {
+        "h2d: .to(device) at vmas/engine.py in _frames", "h2d: .to(device) at vmas/models/vmas.py in video_motion",
+        "h2d: .to(device) at vmas/modules/conditioning.py in step_condition",
+        "h2d: .to(device) at vmas/engine.py in decode_music"}
