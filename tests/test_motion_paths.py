@@ -65,3 +65,25 @@ def test_web_request_and_evaluation_use_the_motion_curve(pipes, video, tmp_path)
     n = min(ev_on.size, a.size) // 2
     scale = min(1.0, 0.99 / np.abs(ev_on).max())
     assert dataclasses.is_dataclass(got[0]) and np.allclose(a[:n], ev_on[:n] * scale, atol=2 / 32768)
+
+
+def test_the_flow_network_runs_on_the_models_device(pipes):
+    """``VMAS.video_motion`` hands the model's device to the motion function (RAFT would otherwise run on the CPU
+    while the model generates on a GPU): the call carries it, and the curve comes back there."""
+    on, _ = pipes
+    seen = []
+    real = on.model.motion_fn
+
+    def recording(frames, device):
+        seen.append(device)
+        return real(frames, device=device)
+
+    on.model.motion_fn = recording
+    try:
+        frames = torch.randint(0, 256, (2, 6, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        motion = on.model.video_motion(frames)
+    finally:
+        on.model.motion_fn = real
+    device = on.model.fuser.motion_proj.weight.device
+    assert seen == [str(device)] * 2 and motion.device == device and motion.shape == (2, 5)
+    assert torch.equal(motion[1], real(frames[1]))  # the same curve as the function called directly

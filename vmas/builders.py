@@ -200,9 +200,9 @@ def build_fuser(cfg: Config, video_dim: int) -> nn.Module:
 
 
 def build_motion_fn(cfg: Config) -> tp.Optional[tp.Callable]:
-    """uint8 frames [T,H,W,3] -> motion [T-1] for models with ``model.lm.motion_condition``: the same function and
-    flow settings the shards' motion curves were made with (``loss.motion_flow``), so generation sees what
-    training saw."""
+    """``(uint8 frames [T,H,W,3], device=...) -> motion [T-1]`` for models with ``model.lm.motion_condition``: the
+    same function and flow settings the shards' motion curves were made with (``loss.motion_flow``), so generation
+    sees what training saw. ``device`` is where RAFT runs (the model's: ``VMAS.video_motion`` passes it)."""
     if not cfg.model.lm.motion_condition:
         return None
     from vmas.alignment import video_motion

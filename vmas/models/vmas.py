@@ -57,9 +57,9 @@ class VMAS(nn.Module):
                  contrastive: tp.Optional[nn.Module] = None, cond_dropout: float = 0.3, tag_dropout: float = 0.3,
                  codebooks: tp.Optional[torch.Tensor] = None, video_swap_prob: float = 0.0,
                  input_noise: float = 0.0, beat_dropout: float = 0.5,
-                 motion_fn: tp.Optional[tp.Callable[[torch.Tensor], torch.Tensor]] = None):
+                 motion_fn: tp.Optional[tp.Callable[..., torch.Tensor]] = None):
         super().__init__()
-        self.motion_fn = motion_fn  # uint8 frames [T,H,W,3] -> motion [T-1], for models with the motion condition
+        self.motion_fn = motion_fn  # (uint8 frames [T,H,W,3], device=) -> motion [T-1]: the motion condition's input
         self.beat_dropout = beat_dropout
         self.video_swap_prob = video_swap_prob
         self.input_noise = input_noise
@@ -94,7 +94,8 @@ class VMAS(nn.Module):
             return None
         if self.motion_fn is None:
             raise ValueError("this model has the motion condition but no motion_fn: build it with vmas.builders")
-        return torch.stack([self.motion_fn(f) for f in frames.cpu()]).to(self.fuser.motion_proj.weight.device)
+        device = self.fuser.motion_proj.weight.device  # the flow network (RAFT) runs where the model runs
+        return torch.stack([self.motion_fn(f, device=str(device)) for f in frames.cpu()]).to(device)
 
     def _drops(self, batch: int, p: float, device: torch.device) -> tp.Optional[torch.Tensor]:
         if not self.training or p <= 0:
