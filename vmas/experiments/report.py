@@ -158,11 +158,11 @@ def write_systems_report(multi: tp.Mapping[str, tp.Any], out: PathLike) -> Path:
 
 def single_as_multi(report: tp.Mapping[str, tp.Any], name: str = "generated") -> tp.Dict[str, tp.Any]:
     """A one-system report in the shape :func:`write_html` draws."""
-    ids = report.get("meta", {}).get("missing_generated_ids", [])
-    return {"systems": {name: report}, "missing": {name: list(ids)},
-            "meta": {"manifest": report.get("meta", {}).get("manifest"),
-                     "folders": {name: report.get("meta", {}).get("generated")},
-                     "backbones": report.get("meta", {}).get("backbones", {}), "settings": {}}}
+    meta = report.get("meta", {})
+    settings = {"layout": meta.get("layout", {}).get("name", "manifest"), "reference": meta.get("reference")}
+    return {"systems": {name: report}, "missing": {name: list(meta.get("missing_generated_ids", []))},
+            "meta": {"manifest": meta.get("manifest"), "folders": {name: meta.get("generated")},
+                     "backbones": meta.get("backbones", {}), "settings": settings}}
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -255,7 +255,10 @@ def _clip_details(multi: tp.Mapping[str, tp.Any], out_dir: Path, limit: int) -> 
     if not meta.get("manifest") or limit <= 0:
         return []
     settings = meta.get("settings", {})
-    clips = load_clips(meta["manifest"], settings.get("layout", "manifest"), settings.get("split"))
+    try:
+        clips = load_clips(meta["manifest"], settings.get("layout", "manifest"), settings.get("split"))
+    except VmasError as err:
+        return [f"<p>clips not drawn: {html.escape(str(err))}</p>"]
     clips = [c for c in clips[: settings.get("limit") or None] if c.get("video")][:limit]
     ref_dir = Path(settings["reference"]) if settings.get("reference") else None
     parts = []
