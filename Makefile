@@ -161,7 +161,7 @@ realmusic-data: install realmusic-music
 # Issue 32 (tools/realmusic_benchmark.py): the codec's reconstruction on held-out tracks vs plain baselines of its bit
 # rate, then the motion-conditioned LM over 3 training seeds at a pinned step budget, scored against mismatched real
 # music and the codec ceiling. Finished runs (runs/realmusic/lm/motion/seed*/model.pt) and their scores are reused.
-REALMUSIC_LM_STEPS := 400
+REALMUSIC_LM_STEPS := 600
 RMBENCH := $(BIN)/python tools/realmusic_benchmark.py
 realmusic-bench: realmusic-data
 	mkdir -p docs/results
