@@ -372,11 +372,6 @@ def _decode(lm, decode, num_frames, guard, g_seed=2):
     return guard.count(guard.syncs), guard.count(guard.transfers)
 
 
-@pytest.mark.xfail(strict=True, reason="vmas/models/lm.py:127 (_step_noise) sends all steps' noise in one copy "
-                   "only when `gen_device.type != device.type`: a CPU generator driving a model on another device of "
-                   "the same type (the guard's cpu:0 here; a cuda:1 generator with a cuda:0 model) still copies every "
-                   "step through vmas/models/lm.py:54 (_exponential, `.to(device)`); compare the devices "
-                   "(`gen_device != device`) to draw at once whenever they differ")
 @pytest.mark.parametrize("decode", ["cached", "static"])
 def test_decode_loop_makes_no_per_step_copy(gen_model, decode):
     lm = gen_model[1].lm

@@ -158,3 +158,16 @@ def test_hub_codec_name_fails_in_seconds(no_hub):
         build_codec(CodecConfig(pretrained="facebook/encodec_32khz"))
     assert time.perf_counter() - t0 < BOUND_S
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_hub_musicgen_name_fails_in_seconds(no_hub):
+    """``model.lm.pretrained: facebook/musicgen-medium`` (paper) asks the hub once, not once per file layout with
+    retries: one line naming the setting and the fix."""
+    from vmas.models.lm import MusicLM, load_musicgen_lm_weights
+
+    lm = MusicLM(dim=8, num_layers=1, num_heads=1, ffn_dim=16, n_q=2, card=4)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="model.lm.pretrained 'facebook/musicgen-medium' is not available "
+                                              "offline.*give a local path"):
+        load_musicgen_lm_weights(lm, "facebook/musicgen-medium")
+    assert time.perf_counter() - t0 < BOUND_S

@@ -117,14 +117,14 @@ def _step_noise(logits_shape: tp.Sequence[int], n: int, top_k: int, top_p: float
                 at_once: tp.Optional[bool] = None) -> tp.Iterator[tp.Optional[torch.Tensor]]:
     """The noise of ``n`` successive sampling steps, in order (the numbers ``n`` :func:`sample_tokens` calls draw).
 
-    A generator on another kind of device than the model (a CPU generator driving a CUDA model, which keeps seeded
-    runs equal across devices) draws all ``n`` at once and sends them in one copy: a host->device copy per step
+    A generator on another device than the model (a CPU generator driving a CUDA model, which keeps seeded runs
+    equal across devices; or cuda:1 driving cuda:0) draws all ``n`` at once and sends them in one copy: a host->device copy per step
     would block the host every step. Otherwise each step draws its own (no memory held for later steps).
     ``at_once`` forces either way (tests: the same numbers).
     """
     gen_device = _generator_device(generator)
     if at_once is None:
-        at_once = gen_device is not None and gen_device.type != device.type
+        at_once = gen_device is not None and torch.device(gen_device) != torch.device(device)
     if temperature > 0 and n > 0 and at_once:
         gen_device = gen_device or device
         draws = [_draw_noise(logits_shape, top_k, top_p, temperature, gen_device, generator) for _ in range(n)]
@@ -677,6 +677,11 @@ def _resolve(name_or_path: str) -> Path:
         raise CheckpointError(f"{path}: no MusicGen weights inside (looked for {', '.join(_FOLDER_FILES)})")
     from huggingface_hub import hf_hub_download  # ships with transformers
 
+    from vmas.loading import resolve_pretrained
+
+    # one line at once when the hub is unreachable and the name is not cached (no retries: issue 36)
+    resolve_pretrained(name_or_path, "model.lm.pretrained", "download it once with network access or give a local "
+                       "path (an audiocraft state_dict.bin or a transformers MusicGen folder)")
     errors = []
     for fname in _FOLDER_FILES:
         try:
