@@ -136,7 +136,8 @@ def test_picture_changes_exactly_at_events(splits):
     assert decoded.shape[0] == frames.shape[0]
     assert np.abs(decoded.numpy().astype(np.float64) - frames).mean() < 4.0  # H.264 at crf 18
     wav = media.read_audio(folder / lab["file"], sr=SAMPLE_RATE).numpy()
-    from vmas.metrics.onsets import onset_f1, onset_times_10ms as onset_times
+    from vmas.metrics.onsets import onset_f1
+    from vmas.metrics.onsets import onset_times_10ms as onset_times
 
     assert onset_f1(onset_times(wav, SAMPLE_RATE), lab["onsets"], tol=0.02) >= 0.9  # AAC keeps the timing
 
