@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install sysdeps real-music browser demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench realmusic-music realmusic-data realmusic-bench
+.PHONY: install sysdeps real-music real-video browser demo test lint clean synthmv-data synthmv-bench synthmv-irregular-data synthmv-irregular-bench realmusic-music realmusic-data realmusic-bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,20 @@ real-music:
 	    || echo "warning: could not fetch drascula-music; the real-music tests will be skipped"; \
 	  else echo "note: apt-get is missing; the real-music tests will be skipped"; fi; }
 
+# Real legacy footage for the AV-Align parity test (tests/test_av_align_parity.py): the sample videos of Debian's
+# opencv-doc and gem-doc packages, unchanged (not committed; the tests skip, saying so, without them).
+REAL_VIDEO := .cache/real_video
+real-video:
+	@test -f $(REAL_VIDEO)/vtest.avi || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    rm -rf $(REAL_VIDEO).tmp && mkdir -p $(REAL_VIDEO).tmp && cd $(REAL_VIDEO).tmp && \
+	    (apt-get download -qq opencv-doc gem-doc >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get download -qq opencv-doc gem-doc >/dev/null 2>&1)) && \
+	    for d in *.deb; do dpkg -x $$d x; done && cd - >/dev/null && mkdir -p $(REAL_VIDEO) && \
+	    cp $(REAL_VIDEO).tmp/x/usr/share/doc/opencv-doc/examples/data/{tree,Megamind,vtest}.avi $(REAL_VIDEO)/ && \
+	    cp $(REAL_VIDEO).tmp/x/usr/share/gem/examples/data/{alea.mpg,anim-1.mov,homer.avi} $(REAL_VIDEO)/ && rm -rf $(REAL_VIDEO).tmp \
+	    || echo "warning: could not fetch opencv-doc/gem-doc; the AV-Align real-footage tests will be skipped"; \
+	  else echo "note: apt-get is missing; the AV-Align real-footage tests will be skipped"; fi; }
+
 # Headless Chromium for the web page's browser test (tests/test_app.py drives `vmas app` through Selenium with the
 # system chromedriver; it skips, saying so, when they are missing and cannot be installed here).
 browser:
@@ -65,7 +79,7 @@ browser:
 	      || echo "warning: could not install chromium + chromium-driver; the browser tests will be skipped"; \
 	  else echo "note: chromium/chromedriver missing (apt-get install chromium chromium-driver as root); the browser tests will be skipped"; fi; }
 
-test: install sysdeps real-music browser
+test: install sysdeps real-music real-video browser
 	$(BIN)/python -m pytest -q tests
 
 # SynthMV end to end (issues 10, 11; about 15 min of data + codec + shards on 2 cores, then the benchmarks;

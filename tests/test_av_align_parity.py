@@ -9,10 +9,9 @@ per clip and the same peak counts exactly. The 2023 revision loops to an undefin
 Media (not committed; each test skips, saying how to get them, when they are absent):
 
 * real recorded music: Debian drascula-music Oggs (``make real-music`` -> .cache/real_music);
-* real legacy footage: the sample videos of Debian's opencv-doc and gem-doc packages, unchanged
-  (``cd /tmp && apt-get download opencv-doc gem-doc && for d in *.deb; do dpkg -x $d x; done`` then copy
-  ``x/usr/share/doc/opencv-doc/examples/data/{tree,Megamind,vtest}.avi`` and
-  ``x/usr/share/gem/examples/data/{alea.mpg,anim-1.mov,homer.avi}`` to .cache/real_video, or set VMAS_REAL_VIDEO);
+* real legacy footage: the sample videos of Debian's opencv-doc and gem-doc packages, unchanged (``make
+  real-video``: apt-get download + dpkg -x, then ``{tree,Megamind,vtest}.avi`` of opencv-doc and
+  ``{alea.mpg,anim-1.mov,homer.avi}`` of gem-doc into .cache/real_video; or set VMAS_REAL_VIDEO);
 * two videos generated here with OpenCV (MJPG), one of them with motion maxima below the 0.1 threshold.
 
 Each clip's music is a span of a real track, as long as its video, written as 16-bit stereo 44.1 kHz WAV (what
@@ -170,8 +169,8 @@ def build_clip(name, spec, music_dir, video_dir, out_dir):
 def real_video():
     need = {v for v, _, _ in CLIPS.values() if not v.startswith("<")}
     if not all((REAL_VIDEO / n).is_file() for n in need):
-        pytest.skip(f"no real footage in {REAL_VIDEO}: apt-get download opencv-doc gem-doc, dpkg -x, copy "
-                    f"{', '.join(sorted(need))} there (see this file's docstring)")
+        pytest.skip(f"no real footage in {REAL_VIDEO}: run `make real-video` (Debian opencv-doc / gem-doc samples: "
+                    f"{', '.join(sorted(need))})")
     return REAL_VIDEO
 
 
@@ -197,7 +196,7 @@ def test_av_align_equals_the_script_on_real_media(name, real_music, real_video, 
 def test_av_align_equals_the_script_on_large_footage(name, real_music, tmp_path):
     pytest.importorskip("cv2")
     if not (REAL_VIDEO / SLOW_CLIPS[name][0]).is_file():
-        pytest.skip(f"{SLOW_CLIPS[name][0]} missing from {REAL_VIDEO} (opencv-doc; see this file's docstring)")
+        pytest.skip(f"{SLOW_CLIPS[name][0]} missing from {REAL_VIDEO}: run `make real-video`")
     files = build_clip(name, SLOW_CLIPS[name], real_music[0].parent, REAL_VIDEO, tmp_path)
     motion, fps = av.read_motion(files[0])  # the flow once for both revisions
     onsets = av.read_onsets(files[1])
