@@ -63,7 +63,9 @@ class HFImageCaptioner:
     def __init__(self, name_or_path: str, device: tp.Union[str, torch.device] = "cpu", num_keyframes: int = 3):
         from transformers import pipeline
 
-        self.pipe = pipeline("image-to-text", model=name_or_path, device=torch.device(device))
+        # transformers 5 replaced the "image-to-text" task by "image-text-to-text", which needs a text prompt: an
+        # empty one is plain captioning (BLIP's generate drops the [SEP] of an empty prompt)
+        self.pipe = pipeline("image-text-to-text", model=name_or_path, device=torch.device(device))
         self.num_keyframes = num_keyframes
 
     def __call__(self, frames: torch.Tensor) -> str:
@@ -72,7 +74,7 @@ class HFImageCaptioner:
         idx = torch.linspace(0, frames.shape[0] - 1, self.num_keyframes).round().long().unique()
         texts = []
         for i in idx.tolist():
-            out = self.pipe(Image.fromarray(frames[i].cpu().numpy()))
+            out = self.pipe(images=Image.fromarray(frames[i].cpu().numpy()), text="")
             texts.append(out[0]["generated_text"].strip())
         return "; ".join(dict.fromkeys(t for t in texts if t))
 
