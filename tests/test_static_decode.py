@@ -6,6 +6,13 @@ roundings of ~6e-8 relative per layer), and the token sequences themselves, whic
 both decoders draw the same Exp(1) numbers from the generator in the same order and shapes
 (:func:`vmas.models.lm._draw_noise`). ``torch.compile(fullgraph=True)`` must trace the step without a graph break,
 and one graph must serve every step (no recompilation per position).
+
+Why equal tokens hold only where the logits' rounding does not reorder them: top-k / top-p noise is matched to the
+tokens by rank (``topk`` / ``sort`` order), so two logits closer than the decoders' difference (~1e-6 at d 256,
+fp32) may swap ranks and hand the winning noise to the other token; from that step on the sequences differ. Small
+test models keep their logits far apart; a long run of a near-uniform random model (the benchmark's) can diverge,
+for the compiled step in particular (its fused kernels round differently from the eager ones from step 0). The
+sampling distribution is the same to the logits' 1e-5 either way.
 """
 from __future__ import annotations
 
