@@ -49,9 +49,9 @@ def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
     """softmax(q k^T / sqrt(Dh) + mask) v for one query per row: q [N, H, 1, Dh], k/v [N, H, S, Dh], additive mask
     [N or 1, 1, 1, S] -> [N, H, 1, Dh].
 
-    SDPA's math written as broadcasts and reductions, for the compiled static step: inductor fuses it into two
-    vectorised loops over the window, where its SDPA fallback (the CPU flash kernel, tuned for many queries)
-    costs several times more for a single query.
+    SDPA's math written as broadcasts and reductions, for the compiled static step: inductor fuses it into
+    vectorised loops over the window, where it would call SDPA's CPU flash kernel (tuned for many queries) as an
+    opaque fallback: 88 vs 110 us a call inside a compiled graph at d 256, 503 keys, 2 x 8 heads (2026-12-07).
     """
     scores = (q * k).sum(dim=-1, dtype=torch.float32) * q.shape[-1] ** -0.5 + mask[:, :, 0]  # [N, H, S]
     probs = scores.softmax(dim=-1).to(v.dtype)  # [N, H, S]
