@@ -5,7 +5,8 @@
     torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HEAD:29500 tools/preprocess.py \
         --manifest data/disco_mv/manifest.jsonl --out data/disco_mv/shards --config configs/paper.yaml --device cuda
     sbatch --array=0-31 --gpus 1 --wrap "python tools/preprocess.py --manifest ... --out ... --device cuda"
-    python tools/preprocess.py --manifest ... --out ... --merge     # rebuild the index from the done-markers
+    python tools/preprocess.py --manifest ... --out ... --config ... --merge   # rebuild the index from the
+        # done-markers (the same --config: the shard plan depends on data.clips_per_shard)
 
 Ranks come from torchrun, SLURM tasks, a SLURM array or --rank/--world-size (vmas.data.ranks); shard i belongs
 to rank i mod world size, each rank pins the GPU of its local rank and writes only its own shards. Resumable:
