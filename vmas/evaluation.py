@@ -28,11 +28,13 @@ clips, judge and scores are in ``vmas.experiments.scoring``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import time
 import typing as tp
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +249,70 @@ def _versions() -> tp.Dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
+Span = tp.Optional[tp.Tuple[float, float]]  # (start, duration) s inside a long source file; None: the whole file
+
+
+@dataclass
+class EvalContext:
+    """What the metric runners (:data:`RUNNERS`) share in one :func:`evaluate` call: the paired clips, the cached
+    audio loader, and the report, meta and coverage dicts every runner writes into.
+
+    Why one object: it names everything a runner may read or write, so each runner is a function of the context
+    alone and can be read, replaced or tested by itself."""
+    meta: tp.Dict[str, tp.Any]  # the report's meta (backbones, clips, skipped, fallbacks, ...): runners add to it
+    progress: bool = True  # tqdm bars
+    # options (see evaluate): the backbones, retrieval's embeddings file or model
+    fad_backbone: str = "vggish"
+    fd_backbone: str = "passt"
+    kl_classifier: str = "passt"
+    clap_model: str = "laion/clap-htsat-unfused"
+    mv_flow: str = "farneback"
+    retrieval_embeddings: tp.Optional[str] = None
+    model: tp.Any = None
+    # the pairing (_pair_clips): manifest clips, each with gen_path, ref_path, ref_span ([] for two folders)
+    clips: tp.List[tp.Dict[str, tp.Any]] = field(default_factory=list)
+    gen_files: tp.List[tp.Tuple[Path, Span]] = field(default_factory=list)  # (path, span) of each generated file
+    ref_files: tp.List[tp.Tuple[Path, Span]] = field(default_factory=list)  # (path, span) of each reference
+    expected_gen: int = 0  # clips that should have generated music (every clip, or every file of the folder)
+    expected_ref: int = 0  # clips that should have a reference (v2m-bench: those with music)
+    # what the runners write: {metric: number}, {metric: _cover(...)}
+    report: tp.Dict[str, tp.Any] = field(default_factory=dict)
+    coverage: tp.Dict[str, tp.Dict[str, tp.Any]] = field(default_factory=dict)
+    # clip id -> (the AV-Align script's Farneback curve [T], fps): read once, by MV-Align, reused by beat
+    motions: tp.Dict[str, tp.Tuple[np.ndarray, float]] = field(default_factory=dict)
+    _audio_cache: tp.Dict[tp.Tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def skip(self, metric: str, why: str) -> None:
+        """The metric is not in the report; ``meta.skipped[metric]`` says why."""
+        self.meta["skipped"][metric] = why
+
+    def clip_error(self, metric: str, err: Exception) -> None:
+        """One unreadable file skips that clip for that metric (counted in meta and in its coverage), never the
+        whole run."""
+        self.meta.setdefault("clip_errors", {}).setdefault(metric, []).append(str(err))
+
+    def audio(self, path: Path, sr: int, span: Span = None) -> np.ndarray:
+        """Whole file (cached: a long source serves many clips), or the clip's [start, start + duration) span."""
+        from vmas.metrics.embeddings import load_audio
+
+        key = (str(path), sr)
+        if key not in self._audio_cache:
+            if len(self._audio_cache) >= 8:
+                self._audio_cache.clear()
+            self._audio_cache[key] = load_audio(path, sr)[0]
+        wav = self._audio_cache[key]
+        if span is None:
+            return wav
+        a = int(round(span[0] * sr))
+        return wav[a: a + int(round(span[1] * sr))] if span[1] else wav[a:]
+
+    def bar(self, items: tp.Iterable, desc: str) -> tp.Iterable:
+        """``items`` with a tqdm progress bar when ``progress``."""
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, disable=not self.progress)
+
+
 def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str, Path]] = None,
              reference: tp.Optional[tp.Union[str, Path]] = None, metrics: tp.Sequence[str] = ALL_METRICS,
              fad_backbone: str = "vggish", kl_classifier: str = "passt", clap_model: str = "laion/clap-htsat-unfused",
@@ -271,11 +337,10 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
     ``model`` (name, checkpoint path or loaded pipeline) is only used for retrieval when no
     ``retrieval_embeddings`` file is given: its contrastive heads embed the manifest's videos and reference music.
     ``split`` keeps only manifest rows with that ``split`` value (curation manifests hold train/val/test).
+
+    Each metric is one runner of :data:`RUNNERS`, run in that table's order; a :class:`VmasError` out of a runner
+    skips its metric only (``meta.skipped`` says why), the others still run.
     """
-    from tqdm import tqdm
-
-    from vmas.metrics.embeddings import load_audio
-
     generated = Path(generated)
     ref_dir = Path(reference) if reference else None
     metrics = [m.strip() for m in metrics if m.strip()]
@@ -284,311 +349,366 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         raise VmasError(f"unknown metric(s) {sorted(unknown)}; choose from {','.join(ALL_METRICS)}")
     if not 0.0 <= min_coverage <= 1.0:
         raise VmasError(f"min coverage must be a fraction in [0, 1] (1 = all clips), got {min_coverage}")
-    report: tp.Dict[str, tp.Any] = {}
     meta: tp.Dict[str, tp.Any] = {"backbones": {}, "clips": {}, "skipped": {}, "fallbacks": [],
                                   "generated": str(generated), "reference": str(ref_dir) if ref_dir else None,
                                   "manifest": str(manifest) if manifest else None, "versions": _versions(),
                                   "layout": {"name": layout}}
+    ctx = EvalContext(meta=meta, progress=progress, fad_backbone=fad_backbone, fd_backbone=fd_backbone,
+                      kl_classifier=kl_classifier, clap_model=clap_model, mv_flow=mv_flow,
+                      retrieval_embeddings=retrieval_embeddings, model=model)
+    metrics = _pair_clips(ctx, generated, manifest, ref_dir, metrics, split, limit, layout)
+    for name, runner in RUNNERS.items():  # the table's order, not the caller's: beat reuses MV-Align's motion
+        if name in metrics:
+            try:
+                runner(ctx)
+            except VmasError as err:  # this metric cannot run (weights, inputs, options): the others still do
+                ctx.skip(name, str(err))
+    _withhold_below(ctx.report, ctx.coverage, ctx.meta, min_coverage)
+    ctx.report["coverage"] = ctx.coverage
+    ctx.report["meta"] = ctx.meta
+    return ctx.report
 
-    def skip(metric: str, why: str) -> None:
-        meta["skipped"][metric] = why
 
-    def clip_error(metric: str, err: Exception) -> None:
-        """One unreadable file skips that clip for that metric (counted in meta and in its coverage), never the
-        whole run."""
-        meta.setdefault("clip_errors", {}).setdefault(metric, []).append(str(err))
-
-    coverage: tp.Dict[str, tp.Dict[str, tp.Any]] = {}
-
-    # ---- pairs: (id, generated path, reference path, clip)
+def _pair_clips(ctx: EvalContext, generated: Path, manifest: tp.Optional[tp.Union[str, Path]],
+                ref_dir: tp.Optional[Path], metrics: tp.List[str], split: tp.Optional[str], limit: int,
+                layout: str) -> tp.List[str]:
+    """Fill ``ctx``'s pairing (clips with ``gen_path``, ``ref_path``, ``ref_span``; gen/ref files; expected counts)
+    and ``meta``'s clip counts, from a manifest or from two folders; returns the metrics that can run (two folders:
+    only the distribution metrics FAD and FD, the others are skipped with the reason)."""
+    meta = ctx.meta
     if manifest is None:
         if ref_dir is None:
             raise VmasError("pass --manifest, or --reference DIR to compare two folders of audio")
         if split or limit:  # they select manifest rows: without one they would silently do nothing
             raise VmasError("--split and --limit select manifest rows; two folders are compared whole (drop them, "
                             "or pass --manifest)")
-        gen_files = [(p, None) for p in list_audio(generated)]
-        ref_files = [(p, None) for p in list_audio(ref_dir)]
-        clips: tp.List[tp.Dict[str, tp.Any]] = []
+        ctx.gen_files = [(p, None) for p in list_audio(generated)]
+        ctx.ref_files = [(p, None) for p in list_audio(ref_dir)]
         unpaired = ("fad", "fd")  # distribution metrics need no clip ids
         for m in [m for m in metrics if m not in unpaired]:
-            skip(m, "needs --manifest (clip ids, videos, tags)")
-        metrics = [m for m in metrics if m in unpaired]
-        expected_gen, expected_ref = len(gen_files), len(ref_files)  # every file of each folder
-    else:
-        clips = load_clips(manifest, layout, split)[: limit or None]
-        if layout == "v2m-bench":
-            meta["layout"].update(clips=len(clips), without_music=[c["id"] for c in clips if not c["audio"]])
-        from collections import Counter
+            ctx.skip(m, "needs --manifest (clip ids, videos, tags)")
+        ctx.expected_gen, ctx.expected_ref = len(ctx.gen_files), len(ctx.ref_files)  # every file of each folder
+        return [m for m in metrics if m in unpaired]
+    clips = ctx.clips = load_clips(manifest, layout, split)[: limit or None]
+    if layout == "v2m-bench":
+        meta["layout"].update(clips=len(clips), without_music=[c["id"] for c in clips if not c["audio"]])
+    from collections import Counter
 
-        # `<video stem>.wav` (what `vmas` writes) only identifies a clip whose video stem no other clip shares (as
-        # its video stem or its id): two videos named clip.mp4 in two folders would both read GENERATED/clip.wav
-        per_stem = Counter(Path(c["video"]).stem for c in clips if c.get("video"))
-        ids = {c["id"] for c in clips}
-        if generated.is_dir():  # every clip's ambiguous stem in one error, before any clip is read
-            stems = {c["id"] for c in clips} | {Path(c["video"]).stem for c in clips if c.get("video")}
-            one_per_stem([f for f in generated.iterdir() if f.stem in stems and f.suffix.lower() in AUDIO_EXTS
-                          and f.is_file() and f.stat().st_size > 0], generated)
-        for c in clips:
-            stem = Path(c["video"]).stem if c.get("video") else None
-            stem = stem if stem and per_stem[stem] == 1 and (stem == c["id"] or stem not in ids) else None
-            c["gen_path"] = find_audio(generated, c["id"], stem)
-            c["ref_path"], c["ref_span"] = reference_source(c, ref_dir)
-        missing = [c["id"] for c in clips if c["gen_path"] is None]
-        meta["clips"]["manifest"] = len(clips)
-        meta["clips"]["missing_generated"] = len(missing)
-        if missing:
-            meta["missing_generated_ids"] = missing[:20]
-        no_ref = [c["id"] for c in clips if c["ref_path"] is None and (c["audio"] or layout != "v2m-bench")]
-        if no_ref:  # the named audio file is absent, or there is nothing to read at all
-            meta["clips"]["missing_reference"] = len(no_ref)
-            meta["missing_reference_ids"] = no_ref[:20]
-        gen_files = [(c["gen_path"], None) for c in clips if c["gen_path"] is not None]
-        ref_files = [(c["ref_path"], c["ref_span"]) for c in clips if c["ref_path"] is not None]
-        # every clip should have generated music and a reference; a V2M-bench folder may lack music for a video
-        expected_gen = len(clips)
-        expected_ref = sum(1 for c in clips if c["audio"]) if layout == "v2m-bench" else len(clips)
+    # `<video stem>.wav` (what `vmas` writes) only identifies a clip whose video stem no other clip shares (as
+    # its video stem or its id): two videos named clip.mp4 in two folders would both read GENERATED/clip.wav
+    per_stem = Counter(Path(c["video"]).stem for c in clips if c.get("video"))
+    ids = {c["id"] for c in clips}
+    if generated.is_dir():  # every clip's ambiguous stem in one error, before any clip is read
+        stems = {c["id"] for c in clips} | {Path(c["video"]).stem for c in clips if c.get("video")}
+        one_per_stem([f for f in generated.iterdir() if f.stem in stems and f.suffix.lower() in AUDIO_EXTS
+                      and f.is_file() and f.stat().st_size > 0], generated)
+    for c in clips:
+        stem = Path(c["video"]).stem if c.get("video") else None
+        stem = stem if stem and per_stem[stem] == 1 and (stem == c["id"] or stem not in ids) else None
+        c["gen_path"] = find_audio(generated, c["id"], stem)
+        c["ref_path"], c["ref_span"] = reference_source(c, ref_dir)
+    missing = [c["id"] for c in clips if c["gen_path"] is None]
+    meta["clips"]["manifest"] = len(clips)
+    meta["clips"]["missing_generated"] = len(missing)
+    if missing:
+        meta["missing_generated_ids"] = missing[:20]
+    no_ref = [c["id"] for c in clips if c["ref_path"] is None and (c["audio"] or layout != "v2m-bench")]
+    if no_ref:  # the named audio file is absent, or there is nothing to read at all
+        meta["clips"]["missing_reference"] = len(no_ref)
+        meta["missing_reference_ids"] = no_ref[:20]
+    ctx.gen_files = [(c["gen_path"], None) for c in clips if c["gen_path"] is not None]
+    ctx.ref_files = [(c["ref_path"], c["ref_span"]) for c in clips if c["ref_path"] is not None]
+    # every clip should have generated music and a reference; a V2M-bench folder may lack music for a video
+    ctx.expected_gen = len(clips)
+    ctx.expected_ref = sum(1 for c in clips if c["audio"]) if layout == "v2m-bench" else len(clips)
+    return metrics
 
-    cache: tp.Dict[tp.Tuple[str, int], np.ndarray] = {}
 
-    def audio(path: Path, sr: int, span: tp.Optional[tp.Tuple[float, float]] = None) -> np.ndarray:
-        """Whole file (cached: a long source serves many clips), or the clip's [start, start + duration) span."""
-        key = (str(path), sr)
-        if key not in cache:
-            if len(cache) >= 8:
-                cache.clear()
-            cache[key] = load_audio(path, sr)[0]
-        wav = cache[key]
-        if span is None:
-            return wav
-        a = int(round(span[0] * sr))
-        return wav[a: a + int(round(span[1] * sr))] if span[1] else wav[a:]
+# -------------------------------------------------------------------------------------------- metric runners
+def _run_frechet(ctx: EvalContext, metric: str) -> None:
+    """FAD (``metric="fad"``) and FD (``"fd"``): the same Fréchet distance between the embeddings of the reference and
+    the generated music, on two backbones.
 
-    def frechet(metric: str, spec: str, paper: str) -> None:
-        """FAD (``fad``) and FD (``fd``) are the same Fréchet distance on two backbones."""
-        from vmas.metrics.embeddings import build_embedder
-        from vmas.metrics.fad import FrechetAudioDistance
+    Reads ``ctx.ref_files`` and ``ctx.gen_files`` (each file's ``span`` only), ``ctx.fad_backbone`` or
+    ``ctx.fd_backbone``, ``ctx.expected_ref`` / ``expected_gen``. Writes ``report[metric]``,
+    ``meta.backbones/clips[metric]`` (clips and embeddings per side), ``coverage[metric]`` (per side against
+    ``expected_ref`` / ``expected_gen``, the lower side's fraction on top) and a ``meta.fallbacks`` line when the
+    backbone is not the papers'. Missing weights, no reference or too few embeddings: skipped."""
+    from vmas.metrics.embeddings import build_embedder
+    from vmas.metrics.fad import FrechetAudioDistance
 
-        try:
-            emb = build_embedder(spec)
-            if not ref_files:
-                raise DataError("no reference audio (manifest 'audio' or --reference)")
-            fad = FrechetAudioDistance(emb)
-            for real, files in ((True, ref_files), (False, gen_files)):
-                for path, span in tqdm(files, desc=f"{metric.upper()} {'reference' if real else 'generated'}",
-                                       disable=not progress):
-                    try:
-                        wav = audio(path, emb.sample_rate, span)
-                    except MediaError as err:
-                        clip_error(metric, err)
-                        continue
-                    fad.update(emb.embed(wav, emb.sample_rate), real=real)
-            report[metric] = fad.compute()
-            meta["backbones"][metric] = emb.describe()
-            meta["clips"][metric] = {"reference": fad.real.clips, "generated": fad.fake.clips,
-                                     "embeddings_reference": fad.real.n, "embeddings_generated": fad.fake.n}
-            sides = {"reference": _cover(fad.real.clips, expected_ref),
-                     "generated": _cover(fad.fake.clips, expected_gen)}
-            coverage[metric] = {**min(sides.values(), key=_fraction), **sides}
-            if not emb.paper_setting:
-                meta["fallbacks"].append(f"{metric}: {emb.name} (paper: {paper})")
-        except VmasError as err:  # weights missing, no reference, too few embeddings: skipped with the reason
-            skip(metric, str(err))
-
-    # ---- FAD, FD
-    if "fad" in metrics:
-        frechet("fad", fad_backbone, "VGGish")
-    if "fd" in metrics:
-        frechet("fd", fd_backbone, "PaSST")
-
-    # ---- KL
-    if "kl" in metrics:
-        from vmas.metrics.kl import KLDivergence, build_classifier
-
-        try:
-            clf = build_classifier(kl_classifier)
-            kl = KLDivergence(clf)
-            pairs = [c for c in clips if c["gen_path"] is not None and c["ref_path"] is not None]
-            if not pairs:
-                raise DataError("no (reference, generated) pairs with the same clip id")
-            for c in tqdm(pairs, desc="KL", disable=not progress):
-                sr = clf.sample_rate
+    spec, paper = {"fad": (ctx.fad_backbone, "VGGish"), "fd": (ctx.fd_backbone, "PaSST")}[metric]
+    meta = ctx.meta
+    try:
+        emb = build_embedder(spec)
+        if not ctx.ref_files:
+            raise DataError("no reference audio (manifest 'audio' or --reference)")
+        fad = FrechetAudioDistance(emb)
+        for real, files in ((True, ctx.ref_files), (False, ctx.gen_files)):
+            for path, span in ctx.bar(files, f"{metric.upper()} {'reference' if real else 'generated'}"):
                 try:
-                    ref_wav, gen_wav = audio(c["ref_path"], sr, c["ref_span"]), audio(c["gen_path"], sr)
+                    wav = ctx.audio(path, emb.sample_rate, span)
                 except MediaError as err:
-                    clip_error("kl", err)
+                    ctx.clip_error(metric, err)
                     continue
-                kl.update_audio(c["id"], ref_wav, sr, gen_wav, sr)
-            report["kl"] = kl.compute()
-            meta["kl"] = kl.compute_all()
-            meta.setdefault("per_clip", {})["kl"] = kl.per_clip()
-            meta["backbones"]["kl"] = clf.describe()
-            meta["clips"]["kl"] = len(kl.pq)
-            coverage["kl"] = _cover(len(kl.pq), expected_ref)
-            if not clf.paper_setting:
-                meta["fallbacks"].append(f"kl: {clf.name} (paper: PaSST)")
-        except (CheckpointError, DataError) as err:
-            skip("kl", str(err))
+                fad.update(emb.embed(wav, emb.sample_rate), real=real)
+        ctx.report[metric] = fad.compute()
+        meta["backbones"][metric] = emb.describe()
+        meta["clips"][metric] = {"reference": fad.real.clips, "generated": fad.fake.clips,
+                                 "embeddings_reference": fad.real.n, "embeddings_generated": fad.fake.n}
+        sides = {"reference": _cover(fad.real.clips, ctx.expected_ref),
+                 "generated": _cover(fad.fake.clips, ctx.expected_gen)}
+        ctx.coverage[metric] = {**min(sides.values(), key=_fraction), **sides}
+        if not emb.paper_setting:
+            meta["fallbacks"].append(f"{metric}: {emb.name} (paper: {paper})")
+    except VmasError as err:  # weights missing, no reference, too few embeddings: skipped with the reason
+        ctx.skip(metric, str(err))
 
-    # clip id -> (the AV-Align script's Farneback curve [T], fps): read once, for MV-Align, AV-Align and beat
-    motions: tp.Dict[str, tp.Tuple[np.ndarray, float]] = {}
 
-    # ---- MV-Align (one-to-one) and the AV-Align reference's score on the same motion
-    if "mv_align" in metrics:
-        from vmas.metrics.av_align import AVAlign, motion_from_frames
-        from vmas.metrics.mv_align import MVAlign, motion_curve, read_video_frames
+def _run_kl(ctx: EvalContext) -> None:
+    """KL divergence between a classifier's label distributions of each clip's reference span and of its generated
+    music, over the clips that have both (paired by clip id).
 
-        mv, mv_ref = MVAlign(mv_flow), MVAlign(mv_flow)
-        # the AV-Align script's two revisions: always Farneback, the music read by librosa.load (docs/metrics.md)
-        av_ref, av_2023 = AVAlign("2025-02"), AVAlign("2023-10")
-        todo = [c for c in clips if c["gen_path"] is not None and c.get("video")]
-        errors = 0
-        for c in tqdm(todo, desc="MV-Align", disable=not progress):
+    Reads ``ctx.clips`` (``gen_path``, ``ref_path``, ``ref_span``), ``ctx.kl_classifier``, ``ctx.expected_ref``.
+    Writes ``report["kl"]``, ``meta["kl"]`` (every KL variant), ``meta.per_clip.kl``, ``meta.backbones/clips.kl``,
+    ``coverage["kl"]`` (against ``expected_ref``) and a fallback line when the classifier is not PaSST. Missing
+    weights or no pair: skipped; an unreadable clip: ``meta.clip_errors.kl``."""
+    from vmas.metrics.kl import KLDivergence, build_classifier
+
+    meta = ctx.meta
+    try:
+        clf = build_classifier(ctx.kl_classifier)
+        kl = KLDivergence(clf)
+        pairs = [c for c in ctx.clips if c["gen_path"] is not None and c["ref_path"] is not None]
+        if not pairs:
+            raise DataError("no (reference, generated) pairs with the same clip id")
+        for c in ctx.bar(pairs, "KL"):
+            sr = clf.sample_rate
             try:
-                frames, fps = read_video_frames(c["video"], float(c.get("start") or 0.0), c.get("duration"))
-                motion = motion_curve(frames, mv_flow)
-                script_motion = motion if mv_flow == "farneback" else motion_from_frames(frames)
-                motions[c["id"]] = (script_motion, fps)
-                gen = audio(c["gen_path"], 22050)
-                mv.update_media(gen, 22050, frames, fps, c["id"], motion=motion)
-                for av in (av_ref, av_2023):
-                    av.update_motion(script_motion, fps, c["gen_path"], clip_id=c["id"])
-                if c["ref_path"] is not None:
-                    mv_ref.update_media(audio(c["ref_path"], 22050, c["ref_span"]), 22050, frames, fps, c["id"],
-                                        motion=motion)
-            except (DataError, MediaError) as err:
-                errors += 1
-                clip_error("mv_align", err)
-            except CheckpointError as err:  # RAFT weights missing: the metric cannot run at all
-                mv.reset()
-                errors = f"flow backbone unavailable: {err}"
-                break
-        if mv.scores:
-            report["mv_align"] = mv.compute()
-            report["av_align_reference"] = av_ref.compute()
-            report["av_align_2023"] = av_2023.compute()
-            meta["backbones"]["mv_align"] = mv.meta()
-            meta["backbones"]["av_align_reference"] = av_ref.meta()
-            meta["backbones"]["av_align_2023"] = av_2023.meta()
-            for key, m in (("mv_align", mv), ("av_align_reference", av_ref), ("av_align_2023", av_2023)):
-                meta["clips"][key] = len(m.scores)
-                coverage[key] = _cover(len(m.scores), expected_gen)
-                meta.setdefault("per_clip", {})[key] = dict(m.scores)  # the report's distribution plots
-            if mv_ref.scores:
-                meta["mv_align_reference"] = mv_ref.compute()  # ground-truth music on the same videos
-        else:
-            skip("mv_align", errors if isinstance(errors, str) else
+                ref_wav, gen_wav = ctx.audio(c["ref_path"], sr, c["ref_span"]), ctx.audio(c["gen_path"], sr)
+            except MediaError as err:
+                ctx.clip_error("kl", err)
+                continue
+            kl.update_audio(c["id"], ref_wav, sr, gen_wav, sr)
+        ctx.report["kl"] = kl.compute()
+        meta["kl"] = kl.compute_all()
+        meta.setdefault("per_clip", {})["kl"] = kl.per_clip()
+        meta["backbones"]["kl"] = clf.describe()
+        meta["clips"]["kl"] = len(kl.pq)
+        ctx.coverage["kl"] = _cover(len(kl.pq), ctx.expected_ref)
+        if not clf.paper_setting:
+            meta["fallbacks"].append(f"kl: {clf.name} (paper: PaSST)")
+    except (CheckpointError, DataError) as err:
+        ctx.skip("kl", str(err))
+
+
+def _run_mv_align(ctx: EvalContext) -> None:
+    """MV-Align (one-to-one music-onset / video-peak matching, motion by ``ctx.mv_flow``) of each clip's generated music
+    against its video span, and the public AV-Align script's two revisions on the same motion (always Farneback, as
+    the script computes it); the reference music's MV-Align on the same videos beside them.
+
+    Reads ``ctx.clips`` with generated music and a video, ``ctx.mv_flow``, ``ctx.expected_gen``; fills
+    ``ctx.motions`` (the script's motion curve and fps per clip, which the beat runner reuses). Writes ``report``
+    ``mv_align``, ``av_align_reference``, ``av_align_2023``, their ``meta.backbones/clips/per_clip`` and
+    ``coverage`` (against ``expected_gen``), and ``meta.mv_align_reference``. An unreadable clip:
+    ``meta.clip_errors.mv_align``; missing RAFT weights or no scored clip: skipped."""
+    from vmas.metrics.av_align import AVAlign, motion_from_frames
+    from vmas.metrics.mv_align import MVAlign, motion_curve, read_video_frames
+
+    meta, mv_flow = ctx.meta, ctx.mv_flow
+    mv, mv_ref = MVAlign(mv_flow), MVAlign(mv_flow)
+    # the AV-Align script's two revisions: always Farneback, the music read by librosa.load (docs/metrics.md)
+    av_ref, av_2023 = AVAlign("2025-02"), AVAlign("2023-10")
+    todo = [c for c in ctx.clips if c["gen_path"] is not None and c.get("video")]
+    errors: tp.Union[int, str] = 0
+    for c in ctx.bar(todo, "MV-Align"):
+        try:
+            frames, fps = read_video_frames(c["video"], float(c.get("start") or 0.0), c.get("duration"))
+            motion = motion_curve(frames, mv_flow)
+            script_motion = motion if mv_flow == "farneback" else motion_from_frames(frames)
+            ctx.motions[c["id"]] = (script_motion, fps)
+            gen = ctx.audio(c["gen_path"], 22050)
+            mv.update_media(gen, 22050, frames, fps, c["id"], motion=motion)
+            for av in (av_ref, av_2023):
+                av.update_motion(script_motion, fps, c["gen_path"], clip_id=c["id"])
+            if c["ref_path"] is not None:
+                mv_ref.update_media(ctx.audio(c["ref_path"], 22050, c["ref_span"]), 22050, frames, fps, c["id"],
+                                    motion=motion)
+        except (DataError, MediaError) as err:
+            errors += 1
+            ctx.clip_error("mv_align", err)
+        except CheckpointError as err:  # RAFT weights missing: the metric cannot run at all
+            mv.reset()
+            errors = f"flow backbone unavailable: {err}"
+            break
+    if not mv.scores:
+        ctx.skip("mv_align", errors if isinstance(errors, str) else
                  f"no clip with a readable video and generated music ({errors} errors)")
+        return
+    ctx.report["mv_align"] = mv.compute()
+    ctx.report["av_align_reference"] = av_ref.compute()
+    ctx.report["av_align_2023"] = av_2023.compute()
+    meta["backbones"]["mv_align"] = mv.meta()
+    meta["backbones"]["av_align_reference"] = av_ref.meta()
+    meta["backbones"]["av_align_2023"] = av_2023.meta()
+    for key, m in (("mv_align", mv), ("av_align_reference", av_ref), ("av_align_2023", av_2023)):
+        meta["clips"][key] = len(m.scores)
+        ctx.coverage[key] = _cover(len(m.scores), ctx.expected_gen)
+        meta.setdefault("per_clip", {})[key] = dict(m.scores)  # the report's distribution plots
+    if mv_ref.scores:
+        meta["mv_align_reference"] = mv_ref.compute()  # ground-truth music on the same videos
 
-    # ---- beat metrics: BCS/BHS (LORIS), Beat Align Score (Bailando), TBIoU/BIoU (VeM); vmas.metrics.beat
-    if "beat" in metrics:
-        from vmas.metrics import beat as bm
-        from vmas.metrics.av_align import CURRENT, motion_from_frames, video_peak_times
-        from vmas.metrics.mv_align import read_video_frames
 
-        cover, others = bm.BeatCoverageHit(), bm.BeatMetrics()
-        for c in tqdm([c for c in clips if c["gen_path"] is not None], desc="beat", disable=not progress):
-            try:
-                gen_beats = bm.music_beats(bm.load_22k(c["gen_path"], legacy=False))
-                ref_beats = None
-                if c["ref_path"] is not None:
-                    cover.update_files(c["id"], c["ref_path"], c["gen_path"], c["ref_span"])
-                    ref_beats = bm.music_beats(bm.load_22k(c["ref_path"], False, *(c["ref_span"] or (0.0, None))))
-                if c.get("video"):
-                    if c["id"] not in motions:
-                        frames, fps = read_video_frames(c["video"], float(c.get("start") or 0.0), c.get("duration"))
-                        motions[c["id"]] = (motion_from_frames(frames), fps)
-                    motion, fps = motions[c["id"]]
-                    cuts = bm.video_cuts(c["video"], len(motion) / fps)
-                    others.update(c["id"], gen_beats, video_peak_times(motion, fps, CURRENT.min_peak), cuts,
-                                  ref_beats)
-                elif ref_beats is not None:
-                    others.scores["biou"][c["id"]] = bm.biou(gen_beats, ref_beats)
-            except (DataError, MediaError) as err:
-                clip_error("beat", err)
-        per_clip = meta.setdefault("per_clip", {})
-        if cover.clips:
-            res = cover.compute()
-            for key in ("bcs", "bhs", "csd", "hsd"):
-                report[key] = res[key]
-            report["beat_f1"] = res["f1"]
-            meta["backbones"]["bcs_bhs"] = cover.meta()
-            per_clip["bcs"] = {k: v["bcs"] for k, v in cover.per_clip().items()}
-            per_clip["bhs"] = {k: v["bhs"] for k, v in cover.per_clip().items()}
-            for key in ("bcs", "bhs", "csd", "hsd", "beat_f1"):
-                meta["clips"][key] = len(cover.clips)
-                coverage[key] = _cover(len(cover.clips), expected_ref)
-        for key, scores in others.scores.items():
-            if scores:
-                report[key] = float(np.mean(list(scores.values())))
-                per_clip[key] = dict(scores)
-                meta["clips"][key] = len(scores)
-                coverage[key] = _cover(len(scores), expected_ref if key == "biou" else expected_gen)
-        if others.scores["beat_align"]:
-            meta["backbones"]["beat_align"] = others.meta()
-        if not cover.clips and not any(others.scores.values()):
-            skip("beat", "no clip with generated music and a reference or a video")
+def _run_beat(ctx: EvalContext) -> None:
+    """Beat metrics (``vmas.metrics.beat``) of each clip's generated music: BCS/BHS/CSD/HSD and beat F1 against the
+    reference's beats (LORIS), Beat Align Score against the video's motion peaks (Bailando), TBIoU against the
+    video's cuts and BIoU against the reference's beats (VeM).
 
-    # ---- retrieval
-    if "retrieval" in metrics:
-        from vmas.metrics.retrieval import VideoMusicRetrieval
+    Reads ``ctx.clips`` with generated music, ``ctx.expected_ref`` / ``expected_gen`` and ``ctx.motions`` (filled by
+    MV-Align when it ran; the motion of a clip not there is computed here and added). Writes each metric's
+    ``report`` number (mean over clips), ``meta.per_clip/clips`` and ``coverage`` (against ``expected_ref`` for the
+    reference-paired ones, ``expected_gen`` for the video ones), ``meta.backbones`` ``bcs_bhs`` / ``beat_align``. An
+    unreadable clip: ``meta.clip_errors.beat``; no clip scored at all: skipped."""
+    from vmas.metrics import beat as bm
+    from vmas.metrics.av_align import CURRENT, motion_from_frames, video_peak_times
+    from vmas.metrics.mv_align import read_video_frames
 
+    meta, report, coverage = ctx.meta, ctx.report, ctx.coverage
+    cover, others = bm.BeatCoverageHit(), bm.BeatMetrics()
+    for c in ctx.bar([c for c in ctx.clips if c["gen_path"] is not None], "beat"):
         try:
-            if retrieval_embeddings or model is None:
-                video, music, ids = load_retrieval_embeddings(retrieval_embeddings)
-                source = str(retrieval_embeddings)
-                if ids is not None and clips and [str(i) for i in ids] != [c["id"] for c in clips]:
-                    raise DataError(f"{retrieval_embeddings}: its rows' ids are not the manifest's clips in order "
-                                    f"({len(ids)} rows, {len(clips)} clips); make the file from this manifest")
-                expected = len(video)  # the file's own pairs: which clips it was made from is its maker's record
-            else:
-                from vmas.hub import load_model
-                from vmas.metrics.retrieval import model_retrieval_embeddings
+            gen_beats = bm.music_beats(bm.load_22k(c["gen_path"], legacy=False))
+            ref_beats = None
+            if c["ref_path"] is not None:
+                cover.update_files(c["id"], c["ref_path"], c["gen_path"], c["ref_span"])
+                ref_beats = bm.music_beats(bm.load_22k(c["ref_path"], False, *(c["ref_span"] or (0.0, None))))
+            if c.get("video"):
+                if c["id"] not in ctx.motions:
+                    frames, fps = read_video_frames(c["video"], float(c.get("start") or 0.0), c.get("duration"))
+                    ctx.motions[c["id"]] = (motion_from_frames(frames), fps)
+                motion, fps = ctx.motions[c["id"]]
+                cuts = bm.video_cuts(c["video"], len(motion) / fps)
+                others.update(c["id"], gen_beats, video_peak_times(motion, fps, CURRENT.min_peak), cuts, ref_beats)
+            elif ref_beats is not None:
+                others.scores["biou"][c["id"]] = bm.biou(gen_beats, ref_beats)
+        except (DataError, MediaError) as err:
+            ctx.clip_error("beat", err)
+    per_clip = meta.setdefault("per_clip", {})
+    if cover.clips:
+        res = cover.compute()
+        for key in ("bcs", "bhs", "csd", "hsd"):
+            report[key] = res[key]
+        report["beat_f1"] = res["f1"]
+        meta["backbones"]["bcs_bhs"] = cover.meta()
+        per_clip["bcs"] = {k: v["bcs"] for k, v in cover.per_clip().items()}
+        per_clip["bhs"] = {k: v["bhs"] for k, v in cover.per_clip().items()}
+        for key in ("bcs", "bhs", "csd", "hsd", "beat_f1"):
+            meta["clips"][key] = len(cover.clips)
+            coverage[key] = _cover(len(cover.clips), ctx.expected_ref)
+    for key, scores in others.scores.items():
+        if scores:
+            report[key] = float(np.mean(list(scores.values())))
+            per_clip[key] = dict(scores)
+            meta["clips"][key] = len(scores)
+            coverage[key] = _cover(len(scores), ctx.expected_ref if key == "biou" else ctx.expected_gen)
+    if others.scores["beat_align"]:
+        meta["backbones"]["beat_align"] = others.meta()
+    if not cover.clips and not any(others.scores.values()):
+        ctx.skip("beat", "no clip with generated music and a reference or a video")
 
-                pipe = model if hasattr(model, "codec") else load_model(model)
-                video, music, ids = model_retrieval_embeddings(pipe, clips, progress=progress)
-                source = f"model {model if isinstance(model, (str, os.PathLike)) else type(model).__name__}"
-                expected = expected_ref  # clips with a video and reference music
-            r = VideoMusicRetrieval()
-            r.update(video, music)
-            res = r.compute()
-            report["retrieval"] = res
-            meta["backbones"]["retrieval"] = {"embeddings": source,
+
+def _run_retrieval(ctx: EvalContext) -> None:
+    """Video -> music retrieval R@k over the contrastive embeddings of the test pairs.
+
+    Reads the embeddings from ``ctx.retrieval_embeddings`` (its rows' ids, when it has them, must be ``ctx.clips``
+    in order), else computes them with ``ctx.model``'s contrastive heads from ``ctx.clips``' videos and reference
+    music (``ctx.expected_ref`` pairs). Writes ``report["retrieval"]`` (the R@k dict),
+    ``meta.backbones/clips.retrieval`` and ``coverage["retrieval"]`` (against the file's own rows, or
+    ``expected_ref`` for a model). No file and no model, or missing weights: skipped."""
+    from vmas.metrics.retrieval import VideoMusicRetrieval
+
+    clips, model, path = ctx.clips, ctx.model, ctx.retrieval_embeddings
+    try:
+        if path or model is None:
+            video, music, ids = load_retrieval_embeddings(path)
+            source = str(path)
+            if ids is not None and clips and [str(i) for i in ids] != [c["id"] for c in clips]:
+                raise DataError(f"{path}: its rows' ids are not the manifest's clips in order "
+                                f"({len(ids)} rows, {len(clips)} clips); make the file from this manifest")
+            expected = len(video)  # the file's own pairs: which clips it was made from is its maker's record
+        else:
+            from vmas.hub import load_model
+            from vmas.metrics.retrieval import model_retrieval_embeddings
+
+            pipe = model if hasattr(model, "codec") else load_model(model)
+            video, music, ids = model_retrieval_embeddings(pipe, clips, progress=ctx.progress)
+            source = f"model {model if isinstance(model, (str, os.PathLike)) else type(model).__name__}"
+            expected = ctx.expected_ref  # clips with a video and reference music
+        r = VideoMusicRetrieval()
+        r.update(video, music)
+        ctx.report["retrieval"] = r.compute()
+        ctx.meta["backbones"]["retrieval"] = {"embeddings": source,
                                               "source": "model contrastive heads (video -> music)"}
-            meta["clips"]["retrieval"] = r.num_pairs
-            coverage["retrieval"] = _cover(r.num_pairs, expected)
-        except (CheckpointError, DataError) as err:
-            skip("retrieval", str(err))
+        ctx.meta["clips"]["retrieval"] = r.num_pairs
+        ctx.coverage["retrieval"] = _cover(r.num_pairs, expected)
+    except (CheckpointError, DataError) as err:
+        ctx.skip("retrieval", str(err))
 
-    # ---- CLAP score
-    if "clap" in metrics:
-        from vmas.metrics.clap_score import ClapScore
 
-        try:
-            todo = [c for c in clips if c["gen_path"] is not None and c["text"]]
-            if not todo:
-                raise DataError("no clip has tags/caption in the manifest")
-            cs = ClapScore(clap_model)
-            for c in tqdm(todo, desc="CLAP", disable=not progress):
-                sr = cs.audio.sample_rate
-                try:
-                    wav = audio(c["gen_path"], sr)
-                except MediaError as err:
-                    clip_error("clap", err)
-                    continue
-                cs.update([wav], sr, [c["text"]], ids=[c["id"]])
-            report["clap"] = cs.compute()
-            meta["backbones"]["clap"] = cs.meta()["backbone"]
-            meta["clips"]["clap"] = len(cs.scores)
-            coverage["clap"] = _cover(len(cs.scores), expected_gen)
-        except (CheckpointError, DataError, VmasError) as err:
-            skip("clap", str(err))
+def _run_clap(ctx: EvalContext) -> None:
+    """CLAP score: the cosine between each clip's generated music and its tags/caption, over the clips that have both.
 
-    # ---- ImageBind score (video <-> generated music), as V2M-bench papers report it
-    if "imagebind" in metrics:
-        skip("imagebind", IMAGEBIND_UNAVAILABLE)
+    Reads ``ctx.clips`` (``gen_path``, ``text``), ``ctx.clap_model``, ``ctx.expected_gen``. Writes
+    ``report["clap"]``, ``meta.backbones/clips.clap`` and ``coverage["clap"]`` (against ``expected_gen``). No clip
+    with text, or the CLAP model not loadable: skipped; an unreadable clip: ``meta.clip_errors.clap``."""
+    from vmas.metrics.clap_score import ClapScore
 
-    # ---- coverage: every number says how many clips it covers; below min_coverage it is withheld, with why
+    try:
+        todo = [c for c in ctx.clips if c["gen_path"] is not None and c["text"]]
+        if not todo:
+            raise DataError("no clip has tags/caption in the manifest")
+        cs = ClapScore(ctx.clap_model)
+        for c in ctx.bar(todo, "CLAP"):
+            sr = cs.audio.sample_rate
+            try:
+                wav = ctx.audio(c["gen_path"], sr)
+            except MediaError as err:
+                ctx.clip_error("clap", err)
+                continue
+            cs.update([wav], sr, [c["text"]], ids=[c["id"]])
+        ctx.report["clap"] = cs.compute()
+        ctx.meta["backbones"]["clap"] = cs.meta()["backbone"]
+        ctx.meta["clips"]["clap"] = len(cs.scores)
+        ctx.coverage["clap"] = _cover(len(cs.scores), ctx.expected_gen)
+    except VmasError as err:
+        ctx.skip("clap", str(err))
+
+
+def _run_imagebind(ctx: EvalContext) -> None:
+    """ImageBind score (video <-> generated music), as V2M-bench papers report it: not computable here, so it only
+    writes ``meta.skipped.imagebind`` with the reason (:data:`IMAGEBIND_UNAVAILABLE`); reads nothing."""
+    ctx.skip("imagebind", IMAGEBIND_UNAVAILABLE)
+
+
+RUNNERS: tp.Dict[str, tp.Callable[[EvalContext], None]] = {
+    "fad": functools.partial(_run_frechet, metric="fad"),
+    "fd": functools.partial(_run_frechet, metric="fd"),
+    "kl": _run_kl,
+    "mv_align": _run_mv_align,  # before beat: fills ctx.motions, which beat reuses
+    "beat": _run_beat,
+    "retrieval": _run_retrieval,
+    "clap": _run_clap,
+    "imagebind": _run_imagebind,
+}
+"""Metric name -> runner, in the order :func:`evaluate` runs them (the order matters: MV-Align fills the motion
+cache that beat reuses). Its keys are exactly :data:`ALL_METRICS` (tests/test_evaluation_runners.py)."""
+assert set(RUNNERS) == set(ALL_METRICS), "every metric of ALL_METRICS needs exactly one runner"
+
+
+def _withhold_below(report: tp.Dict[str, tp.Any], coverage: tp.Dict[str, tp.Dict[str, tp.Any]],
+                    meta: tp.Dict[str, tp.Any], min_coverage: float) -> None:
+    """Every number says how many clips it covers; one whose fraction is below ``min_coverage`` becomes None and
+    ``meta.withheld[metric]`` says why (and the ``--min-coverage`` that would print it)."""
     for m, cov in coverage.items():
         if _fraction(cov) < min_coverage and report.get(m) is not None:
             report[m] = None
@@ -599,9 +719,6 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
                 f"--min-coverage {min_coverage:g}; see meta.missing_generated_ids, missing_reference_ids and "
                 f"clip_errors, or pass "
                 f"--min-coverage {_fraction(cov):.4g} to print it")
-    report["coverage"] = coverage
-    report["meta"] = meta
-    return report
 
 
 def _cover(n: int, of: int) -> tp.Dict[str, tp.Any]:
