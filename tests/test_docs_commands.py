@@ -1,13 +1,14 @@
-"""Every shell command in docs/*.md runs (issue 36: docs/training.md's export command did not).
+"""Every shell command in docs/*.md and README.md runs (issue 36: docs/training.md's export command did not).
 
 Each ``bash`` code block (and each plain block made only of commands) of each page is run top to bottom in a
-scratch folder that looks like the repository (``configs``, ``tools``, ``datasets``, ``train.sh``, ``Makefile``,
-``.venv`` linked in), at debug size. A command runs as written except for what :data:`TINY` rewrites, each rule
+scratch folder that looks like the repository (``vmas``, ``configs``, ``tools``, ``datasets``, ``train.sh``,
+``Makefile``, ``.venv`` linked in), at debug size. A command runs as written except for what :data:`TINY` rewrites, each rule
 with its reason (train.sh's DeepSpeed launcher becomes the plain PyTorch engine, as in the README test: the
 launcher is tested in tests/test_distributed.py; sizes and step counts become tiny; paper weights become the debug
 run's own). Only commands that truly need what this machine does not have are skipped (:data:`SKIP`, each with its
-reason): paper weights and data, a GPU, a cluster. Inputs the commands name (``my_videos/``, ``clip.mp4``,
-``list.jsonl``, ...) are made by :func:`_inputs`.
+reason): paper weights and data, a GPU, a cluster, a server that runs until stopped, the test suite itself and
+benchmarks of hours that another test runs at tiny size. Inputs the commands name (``my_videos/``, ``clip.mp4``,
+``list.jsonl``, tiny captioner and LLM folders, ...) are made by :func:`_inputs`.
 
 A new command in the docs is run by this test without any change here; a rule that no longer matches any command
 fails the test, so the tables cannot rot. Python blocks are API sketches (``wav``, ``cfg`` come from the reader's
@@ -27,8 +28,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = sorted((ROOT / "docs").glob("*.md"))
-LINKED = ("configs", "tools", "datasets", "train.sh", "Makefile", ".venv")
+DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+LINKED = ("vmas", "configs", "tools", "datasets", "train.sh", "Makefile", ".venv")
 COMMAND_WORDS = ("python", ".venv/bin/python", "bash", "vmas", "make", "torchrun", "srun", "cat", "export")
 
 SKIP: tp.List[tp.Tuple[str, str]] = [
@@ -43,6 +44,10 @@ SKIP: tp.List[tp.Tuple[str, str]] = [
     (r"V2M-bench", "the V2M-bench data set (and the metrics' pretrained weights)"),
     (r"evaluate\.py --reference", "its default FAD backbone is VGGish, whose weights are not on this machine "
                                   "(the two-folder path with the mel backbone is tests/test_metrics.py)"),
+    (r"^make test$", "installs, then runs the whole test suite, this test included (CI runs it through .ci/run)"),
+    (r"^vmas app ", "a web server that runs until stopped: tests/test_app.py starts it and drives the page in Chromium"),
+    (r"tools/unpaired_benchmark\.py", "trains 2 models x 3 seeds for 300-450 steps on 480 SynthMV videos (hours of CPU): "
+                                     "tests/test_tools.py::test_unpaired_benchmark_at_tiny_size runs it at tiny size"),
 ]
 """(regex on the command, why it cannot run here). The first match wins."""
 
@@ -51,9 +56,22 @@ def _train_sh(m: re.Match) -> str:
     return f"python tools/train.py {m.group(1)} train.engine=torch train.progress=false"
 
 
+def _tiny_synthmv(m: re.Match) -> str:
+    scenes = re.search(r"--scenes (\d+)", m.group(0))  # the generator needs 2 s a scene
+    seconds = 2 * int(scenes.group(1)) if scenes else 6
+    return f"{m.group(1)}--num {min(int(m.group(2)), 2)}{m.group(3)} --seconds {seconds} --size 16 --workers 1"
+
+
 TINY: tp.List[tp.Tuple[str, tp.Union[str, tp.Callable[[re.Match], str]], str]] = [
+    (r"^make demo$", "python -m vmas demo", "make demo = make install (this checkout's .venv is installed) + its "
+                                            "generation step, `python -m vmas demo`"),
     (r"^(?:[A-Z_]+=\S+ )*bash train\.sh (.*)$", _train_sh,
      "train.sh -> tools/train.py on the plain PyTorch engine, one process (the launcher: tests/test_distributed.py)"),
+    (r"^(.*)train\.init_from=path/to/model\.pt", r"python -m vmas.disco_mv my_videos/ --out data/mine --config "
+     r"runs/debug/config.yaml --no-vocal-removal && python tools/preprocess.py --manifest data/mine/manifest.jsonl "
+     r"--out data/mine/shards --config runs/debug/config.yaml && \1train.init_from=runs/debug/model.pt",
+     "the README's 'curate and shard them with the base model's data settings' (docs/training.md's two commands) "
+     "on 3 small videos, and the debug run's export as the trained model"),
     (r"/tmp/dbg", "tmp/dbg", "the scratch folder instead of /tmp"),
     (r"runs/paper/model\.pt", "runs/debug/model.pt", "the debug run's export stands in for the paper model"),
     (r"BASE\.yaml", "runs/debug/config.yaml", "the base model's config: the debug run's"),
@@ -62,17 +80,20 @@ TINY: tp.List[tp.Tuple[str, tp.Union[str, tp.Callable[[re.Match], str]], str]] =
      "data/dbg/shards --config configs/debug.yaml --workers 2", "`...` stands for a manifest and an output folder: "
      "the debug curation's above, on 2 workers"),
     (r"(tools/train_codec\.py.*?)--(?:minutes|steps) \d+", r"\1--steps 2", "two codec steps"),
-    (r"(-m vmas\.synthmv .*?)--num \d+(.*)$", r"\1--num 2\2 --seconds 6 --size 16 --workers 1", "2 tiny clips"),
+    (r"(-m vmas\.synthmv .*?)--num (\d+)(.*)$", _tiny_synthmv, "at most 2 tiny clips (16 px, 6 s or 2 s a scene)"),
     (r"(tools/bench_raft\.py.*)$", r"\1 --frames 3 --size 64", "3 frames at 64 px"),
     (r"(tools/structure_benchmark\.py .*?)( >|$)",
      r"\1 --select 1 --test 1 --seconds 6 --hits 1 --per-class 1 --crossfades 0.08\2",
      "one selection and one test video of 6 s"),
-    (r"^make (synthmv-\S+)", rf"make -n -C {ROOT} \1", "the SynthMV build and benchmarks take hours of CPU: a dry "
+    (r"(^|&& )make (synthmv-\S+)", rf"\1make -n -C {ROOT} \2", "the SynthMV build and benchmarks take hours of CPU: a dry "
      "run in the repository checks the recipe (its steps run at tiny size in tests/test_synthmv_*.py)"),
     (r"(configs/finetune\.yaml.*)$", r"\1 optim.max_steps=2 optim.warmup_steps=1 train.eval_every=2 "
                                      r"train.save_every=2", "two fine-tuning steps"),
     (r"(-m vmas\.disco_mv (?!.*--no-vocal-removal).*)$", r"\1 --no-vocal-removal",
      "Demucs (vocal removal) is not installed here"),
+    (r"^((?:python -m )?vmas generate clip\.mp4\b(?!.*--overwrite).*)$", r"\1 --overwrite", "each line of the "
+     "README's examples stands alone: run one after another in one folder, the later ones would keep the first's "
+     "outputs/clip.* and skip (exit 0) without generating"),
     (r"^(vmas generate .*)$", r"\1 -q", "quiet"),
 ]
 """(regex, replacement, why): applied in order to every command that is not skipped."""
@@ -190,6 +211,28 @@ def _write_tiny_lm(folder: Path) -> None:
     tok.save_pretrained(folder)
 
 
+def _write_tiny_captioner(folder: Path) -> None:
+    """A randomly initialised BLIP captioner (the default kind, ``Salesforce/blip-image-captioning-base``) with its
+    processor, 16 wide and one layer deep: what ``--set model.tags.captioner=DIR`` loads."""
+    import torch
+    from transformers import AutoTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    from vmas.tags.text_encoder import minilm_default_path
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_default_path()))
+    torch.manual_seed(0)
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    cfg = BlipConfig(vision_config=dict(small, image_size=32, patch_size=16),
+                     text_config=dict(small, vocab_size=tok.vocab_size, encoder_hidden_size=16,
+                                      max_position_embeddings=512, bos_token_id=tok.cls_token_id,
+                                      sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id,
+                                      eos_token_id=tok.sep_token_id), projection_dim=16)
+    model = BlipForConditionalGeneration(cfg)
+    model.generation_config.max_new_tokens = 8  # a short caption per keyframe
+    model.save_pretrained(folder)
+    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tok).save_pretrained(folder)
+
+
 def _inputs(box: Path, text: str) -> None:
     """The files the page's commands name, made small (only those it names)."""
     from test_data_pipeline import GOOD, write_video
@@ -213,6 +256,17 @@ def _inputs(box: Path, text: str) -> None:
         (box / "splits.json").write_text(json.dumps({"val": ["bravo"], "test": ["charlie"]}))
     if "clip.mp4" in text:
         write_video(box / "clip.mp4", 3.0, [0.5, 1.7], seed=5)
+    for k, name in enumerate(("other.mp4", "vlog.mp4", "edit.mp4", "clips/a.mp4", "clips/b.mp4")):
+        # README: one more video, a video with its own sound, a locked edit, a folder of videos
+        if re.search(r"(?<![\w/])" + re.escape(name.split("/")[0] + ("/" if "/" in name else "")), text):
+            (box / name).parent.mkdir(exist_ok=True)
+            write_video(box / name, 1.5 if name.startswith("clips/") else 2.0, [0.5], seed=6 + k)
+    if "--manifest test.jsonl" in text:  # the README's benchmark: two clips scored against their own sound
+        (box / "test").mkdir()
+        for k in range(2):
+            write_video(box / "test" / f"t{k}.mp4", 2.0, [0.4 + k], seed=20 + k)
+        (box / "test.jsonl").write_text("".join(json.dumps({"id": f"t{k}", "video": f"test/t{k}.mp4"}) + "\n"
+                                                for k in range(2)))
     if "long_edit.mp4" in text:
         clip = generate_multiscene(seed=2, scenes=3, seconds=7.5, size=32)
         write_mp4(box / "long_edit.mp4", clip.frames, clip.wav)
@@ -225,8 +279,10 @@ def _inputs(box: Path, text: str) -> None:
             sf.write(box / "DIR" / f"song{k}.wav", clip.wav, 32000)
         (box / "songs.txt").write_text("".join(f"DIR/song{k}.wav\n" for k in range(3)))
         (box / "DIR" / "song0.caption.txt").write_text("a calm piano piece")
-    if "/models/mistral-7b-instruct" in text:
+    if "models/mistral-7b-instruct" in text:
         _write_tiny_lm(box / "models" / "mistral-7b-instruct")
+    if "models/blip" in text:
+        _write_tiny_captioner(box / "models" / "blip")
 
 
 def _sandbox(tmp_path: Path, text: str) -> tp.Tuple[Path, dict]:
@@ -248,7 +304,8 @@ def _sandbox(tmp_path: Path, text: str) -> tp.Tuple[Path, dict]:
 
 def _run_page(doc: Path, tmp_path: Path) -> tp.List[str]:
     commands = doc_commands(doc)
-    box, env = _sandbox(tmp_path, "\n".join(c.text for c in commands))
+    run = [(c.text, plan(c.text)[1]) for c in commands if plan(c.text)[0] is None]
+    box, env = _sandbox(tmp_path, "\n".join(f"{text}\n{cmd}" for text, cmd in run))  # inputs of what runs only
     ran, failures = [], []
     for c in commands:
         why, cmd, _, _ = plan(c.text)
@@ -277,5 +334,11 @@ def test_docs_commands_run(doc, tmp_path):
         blob = torch.load(tmp_path / "repo" / "tmp" / "dbg" / "vmas.pt", weights_only=True)
         assert blob["meta"]["step"] == 10 and blob["config"]["name"] == "debug"
         assert (tmp_path / "repo" / "runs" / "finetune" / "model.pt").is_file()
+    if doc.name == "README.md":  # the quick start's demo, a folder of videos, the auto-tagged run, the benchmark
+        box = tmp_path / "repo"
+        assert (box / "outputs" / "demo" / "example.mp4").is_file()
+        assert {p.name for p in (box / "out").iterdir()} >= {"clip.mp4", "other.mp4", "a.mp4", "b.mp4"}
+        assert json.loads((box / "runs" / "bench" / "report.json").read_text())["coverage"]["fad"]["clips"] == 2
+        assert (box / "runs" / "finetune" / "model.pt").is_file()
     if not ran:
         pytest.skip(f"every command of {doc.name} needs paper weights, a GPU or a cluster (see SKIP)")
