@@ -121,8 +121,12 @@ FAD_NOTE = ("FAD with the weight-free mel-statistics backbone (mean/std of 64 VG
 
 
 # ----------------------------------------------------------------------------------------------------- codec
-def codec_report(codec_path: Path, clips: tp.Sequence[dict]) -> tp.Dict[str, tp.Any]:
-    """Reconstruction scores of the codec and of plain baselines of its bit rate on ``clips`` (10 s each)."""
+def codec_report(codec_path: Path, clips: tp.Sequence[dict], cache_dir: tp.Optional[Path] = None
+                 ) -> tp.Dict[str, tp.Any]:
+    """Reconstruction scores of the codec and of plain baselines of its bit rate on ``clips`` (10 s each).
+
+    With ``cache_dir`` each system's scores are saved as soon as they are computed (keyed by the codec's weights and
+    the clips), so a killed run keeps what it finished and a rerun computes only the rest."""
     from vmas.codec_training import log_mel
     from vmas.experiments.scoring import codec_roundtrip
     from vmas.metrics.onsets import onset_f1, onset_times_10ms
@@ -141,7 +145,19 @@ def codec_report(codec_path: Path, clips: tp.Sequence[dict]) -> tp.Dict[str, tp.
     systems[f"mel{bands}_{gl_bits}bit_griffinlim"] = lambda w: mel_griffin_lim(w, bands, gl_bits, codec.frame_rate)
     real = [read_audio(c) for c in clips]
     out: tp.Dict[str, tp.Any] = {}
+    cache = None
+    if cache_dir is not None:
+        from vmas.experiments.provenance import codec_record
+
+        key = {"codec": codec_record(codec_path)["weights_sha256"], "clips": [c["id"] for c in clips],
+               "metric": "realmusic-codec-v1"}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        cache = Path(cache_dir) / f"codec_scores_{digest}.json"
+        if cache.exists():
+            out.update(json.loads(cache.read_text()))
     for name, fn in systems.items():
+        if name in out:
+            continue
         rec = [fn(w) for w in real]
         out[name] = {
             "mel_distance": float(np.mean([np.abs(log_mel(w, SR) - log_mel(r, SR)).mean() for w, r in zip(real, rec)])),
@@ -150,6 +166,9 @@ def codec_report(codec_path: Path, clips: tp.Sequence[dict]) -> tp.Dict[str, tp.
                                        for r, c in zip(rec, clips)])),
             "fad_mel_vs_originals": fad(rec, real)}
         print(f"{name}: {out[name]}", file=sys.stderr)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(out, indent=1))
     out["bitrate_bps"] = float(bitrate)
     out["fad_note"] = FAD_NOTE
     return out
@@ -326,7 +345,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
     if args.cmd == "codec":
-        result = codec_report(Path(args.codec), load_clips(args.test, args.clips))
+        result = codec_report(Path(args.codec), load_clips(args.test, args.clips), Path(args.codec).parent)
         from vmas.experiments.aggregate import result_meta
 
         result["meta"] = result_meta("realmusic_benchmark", args.argv, {"codec": args.codec}, test=args.test,
