@@ -249,3 +249,12 @@ def test_speech_is_found_on_the_downmix():
     assert len(found) == 1 and found[0][0] == pytest.approx(1.0, abs=0.15)
     assert found[0][1] == pytest.approx(1.0 + voice.size / SR, abs=0.25)
     assert found == M.speech_intervals((left + right) / 2, SR)  # the downmix's own intervals
+
+
+def test_cli_music_width_flag():
+    from vmas.cli import build_parser
+
+    assert build_parser().parse_args(["generate", "v.mp4", "--music-width", "0.4"]).music_width == 0.4
+    assert build_parser().parse_args(["generate", "v.mp4"]).music_width == M.MixOptions().width == 0.0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "v.mp4", "--music-width", "2"])

@@ -126,6 +126,9 @@ def _add_mix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loudness", type=_lufs, default=d.loudness, metavar="LUFS",
                    help=f"integrated loudness of the finished track (BS.1770), true peak <= {d.true_peak:g} dBTP; "
                         "'off' = no normalisation")
+    p.add_argument("--music-width", type=_number(float, 0, 1), default=d.width, metavar="W",
+                   help="stereo/5.1 tracks: widen the centred music by W (0-1) with a mono-compatible side signal "
+                        "(L/R = centre +- W x the music 12 ms later; the mono fold-down is unchanged)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,7 +222,8 @@ def run_generate(args) -> int:
     if args.quiet:
         _quiet()
     try:
-        mixing = MixOptions(mix=args.mix, duck=args.duck, music_gain=args.music_gain, loudness=args.loudness)
+        mixing = MixOptions(mix=args.mix, duck=args.duck, music_gain=args.music_gain, loudness=args.loudness,
+                            width=args.music_width)
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
