@@ -16,6 +16,7 @@ sampling distribution is the same to the logits' 1e-5 either way.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,45 @@ def test_decoder_choice_is_checked():
         _generate(model, "fast")
     with pytest.raises(ValueError, match="decode must be one of"):
         SamplingParams(decode="fast").check()
+
+
+def test_cuda_graph_runner_keeps_the_decode_state(monkeypatch):
+    """``decode="static-graph"``'s runner without a GPU: the CUDA calls are faked, capture runs the step eagerly (a
+    stricter case than a real capture, which only records) and replay re-runs the step on the runner's buffers, which
+    is what replaying the recorded kernels does. Its warm-up and capture must leave the state as it found it, and
+    the per-step noise must reach the graph's buffer: the tokens are then the cached loop's."""
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        replay = None  # set below, once the runner exists
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    runners = []
+
+    class Runner(lm_mod._CudaGraphStep):
+        def __init__(self, step, model, st, noise_shape):
+            super().__init__(step, model, st, noise_shape)
+            self.graph.replay = lambda: self.logits.copy_(step(model, st, self.noise))
+            runners.append(self)
+
+    monkeypatch.setattr(lm_mod, "_CudaGraphStep", Runner)
+    model = _lm()
+    cond, mask, uncond, _, step = _lm_inputs()
+    T, top_k = 9, 8
+    want = model.generate(cond, mask, uncond, None, num_frames=T, top_k=top_k, step_cond=step,
+                          generator=torch.Generator().manual_seed(3))
+    B, S = cond.shape[0], T + K - 1
+    seq, valid = model.pattern.build(torch.zeros(B, K, T, dtype=torch.long), CARD)
+    conds, masks = MusicLM._stack_conditions([(cond, mask), (uncond, None)])
+    with torch.no_grad(), model.streaming(conds, masks, S, torch.cat([step, torch.zeros_like(step)])) as state:
+        noise = lm_mod._step_noise((B, K, CARD), S, top_k, 0.0, 1.0, torch.device("cpu"),
+                                   torch.Generator().manual_seed(3))
+        got = model._decode_static(state, seq, valid, range(S), "static-graph", 2, 3.0, (), top_k, 0.0, 1.0, noise)
+    assert len(runners) == 1
+    assert torch.equal(model.pattern.revert(got), want)
