@@ -79,6 +79,10 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
                         "from the video unless --tempo is given); default: the model's generation.beat_from_video")
     p.add_argument("--tag-cfg", type=_number(float, 0), default=None, help="guidance scale of the tags branch (--guide tags/both): "
                    "raise it when the tags should win over the picture; default: the model's generation.tag_cfg")
+    p.add_argument("--decode", choices=["cached", "static", "static-compiled", "static-graph"], default=None,
+                   help="decoder implementation, the same tokens for a seed: KV-cache loop (cached), the fixed-shape "
+                        "step (static), compiled (static-compiled), replayed as a CUDA graph (static-graph, GPU "
+                        "only); default: the model's generation.decode")
     _add_mix_args(p)
     p.add_argument("--cuts", default="none", metavar="auto|none|T1,T2",
                    help="section boundaries: detected scene changes (auto), none (one continuous piece), or your "
@@ -241,7 +245,7 @@ def run_generate(args) -> int:
         tags=split_tag_arg(args.tags), instruments=split_tag_arg(args.instruments), genres=split_tag_arg(args.genres),
         tempo=args.tempo, negative=split_tag_arg(args.negative), auto_tags=args.auto_tags,
         seed=args.seed, duration=args.duration, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-        temperature=args.temperature, guide=args.guide, tag_cfg=args.tag_cfg,
+        temperature=args.temperature, guide=args.guide, tag_cfg=args.tag_cfg, decode=args.decode,
         beat_from_video=args.beat_from_video,  # None = the model's generation config
         cuts=args.cuts, hits=args.hits,
         mixing=mixing)
