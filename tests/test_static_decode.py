@@ -265,3 +265,31 @@ def test_cuda_graph_runner_keeps_the_decode_state(monkeypatch):
         got = model._decode_static(state, seq, valid, range(S), "static-graph", 2, 3.0, (), top_k, 0.0, 1.0, noise)
     assert len(runners) == 1
     assert torch.equal(model.pattern.revert(got), want)
+
+
+def test_the_request_picks_the_decoder(tmp_path):
+    """``generate_for_video(..., decode="static")`` (``vmas generate --decode static``) reaches the LM through the
+    request and the pipeline, over continuation windows (a 4 s video, 2.5 s windows): the same audio as the default
+    cached decoder, bit for bit."""
+    from datasets.synthmv import write_mp4
+    from vmas.generate import generate_for_video
+    from vmas.hub import load_pretrained
+
+    torch.manual_seed(0)
+    pipe = load_pretrained(None, config=load_config(CONFIGS / "debug.yaml"), random_note="debug")
+    frames = (torch.rand(100, 32, 64, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    src = tmp_path / "s.mp4"
+    write_mp4(src, frames, torch.zeros(4 * 32000).numpy(), fps=25)
+    seen = []
+    real = MusicLM.static_step
+
+    def counted(*a, **kw):
+        seen.append(1)
+        return real(*a, **kw)
+
+    cached = generate_for_video(src, pipe, tmp_path / "a", top_k=16, seed=7)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(MusicLM, "static_step", counted)
+        static = generate_for_video(src, pipe, tmp_path / "b", top_k=16, seed=7, decode="static")
+    assert seen  # the static step did run
+    assert static.wav.read_bytes() == cached.wav.read_bytes()
