@@ -55,3 +55,18 @@ def test_a_failing_runner_skips_only_its_own_metric(tmp_path, monkeypatch):
         assert report["coverage"][m] == alone["coverage"][m] and report["coverage"][m]["fraction"] == 1.0
     assert [k for k in report if k in ("fad", "fd", "kl")] == ["fad", "kl"]  # RUNNERS' order, not the call's
     assert "fd" not in report["coverage"] and "fd" not in report["meta"]["backbones"]
+
+
+def test_a_misspelt_option_fails_the_run_loudly(tmp_path):
+    """A metric that cannot run for want of weights is skipped with its reason; a misspelt backbone, classifier or
+    flow name is the user's error and stops the evaluation in one line (it must not read as a skipped metric)."""
+    import pytest
+
+    from vmas.errors import ConfigError
+    from vmas.evaluation import evaluate
+
+    manifest = _clips(tmp_path)
+    for option, metric in (({"fad_backbone": "vgish"}, "fad"), ({"kl_classifier": "pastt"}, "kl"),
+                           ({"fd_backbone": "clp"}, "fd")):
+        with pytest.raises(ConfigError, match="unknown"):
+            evaluate(tmp_path / "gen", manifest, metrics=[metric], progress=False, **option)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmas.errors import CheckpointError, DataError, MediaError, VmasError
+from vmas.errors import CheckpointError, ConfigError, DataError, MediaError, VmasError
 
 ALL_METRICS = ("fad", "kl", "mv_align", "retrieval", "clap", "fd", "imagebind", "beat")
 LAYOUTS = ("manifest", "v2m-bench")
@@ -361,7 +361,9 @@ def evaluate(generated: tp.Union[str, Path], manifest: tp.Optional[tp.Union[str,
         if name in metrics:
             try:
                 runner(ctx)
-            except VmasError as err:  # this metric cannot run (weights, inputs, options): the others still do
+            except ConfigError:  # a misspelt backbone / classifier / flow name is the user's error: say it loudly
+                raise
+            except VmasError as err:  # this metric cannot run (weights, inputs): the others still do
                 ctx.skip(name, str(err))
     _withhold_below(ctx.report, ctx.coverage, ctx.meta, min_coverage)
     ctx.report["coverage"] = ctx.coverage
@@ -461,6 +463,8 @@ def _run_frechet(ctx: EvalContext, metric: str) -> None:
         ctx.coverage[metric] = {**min(sides.values(), key=_fraction), **sides}
         if not emb.paper_setting:
             meta["fallbacks"].append(f"{metric}: {emb.name} (paper: {paper})")
+    except ConfigError:  # a misspelt backbone: the caller's error, not a skipped metric
+        raise
     except VmasError as err:  # weights missing, no reference, too few embeddings: skipped with the reason
         ctx.skip(metric, str(err))
 

@@ -24,7 +24,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vmas.errors import CheckpointError, MediaError, VmasError
+from vmas.errors import CheckpointError, ConfigError, MediaError, VmasError
 from vmas.loading import load_clap, load_state_dict_strict, torch_load
 
 VGGISH_FILE = "vggish-10086976.pth"
@@ -393,7 +393,7 @@ def build_embedder(spec: str) -> AudioEmbedder:
         return MelStatsEmbedder()
     if kind == "passt":
         return PasstEmbedder()
-    raise VmasError(f"unknown embedding backbone '{spec}'; use vggish[:path], clap:<name|folder>, "
+    raise ConfigError(f"unknown embedding backbone '{spec}'; use vggish[:path], clap:<name|folder>, "
                     f"encodec:<source>, passt or mel")
 
 

@@ -32,7 +32,7 @@ import typing as tp
 import numpy as np
 import torch
 
-from vmas.errors import CheckpointError, DataError, VmasError
+from vmas.errors import CheckpointError, ConfigError, DataError, VmasError
 from vmas.metrics.embeddings import _real_stft, module_device, resample, vggish_log_mel
 
 
@@ -171,7 +171,7 @@ def build_classifier(spec: str) -> AudioClassifier:
         return ASTClassifier(arg or "MIT/ast-finetuned-audioset-10-10-0.4593")
     if kind == "mel":
         return MelBandClassifier()
-    raise VmasError(f"unknown KL classifier '{spec}'; use passt, ast:<name|folder> or mel")
+    raise ConfigError(f"unknown KL classifier '{spec}'; use passt, ast:<name|folder> or mel")
 
 
 class KLDivergence:

@@ -30,7 +30,7 @@ import typing as tp
 import numpy as np
 
 from vmas.alignment import FARNEBACK_PARAMS, onset_times  # noqa: F401 - FARNEBACK_PARAMS re-exported
-from vmas.errors import DataError, VmasError
+from vmas.errors import ConfigError, DataError, VmasError
 from vmas.metrics import av_align as script
 
 
@@ -70,7 +70,7 @@ def motion_curve(frames: np.ndarray, flow: str = "farneback", **raft_kwargs) -> 
             raft_kwargs.setdefault("weights", weights)
         m = video_motion(frames, flow=flow, **raft_kwargs).double().cpu().numpy()  # [T-1]
         return np.concatenate([m[:1], m])
-    raise VmasError(f"MV-Align: unknown flow method '{flow}'; use farneback, raft_small or raft_large")
+    raise ConfigError(f"MV-Align: unknown flow method '{flow}'; use farneback, raft_small or raft_large")
 
 
 def video_peaks(motion: np.ndarray, fps: float, min_peak: float = 0.0) -> np.ndarray:
