@@ -79,8 +79,11 @@ browser:
 	      || echo "warning: could not install chromium + chromium-driver; the browser tests will be skipped"; \
 	  else echo "note: chromium/chromedriver missing (apt-get install chromium chromium-driver as root); the browser tests will be skipped"; fi; }
 
+# The suite runs on every core (pytest-xdist; a file's tests stay on one worker, so module fixtures are built once)
+# with a per-test time limit, so a hung test fails instead of stalling CI. TEST_JOBS=1 runs it in one process.
+TEST_JOBS ?= auto
 test: install sysdeps real-music real-video browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --timeout 1800 tests
 
 # SynthMV end to end (issues 10, 11; about 15 min of data + codec + shards on 2 cores, then the benchmarks;
 # data/synthmv/select is the selection set for choosing guidance before the test set is scored).

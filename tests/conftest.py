@@ -7,6 +7,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests use tiny tensors: OpenMP wake-ups, not arithmetic, dominate. One passive thread is fastest and stays fast
 # when other processes (DeepSpeed workers, a busy CI box) share the cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# pytest-xdist (make test): numba's on-disk cache (librosa's jitted onset/beat code) is written by whichever worker
+# compiles first; two workers compiling the same function at once can read a half-written cache and crash. One cache
+# folder per worker (inherited by the subprocesses a test starts) removes the race.
+_worker = os.environ.get("PYTEST_XDIST_WORKER")
+if _worker:
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                          ".cache", "numba", _worker))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
