@@ -171,7 +171,7 @@ realmusic-data: install realmusic-music
 	test -f $(RM)/select/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/select --split select --per-class 9 --seed 3
 	test -f $(RM)/test/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/test --split test --per-class 12 --seed 1
 	test -f $(RM)/codec_train/.done || ($(RMGEN) --out $(RM)/codec_train --split train --audio-only && touch $(RM)/codec_train/.done)
-	test -f runs/realmusic/codec.pt || $(BIN)/python tools/train_codec.py --config configs/realmusic_codec.yaml --audio-dir $(RM)/codec_train --out runs/realmusic/codec.pt --steps $(REALMUSIC_CODEC_STEPS) --threads 1
+	test -f runs/realmusic/codec.pt || $(BIN)/python tools/train_codec.py --config configs/codec_realmusic.yaml --audio-dir $(RM)/codec_train --out runs/realmusic/codec.pt --steps $(REALMUSIC_CODEC_STEPS) --threads 1
 	test -f $(RM)/shards/train.done || ($(BIN)/python tools/preprocess.py --manifest $(RM)/train/vmas_manifest.jsonl --out $(RM)/shards --config configs/realmusic.yaml --splits train --workers 1 && touch $(RM)/shards/train.done)
 	test -f $(RM)/shards/val.done || ($(BIN)/python tools/preprocess.py --manifest $(RM)/val/vmas_manifest.jsonl --out $(RM)/shards --config configs/realmusic.yaml --splits val --workers 1 && touch $(RM)/shards/val.done)
 

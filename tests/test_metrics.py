@@ -455,7 +455,7 @@ def test_benchmark_with_the_real_generator_adapter(tmp_path):
     assert abs(len(muxed) - len(wav)) < 0.05 * sr
     report = evaluate(gen_dir, tmp_path / "m.jsonl", metrics=["kl", "mv_align"], kl_classifier="mel", progress=False)
     assert report["meta"]["clips"] == {"manifest": 1, "missing_generated": 0, "kl": 1, "mv_align": 1,
-                                       "av_align_reference": 1}
+                                       "av_align_reference": 1, "av_align_2023": 1}
     assert 0.0 <= report["mv_align"] <= 1.0 and report["kl"] >= 0.0
 
 

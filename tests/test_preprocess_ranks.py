@@ -190,7 +190,7 @@ def _main(preprocess, capsys, *args):
 
 
 def test_kill_one_rank_then_rerun_finishes_only_the_missing_shards(manifest, reference, tmp_path, capsys):
-    import preprocess  # imported by the reference fixture
+    from tools import preprocess  # imported by the reference fixture
 
     out = tmp_path / "shards"
     common = ["--manifest", str(manifest), "--out", str(out), "--config", DEBUG, *OVR]
@@ -233,7 +233,7 @@ def test_kill_one_rank_then_rerun_finishes_only_the_missing_shards(manifest, ref
 
 
 def test_preprocess_refuses_an_empty_manifest(reference, tmp_path, capsys):
-    import preprocess  # imported by the reference fixture
+    from tools import preprocess  # imported by the reference fixture
 
     (tmp_path / "manifest.jsonl").write_text("")
     rc, _, err = _main(preprocess, capsys, "--manifest", str(tmp_path / "manifest.jsonl"), "--out",
