@@ -226,7 +226,11 @@ def test_page_generates_the_example_with_a_tag_and_a_tempo(page, tmp_path):
     _type(driver, "#tempo input", "96")
     # a finished-audio option too: the music alone (the example's own sound is SynthMV's reference music)
     driver.find_element(By.XPATH, "//button[contains(., 'Finished audio')]").click()
-    driver.find_element(By.XPATH, "//*[@id='mix']//label[contains(., 'replace')]").click()
+    # the accordion renders its contents after the click (later on a loaded machine): wait for the option
+    from selenium.webdriver.support import expected_conditions as ec
+
+    WebDriverWait(driver, 30).until(ec.element_to_be_clickable(
+        (By.XPATH, "//*[@id='mix']//label[contains(., 'replace')]"))).click()
     driver.find_element(By.ID, "generate").click()
     # meanwhile the same request from Python (the second core): the page must give the same music
     windows, ref = [], {}

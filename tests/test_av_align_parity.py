@@ -214,7 +214,9 @@ def test_the_evaluation_path_equals_the_file_path(real_music, tmp_path):
     frames, fps = read_video_frames(str(video))
     motion = motion_curve(frames)  # MV-Align's Farneback curve is the script's: float64 cv2.mean
     file_motion, file_fps = av.read_motion(video)
-    assert fps == file_fps and np.array_equal(motion, file_motion)
+    # Farneback's flow is float32 and OpenCV splits the image over its worker threads as the load allows: two reads
+    # of one file agree to float32 rounding (measured 2e-9 relative under pytest-xdist), not always bit for bit
+    assert fps == file_fps and np.allclose(motion, file_motion, rtol=1e-6, atol=0)
     for revision in ("2025-02", "2023-10"):
         metric = av.AVAlign(revision)
         metric.update_motion(motion, fps, wav, clip_id="jitter")
