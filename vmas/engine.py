@@ -323,11 +323,15 @@ class WindowEngine:
         (one job) a section per scene, each running a crossfade past its cut."""
         if self.request.structured:
             (job,) = jobs
-            overlap = max(1, round(structure.CROSSFADE_S * self.frame_rate))  # read at call time (the benchmark
-            cut_frames = [round(c * self.frame_rate) for c in job.cuts]       # tries other lengths through it)
-            return structure.section_windows(job.num_frames, self.window, self.stride, cut_frames, overlap)
+            cut_frames = [round(c * self.frame_rate) for c in job.cuts]
+            return structure.section_windows(job.num_frames, self.window, self.stride, cut_frames, self._overlap())
         total = max(frames_to_generate(job.num_frames, self.window, self.stride, self.pipe.codec.n_q) for job in jobs)
         return [structure.Section(0, total, total, tuple(window_plan(total, self.window, self.stride)))]
+
+    def _overlap(self) -> int:
+        """Code frames a section runs past its cut for the crossfade: :data:`vmas.structure.CROSSFADE_S` read at call
+        time (the structure benchmark tries other lengths through it)."""
+        return max(1, round(structure.CROSSFADE_S * self.frame_rate))
 
     def _hit_beat(self, job: MusicJob, sections: tp.Sequence[structure.Section],
                   beat: tp.Optional[torch.Tensor]) -> tp.Optional[torch.Tensor]:
@@ -412,7 +416,7 @@ class WindowEngine:
         (job,) = jobs
         codec, sr = self.pipe.codec, self.pipe.codec.sample_rate
         wavs = [decode_music(codec, p[0].cpu(), self.pipe.device).numpy() for p in parts]
-        fade = round(max(1, round(structure.CROSSFADE_S * self.frame_rate)) * sr / self.frame_rate)
+        fade = round(self._overlap() * sr / self.frame_rate)
         job.audio = structure.join_sections(wavs, [round(s.start * sr / self.frame_rate) for s in sections],
                                             round(job.num_frames * sr / self.frame_rate), fade)
         job.codes = torch.cat([p[0, :, : s.end - s.start] for p, s in zip(parts, sections)], dim=-1).cpu()
