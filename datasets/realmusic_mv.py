@@ -292,7 +292,7 @@ def generate_dataset(out: tp.Union[str, Path], split: str, per_class: int, seed:
     assignment depends on ``split_seed`` only, the clip choice on ``seed``).
     """
     from vmas.data import media
-    from vmas.synthmv import write_vmas_manifest
+    from vmas.synthmv import write_manifests
 
     if split not in SPLITS:
         raise DataError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
@@ -321,12 +321,7 @@ def generate_dataset(out: tp.Union[str, Path], split: str, per_class: int, seed:
             rows = pool.map(_render, jobs, chunksize=4)
     else:
         rows = [_render(j) for j in jobs]
-    manifest = out / "manifest.jsonl"
-    with open(manifest, "w") as f:
-        for row in rows:
-            f.write(json.dumps({**row, "split": split}) + "\n")
-    write_vmas_manifest(rows, out, split, seconds, window)
-    return manifest
+    return write_manifests(rows, out, split, seconds, window)
 
 
 def write_audio_windows(out: tp.Union[str, Path], split: str, split_seed: int = 0, seconds: float = 10.0,

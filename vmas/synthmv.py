@@ -624,6 +624,14 @@ def generate_dataset(out: tp.Union[str, Path], num: int, seed: int = 0, seconds:
             rows = pool.map(_job, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
     else:
         rows = [_job(j) for j in jobs]
+    return write_manifests(rows, out, split, seconds, window)
+
+
+def write_manifests(rows: tp.Sequence[dict], out: Path, split: str, seconds: float,
+                    window: tp.Optional[float] = None) -> Path:
+    """The generator's label manifest (``manifest.jsonl``: each row with its split) and the VMAs manifest
+    (:func:`write_vmas_manifest`) of rendered clips; returns the label manifest. SynthMV and RealMusic-MV both end
+    here."""
     manifest = out / "manifest.jsonl"
     with open(manifest, "w") as f:
         for row in rows:
