@@ -30,21 +30,11 @@ def _clicks(path, times, seconds=4.0, sr=22050):
     sf.write(str(path), wav, sr, subtype="PCM_16")
 
 
-def _video(path, events, fps=10.0, n=40, size=64):
-    """A textured square jumping at the given frames (motion peaks there), MJPG via OpenCV."""
-    import cv2
+def _video(path, events):
+    """A textured square jumping at the given frames (motion peaks there), 40 MJPG frames at 10 fps."""
+    from test_metric_parity import _event_video
 
-    rng = np.random.default_rng(0)
-    tex = (rng.random((16, 16, 3)) * 255).astype(np.uint8)
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size, size))
-    pos = 8
-    for j in range(n):
-        if j in events:
-            pos = 40 if pos == 8 else 8
-        frame = np.full((size, size, 3), 40, np.uint8)
-        frame[pos: pos + 16, pos: pos + 16] = tex
-        w.write(frame)
-    w.release()
+    _event_video(path, events, n=40)
 
 
 @pytest.fixture(scope="module")
