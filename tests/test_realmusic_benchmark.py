@@ -1,9 +1,26 @@
-"""tools/realmusic_benchmark.py (issue 32): the measures it adds, checked against hand computation."""
+"""The real-music testbed's measures (vmas.experiments.realmusic_scores, issue 32), checked against hand computation."""
 from __future__ import annotations
 
-import numpy as np
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from tools import realmusic_benchmark as rb
+import numpy as np
+import pytest
+import torch
+
+from vmas.experiments import realmusic_scores as rb
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def test_si_sdr_matches_hand_computation():
@@ -53,3 +70,59 @@ def test_fad_by_class_prefers_the_same_class():
     clips = [{"class_id": 0}] * 3 + [{"class_id": 1}] * 3
     out = rb.fad_by_class(gen, clips, refs)
     assert out["fad_same_class"] < out["fad_other_class"]
+
+
+# ------------------------------------------------------------------------------ the tool, end to end at debug size
+@pytest.mark.slow
+def test_tool_end_to_end_reuses_runs_and_scores(tmp_path):
+    """tools/realmusic_benchmark.py at debug size: RealMusic-MV folders cut from synthetic tracks with known notes
+    (test_realmusic_mv's), a random codec of the preset's shape, ``codec`` then ``lm`` (2 training steps, 2 seeds);
+    the rows the issue names are there, the spread is over training seeds, and a second call trains and generates
+    nothing (same models, same numbers)."""
+    from test_realmusic_mv import CLASSES, synth_track
+
+    from datasets import realmusic_mv as rmv
+    from vmas.builders import build_codec
+    from vmas.config import load_config
+    from vmas.data import media
+    from vmas.models.codec import save_codec
+
+    music = tmp_path / "music"
+    for ci, name in enumerate(CLASSES):
+        (music / name).mkdir(parents=True)
+        for j in range(4):  # one track per split
+            media.write_wav(music / name / f"track{j}.wav", synth_track(10 * ci + j), 44100)
+    data = tmp_path / "rm"
+    for split, seed in (("train", 0), ("select", 3), ("test", 1)):
+        rmv.generate_dataset(data / split, split, per_class=1, seed=seed, seconds=5.0, size=32, music_dir=music,
+                             classes=CLASSES, window=5.0 if split == "train" else None, log=lambda s: None)
+    codec = tmp_path / "codec.pt"
+    cfg = load_config("configs/realmusic.yaml", ["model.codec.pretrained=''"])
+    torch.manual_seed(0)
+    save_codec(build_codec(cfg.model.codec), codec)
+    overrides = [f"model.codec.pretrained={codec}", "data.batch_size=2", "data.shuffle_buffer=2",
+                 "data.clips_per_shard=4", "train.eval_every=0", "train.save_every=100", "optim.warmup_steps=0"]
+    shards = tmp_path / "shards"
+    run("tools/preprocess.py", "--manifest", str(data / "train" / "vmas_manifest.jsonl"), "--out", str(shards),
+        "--config", "configs/realmusic.yaml", "--splits", "train", "--workers", "1", *overrides)
+
+    rep = json.loads(run("tools/realmusic_benchmark.py", "codec", "--codec", str(codec), "--test", str(data / "test"),
+                         "--json").stdout)
+    assert {"codec", "bitrate_bps", "fad_note"} <= set(rep) and rep["meta"]["clips"] == len(CLASSES)
+    assert rep["bitrate_bps"] == cfg.model.codec.n_q * np.log2(cfg.model.codec.bins) * 50  # 4 x 8 bit x 50 Hz
+
+    out = tmp_path / "lm"
+    args = ["tools/realmusic_benchmark.py", "lm", "--json", "--steps", "2", "--train-seeds", "0,1", "--jobs", "2",
+            "--judge-clips", "1", "--train", str(data / "train"), "--test", str(data / "test"),
+            "--reference", str(data / "select"), "--out", str(out), *overrides, f"data.train_shards={shards}/train-*.tar"]
+    res = json.loads(run(*args).stdout)
+    for row in ("mismatched", "codec_ceiling"):
+        assert set(res[row]) >= {"onset_f1", "mv_align", "class_acc", "fad_same_class", "fad_other_class"}
+    f1 = res["model"]["onset_f1"]
+    assert len(f1["runs"]) == 2 and f1["mean"] == pytest.approx(sum(f1["runs"]) / 2, abs=1e-4)
+    assert res["meta"]["training_seeds"] == [0, 1] and res["meta"]["commit"]
+    models = sorted(out.glob("motion/seed*/model.pt"))
+    mtimes = [m.stat().st_mtime for m in models]
+    assert len(models) == 2
+    again = json.loads(run(*args).stdout)
+    assert [m.stat().st_mtime for m in models] == mtimes and again["model"] == res["model"]

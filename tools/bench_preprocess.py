@@ -1,5 +1,7 @@
 """Throughput of ``tools/preprocess.py``: 1 process vs ``torchrun --nproc_per_node 2``, and the same shards (issue 20).
 
+(Over 150 lines: it makes its own data and runs three launch modes, then compares their shards byte for byte.)
+
     python tools/bench_preprocess.py --json > docs/results/preprocess_ranks.json
 
 Makes its own data (``python -m datasets.synthmv --out WORK/syn --num VIDEOS --seed 3 --window 5 --size 64``:

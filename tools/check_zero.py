@@ -1,5 +1,7 @@
 """Every DeepSpeed ZeRO stage and precision of one config, in one launch: loss curves to compare across world sizes.
 
+(Over 150 lines: the launch of every ZeRO stage and precision, and the comparison with its derived tolerances.)
+
 Each (stage, precision) pair trains a fresh model for ``--steps`` optimiser steps through the real solver
 (``Solver(cfg).fit()``: DeepSpeed engine, EMA, atomic checkpoint, export) in the same processes, so the
 launcher and DeepSpeed start once. Rank 0 writes ``{"world_size", "runs": {"z3_fp32": {"loss_curve", ...}}}``.

@@ -99,14 +99,18 @@ def train_pool(jobs: tp.Iterable[TrainJob], workers: int = 1, retrain: bool = Fa
     return {job.out: job.model for job in jobs}
 
 
+def key_digest(key: tp.Mapping[str, tp.Any]) -> str:
+    """12 hex digits naming a cache file by everything its content depends on (``key``, JSON with sorted keys)."""
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def cached_scores(model: Path, key: tp.Mapping[str, tp.Any], compute: tp.Callable[[], tp.Any],
                   rescore: bool = False) -> tp.Any:
     """``compute()`` once per (model bytes, ``key``): stored as ``<run>/scores_<hash>.json`` and read back on the
     next call (``rescore``: compute again). ``key`` holds everything the score depends on (clips, seeds, sampling
     settings); the model's SHA-1 is added here, so a retrained model is scored again."""
     full = dict(key, model_sha1=hashlib.sha1(model.read_bytes()).hexdigest())
-    digest = hashlib.sha1(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
-    cache = model.parent / f"scores_{digest}.json"
+    cache = model.parent / f"scores_{key_digest(full)}.json"
     if cache.exists() and not rescore:
         return json.loads(cache.read_text())
     result = compute()
