@@ -137,3 +137,69 @@ def test_duration_cut_is_exact_for_every_input(tmp_path, kind):
     out = media.mux_audio(src, np.zeros(4 * SR, np.float32), tmp_path / "out.mp4", sr=SR, duration=n)
     assert stream_duration(out) == pytest.approx(n, abs=1e-3)
     assert abs(media.audio_duration(out) - n) <= 1024 / SR
+
+
+def bframe_mkv(path, seconds: float = 3.0, fps: int = 25) -> Path:
+    """H.264 with B-frames (x264 ``bf=2``) in Matroska, beside an AAC tone; a smooth moving picture, so x264 does
+    use B-frames. Matroska stores presentation times only: the demuxer gives the first packets (the keyframe and
+    the P frame after it) no dts."""
+    yy, xx = np.mgrid[0:32, 0:48]
+    with av.open(str(path), "w", format="matroska") as c:
+        v = c.add_stream("libx264", rate=fps, options={"bf": "2", "g": str(fps)})
+        v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
+        v.codec_context.time_base = Fraction(1, 1000)
+        a = c.add_stream("aac", rate=SR, layout="mono")
+        for k in range(round(seconds * fps)):
+            img = np.stack([(xx * 5 + 3 * k) % 256, (yy * 7 + k) % 256, (xx + yy + 2 * k) % 256], -1)
+            frame = av.VideoFrame.from_ndarray(img.astype(np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(k * 1000 / fps), Fraction(1, 1000)
+            for p in v.encode(frame):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        x = (0.2 * np.sin(2 * np.pi * 330 * np.arange(round(seconds * SR)) / SR)).astype(np.float32)
+        for i in range(0, x.size, 1024):
+            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[None, i:i + 1024]), format="fltp", layout="mono")
+            f.sample_rate, f.pts = SR, i
+            for p in a.encode(f):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+    return Path(path)
+
+
+def first_frames(path):
+    """(time of the first decoded video frame, s; its RGB pixels; decoded frame count; time of the first decoded
+    audio frame, s): what a player shows first and when its sound starts (edit lists applied by the demuxer)."""
+    with av.open(str(path)) as c:
+        frames = [(float(f.pts * f.time_base), f) for f in c.decode(video=0)]
+        t0, pixels = frames[0][0], frames[0][1].to_ndarray(format="rgb24")
+    with av.open(str(path)) as c:
+        a = next(c.decode(audio=0))
+        audio = float(a.pts * a.time_base)
+    return t0, pixels, len(frames), audio
+
+
+def test_bframe_mkv_copied_into_mp4_starts_with_the_source(tmp_path):
+    """An MKV whose H.264 has B-frames, copied into the MP4 by `vmas generate` (debug model): the picture starts at
+    the source's first frame time within one frame (here exactly), with the source's first picture (the keyframe;
+    a copy decodes to the same pixels) and every frame, and the sound starts with it within one AAC frame. The
+    copy used to drop the packets the Matroska demuxer gives no dts (keyframe + P frame): the picture started at
+    the next keyframe, 80 ms or more late."""
+    from vmas.cli import main
+
+    src = bframe_mkv(tmp_path / "b.mkv")
+    with av.open(str(src)) as c:
+        pts, dts = zip(*[(p.pts, p.dts) for p in c.demux(video=0) if p.pts is not None])
+    assert dts[0] is None  # the case this covers: leading packets without a dts
+    assert any(b < a for a, b in zip(pts, pts[1:]))  # B-frames: presentation order differs from decode order
+    assert media.mp4_video_plan(src) == "copy"
+    assert main(["generate", str(src), "-o", str(tmp_path / "out"), "--model", "vmas-debug-random", "--top-k", "16",
+                 "-q", "--mix", "replace"]) == 0
+    t_src, pix_src, n_src, a_src = first_frames(src)
+    t_out, pix_out, n_out, a_out = first_frames(tmp_path / "out" / "b.mp4")
+    assert t_src == 0.0 and abs(t_out - t_src) < 1 / 25
+    np.testing.assert_array_equal(pix_out, pix_src)
+    assert n_out == n_src == 75
+    assert abs(a_out - t_out) <= 1024 / SR and abs(a_out - a_src) <= 1024 / SR
+    assert stream_duration(tmp_path / "out" / "b.mp4") == pytest.approx(3.0, abs=1e-3)

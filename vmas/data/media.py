@@ -929,6 +929,42 @@ def mux_audio(video_path: PathLike, wav: tp.Union[PathLike, torch.Tensor, np.nda
             source.unlink(missing_ok=True)
 
 
+def _is_flush(pkt) -> bool:
+    """The demuxer's end-of-stream packet (no timestamps at all). Only it is skipped: a Matroska B-frame stream's
+    first packets also come without a dts (the container stores presentation times only) and are real frames."""
+    return pkt.pts is None and pkt.dts is None
+
+
+def _with_dts(packets: tp.Iterable, step: int) -> tp.Iterator:
+    """``packets`` (demux order), each with a decode time stamp, for a muxer that needs one on every packet.
+
+    Matroska stores presentation times only; FFmpeg's demuxer derives a dts from them once the reordering delay is
+    known, so with B-frames the first packets (the keyframe, a P frame) have none. Dropping them lost the keyframe
+    and the picture started late (issue 35). They get the dts just before the first known one, one frame interval
+    (``step`` ticks) apart and never above their own pts; a packet later on without one gets the previous dts + 1
+    interval (capped the same way). The muxer turns a negative first dts into an edit list, so the presentation
+    still starts at the source's first pts."""
+    waiting: tp.List[tp.Any] = []  # leading packets without a dts
+    last: tp.Optional[int] = None  # dts of the previous packet yielded
+    for pkt in packets:
+        if pkt.dts is None and last is None:
+            waiting.append(pkt)
+            continue
+        if pkt.dts is None:  # mid-stream: the next interval, kept below its pts and above the previous dts
+            pkt.dts = max(last + 1, min(last + step, pkt.pts))
+        for i, w in enumerate(waiting):  # the leading packets, spaced before the first known dts
+            w.dts = pkt.dts - (len(waiting) - i) * step
+            if w.pts is not None:
+                w.dts = min(w.dts, w.pts)
+            yield w
+        waiting = []
+        last = pkt.dts
+        yield pkt
+    for i, w in enumerate(waiting):  # no packet had a dts: presentation order is decode order
+        w.dts = w.pts if w.pts is not None else i * step
+        yield w
+
+
 def _cut_before(path: Path, seconds: float) -> tp.Tuple[int, int]:
     """(how many packets to keep, in demux (decode) order; the first presentation time, ticks) to keep
     ``seconds`` of ``path``'s video.
@@ -941,7 +977,7 @@ def _cut_before(path: Path, seconds: float) -> tp.Tuple[int, int]:
     with _open_av(path) as container:
         stream = container.streams.video[0]
         tb = float(stream.time_base)
-        pts = [p.pts if p.pts is not None else p.dts for p in container.demux(stream) if p.dts is not None]
+        pts = [p.pts if p.pts is not None else p.dts for p in container.demux(stream) if not _is_flush(p)]
     first = min(pts)
     limit = first + max(1, round(seconds / tb))
     shown = [i for i, t in enumerate(pts) if t < limit]
@@ -983,11 +1019,13 @@ def _mux_copy(source: Path, video_path: Path, samples: tp.Any, sr: int, out_path
             aout = dst.add_stream("aac", rate=sr, layout=aac_layout)
             aout.bit_rate = bitrate
 
+            # one frame interval in ticks: spaces the dts given to packets that have none (_with_dts)
+            times = _packet_span(source).times  # [P] s
+            step = max(1, round(float(np.median(np.diff(times))) / float(vin.time_base))) if len(times) > 1 else 1
+
             def video():  # (time in s, stream order, packet), in dts order as demuxed
                 held, count = None, 0  # with a cut, the last packet waits: its duration ends the track at N
-                for pkt in src.demux(vin):
-                    if pkt.dts is None:  # the demuxer's flush packet
-                        continue
+                for pkt in _with_dts((p for p in src.demux(vin) if not _is_flush(p)), step):
                     if limit is not None and count >= limit:  # --duration: _cut_before counted these packets
                         break
                     count += 1
