@@ -992,8 +992,8 @@ def _mux_copy(source: Path, video_path: Path, samples: tp.Any, sr: int, out_path
     import av
 
     # the source's duration (a re-encode ends where its source does: reencode_h264), the picture's own timing
-    end, limit, first_pts = (_source(video_path).span.duration if source != video_path
-                             else _packet_span(source).duration), None, 0
+    span = _packet_span(source)  # the copied stream's packet times
+    end, limit, first_pts = (_source(video_path).span.duration if source != video_path else span.duration), None, 0
     if duration is not None and duration < end:
         # --duration N: the picture ends at N exactly (the last frame kept shows until N, however sparse the
         # frames), and the audio with it
@@ -1020,8 +1020,8 @@ def _mux_copy(source: Path, video_path: Path, samples: tp.Any, sr: int, out_path
             aout.bit_rate = bitrate
 
             # one frame interval in ticks: spaces the dts given to packets that have none (_with_dts)
-            times = _packet_span(source).times  # [P] s
-            step = max(1, round(float(np.median(np.diff(times))) / float(vin.time_base))) if len(times) > 1 else 1
+            dt = float(np.median(np.diff(span.times))) if len(span.times) > 1 else 0.0  # s
+            step = max(1, round(dt / float(vin.time_base)))
 
             def video():  # (time in s, stream order, packet), in dts order as demuxed
                 held, count = None, 0  # with a cut, the last packet waits: its duration ends the track at N
