@@ -41,7 +41,7 @@ def _cli_request(argv):
         tags=split_tag_arg(a.tags), instruments=split_tag_arg(a.instruments), genres=split_tag_arg(a.genres),
         tempo=a.tempo, negative=split_tag_arg(a.negative), seed=a.seed, duration=a.duration, cfg=a.cfg,
         top_k=a.top_k, top_p=a.top_p, temperature=a.temperature, guide=a.guide, tag_cfg=a.tag_cfg,
-        beat_from_video=a.beat_from_video,
+        beat_from_video=a.beat_from_video, cuts=a.cuts, hits=a.hits,
         mixing=MixOptions(mix=a.mix, duck=a.duck, music_gain=a.music_gain, loudness=a.loudness))
 
 
@@ -54,12 +54,13 @@ def _page_request(**form):
 def test_form_asks_for_what_the_same_cli_flags_ask_for():
     page = _page_request(tags="piano, jazz", instruments="cello", genres="lo-fi", tempo=96, negative="drums, vocals",
                          guide="tags", cfg=4.5, tag_cfg=6, beat_from_video="off", seed=7, duration=4.0, top_k=50,
-                         top_p=0.0, temperature=0.9, mix="replace", duck=-6, music_gain=-2, loudness=-16)
+                         top_p=0.0, temperature=0.9, mix="replace", duck=-6, music_gain=-2, loudness=-16,
+                         cuts="12.5, 30", hits="3.2")
     cli = _cli_request(["--tags", "piano, jazz", "--instruments", "cello", "--genres", "lo-fi", "--tempo", "96",
                         "--negative", "drums, vocals", "--guide", "tags", "--cfg", "4.5", "--tag-cfg", "6",
                         "--no-beat-from-video", "--seed", "7", "--duration", "4", "--top-k", "50", "--top-p", "0",
                         "--temperature", "0.9", "--mix", "replace", "--duck", "-6", "--music-gain", "-2",
-                        "--loudness", "-16"])
+                        "--loudness", "-16", "--cuts", "12.5, 30", "--hits", "3.2"])
     assert page == cli
     assert page.tags == ["piano", "jazz"] and page.negative == ["drums", "vocals"] and page.top_k == 50
 

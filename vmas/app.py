@@ -87,13 +87,15 @@ def request_controls(tags: str = "", instruments: str = "", genres: str = "", te
                      beat_from_video: tp.Optional[str] = None, seed: tp.Any = 0, duration: tp.Any = 0,
                      top_k: tp.Any = None, top_p: tp.Any = None, temperature: tp.Any = None,
                      mix: str = "auto", duck: tp.Any = None, music_gain: tp.Any = None,
-                     loudness: tp.Any = 0) -> tp.Dict[str, tp.Any]:
+                     loudness: tp.Any = 0, cuts: str = "none", hits: str = "") -> tp.Dict[str, tp.Any]:
     """The form's fields as keyword arguments of :func:`vmas.generate.generate_for_video`.
 
     Text fields are comma-separated like the CLI's ``--tags``. The page fills the sampling fields with the model's
     own ``generation`` values, so an untouched form asks for exactly what ``vmas generate`` without flags does;
     None (a cleared field) leaves the value to the model too. Tempo, duration and loudness use 0 for "not given"
     (the CLI's absent ``--tempo``/``--duration`` and ``--loudness off``); mix ``auto`` is the CLI's absent ``--mix``.
+    Cuts and hits are the CLI's ``--cuts`` (``auto``, ``none`` or comma-separated seconds; empty = ``none``) and
+    ``--hits`` (empty = none) as typed.
     """
     from vmas.mixing import MixOptions
     from vmas.tags.cleaner import split_tag_arg
@@ -109,7 +111,7 @@ def request_controls(tags: str = "", instruments: str = "", genres: str = "", te
         mix=None if mix in (None, "", "auto") else mix,
         duck=mix_defaults.duck if _number(duck) is None else _number(duck),
         music_gain=mix_defaults.music_gain if _number(music_gain) is None else _number(music_gain),
-        loudness=_off(loudness))
+        loudness=_off(loudness), cuts=(cuts or "").strip() or "none", hits=(hits or "").strip() or None)
 
 
 def run_request(pipe: tp.Any, video: tp.Union[str, Path, None], controls: tp.Dict[str, tp.Any], limits: AppLimits,
@@ -172,12 +174,13 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
     has_tags = bool(spec.tags)
 
     def generate(video, tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg, beat_from_video, seed,
-                 duration, top_k, top_p, temperature, mix, duck, music_gain, loudness, progress=gr.Progress()):
+                 duration, top_k, top_p, temperature, mix, duck, music_gain, loudness, cuts="none", hits="",
+                 progress=gr.Progress()):
         progress(0.0, desc="reading the video")
         try:
             controls = request_controls(tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg,
                                         beat_from_video, seed, duration, top_k, top_p, temperature, mix, duck,
-                                        music_gain, loudness)
+                                        music_gain, loudness, cuts, hits)
             result = run_request(pipe, video, controls, limits, out_root,
                                  on_window=lambda done, total: progress((done, total), desc="windows", unit="window"))
         except (VmasError, ValueError, TypeError, OSError) as err:  # the CLI's one line; the server keeps serving
@@ -194,6 +197,8 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
         summary = f"{result.mp4.name}: {result.duration:.2f} s of music, {result.windows} window(s). {mix_note}"
         if result.cuts_note:
             summary += f". Scene {result.cuts_note}" if result.cuts else f". Scene cuts: {result.cuts_note}"
+        if result.past_end_note:
+            summary += f". Warning: {result.past_end_note}"
         return str(result.mp4), [str(result.mp4), str(result.wav)], ", ".join(result.tags), summary
 
     with gr.Blocks(title="vmas: music for your video", analytics_enabled=False) as page:
@@ -229,6 +234,12 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
                     seed = gr.Number(label="Seed (same seed = same music)", value=0, precision=0, elem_id="seed")
                     duration = gr.Number(label="Music for at most this many seconds (0 = the whole video)", value=0,
                                          minimum=0, elem_id="duration")
+                with gr.Accordion("Scene cuts and hits", open=False):
+                    cuts = gr.Textbox(label="Cuts (auto, none, or your edit's cut times in seconds: 12.5, 30)",
+                                      value="none", elem_id="cuts",
+                                      info="after a cut the music restarts on the new scene, crossfaded")
+                    hits = gr.Textbox(label="Hits (seconds that get an accent: 3.2, 7.5)", value="",
+                                      visible=bool(getattr(spec, "beat_condition", False)), elem_id="hits")
                 with gr.Accordion("Finished audio", open=False):
                     mix = gr.Radio(["auto", *MIX_MODES], value="auto", label="Mix",
                                    info="keep: music under the video's own sound; replace: music alone; auto: keep "
@@ -248,7 +259,7 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
                 used = gr.Textbox(label="Tags used", interactive=False, elem_id="used_tags")
                 summary = gr.Markdown(elem_id="summary")
         button.click(generate, [video, tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg, beat, seed,
-                                duration, top_k, top_p, temperature, mix, duck, music_gain, loudness],
+                                duration, top_k, top_p, temperature, mix, duck, music_gain, loudness, cuts, hits],
                      [result, files, used, summary], concurrency_limit=1, api_name="generate")
         video.change(preview_note, video, summary, queue=False, show_progress="hidden")
     # one request at a time: the loaded model is not shared between threads; others wait in the queue (position shown)

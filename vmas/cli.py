@@ -270,6 +270,8 @@ def run_generate(args) -> int:
                                   auto_tagger=tagger, progress=not args.quiet, on_error=on_error,
                                   overwrite=args.overwrite)
     for r in results:
+        if r.past_end_note:
+            print(f"warning: {r.video}: {r.past_end_note}", file=sys.stderr)
         tags = f"  tags: {', '.join(r.tags)}" if r.tags else ""
         audio = f"  audio: {r.mix['mode']}, {r.mix['loudness']:.1f} LUFS" if r.mix else ""
         cuts = f"  {r.cuts_note}" if r.cuts_note else ""

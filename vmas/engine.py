@@ -149,6 +149,9 @@ class MusicJob:
     """Section boundaries (s), resolved (:func:`vmas.structure.resolve_cuts`)."""
     hits: tp.List[float] = dataclasses.field(default_factory=list)
     """Accent times (s) inside ``seconds``."""
+    past_end: tp.Dict[str, tp.List[float]] = dataclasses.field(default_factory=dict)
+    """The user's ``--cuts`` / ``--hits`` times at or past ``seconds``, dropped (option -> times; the CLI and the
+    page say so)."""
     onsets: tp.Optional[torch.Tensor] = None
     """float [frames]: the onset oracle's input (a diagnostic of models trained with ``model.lm.onset_oracle``)."""
     info: tp.Any = None
@@ -286,6 +289,9 @@ class WindowEngine:
             structure.check_hits(hits, self.spec.beat_condition)
             job.cuts = structure.resolve_cuts(req.cuts, job.video, seconds)
             job.hits = [t for t in hits if t < seconds]
+            past = {"--cuts": structure.times_past_end(req.cuts, "--cuts", seconds),
+                    "--hits": [t for t in hits if t >= seconds]}
+            job.past_end = {k: v for k, v in past.items() if v}
         return job
 
     def conditions(self, jobs: tp.Sequence[MusicJob]) -> Conditions:

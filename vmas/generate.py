@@ -53,6 +53,18 @@ class GenerationResult:
             return ""
         return "cuts at " + ", ".join(f"{c:.2f}" for c in self.cuts) + " s" if self.cuts else "no cuts found"
 
+    past_end: tp.Dict[str, tp.List[float]] = dataclasses.field(default_factory=dict)
+    """``--cuts`` / ``--hits`` times at or past the music's end, which were dropped (option -> times)."""
+
+    @property
+    def past_end_note(self) -> str:
+        """One warning line naming the dropped times and the length, e.g. ``"--cuts 95.00 s past the end of the
+        video (60.00 s): ignored"``; empty when nothing was dropped."""
+        if not self.past_end:
+            return ""
+        given = " and ".join(f"{k} {', '.join(f'{t:.2f}' for t in v)} s" for k, v in self.past_end.items())
+        return f"{given} past the end of the video ({self.duration:.2f} s): ignored"
+
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".3gp",
                   ".ts", ".mts")
@@ -176,7 +188,7 @@ def generate_for_videos(videos: tp.Sequence[tp.Union[str, Path]], pipe: "VMASPip
                 res = _write_atomically(job, pipe, out_dir, windows, req.mixing)
                 asked = req.cuts not in (None, "none")
                 results.append(dataclasses.replace(res, cuts=[round(float(c), 3) for c in job.cuts] if asked
-                                                   else None))
+                                                   else None, past_end=dict(job.past_end)))
             except VmasError as err:
                 fail(job.video, err)
             bar.update(1)

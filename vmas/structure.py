@@ -150,6 +150,15 @@ def resolve_cuts(cuts: tp.Union[str, tp.Sequence[float], None], video: tp.Any, s
     return [t for t in parse_times(cuts, "--cuts") if 0 < t < seconds]
 
 
+def times_past_end(times: tp.Union[str, tp.Sequence[float], None], option: str, seconds: float) -> tp.List[float]:
+    """The user's own ``option`` times (``--cuts`` / ``--hits``) at or past ``seconds``: what :func:`resolve_cuts`
+    and the hit grid drop. Returned so the caller can say so (a cut at 95 s on a 60 s video would otherwise vanish
+    silently); ``auto`` / ``none`` name no times."""
+    if times is None or (isinstance(times, str) and times.strip().lower() in ("", "none", "auto")):
+        return []
+    return [t for t in parse_times(times, option) if t >= seconds]
+
+
 # -------------------------------------------------------------------------------------------------- the plan
 @dataclasses.dataclass(frozen=True)
 class Section:
