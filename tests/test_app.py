@@ -42,7 +42,7 @@ def _cli_request(argv):
         tempo=a.tempo, negative=split_tag_arg(a.negative), seed=a.seed, duration=a.duration, cfg=a.cfg,
         top_k=a.top_k, top_p=a.top_p, temperature=a.temperature, guide=a.guide, tag_cfg=a.tag_cfg,
         beat_from_video=a.beat_from_video, cuts=a.cuts, hits=a.hits,
-        mixing=MixOptions(mix=a.mix, duck=a.duck, music_gain=a.music_gain, loudness=a.loudness))
+        mixing=MixOptions(mix=a.mix, duck=a.duck, music_gain=a.music_gain, loudness=a.loudness, width=a.music_width))
 
 
 def _page_request(**form):
@@ -55,14 +55,15 @@ def test_form_asks_for_what_the_same_cli_flags_ask_for():
     page = _page_request(tags="piano, jazz", instruments="cello", genres="lo-fi", tempo=96, negative="drums, vocals",
                          guide="tags", cfg=4.5, tag_cfg=6, beat_from_video="off", seed=7, duration=4.0, top_k=50,
                          top_p=0.0, temperature=0.9, mix="replace", duck=-6, music_gain=-2, loudness=-16,
-                         cuts="12.5, 30", hits="3.2")
+                         cuts="12.5, 30", hits="3.2", music_width=0.35)
     cli = _cli_request(["--tags", "piano, jazz", "--instruments", "cello", "--genres", "lo-fi", "--tempo", "96",
                         "--negative", "drums, vocals", "--guide", "tags", "--cfg", "4.5", "--tag-cfg", "6",
                         "--no-beat-from-video", "--seed", "7", "--duration", "4", "--top-k", "50", "--top-p", "0",
                         "--temperature", "0.9", "--mix", "replace", "--duck", "-6", "--music-gain", "-2",
-                        "--loudness", "-16", "--cuts", "12.5, 30", "--hits", "3.2"])
+                        "--loudness", "-16", "--cuts", "12.5, 30", "--hits", "3.2", "--music-width", "0.35"])
     assert page == cli
     assert page.tags == ["piano", "jazz"] and page.negative == ["drums", "vocals"] and page.top_k == 50
+    assert page.mixing.width == 0.35
 
 
 def test_untouched_form_is_the_cli_without_flags():
@@ -101,6 +102,36 @@ def test_page_runs_one_request_at_a_time_with_a_bounded_queue():
     assert fn.concurrency_limit == 1 and page._queue.max_size == 3 and page.analytics_enabled is False
     # every form field reaches the library: the video + one input per request_controls parameter
     assert len(fn.inputs) == 1 + len(inspect.signature(request_controls).parameters)
+
+
+def test_music_width_slider_reaches_the_library(monkeypatch):
+    """The page's Music width slider (issue 35: the CLI's --music-width had no control on the page): its range and
+    default are the CLI's (0..1, MixOptions().width), and the value the user sets is what the handler gives the
+    library call (``width``, the field --music-width sets)."""
+    pytest.importorskip("gradio", reason="the web page needs Gradio: pip install -e '.[app]' (make install)")
+    import vmas.app as app
+    from vmas.sampling import SamplingParams
+
+    spec = types.SimpleNamespace(sampling=SamplingParams(), tags=True, beat_from_video=False)
+    page = app.build_app(types.SimpleNamespace(spec=spec, note=""), "stub")
+    fn = next(f for f in page.fns.values() if f.api_name == "generate")
+    slider = fn.inputs[-1]
+    assert (slider.elem_id, slider.minimum, slider.maximum, slider.value) == ("music_width", 0.0, 1.0,
+                                                                              MixOptions().width)
+    width = build_parser().parse_args(["generate", "x.mp4"]).music_width
+    assert width == slider.value  # the CLI's default
+    seen = {}
+
+    def fake_run(pipe, video, controls, limits, out_root, on_window=None):
+        seen.update(controls)
+        raise VmasError("stop here")  # the library call itself is tested elsewhere
+
+    monkeypatch.setattr(app, "run_request", fake_run)
+    args = ["clip.mp4", "", "", "", 0, "", "all", 3.0, 0.0, "off", 0, 0, 16, 0.0, 1.0, "keep", -12.0, -4.0, 0,
+            "none", "", 0.6]
+    *_, summary = fn.fn(*args, progress=lambda *a, **k: None)
+    assert summary == "error: stop here" and seen["width"] == 0.6
+    assert MixOptions(**{k: seen[k] for k in MixOptions.names() if k in seen}).width == 0.6
 
 
 def test_app_flags_parse():

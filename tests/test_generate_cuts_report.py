@@ -126,7 +126,7 @@ def test_web_page_shows_cuts_past_the_end(tmp_path):
     page = build_app(pipe, "vmas-debug-random", out_root=tmp_path / "o")
     fn = next(f for f in page.fns.values() if f.api_name == "generate")
     labels = [getattr(c, "elem_id", None) for c in fn.inputs]
-    assert labels[-2:] == ["cuts", "hits"]
+    assert labels[-3:-1] == ["cuts", "hits"]
     video = _still_video(tmp_path / "clip.mp4")
     args = [str(video), "", "", "", 0, "", "all", 3.0, 0.0, "off", 0, 0, 16, 0.0, 1.0, "replace", -12.0, -4.0, 0,
             "1.5, 7", ""]

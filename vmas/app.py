@@ -87,7 +87,8 @@ def request_controls(tags: str = "", instruments: str = "", genres: str = "", te
                      beat_from_video: tp.Optional[str] = None, seed: tp.Any = 0, duration: tp.Any = 0,
                      top_k: tp.Any = None, top_p: tp.Any = None, temperature: tp.Any = None,
                      mix: str = "auto", duck: tp.Any = None, music_gain: tp.Any = None,
-                     loudness: tp.Any = 0, cuts: str = "none", hits: str = "") -> tp.Dict[str, tp.Any]:
+                     loudness: tp.Any = 0, cuts: str = "none", hits: str = "",
+                     music_width: tp.Any = None) -> tp.Dict[str, tp.Any]:
     """The form's fields as keyword arguments of :func:`vmas.generate.generate_for_video`.
 
     Text fields are comma-separated like the CLI's ``--tags``. The page fills the sampling fields with the model's
@@ -95,7 +96,7 @@ def request_controls(tags: str = "", instruments: str = "", genres: str = "", te
     None (a cleared field) leaves the value to the model too. Tempo, duration and loudness use 0 for "not given"
     (the CLI's absent ``--tempo``/``--duration`` and ``--loudness off``); mix ``auto`` is the CLI's absent ``--mix``.
     Cuts and hits are the CLI's ``--cuts`` (``auto``, ``none`` or comma-separated seconds; empty = ``none``) and
-    ``--hits`` (empty = none) as typed.
+    ``--hits`` (empty = none) as typed; ``music_width`` is ``--music-width`` (None: its default, centred music).
     """
     from vmas.mixing import MixOptions
     from vmas.tags.cleaner import split_tag_arg
@@ -111,7 +112,8 @@ def request_controls(tags: str = "", instruments: str = "", genres: str = "", te
         mix=None if mix in (None, "", "auto") else mix,
         duck=mix_defaults.duck if _number(duck) is None else _number(duck),
         music_gain=mix_defaults.music_gain if _number(music_gain) is None else _number(music_gain),
-        loudness=_off(loudness), cuts=(cuts or "").strip() or "none", hits=(hits or "").strip() or None)
+        loudness=_off(loudness), cuts=(cuts or "").strip() or "none", hits=(hits or "").strip() or None,
+        width=mix_defaults.width if _number(music_width) is None else _number(music_width))
 
 
 def run_request(pipe: tp.Any, video: tp.Union[str, Path, None], controls: tp.Dict[str, tp.Any], limits: AppLimits,
@@ -175,12 +177,12 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
 
     def generate(video, tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg, beat_from_video, seed,
                  duration, top_k, top_p, temperature, mix, duck, music_gain, loudness, cuts="none", hits="",
-                 progress=gr.Progress()):
+                 music_width=None, progress=gr.Progress()):
         progress(0.0, desc="reading the video")
         try:
             controls = request_controls(tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg,
                                         beat_from_video, seed, duration, top_k, top_p, temperature, mix, duck,
-                                        music_gain, loudness, cuts, hits)
+                                        music_gain, loudness, cuts, hits, music_width)
             result = run_request(pipe, video, controls, limits, out_root,
                                  on_window=lambda done, total: progress((done, total), desc="windows", unit="window"))
         except (VmasError, ValueError, TypeError, OSError) as err:  # the CLI's one line; the server keeps serving
@@ -249,6 +251,11 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
                                            elem_id="music_gain")
                     loudness = gr.Number(label="Loudness (LUFS; 0 = no normalisation)",
                                          value=mix_defaults.loudness or 0, elem_id="loudness")
+                    # --music-width: like the CLI, no effect where the track is mono (a mono video, mix replace)
+                    music_width = gr.Slider(0.0, 1.0, value=mix_defaults.width, step=0.05, label="Music width",
+                                            info="stereo/5.1 videos with mix keep: widen the centred music "
+                                                 "(mono-compatible; 0 = centred); no effect on a mono track",
+                                            elem_id="music_width")
                 # the example's own audio is SynthMV's reference music, not a sound to keep: as `vmas demo`, replace
                 gr.Examples([[str(EXAMPLE), "replace"]], inputs=[video, mix], label="Example (click to load)")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -259,7 +266,8 @@ def build_app(pipe: tp.Any, model_name: str, limits: tp.Optional[AppLimits] = No
                 used = gr.Textbox(label="Tags used", interactive=False, elem_id="used_tags")
                 summary = gr.Markdown(elem_id="summary")
         button.click(generate, [video, tags, instruments, genres, tempo, negative, guide, cfg, tag_cfg, beat, seed,
-                                duration, top_k, top_p, temperature, mix, duck, music_gain, loudness, cuts, hits],
+                                duration, top_k, top_p, temperature, mix, duck, music_gain, loudness, cuts, hits,
+                                music_width],
                      [result, files, used, summary], concurrency_limit=1, api_name="generate")
         video.change(preview_note, video, summary, queue=False, show_progress="hidden")
     # one request at a time: the loaded model is not shared between threads; others wait in the queue (position shown)
