@@ -19,10 +19,8 @@ load average when the run started, ``meta.load_avg`` when it ended.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmas.utils import git_commit
+from vmas.experiments.provenance import provenance
 
 
 def write_footage(path: Path, seconds: float, fps: int, width: int, height: int, sr: int = 32000) -> Path:
@@ -130,8 +128,7 @@ def main(argv=None) -> int:
         row["seconds_per_video_minute"] = round(row["wall_s"] / minutes, 2)
         rows[minutes] = row
         meta = dict(command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-                    commit=git_commit(Path(__file__).resolve().parent), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    machine=f"{platform.machine()}, {os.cpu_count()} CPUs", load_before=load_before,
+                    **provenance(), load_before=load_before,
                     load_avg=os.getloadavg(), omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""))
         ordered = sorted(rows.values(), key=lambda r: r["minutes"])
         results_path.write_text(json.dumps(dict(settings=settings, meta=meta, summary=summarize(ordered),

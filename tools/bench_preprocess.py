@@ -28,7 +28,6 @@ CPU share the runs got (see the load averages), not how preprocessing scales.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -42,7 +41,7 @@ import time
 from pathlib import Path
 
 from vmas.data import shards
-from vmas.utils import git_commit
+from vmas.experiments.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -193,9 +192,7 @@ def main(argv=None) -> int:
                     "torchrun's workers included), run one after the other; shards of torchrun compared member by "
                     "member with each 1-process run",
             "command": "python tools/bench_preprocess.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "commit": git_commit(ROOT),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+            **provenance(), "python": platform.python_version(),
             "load_avg_before": [round(x, 2) for x in load_before],
             "load_avg_after": [round(x, 2) for x in os.getloadavg()],
             "omp_num_threads": _env()["OMP_NUM_THREADS"],

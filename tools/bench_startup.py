@@ -12,7 +12,6 @@ machine, the load average before and after, since other processes inflate wall t
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -22,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from vmas.utils import git_commit
+from vmas.experiments.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "vmas" / "assets" / "example.mp4"
@@ -64,8 +63,7 @@ def main(argv=None) -> int:
     result = {
         "meta": {"command": "python tools/bench_startup.py " + " ".join(sys.argv[1:] if argv is None else argv),
                  "generate_command": "python -m vmas generate " + " ".join(map(str, generate[4:])),
-                 "commit": git_commit(ROOT), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+                 **provenance(), "python": platform.python_version(),
                  "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""), "load_avg_before": load_before,
                  "load_avg_after": os.getloadavg()},
         "median": {name: _median(rows) for name, rows in runs.items()},

@@ -19,9 +19,7 @@ AudioCraft's definition written out. Needs the ``parity`` extra (make install) a
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import sys
 import types
 import typing as tp
@@ -154,12 +152,10 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     except VmasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from vmas.utils import git_commit
+    from vmas.experiments.provenance import provenance
 
-    commit = git_commit(ROOT)
     result["meta"] = {"command": " ".join(["python", "tools/metric_parity.py", *(argv or sys.argv[1:])]),
-                      "commit": commit.strip(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                          timespec="seconds"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+                      **provenance(), "torch_threads": torch.get_num_threads(),
                       "tracks": [t.name for t in tracks], "seconds": args.seconds, "seed": 0}
     text = json.dumps(result, indent=2)
     if args.out:

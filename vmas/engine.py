@@ -203,9 +203,12 @@ def frames_to_generate(num_frames: int, window: int, stride: int, n_q: int) -> i
     return min(num_frames + n_q - 1, last_start + window)
 
 
-DECODE_CHUNK_SECONDS = 60.0
+DECODE_CHUNK_SECONDS = 30.0
 """Music decoded by the codec at once (its decoder's activations take ~7 MB per second of audio: a 10-minute video
-would need 4 GB in one call); longer music is decoded in chunks of this length."""
+would need 4 GB in one call); longer music is decoded in chunks of this length. 30 s, not more: the chunk's
+activations are the largest block of the whole run, so they set the peak memory of every long video (issue 35:
+60 s chunks made a 4-minute video's peak 110 MB above a 1-minute one's); not less, so the 24 s videos of the
+structure benchmark and every 10 s clip are still one call."""
 DECODE_CONTEXT_SECONDS = 1.0
 """Codes decoded on each side of a chunk and then dropped, so the samples at a seam see the same neighbourhood as in
 one long call (the decoder's convolutions reach a few frames; its LSTM's memory fades within a second)."""
@@ -415,7 +418,7 @@ class WindowEngine:
             if on_window is not None:
                 on_window(done, len(windows))
         bar.close()
-        if len(sections) == 1 and not self.request.structured:
+        if not self.request.structured:  # one section: the codes are the music (decoded later, in chunks)
             for b, job in enumerate(jobs):
                 job.codes = parts[0][b, :, : job.num_frames].cpu()
             return len(windows)

@@ -48,14 +48,3 @@ def atomic_save(obj: tp.Any, path: tp.Union[str, os.PathLike]) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def git_commit(root: tp.Union[str, os.PathLike], short: bool = True) -> str:
-    """The commit checked out at ``root`` (for a benchmark JSON's meta); ``"unknown"`` outside a git checkout."""
-    import subprocess
-
-    cmd = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
-    try:
-        return subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
