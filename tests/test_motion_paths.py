@@ -87,3 +87,52 @@ def test_the_flow_network_runs_on_the_models_device(pipes):
     device = on.model.fuser.motion_proj.weight.device
     assert seen == [str(device)] * 2 and motion.device == device and motion.shape == (2, 5)
     assert torch.equal(motion[1], real(frames[1]))  # the same curve as the function called directly
+
+
+@pytest.fixture(scope="module")
+def tag_pipes(pipes):
+    """The motion pipes with a tag branch (a tempo is asked for as a tag): projection on / zeroed, same weights."""
+    torch.manual_seed(0)
+    cfg = load_config(CONFIGS / "debug.yaml", ["model.lm.motion_condition=true", "model.lm.beat_condition=true",
+                                               "model.tags.enabled=true", "model.tags.text_encoder=minilm",
+                                               "model.tags.text_dim=384"])
+    on = load_pretrained(None, config=cfg, random_note="debug+motion+tags")
+    torch.nn.init.normal_(on.model.fuser.motion_proj.weight, std=3.0)
+    off = load_pretrained(None, config=cfg, random_note="debug+motion+tags, projection zeroed")
+    off.model.load_state_dict(on.model.state_dict())
+    torch.nn.init.zeros_(off.model.fuser.motion_proj.weight)
+    return on, off
+
+
+def test_a_requested_tempo_leaves_the_motion_curve_out(tag_pipes, video, tmp_path):
+    """``--tempo`` sets the note timing, so the picture's motion curve is left out for that clip (the condition's
+    dropped value, zero): the model with its motion projection then gives exactly the music of the same model with
+    the projection zeroed. The beat grid still reaches the LM (another tempo gives other music), and
+    ``--beat-from-video``, whose grid comes from the same motion, keeps the curve (test above)."""
+    on, off = (_music(p, video, tmp_path / name, tempo=120) for p, name in zip(tag_pipes, ("on", "off")))
+    np.testing.assert_array_equal(on, off)
+    assert np.abs(on - _music(tag_pipes[0], video, tmp_path / "on90", tempo=90)).max() > 1e-3  # the grid counts
+    plain = [_music(p, video, tmp_path / f"plain_{name}") for p, name in zip(tag_pipes, ("on", "off"))]
+    assert np.abs(plain[0] - plain[1]).max() > 1e-3  # without a tempo the curve is there
+
+
+def test_motion_off_zeroes_only_the_marked_clips(pipes, video):
+    """VMAS.generate(motion_off=[B]) is motion=0 for the marked rows and leaves the others as they were."""
+    from vmas.data import media
+
+    model = pipes[0].model
+    spec = pipes[0].spec
+    frames, _, _ = media.read_video_frames(video, fps=spec.fps, size=spec.image_size, start=0.0,
+                                           duration=spec.window_seconds)
+    frames = torch.stack([frames, frames])  # [2, T, H, W, 3]
+    motion = model.video_motion(frames)  # [2, T-1]
+    assert motion.abs().sum() > 0
+
+    def run(**kw):
+        gens = [torch.Generator().manual_seed(0) for _ in range(2)]
+        return model.generate(frames, num_frames=20, generator=gens, top_k=5, **kw)
+
+    off = run(motion_off=torch.tensor([True, False]))
+    by_hand = run(motion=torch.stack([torch.zeros_like(motion[0]), motion[1]]))
+    assert torch.equal(off, by_hand)
+    assert not torch.equal(off[0], run()[0])

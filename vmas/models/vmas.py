@@ -189,7 +189,7 @@ class VMAS(nn.Module):
                  video_tokens: tp.Optional[torch.Tensor] = None, progress: bool = False,
                  beat: tp.Optional[torch.Tensor] = None, beat_start: int = 0,
                  onsets: tp.Optional[torch.Tensor] = None, motion: tp.Optional[torch.Tensor] = None,
-                 **overrides: tp.Any) -> torch.Tensor:
+                 motion_off: tp.Optional[torch.Tensor] = None, **overrides: tp.Any) -> torch.Tensor:
         """Sample codes [B,K,num_frames] for a video window (frames uint8 [B,T,H,W,3] or ``video_tokens``).
 
         ``sampling`` (default :class:`SamplingParams`) says how tokens are drawn and how guidance is formed; single
@@ -200,6 +200,8 @@ class VMAS(nn.Module):
         frames of the whole video; ``beat_start`` is this window's first frame in those frames. The grid is part of
         the user's request like the tags: only the conditional branch carries it, so CFG amplifies it too.
         ``prompt`` [B,K,T0] codes are continued; ``onsets`` / ``motion`` feed the onset oracle / motion condition.
+        ``motion_off`` [B] bool: clips whose motion curve is left out (zero, as training drops it), e.g. those with a
+        requested tempo (:meth:`vmas.engine.WindowEngine.conditions`).
         """
         sampling = dataclasses.replace(sampling or SamplingParams(), **overrides).check()
         if video_tokens is None and frames is not None:
@@ -210,7 +212,9 @@ class VMAS(nn.Module):
         guidance = guidance_branches(self.fuser, video_tokens, tag_emb, tag_mask, neg_emb, neg_mask, sampling, S, B)
         # per-step paths (video_fuse=cross+sum, beat grid); the unconditional / negative branches have no video -> zeros
         if motion is None:
-            motion = self.video_motion(frames)
+            motion = self.video_motion(frames)  # [B, F-1] | None
+        if motion is not None and motion_off is not None:
+            motion = motion * (~motion_off.to(motion.device)).to(motion.dtype)[:, None]
         step = self.fuser.step_condition(video_tokens, S, beat=beat, start=beat_start, onsets=onsets, motion=motion)
         u = guidance.uncond
         return self.lm.generate(cond, cond_mask, None if u is None else u.cond, None if u is None else u.mask,
