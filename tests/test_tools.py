@@ -192,6 +192,9 @@ def test_structure_benchmark_at_tiny_size(tmp_path):
     assert result["details"]["detection"]["test"] == {"precision": 1.0, "recall": 1.0, "cuts": 1}
     assert result["selection"]["crossfade_s"] == 0.08
     assert result["meta"]["command"].startswith("python tools/structure_benchmark.py") and result["meta"]["commit"]
+    # generated music is cached per model weights (a retrained demo under the same name must not reuse old music)
+    sha = result["meta"]["model_weights_sha256"]
+    assert [d.name for d in (tmp_path / "sb").glob("music_*")] == [f"music_{sha[:12]}"] and len(sha) == 64
 
 
 def test_bench_long_video_at_tiny_size(tmp_path):

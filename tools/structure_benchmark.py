@@ -21,7 +21,7 @@ object:
 - ``selection``: the crossfade length chosen on a separate selection set (lowest seam flux at the cuts);
 - ``meta``: command, commit, seeds, date, machine and load.
 
-Metrics are ``{mean, std}`` over sampling seeds. Generated music and scores are cached under ``--out`` (rerun =
+Metrics are ``{mean, std}`` over sampling seeds. Generated music is cached under ``--out``, per model weights (rerun =
 reuse). Default size: 3 selection + 6 test videos of 24 s with 3 scenes, one sampling seed.
 
     python tools/structure_benchmark.py --json > docs/results/structure.json
@@ -112,27 +112,31 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     p.add_argument("--per-class", type=int, default=8, help="renders per class for the judge")
     args = p.parse_args(argv)
     t0 = time.time()
+    from vmas.experiments.provenance import weights_sha256
     from vmas.hub import load_model
 
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
     pipe = load_model(args.model)
     sr = pipe.codec.sample_rate
+    # generated music is cached per model *weights*: a retrained model under the same name never reuses old music
+    weights = weights_sha256({**pipe.model.state_dict(), **{f"codec.{k}": v for k, v in pipe.codec.state_dict().items()}})
+    music = out / f"music_{weights[:12]}"
 
     classifier, _ = scoring.synthmv_judge(pipe, per_class=args.per_class, seconds=10.0, window=args.judge_window)
     select = scene_scores.multiscene_clips(out / "select", args.select, 101, args.scenes, args.seconds)
     test = scene_scores.multiscene_clips(out / "test", args.test, 202, args.scenes, args.seconds)
 
     # selection split first (rules: quietest_cuts, most_hits); the test split is then scored with the choices only
-    tried = {float(fade): run_method(pipe, select, out / "select_runs" / f"auto_xf{float(fade):g}", seeds[:1],
+    tried = {float(fade): run_method(pipe, select, music / "select_runs" / f"auto_xf{float(fade):g}", seeds[:1],
                                      classifier, args, "auto", float(fade)) for fade in args.crossfades.split(",")}
     chosen = aggregate.choose(tried, quietest_cuts)
-    tempo_tried = {t: run_method(pipe, select, out / "select_runs" / f"auto_hits_{t}_xf{chosen:g}", seeds[:1],
+    tempo_tried = {t: run_method(pipe, select, music / "select_runs" / f"auto_hits_{t}_xf{chosen:g}", seeds[:1],
                                  classifier, args, "auto", chosen, with_hits=True, hits_tempo=t)
                    for t in ("picture", "hits")}
     hits_tempo = aggregate.choose(tempo_tried, most_hits)
 
-    runs = out / "test_runs"
+    runs = music / "test_runs"
     auto = run_method(pipe, test, runs / f"auto_xf{chosen:g}", seeds, classifier, args, "auto", chosen)
     plain = run_method(pipe, test, runs / "plain", seeds, classifier, args, "none", chosen, score_hits=True)
     labels = run_method(pipe, test, runs / f"labels_xf{chosen:g}", seeds, classifier, args, "labels", chosen,
@@ -163,7 +167,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
                       "rule": aggregate.rule_text(quietest_cuts), "hits_tempo": hits_tempo,
                       "hits_tempo_tried": tempo_tried, "hits_tempo_rule": aggregate.rule_text(most_hits)},
         "meta": aggregate.result_meta(
-            "structure_benchmark", argv, model=args.model, sampling_seeds=seeds,
+            "structure_benchmark", argv, model=args.model, model_weights_sha256=weights, sampling_seeds=seeds,
             data_seeds={"select": 101, "test": 202}, hit_seed=4242, test_videos=len(test),
             select_videos=len(select), scenes=args.scenes, seconds=args.seconds, judge_window_s=args.judge_window,
             omp_num_threads=os.environ.get("OMP_NUM_THREADS"), wall_s=round(time.time() - t0, 1)),
