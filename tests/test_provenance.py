@@ -65,10 +65,14 @@ def test_dirty_tree_is_detected_and_refused(tmp_path):
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run([*git, "init", "-q", str(repo)], check=True)
     (repo / "a.txt").write_text("1")
-    subprocess.run([*git, "-C", str(repo), "add", "a.txt"], check=True)
+    (repo / "docs" / "results").mkdir(parents=True)
+    (repo / "docs" / "results" / "r.json").write_text("{}")
+    subprocess.run([*git, "-C", str(repo), "add", "a.txt", "docs"], check=True)
     subprocess.run([*git, "-C", str(repo), "commit", "-q", "-m", "a"], check=True)
     commit, dirty = git_state(repo)
     assert len(commit) == 40 and dirty is False and refuse_dirty(provenance(root=repo), allow=False) is None
+    (repo / "docs" / "results" / "r.json").write_text('{"x": 1}')  # a benchmark chain rewriting a published result
+    assert git_state(repo) == (commit, False)
     (repo / "a.txt").write_text("2")
     meta = provenance(root=repo)
     assert meta["dirty_tree"] is True and meta["commit"] == commit

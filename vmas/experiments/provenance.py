@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+RESULTS = "docs/results"  # the published result JSONs (not code: see git_state)
 
 
 def weights_sha256(state_dict: tp.Mapping[str, torch.Tensor]) -> str:
@@ -50,12 +51,16 @@ def git_state(root: tp.Union[str, os.PathLike] = ROOT) -> tp.Tuple[str, bool]:
     """(full commit, dirty) of the checkout at ``root``; ``("unknown", False)`` outside a git checkout.
 
     Dirty means tracked files differ from the commit: the commit then does not say which code made the numbers.
+    Published results (``docs/results/``) do not count: they are what the code makes, and a chain of benchmarks
+    writing them one after the other (``make synthmv-irregular-bench``) would otherwise mark every result after the
+    first as dirty.
     """
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, check=True).stdout.strip())
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                     f":(exclude){RESULTS}"], cwd=root, capture_output=True, text=True,
+                                    check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
     return commit, dirty
