@@ -60,9 +60,9 @@ register_model(ModelEntry(
 
 register_model(ModelEntry(
     name="vmas-synthmv-demo",
-    description="tiny model (+ tag branch and its own small codec) trained 1200 steps on synthetic SynthMV clips on "
-                "a CPU: follows the scene class of the picture, tags and --tempo, not yet the picture's note timing; a "
-                "demonstration of the pipeline, not real-world music",
+    description="tiny model (+ tag branch, beat grid, motion condition and its own small codec) trained 1200 steps "
+                "on synthetic SynthMV clips on a CPU: its note timing follows the picture's motion, its style the "
+                "scene class, tags and --tempo; a demonstration of the pipeline, not real-world music",
     filename="vmas-synthmv-demo.pt",
 ), default=(ASSETS / "vmas-synthmv-demo.pt").exists())
 
