@@ -208,6 +208,7 @@ def test_bench_long_video_at_tiny_size(tmp_path):
     assert row["peak_rss_mb"] > 100 and row["wall_s"] > 0 and row["cpu_s"] > 0
     assert row["seconds_per_video_minute"] == round(row["wall_s"] / 0.05, 2)
     assert result["meta"]["command"].startswith("bench_long_video.py --minutes 0.05") and result["meta"]["commit"]
+    assert row["commit"] == result["meta"]["commit"] and row["dirty_tree"] == result["meta"]["dirty_tree"]
     assert json.loads(run(args, tmp_path).stdout)["rows"] == [row]  # reused, not re-measured
 
 

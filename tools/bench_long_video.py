@@ -7,7 +7,7 @@ quiet 220 Hz tone as its own audio track, so the default ``--mix keep`` path run
 ``python -m vmas generate VIDEO -o OUT -q`` as a separate process (the default model unless ``--model``) and
 records its wall time and peak resident memory (``wait4``'s ``ru_maxrss``: the whole process, imports and model
 included). Results go to ``OUT/bench_long_video.json`` after each length; a rerun with the same settings reuses the
-lengths already measured. The printed JSON has ``meta`` (command, commit, date, machine, load average) and one row
+lengths already measured. The printed JSON has ``meta`` (command, commit, date, machine, load average) and one row (with the commit that measured it: a rerun reuses rows)
 per length with ``seconds_per_video_minute``, the number that stays flat when time is linear in length, and
 ``summary`` (issue 35): peak RSS growth in MB per video minute between the shortest and the longest length, the
 longest's peak over the shortest's, and CPU seconds per video minute at each length. ``meta.load_before`` is the
@@ -126,9 +126,11 @@ def main(argv=None) -> int:
                               args.height)
         row = dict(minutes=minutes, **run_generate(video, args.out / "generated", args.model))
         row["seconds_per_video_minute"] = round(row["wall_s"] / minutes, 2)
+        prov = provenance()  # per row too: a rerun reuses rows measured by an earlier commit, and says so
+        row.update(commit=prov["commit"], dirty_tree=prov["dirty_tree"])
         rows[minutes] = row
         meta = dict(command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-                    **provenance(), load_before=load_before,
+                    **prov, load_before=load_before,
                     load_avg=os.getloadavg(), omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""))
         ordered = sorted(rows.values(), key=lambda r: r["minutes"])
         results_path.write_text(json.dumps(dict(settings=settings, meta=meta, summary=summarize(ordered),
