@@ -7,11 +7,11 @@ quiet 220 Hz tone as its own audio track, so the default ``--mix keep`` path run
 ``python -m vmas generate VIDEO -o OUT -q`` as a separate process (the default model unless ``--model``) and
 records its wall time and peak resident memory (``wait4``'s ``ru_maxrss``: the whole process, imports and model
 included). Results go to ``OUT/bench_long_video.json`` after each length; a rerun with the same settings reuses the
-lengths already measured. The printed JSON has ``meta`` (command, commit, date, machine, load average) and one row
-per length (with the commit that measured it) with ``seconds_per_video_minute``, the number that stays flat when time is linear in length, and
+lengths already measured. The printed JSON has ``meta`` (command, commit, date, machine, load average), one row per
+length (with the commit that measured it) with ``seconds_per_video_minute``, flat when time is linear in length, and
 ``summary`` (issue 35): peak RSS growth in MB per video minute between the shortest and the longest length, the
-longest's peak over the shortest's, and CPU seconds per video minute at each length. ``meta.load_before`` is the
-load average when the run started, ``meta.load_avg`` when it ended.
+longest's peak over the shortest's, CPU seconds per video minute at each length. ``meta.load_before``/``load_avg``:
+the load average when the run started / ended.
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/bench_long_video.py --minutes 1 10 30 --model vmas-debug-random \
         --out outputs/bench_long_debug --json
