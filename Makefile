@@ -121,12 +121,13 @@ synthmv-demo: synthmv-data
 # SynthMV with irregular rhythm (issue 17): the same four sets with --rhythm irregular, its own codec and shards.
 IRR := data/synthmv_irregular
 IRRGEN := $(BIN)/python -m datasets.synthmv --rhythm irregular
+IRR_CODEC_STEPS := 3000
 synthmv-irregular-data: install
 	test -f $(IRR)/train/vmas_manifest.jsonl || $(IRRGEN) --out $(IRR)/train --num 480 --seed 0 --window 5
 	test -f $(IRR)/val/vmas_manifest.jsonl || $(IRRGEN) --out $(IRR)/val --num 24 --seed 2 --split val --window 5
 	test -f $(IRR)/test/vmas_manifest.jsonl || $(IRRGEN) --out $(IRR)/test --num 36 --seed 1 --split test
 	test -f $(IRR)/select/vmas_manifest.jsonl || $(IRRGEN) --out $(IRR)/select --num 36 --seed 3 --split val
-	test -f runs/synthmv_irregular/codec.pt || $(BIN)/python tools/train_codec.py --audio-dir $(IRR)/train --out runs/synthmv_irregular/codec.pt --steps $(SYN_CODEC_STEPS) --threads 2
+	test -f runs/synthmv_irregular/codec.pt || $(BIN)/python tools/train_codec.py --config configs/codec_synthmv_irregular.yaml --audio-dir $(IRR)/train --out runs/synthmv_irregular/codec.pt --steps $(IRR_CODEC_STEPS) --threads 2
 	test -f $(IRR)/shards/train.done || ($(BIN)/python tools/preprocess.py --manifest $(IRR)/train/vmas_manifest.jsonl --out $(IRR)/shards --config configs/synthmv_irregular.yaml --splits train --workers 2 && touch $(IRR)/shards/train.done)
 	test -f $(IRR)/shards/val.done || ($(BIN)/python tools/preprocess.py --manifest $(IRR)/val/vmas_manifest.jsonl --out $(IRR)/shards --config configs/synthmv_irregular.yaml --splits val --workers 2 && touch $(IRR)/shards/val.done)
 
