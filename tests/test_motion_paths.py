@@ -136,3 +136,18 @@ def test_motion_off_zeroes_only_the_marked_clips(pipes, video):
     by_hand = run(motion=torch.stack([torch.zeros_like(motion[0]), motion[1]]))
     assert torch.equal(off, by_hand)
     assert not torch.equal(off[0], run()[0])
+
+
+def test_hits_motion_off_leaves_the_curve_out_for_hit_clips_only(pipes, video, tmp_path, monkeypatch):
+    """``structure.HITS_MOTION = "off"``: a clip with hits gets the zeroed curve (music = the projection-zeroed
+    model's), the same clip with cuts only keeps it; ``"keep"`` feeds the curve beside the hit grid."""
+    from vmas import structure
+
+    on, off = pipes
+    monkeypatch.setattr(structure, "HITS_MOTION", "off")
+    hit_on, hit_off = (_music(p, video, tmp_path / f"h{n}", hits="1.0,2.5") for n, p in enumerate(pipes))
+    np.testing.assert_array_equal(hit_on, hit_off)
+    cut_on, cut_off = (_music(p, video, tmp_path / f"c{n}", cuts="2.0") for n, p in enumerate(pipes))
+    assert np.abs(cut_on - cut_off).max() > 1e-3
+    monkeypatch.setattr(structure, "HITS_MOTION", "keep")
+    assert np.abs(_music(on, video, tmp_path / "keep", hits="1.0,2.5") - hit_on).max() > 1e-3

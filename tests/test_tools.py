@@ -191,6 +191,8 @@ def test_structure_benchmark_at_tiny_size(tmp_path):
     assert result["baselines"]["own_music"]["switch_latency_s"]["mean"] < 1.0  # the real music switches at once
     assert result["details"]["detection"]["test"] == {"precision": 1.0, "recall": 1.0, "cuts": 1}
     assert result["selection"]["crossfade_s"] == 0.08
+    assert list(result["selection"]["hits_tempo_tried"]) == ["picture/keep", "hits/keep", "picture/off", "hits/off"]
+    assert result["selection"]["hits_tempo"] in result["selection"]["hits_tempo_tried"]
     assert result["meta"]["command"].startswith("python tools/structure_benchmark.py") and result["meta"]["commit"]
     # generated music is cached per model weights (a retrained demo under the same name must not reuse old music)
     sha = result["meta"]["model_weights_sha256"]

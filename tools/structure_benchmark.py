@@ -18,7 +18,8 @@ object:
 - ``baselines``: ``plain`` (today's continuation, ``--cuts none``), ``own_music`` (the clip's own soundtrack),
   ``label_cuts`` (the true cut times as a locked edit) and ``hits_chance`` (the same hit times scored on music made
   without ``--hits``: how often an onset is there anyway);
-- ``selection``: the crossfade length chosen on a separate selection set (lowest seam flux at the cuts);
+- ``selection``: the crossfade length chosen on a separate selection set (lowest seam flux at the cuts), then the hit
+  grid's tempo source and whether a motion-conditioned model keeps the picture's motion curve beside it (most hits);
 - ``meta``: command, commit, seeds, date, machine and load.
 
 Metrics are ``{mean, std}`` over sampling seeds. Generated music is cached under ``--out``, per model weights (rerun =
@@ -68,13 +69,19 @@ def quietest_cuts(tried: tp.Mapping[float, tp.Mapping[str, tp.Any]]) -> float:
 
 
 def most_hits(tried: tp.Mapping[str, tp.Mapping[str, tp.Any]]) -> str:
-    """Where a hit grid's tempo comes from when none is requested: the source placing most hits within 50 ms
-    (ties: the first tried, picture)."""
+    """Where a hit grid's tempo comes from when none is requested, and whether the motion curve stays beside it
+    (``tempo/motion``): the pair placing most hits within 50 ms (ties: the first tried, picture/keep)."""
     return max(tried, key=lambda t: tried[t].get("hits_within_50ms", {}).get("mean", 0.0))
 
 
+def hits_dir(choice: str) -> str:
+    """Cache folder part of a ``tempo/motion`` choice (``picture``, ``picture_motionoff``, ...)."""
+    tempo, motion = choice.split("/")
+    return tempo if motion == "keep" else f"{tempo}_motionoff"
+
+
 def run_method(pipe, clips, out: Path, seeds, classifier, args, cuts: str, crossfade: float,
-               with_hits: bool = False, score_hits: bool = False, hits_tempo: str = "picture"
+               with_hits: bool = False, score_hits: bool = False, hits_tempo: str = "picture/keep"
                ) -> tp.Dict[str, tp.Any]:
     """Generate (cached) and score one method on ``clips`` for every sampling seed."""
     runs = []
@@ -84,7 +91,8 @@ def run_method(pipe, clips, out: Path, seeds, classifier, args, cuts: str, cross
             hits = scene_scores.draw_hits(clip, i, args.hits) if (with_hits or score_hits) else []
             cut_arg = ",".join(f"{c:g}" for c in clip["cuts"]) if cuts == "labels" else cuts
             # the options under test: generate_sections reads these module defaults at call time
-            structure.CROSSFADE_S, structure.HITS_TEMPO = crossfade, hits_tempo
+            structure.CROSSFADE_S = crossfade
+            structure.HITS_TEMPO, structure.HITS_MOTION = hits_tempo.split("/")
             wav = generate(pipe, clip, out / f"seed{seed}", seed, cuts=cut_arg,
                            hits=",".join(f"{h:g}" for h in hits) if with_hits else None)
             used = structure.resolve_cuts(cut_arg, clip["video"], clip["seconds"])
@@ -131,9 +139,9 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     tried = {float(fade): run_method(pipe, select, music / "select_runs" / f"auto_xf{float(fade):g}", seeds[:1],
                                      classifier, args, "auto", float(fade)) for fade in args.crossfades.split(",")}
     chosen = aggregate.choose(tried, quietest_cuts)
-    tempo_tried = {t: run_method(pipe, select, music / "select_runs" / f"auto_hits_{t}_xf{chosen:g}", seeds[:1],
-                                 classifier, args, "auto", chosen, with_hits=True, hits_tempo=t)
-                   for t in ("picture", "hits")}
+    tempo_tried = {t: run_method(pipe, select, music / "select_runs" / f"auto_hits_{hits_dir(t)}_xf{chosen:g}",
+                                 seeds[:1], classifier, args, "auto", chosen, with_hits=True, hits_tempo=t)
+                   for t in ("picture/keep", "hits/keep", "picture/off", "hits/off")}
     hits_tempo = aggregate.choose(tempo_tried, most_hits)
 
     runs = music / "test_runs"
@@ -141,8 +149,8 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     plain = run_method(pipe, test, runs / "plain", seeds, classifier, args, "none", chosen, score_hits=True)
     labels = run_method(pipe, test, runs / f"labels_xf{chosen:g}", seeds, classifier, args, "labels", chosen,
                         score_hits=True)
-    hits = run_method(pipe, test, runs / f"auto_hits_{hits_tempo}_xf{chosen:g}", seeds, classifier, args, "auto",
-                      chosen, with_hits=True, hits_tempo=hits_tempo)
+    hits = run_method(pipe, test, runs / f"auto_hits_{hits_dir(hits_tempo)}_xf{chosen:g}", seeds, classifier, args,
+                      "auto", chosen, with_hits=True, hits_tempo=hits_tempo)
     chance = run_method(pipe, test, runs / f"auto_xf{chosen:g}", seeds, classifier, args, "auto", chosen,
                         score_hits=True)
     own_music = over_seeds([scene_scores.summary([  # the clip's own soundtrack: cuts are its only seams

@@ -319,6 +319,9 @@ class WindowEngine:
                     # curve and ~0.9 without it (docs/synthmv_results.md). --beat-from-video grids come from the
                     # same motion, so they keep it; so do clips without a tempo.
                     c.motion_off = torch.isfinite(c.beat[:, 0])
+            if self.request.structured and structure.HITS_MOTION == "off":  # hits set the timing as a tempo does
+                hit = torch.tensor([bool(job.hits) for job in jobs])
+                c.motion_off = hit if c.motion_off is None else c.motion_off | hit
         if any(job.onsets is not None for job in jobs):
             c.onsets = torch.stack([job.onsets for job in jobs])
         return c
