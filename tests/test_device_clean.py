@@ -689,4 +689,5 @@ def test_user_generation_with_cuts_and_hits_is_device_clean(tmp_path):
     assert set(_outside_sampler(guard.count(guard.transfers))) <= {
         "h2d: .to(device) at vmas/engine.py in _frames", "h2d: .to(device) at vmas/models/vmas.py in video_motion",
         "h2d: .to(device) at vmas/modules/conditioning.py in step_condition",
-        "h2d: .to(device) at vmas/engine.py in decode_music"}
+        "h2d: .to(device) at vmas/engine.py in decode_music",
+        "h2d: .to(device) at vmas/engine.py in conditions"}  # the motion_off mask of the hit clip, once per batch

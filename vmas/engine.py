@@ -322,6 +322,8 @@ class WindowEngine:
             if self.request.structured and structure.HITS_MOTION == "off":  # hits set the timing as a tempo does
                 hit = torch.tensor([bool(job.hits) for job in jobs])
                 c.motion_off = hit if c.motion_off is None else c.motion_off | hit
+            if c.motion_off is not None:  # to the model's device once per batch, not once per window
+                c.motion_off = c.motion_off.to(self.pipe.device)
         if any(job.onsets is not None for job in jobs):
             c.onsets = torch.stack([job.onsets for job in jobs])
         return c
