@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import typing as tp
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +96,8 @@ def test_dirty_tree_is_detected_and_refused(tmp_path):
     assert git_state(tmp_path / "not_a_repo") == ("unknown", False)
 
 
-# results published before issue 36 from an uncommitted tree; each must be re-run (make synthmv-irregular-bench:
-# the four selection JSONs were, 2026-12-07; the test-set ablation's runs are under way)
-DIRTY_BEFORE_ISSUE_36 = {"synthmv_irregular.json"}
+# results published before issue 36 from an uncommitted tree (all re-run from a clean clone on 2026-12-07)
+DIRTY_BEFORE_ISSUE_36: tp.Set[str] = set()
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "docs" / "results").glob("*.json")), ids=lambda p: p.name)
