@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import typing as tp
 from pathlib import Path
 
 import numpy as np
@@ -96,13 +95,7 @@ def test_dirty_tree_is_detected_and_refused(tmp_path):
     assert git_state(tmp_path / "not_a_repo") == ("unknown", False)
 
 
-# results published before issue 36 from an uncommitted tree (all re-run from a clean clone on 2026-12-07)
-DIRTY_BEFORE_ISSUE_36: tp.Set[str] = set()
-
-
 @pytest.mark.parametrize("path", sorted((ROOT / "docs" / "results").glob("*.json")), ids=lambda p: p.name)
 def test_published_results_come_from_a_committed_tree(path):
     meta = json.loads(path.read_text()).get("meta") or {}
-    if path.name in DIRTY_BEFORE_ISSUE_36:
-        pytest.xfail("published from an uncommitted tree before issue 36; re-run pending")
     assert meta.get("dirty_tree") is not True, f"{path.name}: re-run it from a committed tree"

@@ -171,7 +171,7 @@ def train_codec(cfg: Config, clips: tp.List[np.ndarray], names: tp.List[str], ou
     codec.train()
     history: tp.List[float] = []
     t0 = time.time()
-    step, lr_last = 0, cfg.optim.lr
+    step, lr_last = 0, None  # lr_last: the rate of the last update (None: no update ran)
     # A wall-clock cap (``minutes``) makes the codec, and every number downstream of it, depend on the machine's
     # load (issue 36: 700 steps instead of 1650 on a loaded box); it is a debugging aid, never a published budget.
     while step < steps and (minutes is None or (time.time() - t0) < minutes * 60):

@@ -300,7 +300,8 @@ class WindowEngine:
 
     def conditions(self, jobs: tp.Sequence[MusicJob]) -> Conditions:
         """Tags, negative tags and beat grids of a batch, built once per batch (the one place that decides
-        which grid a clip gets: a requested tempo, or the picture's motion peaks with ``beat_from_video``)."""
+        which grid a clip gets: a requested tempo, or the picture's motion peaks with ``beat_from_video``; and which
+        clips leave the motion curve out: those whose timing a tempo or hits set)."""
         c = Conditions()
         if self.spec.tags:
             c.tag_emb, c.tag_mask = self._tag_tensors([job.tags for job in jobs])
