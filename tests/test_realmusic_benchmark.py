@@ -110,6 +110,23 @@ def test_tool_end_to_end_reuses_runs_and_scores(tmp_path):
                          "--json").stdout)
     assert {"codec", "bitrate_bps", "fad_note"} <= set(rep) and rep["meta"]["clips"] == len(CLASSES)
     assert rep["bitrate_bps"] == cfg.model.codec.n_q * np.log2(cfg.model.codec.bins) * 50  # 4 x 8 bit x 50 Hz
+    # a second codec of the same bit rate on the same clips: its own row, the baselines read from their cache (marked
+    # here, so a recomputation would show)
+    (base_file,) = tmp_path.glob("codec_baselines_*.json")
+    cached = json.loads(base_file.read_text())
+    assert "codec" not in cached and set(cached) == set(rep) - {"codec", "bitrate_bps", "fad_note", "meta"}
+    marked = next(iter(cached))
+    cached[marked]["onset_f1"] = -1.0
+    base_file.write_text(json.dumps(cached))
+    codec2 = build_codec(cfg.model.codec)
+    with torch.no_grad():  # other weights than the first codec's
+        for prm in codec2.parameters():
+            prm.add_(0.05 * torch.randn_like(prm))
+    save_codec(codec2, tmp_path / "codec2.pt")
+    rep2 = json.loads(run("tools/realmusic_benchmark.py", "codec", "--codec", str(tmp_path / "codec2.pt"), "--test",
+                          str(data / "test"), "--json").stdout)
+    assert rep2[marked]["onset_f1"] == -1.0 and rep2["codec"] != rep["codec"]
+    assert len(list(tmp_path.glob("codec_scores_*.json"))) == 2
 
     out = tmp_path / "lm"
     args = ["tools/realmusic_benchmark.py", "lm", "--json", "--steps", "2", "--train-seeds", "0,1", "--jobs", "2",

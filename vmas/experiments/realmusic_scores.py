@@ -100,8 +100,10 @@ def codec_report(codec_path: Path, clips: tp.Sequence[dict], cache_dir: tp.Optio
                  ) -> tp.Dict[str, tp.Any]:
     """Reconstruction scores of the codec and of plain baselines of its bit rate on ``clips`` (10 s each).
 
-    With ``cache_dir`` each system's scores are saved as soon as they are computed (keyed by the codec's weights and
-    the clips), so a killed run keeps what it finished and a rerun computes only the rest."""
+    With ``cache_dir`` each system's scores are saved as soon as they are computed, so a killed run keeps what it
+    finished and a rerun computes only the rest. The codec's row is keyed by its weights and the clips; the baselines'
+    rows by the bit rate, frame rate and clips only (they never touch the codec's weights), so comparing several codecs
+    of one bit rate on the same clips computes the baselines once (Griffin-Lim is most of the cost)."""
     from vmas.codec_training import log_mel
     from vmas.experiments.scoring import codec_roundtrip
     from vmas.metrics.onsets import onset_f1, onset_times_10ms
@@ -120,16 +122,21 @@ def codec_report(codec_path: Path, clips: tp.Sequence[dict], cache_dir: tp.Optio
     systems[f"mel{bands}_{gl_bits}bit_griffinlim"] = lambda w: mel_griffin_lim(w, bands, gl_bits, codec.frame_rate)
     real = [clip_audio(c) for c in clips]
     out: tp.Dict[str, tp.Any] = {}
-    cache = None
+    caches: tp.Dict[str, tp.Optional[Path]] = {name: None for name in systems}
     if cache_dir is not None:
         from vmas.experiments.provenance import codec_record
         from vmas.experiments.runs import key_digest
 
-        key = {"codec": codec_record(codec_path)["weights_sha256"], "clips": [c["id"] for c in clips],
-               "metric": "realmusic-codec-v1"}
-        cache = Path(cache_dir) / f"codec_scores_{key_digest(key)}.json"
-        if cache.exists():
-            out.update(json.loads(cache.read_text()))
+        ids = [c["id"] for c in clips]
+        codec_key = {"codec": codec_record(codec_path)["weights_sha256"], "clips": ids, "metric": "realmusic-codec-v1"}
+        base_key = {"bitrate": float(bitrate), "frame_rate": float(codec.frame_rate), "clips": ids,
+                    "metric": "realmusic-codec-baselines-v1"}
+        codec_file = Path(cache_dir) / f"codec_scores_{key_digest(codec_key)}.json"
+        base_file = Path(cache_dir) / f"codec_baselines_{key_digest(base_key)}.json"
+        caches = {name: codec_file if name == "codec" else base_file for name in systems}
+        for f in {codec_file, base_file}:
+            if f.exists():
+                out.update({k: v for k, v in json.loads(f.read_text()).items() if caches.get(k) == f})
     for name, fn in systems.items():
         if name in out:
             continue
@@ -141,9 +148,10 @@ def codec_report(codec_path: Path, clips: tp.Sequence[dict], cache_dir: tp.Optio
                                        for r, c in zip(rec, clips)])),
             "fad_mel_vs_originals": fad(rec, real)}
         print(f"{name}: {out[name]}", file=sys.stderr)
+        cache = caches[name]
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(out, indent=1))
+            cache.write_text(json.dumps({k: v for k, v in out.items() if caches[k] == cache}, indent=1))
     out["bitrate_bps"] = float(bitrate)
     out["fad_note"] = FAD_NOTE
     return out
