@@ -178,7 +178,7 @@ realmusic-music:
 # $(STAMP)` to keep a concurrent edit of setup.py from reinstalling underneath a long run.
 RM := data/realmusic
 RMGEN := $(BIN)/python -m datasets.realmusic_mv
-REALMUSIC_CODEC_STEPS := 1200
+REALMUSIC_CODEC_STEPS := 8000
 realmusic-data: install realmusic-music
 	test -f $(RM)/train/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/train --split train --per-class 100 --seed 0 --window 5 --wav
 	test -f $(RM)/val/vmas_manifest.jsonl || $(RMGEN) --out $(RM)/val --split val --per-class 6 --seed 2 --window 5

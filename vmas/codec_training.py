@@ -6,8 +6,8 @@ Losses: multi-scale log-mel L1 + waveform L1 + RVQ commitment; codebooks are EMA
 dead-code replacement (the ``encodec`` quantizer). No adversarial terms: on simple synthetic music the
 reconstruction losses suffice and they keep a CPU run short. Training uses random crops of ``data.clip_seconds``.
 The learning rate is the project's one schedule (:func:`vmas.solvers.optim.lr_factor`): linear warm-up, then a half
-cosine to ``optim.min_lr_ratio`` at the end of the step budget. ``min_lr_ratio: 1.0`` keeps it constant (the SynthMV
-and real-music codecs were trained so); a decay lets the last weights settle, so the codec's quality does not depend
+cosine to ``optim.min_lr_ratio`` at the end of the step budget. ``min_lr_ratio: 1.0`` keeps it constant (the shipped
+SynthMV codec was trained so); a decay lets the last weights settle, so the codec's quality does not depend
 on where in the loss's noise the budget happens to end.
 At the end the held-out files are encoded/decoded whole and scored: log-mel distance and onset F1
 (:func:`vmas.metrics.onsets.onset_f1`, ±50 ms) of reconstructions vs originals. The output file (kwargs + state
