@@ -47,16 +47,16 @@ def test_codec_budget_is_steps_and_the_result_records_steps_and_weights(tmp_path
 def test_codec_lr_decays_over_the_step_budget_or_stays_constant(tmp_path):
     """The codec trainer uses the project's schedule over its own budget: warm-up 1, budget 3 -> updates at factors
     1, 1 (cosine start) and 0.5 (half-way down the cosine). ``min_lr_ratio: 1.0`` (codec_synthmv.yaml, how the
-    shipped codecs were trained) keeps 3e-3; the irregular codec's preset decays."""
+    shipped SynthMV codec was trained) keeps 3e-3; the irregular and real-music codecs' presets decay."""
     assert _train(tmp_path, "--steps", "3").returncode == 0
     assert torch.load(tmp_path / "codec.pt", weights_only=True)["metrics"]["lr_last"] == 3e-3
-    decayed = subprocess.run([sys.executable, str(ROOT / "tools" / "train_codec.py"), "--config",
-                              str(ROOT / "configs" / "codec_synthmv_irregular.yaml"), "--synthetic", "4",
-                              "--eval-clips", "1", "--out", str(tmp_path / "decayed.pt"), "--steps", "3", *TINY],
-                             capture_output=True, text=True)
-    assert decayed.returncode == 0, decayed.stderr[-2000:]
-    assert torch.load(tmp_path / "decayed.pt", weights_only=True)["metrics"]["lr_last"] == pytest.approx(1.5e-3,
-                                                                                                         rel=1e-12)
+    for preset in ("codec_synthmv_irregular.yaml", "codec_realmusic.yaml"):
+        out = tmp_path / f"decayed_{preset}.pt"
+        decayed = subprocess.run([sys.executable, str(ROOT / "tools" / "train_codec.py"), "--config",
+                                  str(ROOT / "configs" / preset), "--synthetic", "4", "--eval-clips", "1",
+                                  "--out", str(out), "--steps", "3", *TINY], capture_output=True, text=True)
+        assert decayed.returncode == 0, decayed.stderr[-2000:]
+        assert torch.load(out, weights_only=True)["metrics"]["lr_last"] == pytest.approx(1.5e-3, rel=1e-12), preset
 
 
 def test_a_wall_clock_cap_is_recorded_and_warned_about(tmp_path):
