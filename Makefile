@@ -197,7 +197,7 @@ RMBENCH := $(BIN)/python tools/realmusic_benchmark.py
 realmusic-bench: realmusic-data
 	mkdir -p docs/results
 	$(RMBENCH) codec --json > runs/realmusic/codec_report.json && cp runs/realmusic/codec_report.json docs/results/realmusic_codec.json
-	$(RMBENCH) lm --train-seeds 0,1,2 --steps $(REALMUSIC_LM_STEPS) --json train.eval_every=200 > runs/realmusic/realmusic.json && cp runs/realmusic/realmusic.json docs/results/realmusic.json
+	$(RMBENCH) lm --train-seeds 0,1,2 --steps $(REALMUSIC_LM_STEPS) --cfg 5.0 --json train.eval_every=200 > runs/realmusic/realmusic.json && cp runs/realmusic/realmusic.json docs/results/realmusic.json
 
 lint: install
 	$(BIN)/ruff check vmas tools datasets tests
